@@ -1,0 +1,20 @@
+"""Slimmable networks: operators, architectures, checkpoints, export and profiling."""
+
+from . import convnet, mobilenet, resnet  # noqa: F401  (register the architectures)
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .net import SlimmableNet
+from .profiling import count_macs, profile_net, shared_param_count
+from .registry import create, list_models, register_model
+
+__all__ = [
+    "CheckpointError",
+    "SlimmableNet",
+    "count_macs",
+    "create",
+    "list_models",
+    "load_checkpoint",
+    "profile_net",
+    "register_model",
+    "save_checkpoint",
+    "shared_param_count",
+]

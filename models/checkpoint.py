@@ -1,0 +1,184 @@
+"""Checkpoint IO: our ``.safetensors`` format and the official ``.pt`` files.
+
+Nothing here unpickles arbitrary objects: safetensors holds tensors only, and
+official files go through ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .net import SlimmableNet
+from .registry import create, list_models
+
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "read_official_state_dict", "OFFICIAL_TOP1"]
+
+METADATA_KEY = "widthwise"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Official ImageNet top-1 accuracy (1 - error) per width, as fractions (DESIGN.md fact 5).
+OFFICIAL_TOP1: dict[str, dict[float, float]] = {
+    "s_mobilenet_v1": {0.25: 0.531, 0.5: 0.648, 0.75: 0.695, 1.0: 0.715},
+    "s_mobilenet_v2": {0.35: 0.597, 0.5: 0.644, 0.75: 0.689, 1.0: 0.705},
+    "s_resnet50": {0.25: 0.650, 0.5: 0.721, 0.75: 0.749, 1.0: 0.760},
+}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded; the message names the offending key or field."""
+
+
+def save_checkpoint(net: SlimmableNet, path: str | Path, metadata: Mapping[str, Any] | None = None) -> None:
+    """Write ``net`` as safetensors with its architecture config and ``metadata``.
+
+    ``metadata`` may hold ``mean``, ``std``, ``labels``, ``accuracy`` ({width: top1}) and
+    anything else JSON-serialisable; the architecture config always wins.
+    """
+    meta = {**dict(metadata or {}), **net.config()}
+    if "accuracy" in meta:
+        meta["accuracy"] = {str(float(w)): float(a) for w, a in dict(meta["accuracy"]).items()}
+    tensors = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
+    save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(meta)})
+
+
+def load_checkpoint(path: str | Path, arch: str | None = None, widths: tuple[float, ...] | None = None) -> SlimmableNet:
+    """Load our ``.safetensors`` checkpoint or an official ``.pt`` state dict.
+
+    The returned net is in eval mode and carries ``net.metadata`` (mean, std,
+    labels, accuracy per width, ...). For official files the architecture is
+    inferred from the state-dict layout unless ``arch``/``widths`` are given.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if _looks_like_safetensors(path, head):
+        return _load_safetensors(path)
+    return _load_official(path, arch, widths)
+
+
+def _looks_like_safetensors(path: Path, head: bytes) -> bool:
+    if path.suffix == ".safetensors":
+        return True
+    # safetensors starts with a little-endian u64 header length; zip (torch.save) starts with "PK".
+    return not head.startswith(b"PK") and len(head) == 8 and int.from_bytes(head, "little") < path.stat().st_size
+
+
+def _load_safetensors(path: Path) -> SlimmableNet:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw_meta = (f.metadata() or {}).get(METADATA_KEY)
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors raises several types for corrupt files
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
+    if raw_meta is None:
+        raise CheckpointError(f"{path}: safetensors file has no {METADATA_KEY!r} metadata")
+    meta = _validate_metadata(json.loads(raw_meta), path)
+    net = create(
+        meta["arch"],
+        widths=tuple(meta["widths"]),
+        num_classes=meta["num_classes"],
+        input_size=meta["input_size"],
+        in_channels=meta.get("in_channels", 3),
+        bn_mode=meta.get("bn_mode", "switchable"),
+    )
+    _load_state_strict(net, state, path)
+    meta["accuracy"] = {float(w): a for w, a in meta.get("accuracy", {}).items()}
+    net.metadata = meta
+    return net
+
+
+def _validate_metadata(meta: Any, path: Path) -> dict:
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: metadata must be a JSON object")
+    for key in ("arch", "widths", "num_classes", "input_size"):
+        if key not in meta:
+            raise CheckpointError(f"{path}: metadata lacks {key!r}")
+    widths = meta["widths"]
+    if not isinstance(widths, list) or not widths or any(not isinstance(w, (int, float)) or w <= 0 for w in widths):
+        raise CheckpointError(f"{path}: metadata 'widths' must be a list of positive numbers")
+    if widths != sorted(set(widths)):
+        raise CheckpointError(f"{path}: metadata 'widths' must be strictly ascending, got {widths}")
+    if meta["arch"] not in list_models():
+        raise CheckpointError(f"{path}: unknown arch {meta['arch']!r}")
+    return meta
+
+
+def read_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of an official ``.pt`` (raw state dict or ``{'model': sd}``), ``module.`` stripped."""
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # weights_only refuses pickled code with UnpicklingError
+        raise CheckpointError(f"{path}: refused to load (only plain tensor state dicts are accepted): {exc}") from exc
+    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+        obj = obj["model"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: expected a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def _load_official(path: Path, arch: str | None, widths: tuple[float, ...] | None) -> SlimmableNet:
+    state = read_official_state_dict(path)
+    net = _infer_official_net(state, arch, widths, path)
+    _load_state_strict(net, state, path)
+    net.metadata = {
+        **net.config(),
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "accuracy": dict(OFFICIAL_TOP1.get(net.arch, {})),
+        "source": "official",
+    }
+    return net
+
+
+def _infer_official_net(state: dict, arch: str | None, widths: tuple[float, ...] | None, path: Path) -> SlimmableNet:
+    if "classifier.0.weight" not in state:
+        raise CheckpointError(f"{path}: missing key 'classifier.0.weight'; not a slimmable network checkpoint")
+    num_classes = state["classifier.0.weight"].shape[0]
+    candidates = [arch] if arch else list_models()
+    for name in candidates:
+        kwargs: dict[str, Any] = {"num_classes": num_classes}
+        if widths:
+            kwargs["widths"] = widths
+        if arch is None:
+            with torch.device("meta"):
+                probe = create(name, **kwargs)
+            if not _same_layout(probe.state_dict(), state):
+                continue
+        return create(name, **kwargs)
+    raise CheckpointError(
+        f"{path}: state-dict layout matches no registered architecture ({', '.join(candidates)}); pass arch and widths"
+    )
+
+
+def _same_layout(expected: dict, state: dict) -> bool:
+    keys = {k for k in expected if not k.endswith("num_batches_tracked")}
+    got = {k for k in state if not k.endswith("num_batches_tracked")}
+    return keys == got and all(tuple(expected[k].shape) == tuple(state[k].shape) for k in keys)
+
+
+def _load_state_strict(net: SlimmableNet, state: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Strict load with errors that name the key; ``num_batches_tracked`` may be absent."""
+    expected = net.state_dict()
+    for key, ref in expected.items():
+        if key not in state:
+            if key.endswith("num_batches_tracked"):
+                continue
+            raise CheckpointError(f"{path}: missing key {key!r}")
+        if tuple(state[key].shape) != tuple(ref.shape):
+            raise CheckpointError(
+                f"{path}: shape mismatch for key {key!r}: checkpoint {list(state[key].shape)}, model {list(ref.shape)}"
+            )
+    unexpected = sorted(set(state) - set(expected))
+    if unexpected:
+        raise CheckpointError(f"{path}: unexpected key {unexpected[0]!r} (and {len(unexpected) - 1} more)")
+    full = {k: state.get(k, v) for k, v in expected.items()}
+    net.load_state_dict(full, strict=True)

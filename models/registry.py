@@ -1,0 +1,42 @@
+"""Name -> constructor registry of slimmable architectures.
+
+Tests parametrize over ``list_models()``, so an architecture is tested the
+moment it is registered.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from .net import SlimmableNet
+
+__all__ = ["register_model", "create", "list_models"]
+
+_MODELS: dict[str, Callable[..., SlimmableNet]] = {}
+
+
+def register_model(fn: Callable[..., SlimmableNet]) -> Callable[..., SlimmableNet]:
+    """Decorator: register ``fn`` under its function name."""
+    _MODELS[fn.__name__] = fn
+    return fn
+
+
+def list_models() -> list[str]:
+    return sorted(_MODELS)
+
+
+def create(arch: str, **kwargs) -> SlimmableNet:
+    """Build a registered architecture.
+
+    Args:
+        arch: registered name, e.g. ``"s_mobilenet_v2"``.
+        **kwargs: ``num_classes``, ``input_size``, ``widths``, ``bn_mode``.
+
+    Returns:
+        The network in eval mode.
+    """
+    try:
+        fn = _MODELS[arch]
+    except KeyError:
+        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(list_models())}") from None
+    return fn(**kwargs).eval()

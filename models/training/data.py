@@ -1,0 +1,118 @@
+"""In-memory image classification data: scikit-learn's digits, or an ImageFolder-style tree.
+
+Both paths go through :func:`models.transforms.image_to_tensor`, the same
+preprocessing the server applies, so a served PNG is seen as in training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..transforms import image_to_tensor
+
+__all__ = ["Dataset", "load_dataset", "digits_images", "DIGITS_MEAN", "DIGITS_STD"]
+
+DIGITS_MEAN = (0.5, 0.5, 0.5)
+DIGITS_STD = (0.5, 0.5, 0.5)
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+SPLIT_SEED = 0  # the held-out split never depends on the training seed
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Preprocessed train/val tensors plus what a checkpoint needs to serve them."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    labels: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+
+def digits_images() -> tuple[list[Image.Image], np.ndarray]:
+    """scikit-learn's 1,797 handwritten 8x8 digits (shipped with the package) as grayscale PIL images."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    pixels = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    return [Image.fromarray(p, mode="L") for p in pixels], digits.target.astype(np.int64)
+
+
+def _split(n: int, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    order = np.random.default_rng(SPLIT_SEED).permutation(n)
+    n_val = max(1, int(round(n * val_fraction)))
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def _to_tensors(images: list[Image.Image], size: int, mean, std, channels: int) -> torch.Tensor:
+    return torch.stack([image_to_tensor(im, size, mean, std, channels) for im in images])
+
+
+def _folder_images(root: Path) -> tuple[list[Image.Image], np.ndarray, tuple[str, ...]]:
+    classes = tuple(sorted(d.name for d in root.iterdir() if d.is_dir()))
+    if not classes:
+        raise ValueError(f"{root}: no class sub-folders")
+    images, targets = [], []
+    for label, name in enumerate(classes):
+        for path in sorted((root / name).iterdir()):
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                with Image.open(path) as im:
+                    images.append(im.copy())
+                targets.append(label)
+    return images, np.asarray(targets, dtype=np.int64), classes
+
+
+def load_dataset(
+    spec: str, input_size: int, channels: int = 3, val_fraction: float = 0.2, mean=None, std=None
+) -> Dataset:
+    """Load ``"digits"`` or a folder.
+
+    A folder either holds ``train/`` and ``val/`` trees of class sub-folders, or
+    class sub-folders directly (then a fixed ``val_fraction`` is held out).
+    """
+    mean = tuple(mean or DIGITS_MEAN[:channels])
+    std = tuple(std or DIGITS_STD[:channels])
+    if spec == "digits":
+        images, targets = digits_images()
+        labels = tuple(str(i) for i in range(10))
+        train_idx, val_idx = _split(len(images), val_fraction)
+        train_images, val_images = [images[i] for i in train_idx], [images[i] for i in val_idx]
+        y_train, y_val = targets[train_idx], targets[val_idx]
+        name = "digits"
+    else:
+        root = Path(spec)
+        if not root.is_dir():
+            raise ValueError(f"dataset {spec!r} is neither 'digits' nor a directory")
+        if (root / "train").is_dir() and (root / "val").is_dir():
+            train_images, y_train, labels = _folder_images(root / "train")
+            val_images, y_val, val_labels = _folder_images(root / "val")
+            if val_labels != labels:
+                raise ValueError(f"{root}: train and val have different classes")
+        else:
+            images, targets, labels = _folder_images(root)
+            train_idx, val_idx = _split(len(images), val_fraction)
+            train_images, val_images = [images[i] for i in train_idx], [images[i] for i in val_idx]
+            y_train, y_val = targets[train_idx], targets[val_idx]
+        name = str(root)
+    return Dataset(
+        name=name,
+        x_train=_to_tensors(train_images, input_size, mean, std, channels),
+        y_train=torch.from_numpy(np.asarray(y_train)),
+        x_val=_to_tensors(val_images, input_size, mean, std, channels),
+        y_val=torch.from_numpy(np.asarray(y_val)),
+        labels=labels,
+        mean=mean,
+        std=std,
+    )

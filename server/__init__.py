@@ -1,0 +1,1 @@
+"""widthwise server: settings, HTTP API, scheduler, runtime, metrics and the CLI."""

@@ -1,0 +1,74 @@
+"""Server settings: one pydantic-settings model; every field is a ``serve`` flag and a ``WIDTHWISE_*`` variable.
+
+Precedence: command-line flag > environment variable > default. Nothing is
+read from the environment at import time, only when ``Settings()`` is built.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Literal, get_args, get_origin
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "add_serve_arguments", "settings_from_args"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WIDTHWISE_", extra="ignore")
+
+    checkpoint: Path | None = Field(None, description="checkpoint (.safetensors or official .pt); default: embedded digits model")
+    model_name: str | None = Field(None, description="name in URLs and metrics (default: derived from the checkpoint)")
+    host: str = Field("127.0.0.1", description="listen address")
+    port: int = Field(8000, ge=0, le=65535, description="listen port")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the model runs")
+    policy: str = Field("max-width", description="width-selection policy: max-width, fixed:<width>, ...")
+    profile: Path | None = Field(None, description="latency profile JSON to load instead of measuring at startup")
+    default_budget_ms: float | None = Field(None, gt=0, description="budget for requests without one (default: none)")
+    max_batch_size: int = Field(8, ge=1, le=1024, description="largest batch one width runs at once")
+    max_queue_delay_ms: float = Field(2.0, ge=0, description="how long a batch may wait to fill up")
+    queue_limit: int = Field(256, ge=1, description="queued requests beyond which new ones get 503")
+    admission: Literal["reject", "best_effort"] = Field(
+        "reject", description="reject: 503/504 when no width meets the deadline; best_effort: serve narrowest late"
+    )
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="largest request body (413 beyond)")
+    max_image_pixels: int = Field(16_777_216, ge=1, description="largest decoded image (width x height)")
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's choice)")
+    profile_repeats: int = Field(15, ge=3, description="timed runs per (width, batch) when profiling at startup")
+    retry_after_s: int = Field(1, ge=1, description="Retry-After seconds on 503")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info")
+
+    @field_validator("policy")
+    @classmethod
+    def _policy_not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("policy must not be empty")
+        return value.strip()
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per settings field; unset flags stay ``None`` so env and defaults apply."""
+    for name, field in Settings.model_fields.items():
+        annotation = field.annotation
+        choices = None
+        kind: type = str
+        if get_origin(annotation) is Literal:
+            choices = list(get_args(annotation))
+        else:
+            args = [a for a in get_args(annotation) if a is not type(None)] or [annotation]
+            if args[0] in (int, float):
+                kind = args[0]
+        env = f"WIDTHWISE_{name.upper()}"
+        help_text = f"{field.description or name} (env {env}; default {field.default!r})"
+        parser.add_argument(_flag(name), dest=name, type=kind, choices=choices, default=None, help=help_text)
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    overrides = {k: v for k, v in vars(args).items() if k in Settings.model_fields and v is not None}
+    return Settings(**overrides)
