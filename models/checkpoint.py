@@ -182,3 +182,7 @@ def _load_state_strict(net: SlimmableNet, state: Mapping[str, torch.Tensor], pat
         raise CheckpointError(f"{path}: unexpected key {unexpected[0]!r} (and {len(unexpected) - 1} more)")
     full = {k: state.get(k, v) for k, v in expected.items()}
     net.load_state_dict(full, strict=True)
+
+
+# The embedded default model: S-MobileNet v2 (32x32 stem) trained on scikit-learn's digits.
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "default" / "digits_s_mobilenet_v2.safetensors"

@@ -1,0 +1,28 @@
+"""Budget policies: latency profile, load signals and width selection."""
+
+from __future__ import annotations
+
+from .base import REASONS, Decision, DispatchView, LoadSignals, Policy, QueuedItem
+from .builtin import FixedPolicy, MaxWidthPolicy
+from .profile import LatencyProfile, batch_sizes_up_to, measure_profile
+
+__all__ = [
+    "REASONS", "Decision", "DispatchView", "FixedPolicy", "LatencyProfile", "LoadSignals",
+    "MaxWidthPolicy", "Policy", "QueuedItem", "batch_sizes_up_to", "make_policy", "measure_profile",
+]
+
+
+def make_policy(name: str, widths: tuple[float, ...]) -> Policy:
+    """Build a policy from its ``--policy`` name; ``ValueError`` names what is wrong."""
+    if name.startswith("fixed:"):
+        try:
+            width = float(name.split(":", 1)[1])
+        except ValueError:
+            raise ValueError(f"policy {name!r}: fixed needs a number, e.g. fixed:0.5") from None
+        match = [w for w in widths if abs(w - width) < 1e-9]
+        if not match:
+            raise ValueError(f"policy {name!r}: {width:g} is not one of the model's widths {widths}")
+        return FixedPolicy(match[0])
+    if name == "max-width":
+        return MaxWidthPolicy()
+    raise ValueError(f"unknown policy {name!r}; choose max-width or fixed:<width>")

@@ -1,6 +1,49 @@
-"""Entry point of ``widthwise serve`` (replaced by the real server in the server module)."""
+"""``widthwise serve``: uvicorn with a graceful drain on SIGTERM/SIGINT."""
+
 from __future__ import annotations
 
+import logging
+import sys
 
-def run_server(settings) -> int:
-    raise NotImplementedError
+import uvicorn
+
+from models.checkpoint import CheckpointError
+
+from .app import build_app
+from .settings import Settings
+
+__all__ = ["run_server", "DrainingServer"]
+
+
+class DrainingServer(uvicorn.Server):
+    """On SIGTERM, readiness turns 503 and new requests get 503 at once; queued and
+    in-flight requests finish before uvicorn closes the lifespan and the process exits 0."""
+
+    def __init__(self, config: uvicorn.Config, engine) -> None:
+        super().__init__(config)
+        self.engine = engine
+
+    def handle_exit(self, sig, frame) -> None:
+        self.engine.begin_drain()
+        super().handle_exit(sig, frame)
+
+
+def run_server(settings: Settings) -> int:
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        app = build_app(settings)
+    except (CheckpointError, ValueError) as exc:
+        print(f"widthwise serve: error: {exc}", file=sys.stderr)
+        return 2
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_keep_alive=5,
+        timeout_graceful_shutdown=30,
+        h11_max_incomplete_event_size=16 * 1024,  # bounds request line + headers
+        access_log=False,
+    )
+    DrainingServer(config, app.state.engine).run()
+    return 0

@@ -43,3 +43,145 @@ def make_net(arch: str, seed: int = 0, **kwargs) -> models.SlimmableNet:
     if arch in TEST_INPUT_SIZE and "input_size" not in kwargs:
         kwargs["input_size"] = TEST_INPUT_SIZE[arch]
     return randomize_batchnorm(models.create(arch, **kwargs), seed)
+
+
+# -- server fixtures -------------------------------------------------------------
+
+import contextlib  # noqa: E402
+import io  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import httpx2  # noqa: E402
+import numpy as np  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
+from PIL import Image  # noqa: E402
+from prometheus_client import CollectorRegistry  # noqa: E402
+
+from server.app import build_app  # noqa: E402
+from server.settings import Settings  # noqa: E402
+
+TINY_ACCURACY = {0.25: 0.90, 0.5: 0.95, 0.75: 0.97, 1.0: 0.98}
+# Synthetic latency profile (seconds): decisions in tests follow it, not the noisy machine.
+SYNTHETIC_PROFILE = {
+    "widths": {
+        "0.25": {"1": 0.010, "2": 0.012, "4": 0.015, "8": 0.020},
+        "0.5": {"1": 0.050, "2": 0.060, "4": 0.080, "8": 0.100},
+        "0.75": {"1": 0.200, "2": 0.240, "4": 0.300, "8": 0.400},
+        "1.0": {"1": 0.500, "2": 0.600, "4": 0.700, "8": 0.900},
+    }
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A randomly initialised s_convnet6 (16x16 inputs) with serving metadata."""
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    net = make_net("s_convnet6", seed=1)
+    meta = {"mean": [0.5] * 3, "std": [0.5] * 3, "labels": [f"class{i}" for i in range(10)], "accuracy": TINY_ACCURACY}
+    models.save_checkpoint(net, path, meta)
+    return path
+
+
+@pytest.fixture(scope="session")
+def synthetic_profile(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("profile") / "profile.json"
+    path.write_text(json.dumps(SYNTHETIC_PROFILE))
+    return path
+
+
+def wait_ready(client, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.get("/readyz").status_code == 200:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"server not ready: {client.get('/readyz').json()}")
+
+
+@pytest.fixture
+def make_client(tiny_checkpoint):
+    """``make_client(**settings) -> TestClient`` (ready), closed after the test; ``client.registry`` is fresh."""
+    stack = contextlib.ExitStack()
+
+    def factory(wait: bool = True, **overrides) -> TestClient:
+        settings = Settings(**{"checkpoint": tiny_checkpoint, "model_name": "tiny", "profile_repeats": 3, **overrides})
+        registry = CollectorRegistry()
+        client = stack.enter_context(TestClient(build_app(settings, registry=registry), raise_server_exceptions=False))
+        client.registry = registry
+        client.engine = client.app.state.engine
+        if wait:
+            wait_ready(client)
+        return client
+
+    with stack:
+        yield factory
+
+
+def png_bytes(size=(20, 20), seed: int = 0, fmt: str = "PNG", mode: str = "RGB") -> bytes:
+    rng = np.random.default_rng(seed)
+    channels = 3 if mode == "RGB" else 1
+    array = (rng.random((size[1], size[0], channels)) * 255).astype(np.uint8)
+    image = Image.fromarray(array.squeeze(-1) if channels == 1 else array, mode)
+    buf = io.BytesIO()
+    image.save(buf, fmt)
+    return buf.getvalue()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    """``widthwise serve`` in a subprocess on 127.0.0.1."""
+
+    def __init__(self, *args: str, env: dict | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port), *args]
+        self.proc = subprocess.Popen(
+            cmd, cwd=REPO, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}: {self.proc.stdout.read()}")
+            with contextlib.suppress(httpx2.HTTPError):
+                if httpx2.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return
+            time.sleep(0.1)
+        raise AssertionError("live server did not become ready")
+
+    def terminate(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+
+
+@pytest.fixture
+def live_server(tiny_checkpoint, synthetic_profile):
+    servers: list[LiveServer] = []
+
+    def start(*extra: str, env: dict | None = None) -> LiveServer:
+        server = LiveServer("--checkpoint", str(tiny_checkpoint), "--model-name", "tiny", "--profile-repeats", "3", *extra, env=env)
+        servers.append(server)
+        server.wait_ready()
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()

@@ -1,0 +1,72 @@
+"""The policy interface: a pure decision over a queue snapshot.
+
+The scheduler calls ``policy.select(view)`` whenever it can dispatch a batch.
+The view holds the queued requests in earliest-deadline-first order, the
+latency profile, load signals and the clock; the policy answers with the
+width to run and which requests go in the batch, plus a reason that becomes
+the ``reason`` label of ``widthwise_width_selections_total``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+from .profile import LatencyProfile
+
+__all__ = ["QueuedItem", "LoadSignals", "DispatchView", "Decision", "Policy", "REASONS"]
+
+# Fixed label set of the reason label.
+REASONS = ("budget", "load", "pinned", "no_budget", "fallback", "fixed", "feedback")
+
+
+@dataclass(frozen=True)
+class QueuedItem:
+    """What a policy may know about one queued request."""
+
+    id: int
+    samples: int
+    deadline: float  # absolute, time.monotonic() seconds; math.inf without a budget
+    arrival: float
+    width: float | None = None  # pinned width, if any
+
+    @property
+    def has_budget(self) -> bool:
+        return math.isfinite(self.deadline)
+
+
+@dataclass(frozen=True)
+class LoadSignals:
+    """Current load; any signal may be missing (None) and policies must cope."""
+
+    queue_depth: int = 0
+    inflight_batches: int = 0
+    device_utilization: float | None = None  # 0..1, GPU via NVML or CPU
+    recent_service_s: dict[float, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DispatchView:
+    now: float
+    queue: Sequence[QueuedItem]  # earliest deadline first, never empty
+    widths: tuple[float, ...]  # ascending
+    profile: LatencyProfile
+    max_batch_size: int
+    load: LoadSignals = field(default_factory=LoadSignals)
+
+
+@dataclass(frozen=True)
+class Decision:
+    width: float
+    request_ids: tuple[int, ...]
+    reason: str
+
+
+class Policy(Protocol):
+    name: str
+
+    def select(self, view: DispatchView) -> Decision: ...
+
+    def observe(self, width: float, latency_s: float, deadline_met: bool) -> None:
+        """Feedback after each served request (controllers use it; others ignore it)."""

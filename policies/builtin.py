@@ -1,0 +1,97 @@
+"""Width-selection policies: ``fixed:<width>`` and ``max-width``."""
+
+from __future__ import annotations
+
+from .base import Decision, DispatchView, QueuedItem
+
+__all__ = ["FixedPolicy", "MaxWidthPolicy", "take_batch", "budget_width"]
+
+
+def take_batch(queue, width: float | None, max_samples: int) -> list[QueuedItem]:
+    """EDF-ordered requests that may share a batch with the head.
+
+    Requests pinned to a width only batch with requests pinned to the same
+    width; unpinned ones only with unpinned ones. The head is always taken.
+    """
+    batch: list[QueuedItem] = []
+    samples = 0
+    for item in queue:
+        if item.width != width:
+            continue
+        if batch and samples + item.samples > max_samples:
+            break
+        batch.append(item)
+        samples += item.samples
+    return batch
+
+
+def budget_width(view: DispatchView, item: QueuedItem) -> float:
+    """The widest width an idle server would give ``item``: its budget alone decides."""
+    budget = item.deadline - item.arrival
+    for width in reversed(view.widths):
+        if view.profile.predict(width, item.samples) <= budget:
+            return width
+    return view.widths[0]
+
+
+def _pinned(view: DispatchView) -> Decision | None:
+    head = view.queue[0]
+    if head.width is None:
+        return None
+    batch = take_batch(view.queue, head.width, view.max_batch_size)
+    return Decision(head.width, tuple(i.id for i in batch), "pinned")
+
+
+class FixedPolicy:
+    """Every unpinned request runs at one width: the baseline adaptive policies are judged against."""
+
+    def __init__(self, width: float) -> None:
+        self.width = width
+        self.name = f"fixed:{width:g}"
+
+    def select(self, view: DispatchView) -> Decision:
+        pinned = _pinned(view)
+        if pinned:
+            return pinned
+        batch = take_batch(view.queue, None, view.max_batch_size)
+        return Decision(self.width, tuple(i.id for i in batch), "fixed")
+
+    def observe(self, width: float, latency_s: float, deadline_met: bool) -> None:
+        pass
+
+
+class MaxWidthPolicy:
+    """The widest width whose predicted completion fits the most urgent request's remaining budget.
+
+    The batch is every compatible queued request up to the max batch size; if
+    even the narrowest width cannot finish that batch in time, the batch
+    shrinks; if nothing fits, the narrowest width runs (reason ``fallback``).
+    """
+
+    name = "max-width"
+
+    def select(self, view: DispatchView) -> Decision:
+        pinned = _pinned(view)
+        if pinned:
+            return pinned
+        batch = take_batch(view.queue, None, view.max_batch_size)
+        head = batch[0]
+        ids = tuple(i.id for i in batch)
+        if not head.has_budget:
+            return Decision(view.widths[-1], ids, "no_budget")
+        remaining = head.deadline - view.now
+        samples = sum(i.samples for i in batch)
+        for width in reversed(view.widths):
+            if view.profile.predict(width, samples) <= remaining:
+                reason = "budget" if width >= budget_width(view, head) else "load"
+                return Decision(width, ids, reason)
+        narrowest = view.widths[0]
+        while len(batch) > 1:
+            batch.pop()
+            samples = sum(i.samples for i in batch)
+            if view.profile.predict(narrowest, samples) <= remaining:
+                return Decision(narrowest, tuple(i.id for i in batch), "load")
+        return Decision(narrowest, ids, "fallback")
+
+    def observe(self, width: float, latency_s: float, deadline_met: bool) -> None:
+        pass

@@ -1,0 +1,129 @@
+"""Latency profile: service time of each (width, batch size), measured on the serving device.
+
+Measured at startup (median after warm-up), optionally loaded from / saved to
+JSON, and updated online from observed batch times (EWMA) so it follows the
+machine when it slows down.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Mapping
+
+__all__ = ["LatencyProfile", "batch_sizes_up_to", "measure_profile", "monotone"]
+
+
+def batch_sizes_up_to(max_batch: int) -> list[int]:
+    """1, 2, 4, ... and ``max_batch`` itself."""
+    sizes, b = [], 1
+    while b < max_batch:
+        sizes.append(b)
+        b *= 2
+    return sizes + [max_batch]
+
+
+class LatencyProfile:
+    """Thread-safe table of seconds per batch, keyed by width and batch size.
+
+    ``predict`` interpolates linearly between measured batch sizes and
+    extrapolates with the per-sample cost of the largest one.
+    """
+
+    def __init__(self, table: Mapping[float, Mapping[int, float]], ewma_alpha: float = 0.1) -> None:
+        if not table:
+            raise ValueError("a latency profile needs at least one width")
+        self._table = {float(w): {int(b): float(s) for b, s in row.items()} for w, row in table.items()}
+        for w, row in self._table.items():
+            if not row or any(s <= 0 for s in row.values()):
+                raise ValueError(f"width {w}: latencies must be positive")
+        self._alpha = ewma_alpha
+        self._lock = threading.Lock()
+
+    @property
+    def widths(self) -> tuple[float, ...]:
+        return tuple(sorted(self._table))
+
+    def predict(self, width: float, batch: int) -> float:
+        """Predicted seconds to run ``batch`` samples at ``width``."""
+        with self._lock:
+            row = self._table[width]
+            sizes = sorted(row)
+            if batch in row:
+                return row[batch]
+            if batch <= sizes[0]:
+                return row[sizes[0]]
+            for lo, hi in zip(sizes, sizes[1:]):
+                if lo < batch < hi:
+                    frac = (batch - lo) / (hi - lo)
+                    return row[lo] + frac * (row[hi] - row[lo])
+            largest = sizes[-1]
+            return row[largest] * batch / largest
+
+    def observe(self, width: float, batch: int, seconds: float) -> None:
+        """Fold an observed batch time into the profile (EWMA on the nearest measured batch size)."""
+        with self._lock:
+            row = self._table.get(width)
+            if row is None or seconds <= 0:
+                return
+            nearest = min(row, key=lambda b: abs(b - batch))
+            scaled = seconds * (nearest / batch) if batch > nearest * 2 or nearest > batch * 2 else seconds
+            row[nearest] += self._alpha * (scaled - row[nearest])
+
+    def as_dict(self) -> dict:
+        """``{"widths": {"0.5": {"1": 0.0012, ...}}}`` in seconds."""
+        with self._lock:
+            return {"unit": "seconds", "widths": {str(w): {str(b): s for b, s in sorted(row.items())} for w, row in sorted(self._table.items())}}
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.as_dict(), indent=2))
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "LatencyProfile":
+        widths = data.get("widths") if isinstance(data, Mapping) else None
+        if not isinstance(widths, Mapping):
+            raise ValueError("profile JSON needs an object 'widths': {width: {batch: seconds}}")
+        return cls({float(w): {int(b): float(s) for b, s in row.items()} for w, row in widths.items()})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LatencyProfile":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def measure_profile(
+    run: Callable[[float, int], None], widths: Iterable[float], batch_sizes: Iterable[int], warmup: int = 3, repeats: int = 15
+) -> LatencyProfile:
+    """Median seconds of ``run(width, batch)`` for every pair, after ``warmup`` untimed runs."""
+    table: dict[float, dict[int, float]] = {}
+    for width in widths:
+        table[width] = {}
+        for batch in batch_sizes:
+            for _ in range(warmup):
+                run(width, batch)
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                run(width, batch)
+                times.append(time.perf_counter() - start)
+            table[width][batch] = statistics.median(times)
+    return LatencyProfile(monotone(table))
+
+
+def monotone(table: Mapping[float, Mapping[int, float]]) -> dict[float, dict[int, float]]:
+    """Make latency non-decreasing in batch size and in width.
+
+    A noisy machine can time a wider switch or a bigger batch as faster; a
+    policy trusting that would pick a width that cannot keep its promise.
+    """
+    out: dict[float, dict[int, float]] = {}
+    previous: dict[int, float] = {}
+    for width in sorted(table):
+        row, floor = {}, 0.0
+        for batch in sorted(table[width]):
+            floor = max(floor, table[width][batch], previous.get(batch, 0.0))
+            row[batch] = floor
+        out[width] = previous = row
+    return out

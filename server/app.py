@@ -1,0 +1,54 @@
+"""``build_app(settings) -> FastAPI``: loads the model, wires routers, handlers and the engine lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from pathlib import Path
+from typing import AsyncIterator
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+
+from models import SlimmableNet, load_checkpoint
+from models.checkpoint import DEFAULT_CHECKPOINT
+
+from .engine import Engine
+from .errors import install_error_handlers
+from .metrics import Metrics
+from .routers import kserve, native, ops
+from .settings import Settings
+
+__all__ = ["build_app", "model_name_for"]
+
+
+def model_name_for(settings: Settings, checkpoint: Path) -> str:
+    """``--model-name``, else the checkpoint's file stem made URL-safe."""
+    if settings.model_name:
+        return settings.model_name
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", checkpoint.stem) or "model"
+
+
+def build_app(settings: Settings | None = None, registry: CollectorRegistry | None = None, net: SlimmableNet | None = None) -> FastAPI:
+    """The application for one model; the engine starts in the lifespan (use ``TestClient`` as a context manager)."""
+    settings = settings or Settings()
+    checkpoint = Path(settings.checkpoint) if settings.checkpoint else DEFAULT_CHECKPOINT
+    net = net if net is not None else load_checkpoint(checkpoint)
+    registry = registry if registry is not None else CollectorRegistry()
+    name = model_name_for(settings, checkpoint)
+    engine = Engine(net, settings, Metrics(registry, name), name)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        async with engine:
+            yield
+
+    app = FastAPI(title="widthwise", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.registry = registry
+    app.state.engine = engine
+    install_error_handlers(app)
+    app.include_router(native.router)
+    app.include_router(kserve.router)
+    app.include_router(ops.router)
+    return app

@@ -1,0 +1,258 @@
+"""The engine: model + runtime + scheduler + worker thread, behind an async interface.
+
+HTTP handlers only call :meth:`Engine.submit` and read :meth:`Engine.describe`;
+they never touch torch. The engine is an async context manager entered in the
+FastAPI lifespan; start-up work (export, warm-up, profiling) runs in a thread so
+``/healthz`` answers while ``/readyz`` still says 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from models import SlimmableNet
+from models.profiling import count_macs, count_params
+from policies import LatencyProfile, Policy, batch_sizes_up_to, make_policy, measure_profile
+
+from .metrics import Metrics
+from .runtime import Runtime
+from .scheduler import Batch, InferenceRequest, Pending, Rejected, Scheduler
+from .settings import Settings
+
+__all__ = ["Engine", "InferenceResult", "Rejected"]
+
+log = logging.getLogger("widthwise.engine")
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    logits: torch.Tensor  # [samples, num_classes]
+    width: float
+    reason: str
+    queue_s: float
+    inference_s: float
+    batch_samples: int
+    deadline_met: bool
+
+
+class Engine:
+    """Serves one slimmable model. Construct, then ``async with engine:``."""
+
+    def __init__(self, net: SlimmableNet, settings: Settings, metrics: Metrics, model_name: str) -> None:
+        self.net = net
+        self.settings = settings
+        self.metrics = metrics
+        self.model_name = model_name
+        self.metadata: dict = getattr(net, "metadata", {}) or {}
+        self.accuracy: dict[float, float] = {float(w): float(a) for w, a in self.metadata.get("accuracy", {}).items()}
+        self.policy: Policy = make_policy(settings.policy, net.widths)  # validate before start-up work
+        self.runtime: Runtime | None = None
+        self.profile: LatencyProfile | None = None
+        self.scheduler: Scheduler | None = None
+        self.ready = False
+        self.draining = False
+        self.startup_error: str | None = None
+        self._ids = itertools.count(1)
+        self._worker: threading.Thread | None = None
+        self._startup: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._costs = self._static_costs()
+
+    # -- lifecycle --------------------------------------------------------
+
+    async def __aenter__(self) -> "Engine":
+        self._loop = asyncio.get_running_loop()
+        self._startup = threading.Thread(target=self._start_up, name="widthwise-startup", daemon=True)
+        self._startup.start()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    def _start_up(self) -> None:
+        try:
+            if self.settings.threads:
+                torch.set_num_threads(self.settings.threads)
+            self.runtime = Runtime(self.net, self.settings.device)
+            batch_sizes = batch_sizes_up_to(self.settings.max_batch_size)
+            self.runtime.warm_up(batch_sizes)
+            if self.settings.profile:
+                self.profile = LatencyProfile.load(self.settings.profile)
+                missing = set(self.net.widths) - set(self.profile.widths)
+                if missing:
+                    raise ValueError(f"profile {self.settings.profile} lacks widths {sorted(missing)}")
+            else:
+                example = torch.zeros(1, *self.runtime.input_shape)
+                self.profile = measure_profile(
+                    lambda w, b: self.runtime.run(w, example.expand(b, -1, -1, -1)),
+                    self.net.widths, batch_sizes, repeats=self.settings.profile_repeats,
+                )
+            self.scheduler = Scheduler(
+                self.policy, self.profile, self.net.widths, self.settings.max_batch_size,
+                self.settings.max_queue_delay_ms / 1e3, self.settings.queue_limit,
+                self.settings.admission, self.settings.retry_after_s,
+            )
+            self._worker = threading.Thread(target=self._work, name="widthwise-runtime", daemon=True)
+            self._worker.start()
+            self.metrics.model_info.labels(
+                self.model_name, self.net.arch, ",".join(f"{w:g}" for w in self.net.widths), str(self.runtime.device)
+            ).set(1)
+            self.ready = not self.draining
+            log.info("ready: %s on %s, widths %s", self.model_name, self.runtime.device, self.net.widths)
+        except Exception as exc:  # surfaced through /readyz and the log; the process stays up
+            self.startup_error = f"{type(exc).__name__}: {exc}"
+            log.exception("start-up failed")
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        if self._startup is not None:
+            self._startup.join(timeout)
+        return self.ready
+
+    def begin_drain(self) -> None:
+        """Readiness goes 503 and new requests get 503; queued work still finishes."""
+        self.draining = True
+        self.ready = False
+        if self.scheduler is not None:
+            self.scheduler.close()
+
+    async def close(self, timeout: float = 30.0) -> None:
+        self.begin_drain()
+        if self._startup is not None:
+            await asyncio.to_thread(self._startup.join, timeout)
+        if self.scheduler is not None:
+            self.scheduler.close()
+        if self._worker is not None:
+            await asyncio.to_thread(self._worker.join, timeout)
+
+    # -- requests -----------------------------------------------------------
+
+    async def submit(self, tensor: torch.Tensor, width: float | None, budget_s: float | None) -> InferenceResult:
+        """Queue ``tensor`` ([samples, C, H, W]) and wait for its logits.
+
+        Raises:
+            Rejected: not ready, draining, queue full, or the deadline cannot be met.
+        """
+        if not self.ready or self.scheduler is None:
+            raise Rejected(503, "model is not ready" if not self.draining else "server is shutting down", self.settings.retry_after_s)
+        if width is not None:
+            width = self.net.widths[self.net.width_index(width)]
+        if budget_s is None and self.settings.default_budget_ms is not None:
+            budget_s = self.settings.default_budget_ms / 1e3
+        if budget_s is not None:
+            self.metrics.latency_budget.labels(self.model_name).observe(budget_s)
+        now = time.monotonic()
+        request = InferenceRequest(
+            id=next(self._ids), tensor=tensor, width=width,
+            deadline=now + budget_s if budget_s is not None else math.inf, arrival=now, budget_s=budget_s,
+        )
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future = loop.create_future()
+
+        def resolve(value: Any) -> None:
+            loop.call_soon_threadsafe(_settle, future, value)
+
+        self.scheduler.admit(Pending(request, resolve))  # raises Rejected
+        self.metrics.queue_depth.labels(self.model_name).set(self.scheduler.depth())
+        inflight = self.metrics.inflight.labels(self.model_name)
+        inflight.inc()
+        try:
+            return await future
+        finally:
+            inflight.dec()
+
+    def _work(self) -> None:
+        assert self.scheduler is not None and self.runtime is not None and self.profile is not None
+        while True:
+            batch = self.scheduler.next_batch()
+            if batch is None:
+                return
+            self.metrics.queue_depth.labels(self.model_name).set(self.scheduler.depth())
+            for pending in batch.expired:
+                pending.resolve(Rejected(504, "deadline can no longer be met at any width"))
+            if batch.items:
+                try:
+                    self._run_batch(batch)
+                finally:
+                    self.scheduler.batch_done()
+
+    def _run_batch(self, batch: Batch) -> None:
+        width = batch.decision.width
+        tensors = [p.request.tensor for p in batch.items]
+        start = time.monotonic()
+        try:
+            logits = self.runtime.run(width, torch.cat(tensors) if len(tensors) > 1 else tensors[0])
+        except Exception as exc:
+            log.exception("batch at width %s failed", width)
+            for pending in batch.items:
+                pending.resolve(RuntimeError(f"inference failed: {type(exc).__name__}"))
+            return
+        end = time.monotonic()
+        elapsed = end - start
+        self.profile.observe(width, batch.samples, elapsed)
+        self.metrics.batch(width, batch.samples, elapsed, batch.decision.reason)
+        offset = 0
+        for pending in batch.items:
+            req = pending.request
+            self.metrics.queue_wait.labels(self.model_name).observe(start - req.arrival)
+            out = logits[offset:offset + req.samples]
+            offset += req.samples
+            met = end <= req.deadline
+            self.policy.observe(width, end - req.arrival, met)
+            pending.resolve(InferenceResult(out, width, batch.decision.reason, start - req.arrival, elapsed, batch.samples, met))
+
+    # -- description ---------------------------------------------------------
+
+    def _static_costs(self) -> dict[float, dict[str, int]]:
+        shape = (self.net.in_channels, self.net.input_size, self.net.input_size)
+        costs = {}
+        for width in self.net.widths:
+            module = self.net.switch(width)
+            costs[width] = {"macs": count_macs(module, shape), "params": count_params(module)}
+        return costs
+
+    def describe(self) -> dict:
+        """What ``GET /v1/models`` returns."""
+        profile = self.profile.as_dict()["widths"] if self.profile else None
+        return {
+            "name": self.model_name,
+            "arch": self.net.arch,
+            "ready": self.ready,
+            "device": str(self.runtime.device) if self.runtime else None,
+            "policy": self.policy.name,
+            "input": {"channels": self.net.in_channels, "size": self.net.input_size,
+                      "mean": self.metadata.get("mean"), "std": self.metadata.get("std")},
+            "num_classes": self.net.num_classes,
+            "labels": self.metadata.get("labels"),
+            "widths": [
+                {
+                    "width": w,
+                    "macs": self._costs[w]["macs"],
+                    "params": self._costs[w]["params"],
+                    "expected_accuracy": self.accuracy.get(w),
+                    "latency_ms": {b: s * 1e3 for b, s in profile[str(w)].items()} if profile else None,
+                }
+                for w in self.net.widths
+            ],
+        }
+
+    def label(self, index: int) -> str:
+        labels = self.metadata.get("labels")
+        return str(labels[index]) if labels and index < len(labels) else str(index)
+
+
+def _settle(future: asyncio.Future, value: Any) -> None:
+    if future.done():  # the client went away and the handler was cancelled
+        return
+    if isinstance(value, BaseException):
+        future.set_exception(value)
+    else:
+        future.set_result(value)

@@ -1,0 +1,166 @@
+"""KServe v2 / Open Inference Protocol, with Triton's binary-data extension.
+
+Input: one tensor ``[N, C, H, W]`` (FP32/FP16: already normalised; UINT8:
+raw pixels, normalised here with the checkpoint's mean/std). Output:
+``logits`` ``[N, num_classes]`` FP32, as JSON or binary.
+Width and budget: request ``parameters`` (``width``, ``latency_budget_ms``,
+Triton's ``timeout`` in microseconds) or the ``X-Width`` /
+``X-Latency-Budget-Ms`` headers.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from importlib.metadata import PackageNotFoundError, version
+
+import numpy as np
+import torch
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+from ..codecs import decode_v2_tensor, parse_budget_ms, parse_width, split_binary_body
+from ..engine import Engine
+from ..errors import ApiError
+from ..http_util import get_engine, read_body, timing_headers
+from ..observe import count_outcome
+
+router = APIRouter(tags=["kserve-v2"])
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+MODEL_VERSION = "1"
+
+
+def _server_version() -> str:
+    try:
+        return version("widthwise")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+def _model(request: Request, name: str, model_version: str | None = None) -> Engine:
+    engine = get_engine(request)
+    if name != engine.model_name:
+        raise ApiError(404, f"unknown model {name!r}; this server serves {engine.model_name!r}")
+    if model_version not in (None, "", MODEL_VERSION):
+        raise ApiError(404, f"model {name!r} has no version {model_version!r}")
+    return engine
+
+
+@router.get("/v2")
+async def server_metadata() -> dict:
+    return {"name": "widthwise", "version": _server_version(), "extensions": ["binary_tensor_data", "parameters"]}
+
+
+@router.get("/v2/health/live")
+async def live() -> Response:
+    return Response(status_code=200)
+
+
+@router.get("/v2/health/ready")
+async def ready(request: Request) -> Response:
+    return Response(status_code=200 if get_engine(request).ready else 503)
+
+
+@router.get("/v2/models/{name}")
+@router.get("/v2/models/{name}/versions/{model_version}")
+async def model_metadata(request: Request, name: str, model_version: str | None = None) -> dict:
+    engine = _model(request, name, model_version)
+    c, s = engine.net.in_channels, engine.net.input_size
+    return {
+        "name": engine.model_name,
+        "versions": [MODEL_VERSION],
+        "platform": "pytorch_slimmable",
+        "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, c, s, s]}],
+        "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, engine.net.num_classes]}],
+        "parameters": {"widths": list(engine.net.widths)},
+    }
+
+
+@router.get("/v2/models/{name}/ready")
+@router.get("/v2/models/{name}/versions/{model_version}/ready")
+async def model_ready(request: Request, name: str, model_version: str | None = None) -> Response:
+    engine = _model(request, name, model_version)
+    return Response(status_code=200 if engine.ready else 503)
+
+
+@router.post("/v2/models/{name}/infer")
+@router.post("/v2/models/{name}/versions/{model_version}/infer")
+async def infer(request: Request, name: str, model_version: str | None = None) -> Response:
+    started = time.monotonic()
+    engine = _model(request, name, model_version)
+    settings = request.app.state.settings
+    async with count_outcome(engine) as record:
+        body = await read_body(request, settings.max_body_bytes)
+        header, tail = split_binary_body(body, request.headers.get("inference-header-content-length"))
+        params = header.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise ApiError(400, "parameters must be a JSON object")
+        width = parse_width(params.get("width", request.headers.get("x-width")), engine.net.widths, "width")
+        budget_ms = _budget_ms(params, request)
+        tensor = _input_tensor(header, tail, engine)
+        if tensor.shape[0] > settings.max_batch_size:
+            raise ApiError(400, f"batch of {tensor.shape[0]} exceeds max_batch_size {settings.max_batch_size}")
+        result = await engine.submit(tensor, width, budget_ms / 1e3 if budget_ms else None)
+        total = time.monotonic() - started
+        record(result, total)
+        logits = np.ascontiguousarray(result.logits.float().numpy())
+        output = {"name": OUTPUT_NAME, "datatype": "FP32", "shape": list(logits.shape)}
+        response = {
+            "model_name": engine.model_name,
+            "model_version": MODEL_VERSION,
+            "parameters": {"width": result.width, "deadline_met": result.deadline_met, "budget_ms": budget_ms},
+            "outputs": [output],
+        }
+        if "id" in header:
+            response["id"] = header["id"]
+        headers = timing_headers(result, total)
+        if not _wants_binary(header):
+            output["data"] = logits.ravel().tolist()
+            return JSONResponse(response, headers=headers)
+        raw = logits.astype("<f4").tobytes()
+        output["parameters"] = {"binary_data_size": len(raw)}
+        head = json.dumps(response).encode()
+        headers["Inference-Header-Content-Length"] = str(len(head))
+        return Response(head + raw, media_type="application/octet-stream", headers=headers)
+
+
+def _budget_ms(params: dict, request: Request) -> float | None:
+    if "latency_budget_ms" in params:
+        return parse_budget_ms(params["latency_budget_ms"], "latency_budget_ms")
+    if "timeout" in params:  # Triton: microseconds
+        timeout_us = parse_budget_ms(params["timeout"], "timeout")
+        return timeout_us / 1e3 if timeout_us is not None else None
+    return parse_budget_ms(request.headers.get("x-latency-budget-ms"))
+
+
+def _input_tensor(header: dict, tail: bytes, engine: Engine) -> torch.Tensor:
+    inputs = header.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise ApiError(400, f"request needs 'inputs' with one tensor named {INPUT_NAME!r}")
+    if len(inputs) != 1:
+        raise ApiError(400, f"expected exactly one input, got {len(inputs)}")
+    c, s = engine.net.in_channels, engine.net.input_size
+    array, _ = decode_v2_tensor(inputs[0], tail, 0, (c, s, s))
+    if array.dtype == np.uint8:
+        mean = np.asarray(engine.metadata.get("mean", (0.5,) * c), dtype=np.float32).reshape(1, c, 1, 1)
+        std = np.asarray(engine.metadata.get("std", (0.5,) * c), dtype=np.float32).reshape(1, c, 1, 1)
+        array = (array.astype(np.float32) / 255.0 - mean) / std
+    tensor = torch.from_numpy(np.array(array, dtype=np.float32))
+    if not torch.isfinite(tensor).all():
+        raise ApiError(400, "input contains NaN or infinity")
+    return tensor
+
+
+def _wants_binary(header: dict) -> bool:
+    params = header.get("parameters") or {}
+    if params.get("binary_data_output"):
+        return True
+    for out in header.get("outputs") or []:
+        if isinstance(out, dict):
+            if out.get("name") not in (None, OUTPUT_NAME):
+                raise ApiError(400, f"unknown output {out.get('name')!r}; this model outputs {OUTPUT_NAME!r}")
+            if (out.get("parameters") or {}).get("binary_data"):
+                return True
+    return False

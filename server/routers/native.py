@@ -1,0 +1,93 @@
+"""Native API: ``POST /v1/classify`` and ``GET /v1/models``."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from ..codecs import decode_image, parse_budget_ms, parse_top_k, parse_width
+from ..errors import ApiError
+from ..http_util import get_engine, read_body, timing_headers
+from ..observe import count_outcome
+
+router = APIRouter(tags=["native"])
+
+
+@router.post("/v1/classify")
+async def classify(request: Request) -> JSONResponse:
+    """Classify one image (raw body or multipart field ``image``).
+
+    Headers: ``X-Latency-Budget-Ms``, ``X-Width``. Query: ``top_k`` (default 5).
+    """
+    started = time.monotonic()
+    engine = get_engine(request)
+    settings = request.app.state.settings
+    async with count_outcome(engine) as record:
+        top_k = parse_top_k(request.query_params.get("top_k", 5), engine.net.num_classes)
+        budget_ms = parse_budget_ms(request.headers.get("x-latency-budget-ms"))
+        width = parse_width(request.headers.get("x-width"), engine.net.widths)
+        data, media_type = await _image_payload(request, settings.max_body_bytes)
+        meta = engine.metadata
+        tensor = await run_in_threadpool(
+            decode_image, data, media_type, settings.max_image_pixels, engine.net.input_size,
+            meta.get("mean", (0.5,) * 3), meta.get("std", (0.5,) * 3), engine.net.in_channels,
+        )
+        result = await engine.submit(tensor, width, budget_ms / 1e3 if budget_ms else None)
+        total = time.monotonic() - started
+        record(result, total)
+        scores = torch.softmax(result.logits[0].float(), dim=0)
+        values, indices = scores.topk(top_k)
+        body = {
+            "model": engine.model_name,
+            "width": result.width,
+            "predictions": [
+                {"index": int(i), "label": engine.label(int(i)), "score": float(v)} for v, i in zip(values, indices)
+            ],
+            "timing_ms": {"queue": result.queue_s * 1e3, "inference": result.inference_s * 1e3, "total": total * 1e3},
+            "budget_ms": budget_ms,
+            "deadline_met": result.deadline_met,
+        }
+        return JSONResponse(body, headers=timing_headers(result, total))
+
+
+async def _image_payload(request: Request, limit: int) -> tuple[bytes, str]:
+    content_type = request.headers.get("content-type", "")
+    media_type = content_type.split(";")[0].strip().lower()
+    if media_type == "multipart/form-data":
+        body = await read_body(request, limit)  # enforce the limit before parsing
+        form = await _parse_multipart(request, body, limit)
+        try:
+            upload = form.get("image")
+            if upload is None or isinstance(upload, str):
+                raise ApiError(400, "multipart body needs a file field named 'image'")
+            data = await upload.read()
+            part_type = (upload.content_type or "").split(";")[0].strip().lower()
+        finally:
+            await form.close()  # releases the spooled temporary files
+        return data, part_type
+    if not media_type:
+        raise ApiError(415, "missing Content-Type; send image/jpeg, image/png, image/webp or multipart/form-data")
+    return await read_body(request, limit), media_type
+
+
+async def _parse_multipart(request: Request, body: bytes, limit: int):
+    from starlette.requests import Request as StarletteRequest
+
+    async def replay():
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    clone = StarletteRequest(request.scope, replay)
+    try:
+        return await clone.form(max_files=1, max_fields=8, max_part_size=limit)
+    except Exception as exc:  # malformed multipart
+        raise ApiError(400, f"malformed multipart body: {exc}") from None
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> JSONResponse:
+    """The served model: widths, MACs/params and expected accuracy per width, current latency profile."""
+    return JSONResponse({"models": [get_engine(request).describe()]})

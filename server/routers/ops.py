@@ -1,0 +1,33 @@
+"""Operations endpoints: liveness, readiness, Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict:
+    """Alive: the process answers HTTP."""
+    return {"status": "alive"}
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> JSONResponse:
+    """200 once weights are loaded, switches exported and warmed up and the profile measured."""
+    engine = request.app.state.engine
+    if engine.ready:
+        return JSONResponse({"status": "ready"})
+    status = "draining" if engine.draining else "failed" if engine.startup_error else "starting"
+    body = {"status": status}
+    if engine.startup_error:
+        body["error"] = engine.startup_error
+    return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(request.app.state.registry), media_type=CONTENT_TYPE_LATEST)

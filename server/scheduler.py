@@ -1,0 +1,221 @@
+"""Earliest-deadline-first queue, admission control and batch formation.
+
+The event loop calls :meth:`Scheduler.admit` (fast, under a lock); the
+runtime worker thread calls :meth:`Scheduler.next_batch`, which blocks until
+a batch is due, asks the policy for (width, requests) and hands it over.
+Torch never runs here and never on the event loop.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from policies import Decision, DispatchView, LatencyProfile, LoadSignals, Policy, QueuedItem
+
+__all__ = ["InferenceRequest", "Pending", "Rejected", "Batch", "Scheduler"]
+
+
+@dataclass(frozen=True)
+class InferenceRequest:
+    """One client request as queued: immutable once admitted."""
+
+    id: int
+    tensor: torch.Tensor  # [samples, C, H, W], float32, CPU
+    width: float | None  # pinned width, or None to let the policy choose
+    deadline: float  # absolute time.monotonic(); math.inf without a budget
+    arrival: float
+    budget_s: float | None
+
+    @property
+    def samples(self) -> int:
+        return int(self.tensor.shape[0])
+
+    def queued_item(self) -> QueuedItem:
+        return QueuedItem(self.id, self.samples, self.deadline, self.arrival, self.width)
+
+
+@dataclass
+class Pending:
+    """A queued request and how to answer it (``resolve`` is called from the worker thread)."""
+
+    request: InferenceRequest
+    resolve: Callable[[Any], None]
+
+
+class Rejected(Exception):
+    """Admission or dispatch refused the request; maps to an HTTP status."""
+
+    def __init__(self, status: int, message: str, retry_after_s: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(frozen=True)
+class Batch:
+    decision: Decision
+    items: list[Pending]
+    expired: list[Pending] = field(default_factory=list)  # to be answered 504 without running
+    dispatched_at: float = 0.0
+
+    @property
+    def samples(self) -> int:
+        return sum(p.request.samples for p in self.items)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        policy: Policy,
+        profile: LatencyProfile,
+        widths: tuple[float, ...],
+        max_batch_size: int,
+        max_queue_delay_s: float,
+        queue_limit: int,
+        admission: str = "reject",
+        retry_after_s: int = 1,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.policy = policy
+        self.profile = profile
+        self.widths = widths
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay_s = max_queue_delay_s
+        self.queue_limit = queue_limit
+        self.admission = admission
+        self.retry_after_s = retry_after_s
+        self.clock = clock
+        self._heap: list[tuple[float, int, Pending]] = []
+        self._seq = itertools.count()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._busy_until = 0.0  # predicted end of the batch being executed
+        self._inflight_batches = 0
+
+    # -- event-loop side -------------------------------------------------
+
+    def admit(self, pending: Pending) -> None:
+        """Queue ``pending`` or raise :class:`Rejected` (503 overloaded / 504 budget too small)."""
+        req = pending.request
+        with self._cond:
+            if self._closed:
+                raise Rejected(503, "server is shutting down", self.retry_after_s)
+            if len(self._heap) >= self.queue_limit:
+                raise Rejected(503, f"queue is full ({self.queue_limit} requests)", self.retry_after_s)
+            if self.admission == "reject" and math.isfinite(req.deadline):
+                self._check_deadline_feasible(req)
+            heapq.heappush(self._heap, (req.deadline, next(self._seq), pending))
+            self._cond.notify()
+
+    def _check_deadline_feasible(self, req: InferenceRequest) -> None:
+        width = req.width if req.width is not None else self.widths[0]
+        service = self.profile.predict(width, req.samples)
+        if req.budget_s is not None and service > req.budget_s:
+            raise Rejected(
+                504,
+                f"latency budget {req.budget_s * 1e3:.3g} ms is below the fastest possible service time "
+                f"{service * 1e3:.3g} ms at width {width:g}",
+            )
+        now = self.clock()
+        ahead = sum(p.request.samples for d, _, p in self._heap if d <= req.deadline)
+        wait = max(0.0, self._busy_until - now)
+        if ahead:
+            full_batches = math.ceil(ahead / self.max_batch_size)
+            wait += full_batches * self.profile.predict(self.widths[0], min(ahead, self.max_batch_size))
+        if now + wait + service > req.deadline:
+            raise Rejected(503, f"overloaded: predicted wait {wait * 1e3:.3g} ms exceeds the budget", self.retry_after_s)
+
+    def depth(self) -> int:
+        with self._cond:
+            return len(self._heap)
+
+    def close(self) -> None:
+        """Refuse new requests; ``next_batch`` keeps returning batches until the queue is empty."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    # -- worker side ------------------------------------------------------
+
+    def batch_done(self) -> None:
+        with self._cond:
+            self._inflight_batches -= 1
+            self._busy_until = 0.0
+
+    def next_batch(self, load: LoadSignals | None = None) -> Batch | None:
+        """Block until a batch is due; ``None`` once closed and drained."""
+        with self._cond:
+            while True:
+                while not self._heap:
+                    if self._closed:
+                        return None
+                    self._cond.wait()
+                due = self._dispatch_due_at()
+                now = self.clock()
+                if now >= due or self._closed:
+                    break
+                self._cond.wait(due - now)
+            now = self.clock()
+            expired = self._pop_expired(now)
+            if not self._heap:
+                return Batch(Decision(self.widths[0], (), "fallback"), [], expired, now)
+            ordered = [p for _, _, p in sorted(self._heap)]
+            view = DispatchView(
+                now=now,
+                queue=[p.request.queued_item() for p in ordered],
+                widths=self.widths,
+                profile=self.profile,
+                max_batch_size=self.max_batch_size,
+                load=load or LoadSignals(queue_depth=len(ordered), inflight_batches=self._inflight_batches),
+            )
+            decision = self.policy.select(view)
+            chosen = set(decision.request_ids)
+            items = [p for p in ordered if p.request.id in chosen]
+            self._heap = [entry for entry in self._heap if entry[2].request.id not in chosen]
+            heapq.heapify(self._heap)
+            self._inflight_batches += 1
+            self._busy_until = now + self.profile.predict(decision.width, sum(p.request.samples for p in items))
+            return Batch(decision, items, expired, now)
+
+    def _dispatch_due_at(self) -> float:
+        """When to dispatch: at once for a full batch, else when the oldest request has waited
+        ``max_queue_delay`` -- but never so late that the most urgent request loses the width
+        its budget allows (waiting to fill a batch must not cost accuracy or deadlines)."""
+        samples = sum(p.request.samples for _, _, p in self._heap)
+        if samples >= self.max_batch_size:
+            return 0.0
+        oldest = min(p.request.arrival for _, _, p in self._heap)
+        due = oldest + self.max_queue_delay_s
+        head = self._heap[0][2].request
+        if math.isfinite(head.deadline):
+            budget = head.deadline - head.arrival
+            fitting = [w for w in self.widths if self.profile.predict(w, samples) <= budget] or [self.widths[0]]
+            width = head.width if head.width is not None else fitting[-1]
+            due = min(due, head.deadline - self.profile.predict(width, samples))
+        return due
+
+    def _pop_expired(self, now: float) -> list[Pending]:
+        """In reject mode, requests that can no longer make their deadline even at the narrowest width."""
+        if self.admission != "reject":
+            return []
+        keep, expired = [], []
+        for entry in self._heap:
+            req = entry[2].request
+            width = req.width if req.width is not None else self.widths[0]
+            if math.isfinite(req.deadline) and now + self.profile.predict(width, req.samples) > req.deadline:
+                expired.append(entry[2])
+            else:
+                keep.append(entry)
+        if expired:
+            self._heap = keep
+            heapq.heapify(self._heap)
+        return expired

@@ -1,0 +1,139 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import models
+from models.training import TrainConfig, calibrate_bn, evaluate, load_dataset, train
+from models.training.data import digits_images
+from server.cli import main
+
+DEFAULT_CHECKPOINT = models.checkpoint.DEFAULT_CHECKPOINT
+
+
+@pytest.fixture(scope="module")
+def digits16():
+    return load_dataset("digits", 16)
+
+
+def test_digits_split_is_fixed_and_held_out(digits16):
+    again = load_dataset("digits", 16)
+    assert torch.equal(digits16.y_val, again.y_val) and torch.equal(digits16.x_val, again.x_val)
+    assert len(digits16.y_train) + len(digits16.y_val) == 1797
+    assert digits16.x_train.shape[1:] == (3, 16, 16)
+    assert digits16.labels == tuple("0123456789")
+
+
+def test_short_run_lowers_loss_and_cli_writes_metadata(tmp_path, capsys):
+    out = tmp_path / "c6.safetensors"
+    argv = ["train", "--arch", "s_convnet6", "--epochs", "2", "--out", str(out), "--no-progress", "--lr", "0.05"]
+    assert main(argv) == 0
+    meta = models.load_checkpoint(out).metadata
+    assert meta["dataset"] == "digits" and meta["labels"] == list("0123456789")
+    assert set(meta["accuracy"]) == {0.25, 0.5, 0.75, 1.0}
+    assert all(0.0 <= a <= 1.0 for a in meta["accuracy"].values())
+    assert meta["training"]["epochs"] == 2
+
+    net = models.create("s_convnet6")
+    result = train(net, load_dataset("digits", 16), TrainConfig(epochs=3, lr=0.05, progress=False))
+    assert result.losses[-1] < result.losses[0] * 0.7
+
+
+def test_same_seed_gives_the_same_checkpoint(digits16):
+    def run() -> dict:
+        net = models.create("s_convnet6")
+        train(net, digits16, TrainConfig(epochs=1, seed=3, progress=False))
+        return net.state_dict()
+
+    a, b = run(), run()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_inplace_distillation_trains_every_width(digits16):
+    net = models.create("s_convnet6")
+    result = train(net, digits16, TrainConfig(epochs=4, inplace_distill=True, progress=False))
+    assert min(result.val_top1.values()) > 0.8
+
+
+@pytest.mark.slow
+def test_switchable_bn_fixes_the_shared_bn_collapse(digits16):
+    """The paper's Figure 2 in miniature: shared BN breaks the narrow widths, S-BN does not."""
+    accuracy = {}
+    for mode in ("shared", "switchable"):
+        net = models.create("s_convnet6", bn_mode=mode)
+        accuracy[mode] = train(net, digits16, TrainConfig(epochs=15, seed=0, progress=False)).val_top1
+    assert accuracy["shared"][0.25] < 0.50, accuracy
+    assert min(accuracy["switchable"].values()) >= 0.95, accuracy
+
+
+def test_calibrate_restores_corrupted_statistics(tmp_path, digits16, capsys):
+    net = models.create("s_convnet6")
+    train(net, digits16, TrainConfig(epochs=6, progress=False))
+    before = evaluate(net, digits16.x_val, digits16.y_val)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.fill_(3.0)
+            m.running_var.fill_(0.01)
+    broken = evaluate(net, digits16.x_val, digits16.y_val)
+    assert max(r["top1"] for r in broken.values()) < 0.5
+    ckpt, fixed_ckpt = tmp_path / "broken.safetensors", tmp_path / "fixed.safetensors"
+    models.save_checkpoint(net, ckpt, {"mean": list(digits16.mean), "std": list(digits16.std)})
+    assert main(["calibrate", "--checkpoint", str(ckpt), "--batches", "10", "--out", str(fixed_ckpt)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(fixed_ckpt), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    for row in report["widths"]:
+        assert row["top1"] >= before[row["width"]]["top1"] - 0.03
+        assert 0.9 <= row["top5"] <= 1.0
+    assert models.load_checkpoint(fixed_ckpt).metadata["accuracy"][0.25] == report["widths"][0]["top1"]
+
+
+def test_calibrate_refuses_shared_bn(digits16):
+    with pytest.raises(ValueError, match="switchable"):
+        calibrate_bn(models.create("s_convnet6", bn_mode="shared"), digits16.x_train, 2)
+
+
+def test_image_folder_dataset(tmp_path):
+    images, targets = digits_images()
+    for split in ("train", "val"):
+        for i in range(40 if split == "train" else 10):
+            folder = tmp_path / split / f"class_{targets[i]}"
+            folder.mkdir(parents=True, exist_ok=True)
+            images[i].save(folder / f"{i}.png")
+    (tmp_path / "train" / "class_0" / "notes.txt").write_text("not an image")
+    data = load_dataset(str(tmp_path), 16)
+    classes = sorted({f"class_{t}" for t in targets[:40]})
+    assert data.labels == tuple(classes)
+    assert len(data.y_train) == 40 and len(data.y_val) == 10
+    first = np.asarray(images[0].convert("RGB").resize((16, 16), Image.BILINEAR), dtype=np.float32) / 255
+    label_of_first = classes.index(f"class_{targets[0]}")
+    idx = int((data.y_train == label_of_first).nonzero()[0])
+    torch.testing.assert_close(data.x_train[idx], torch.from_numpy((first - 0.5) / 0.5).permute(2, 0, 1))
+
+
+def test_image_folder_without_split_holds_out_a_fixed_fraction(tmp_path):
+    images, targets = digits_images()
+    for i in range(50):
+        folder = tmp_path / str(targets[i])
+        folder.mkdir(exist_ok=True)
+        images[i].save(folder / f"{i}.png")
+    data = load_dataset(str(tmp_path), 8)
+    assert len(data.y_val) == 10 and len(data.y_train) == 40
+
+
+def test_unknown_dataset_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="neither 'digits' nor a directory"):
+        load_dataset(str(tmp_path / "nope"), 16)
+
+
+def test_shipped_default_model_meets_accuracy_on_held_out_digits():
+    net = models.load_checkpoint(DEFAULT_CHECKPOINT)
+    assert DEFAULT_CHECKPOINT.stat().st_size <= 10 * 1024 * 1024
+    assert net.arch == "s_mobilenet_v2_cifar" and net.widths == (0.35, 0.5, 0.75, 1.0)
+    data = load_dataset("digits", net.input_size, net.in_channels, mean=net.metadata["mean"], std=net.metadata["std"])
+    measured = evaluate(net, data.x_val, data.y_val)
+    for width, stored in net.metadata["accuracy"].items():
+        assert stored >= 0.95
+        assert measured[width]["top1"] == pytest.approx(stored, abs=1e-9)

@@ -1,0 +1,148 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import models
+
+SHAPE = [2, 3, 16, 16]
+
+
+@pytest.fixture
+def client(make_client):
+    return make_client()
+
+
+@pytest.fixture(scope="module")
+def reference_net(tiny_checkpoint):
+    return models.load_checkpoint(tiny_checkpoint)
+
+
+def _infer(client, body, **kw):
+    return client.post("/v2/models/tiny/infer", json=body, **kw)
+
+
+def _tensor(seed=0):
+    return np.random.default_rng(seed).standard_normal(SHAPE).astype(np.float32)
+
+
+def test_server_and_model_metadata(client):
+    assert client.get("/v2").json()["extensions"] == ["binary_tensor_data", "parameters"]
+    meta = client.get("/v2/models/tiny").json()
+    assert meta["name"] == "tiny" and meta["versions"] == ["1"]
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 3, 16, 16]}]
+    assert meta["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}]
+    assert client.get("/v2/models/tiny/versions/1").status_code == 200
+    assert client.get("/v2/models/tiny/ready").status_code == 200
+    assert client.get("/v2/models/other").status_code == 404
+    assert client.get("/v2/models/tiny/versions/7").status_code == 404
+    assert client.get("/v2/models/other/ready").status_code == 404
+
+
+@pytest.mark.parametrize("width", [0.25, 0.5, 0.75, 1.0])
+def test_json_infer_equals_reference_logits(client, reference_net, width):
+    x = _tensor()
+    r = _infer(client, {"id": "abc", "inputs": [{"name": "input", "shape": SHAPE, "datatype": "FP32", "data": x.ravel().tolist()}],
+                        "parameters": {"width": width}})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["id"] == "abc" and body["model_name"] == "tiny" and body["parameters"]["width"] == width
+    out = body["outputs"][0]
+    assert out["name"] == "logits" and out["shape"] == [2, 10] and out["datatype"] == "FP32"
+    with torch.inference_mode():
+        expected = reference_net(torch.from_numpy(x), width=width).numpy()
+    np.testing.assert_allclose(np.asarray(out["data"]).reshape(2, 10), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_binary_in_and_out(client, reference_net):
+    x = _tensor(1)
+    header = {"inputs": [{"name": "input", "shape": SHAPE, "datatype": "FP32", "parameters": {"binary_data_size": x.nbytes}}],
+              "outputs": [{"name": "logits", "parameters": {"binary_data": True}}], "parameters": {"width": 0.5}}
+    head = json.dumps(header).encode()
+    r = client.post("/v2/models/tiny/infer", content=head + x.tobytes(),
+                    headers={"Inference-Header-Content-Length": str(len(head)), "content-type": "application/octet-stream"})
+    assert r.status_code == 200, r.text
+    n = int(r.headers["inference-header-content-length"])
+    meta = json.loads(r.content[:n])
+    assert meta["outputs"][0]["parameters"]["binary_data_size"] == 2 * 10 * 4
+    logits = np.frombuffer(r.content[n:], dtype="<f4").reshape(2, 10)
+    with torch.inference_mode():
+        np.testing.assert_allclose(logits, reference_net(torch.from_numpy(x), width=0.5).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_uint8_and_fp16_inputs(client, reference_net):
+    pixels = np.random.default_rng(2).integers(0, 256, SHAPE, dtype=np.uint8)
+    r = _infer(client, {"inputs": [{"name": "input", "shape": SHAPE, "datatype": "UINT8", "data": pixels.ravel().tolist()}],
+                        "parameters": {"width": 1.0}})
+    assert r.status_code == 200, r.text
+    normalised = (pixels.astype(np.float32) / 255 - 0.5) / 0.5
+    with torch.inference_mode():
+        expected = reference_net(torch.from_numpy(normalised), width=1.0).numpy()
+    np.testing.assert_allclose(np.asarray(r.json()["outputs"][0]["data"]).reshape(2, 10), expected, rtol=1e-4, atol=1e-5)
+    half = _tensor(3).astype(np.float16)
+    r = _infer(client, {"inputs": [{"name": "input", "shape": SHAPE, "datatype": "FP16", "data": half.ravel().tolist()}]})
+    assert r.status_code == 200
+
+
+def test_budget_from_parameters_triton_timeout_and_headers(make_client, synthetic_profile):
+    client = make_client(profile=synthetic_profile)
+    x = _tensor()[:1]
+    base = {"inputs": [{"name": "input", "shape": [1, 3, 16, 16], "datatype": "FP32", "data": x.ravel().tolist()}]}
+    r = _infer(client, {**base, "parameters": {"latency_budget_ms": 300}})
+    assert r.json()["parameters"]["width"] == 0.75
+    r = _infer(client, {**base, "parameters": {"timeout": 100_000}})  # microseconds
+    assert r.json()["parameters"]["width"] == 0.5
+    r = _infer(client, base, headers={"X-Latency-Budget-Ms": "30"})
+    assert r.json()["parameters"]["width"] == 0.25
+    assert r.headers["x-served-width"] == "0.25"
+
+
+BAD = {
+    "wrong shape": ({"inputs": [{"name": "input", "shape": [1, 3, 8, 8], "datatype": "FP32", "data": [0.0] * 192}]}, 400),
+    "wrong rank": ({"inputs": [{"name": "input", "shape": [3, 16, 16], "datatype": "FP32", "data": [0.0] * 768}]}, 400),
+    "bad datatype": ({"inputs": [{"name": "input", "shape": [1, 3, 16, 16], "datatype": "BYTES", "data": ["a"]}]}, 400),
+    "too few values": ({"inputs": [{"name": "input", "shape": [1, 3, 16, 16], "datatype": "FP32", "data": [0.0] * 10}]}, 400),
+    "non numeric data": ({"inputs": [{"name": "input", "shape": [1, 3, 16, 16], "datatype": "FP32", "data": ["x"] * 768}]}, 400),
+    "missing inputs": ({"parameters": {}}, 400),
+    "two inputs": ({"inputs": [{}, {}]}, 400),
+    "bad width": ({"inputs": [{"name": "input", "shape": [1, 3, 16, 16], "datatype": "FP32", "data": [0.0] * 768}],
+                   "parameters": {"width": 0.3}}, 422),
+    "bad budget": ({"inputs": [{"name": "input", "shape": [1, 3, 16, 16], "datatype": "FP32", "data": [0.0] * 768}],
+                    "parameters": {"latency_budget_ms": -1}}, 422),
+    "nan input": ({"inputs": [{"name": "input", "shape": [1, 3, 16, 16], "datatype": "FP32", "data": [float("nan")] * 768}]}, 400),
+    "batch over max": ({"inputs": [{"name": "input", "shape": [9, 3, 16, 16], "datatype": "FP32", "data": [0.0] * 9 * 768}]}, 400),
+    "unknown output": ({"inputs": [{"name": "input", "shape": [1, 3, 16, 16], "datatype": "FP32", "data": [0.0] * 768}],
+                        "outputs": [{"name": "probs"}]}, 400),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD))
+def test_bad_v2_requests_are_4xx(client, name):
+    body, status = BAD[name]
+    raw = json.dumps(body, allow_nan=True)
+    r = client.post("/v2/models/tiny/infer", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text
+    assert r.json()["error"]
+    good = {"inputs": [{"name": "input", "shape": [1, 3, 16, 16], "datatype": "FP32", "data": [0.0] * 768}]}
+    assert _infer(client, good).status_code == 200
+
+
+def test_binary_length_mismatches_are_400(client):
+    x = _tensor()
+    for size, extra in ((x.nbytes - 4, b""), (x.nbytes, b""), (x.nbytes, None)):
+        header = {"inputs": [{"name": "input", "shape": SHAPE, "datatype": "FP32", "parameters": {"binary_data_size": size}}]}
+        head = json.dumps(header).encode()
+        payload = head + (x.tobytes()[:-8] if extra is not None else x.tobytes())
+        length = str(len(head)) if extra is not None else str(len(payload) + 5)
+        r = client.post("/v2/models/tiny/infer", content=payload, headers={"Inference-Header-Content-Length": length})
+        assert r.status_code == 400, r.text
+    r = client.post("/v2/models/tiny/infer", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400
+    r = client.post("/v2/models/tiny/infer", content=b"{}", headers={"Inference-Header-Content-Length": "abc"})
+    assert r.status_code == 400
+
+
+def test_unknown_model_infer_is_404(client):
+    r = client.post("/v2/models/nope/infer", json={"inputs": []})
+    assert r.status_code == 404 and "unknown model" in r.json()["error"]

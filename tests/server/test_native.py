@@ -1,0 +1,152 @@
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import models
+from models.transforms import image_to_tensor
+from tests.conftest import TINY_ACCURACY, png_bytes
+
+
+def expected_scores(checkpoint, data: bytes, width: float) -> torch.Tensor:
+    net = models.load_checkpoint(checkpoint)
+    x = image_to_tensor(Image.open(io.BytesIO(data)), net.input_size, net.metadata["mean"], net.metadata["std"])
+    with torch.inference_mode():
+        return torch.softmax(net(x[None], width=width)[0], 0)
+
+
+def test_classify_raw_png_returns_contract_and_reference_scores(make_client, tiny_checkpoint):
+    client = make_client()
+    data = png_bytes()
+    r = client.post("/v1/classify?top_k=3", content=data, headers={"content-type": "image/png"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body) == {"model", "width", "predictions", "timing_ms", "budget_ms", "deadline_met"}
+    assert body["model"] == "tiny" and body["width"] == 1.0 and body["budget_ms"] is None and body["deadline_met"] is True
+    assert r.headers["x-served-width"] == "1"
+    assert r.headers["server-timing"].startswith("queue;dur=")
+    assert set(body["timing_ms"]) == {"queue", "inference", "total"}
+    assert body["timing_ms"]["total"] >= body["timing_ms"]["inference"]
+    preds = body["predictions"]
+    assert len(preds) == 3
+    reference = expected_scores(tiny_checkpoint, data, 1.0)
+    top = reference.topk(3)
+    assert [p["index"] for p in preds] == top.indices.tolist()
+    assert [p["label"] for p in preds] == [f"class{i}" for i in top.indices.tolist()]
+    np.testing.assert_allclose([p["score"] for p in preds], top.values.numpy(), rtol=1e-4)
+
+
+@pytest.mark.parametrize("fmt,media", [("JPEG", "image/jpeg"), ("WEBP", "image/webp"), ("PNG", "image/png")])
+def test_classify_accepts_each_image_format(make_client, fmt, media):
+    client = make_client()
+    r = client.post("/v1/classify", content=png_bytes(fmt=fmt), headers={"content-type": media})
+    assert r.status_code == 200, r.text
+
+
+def test_classify_multipart_and_grayscale(make_client, tiny_checkpoint):
+    client = make_client()
+    data = png_bytes(size=(40, 30), mode="L")
+    r = client.post("/v1/classify", files={"image": ("digit.png", data, "image/png")}, headers={"X-Width": "0.5"})
+    assert r.status_code == 200, r.text
+    assert r.json()["width"] == 0.5
+    reference = expected_scores(tiny_checkpoint, data, 0.5)
+    assert r.json()["predictions"][0]["index"] == int(reference.argmax())
+
+
+def test_pinned_width_is_served(make_client):
+    client = make_client()
+    for width in ("0.25", "0.75", "1"):
+        r = client.post("/v1/classify", content=png_bytes(), headers={"content-type": "image/png", "X-Width": width})
+        assert r.status_code == 200 and r.json()["width"] == float(width)
+        assert r.headers["x-served-width"] == f"{float(width):g}"
+
+
+@pytest.mark.parametrize("budget_ms,width", [("5000", 1.0), ("600", 1.0), ("300", 0.75), ("100", 0.5), ("30", 0.25)])
+def test_budget_picks_widest_width_that_fits_the_profile(make_client, synthetic_profile, budget_ms, width):
+    client = make_client(profile=synthetic_profile)
+    r = client.post("/v1/classify", content=png_bytes(), headers={"content-type": "image/png", "X-Latency-Budget-Ms": budget_ms})
+    assert r.status_code == 200, r.text
+    assert r.json()["width"] == width
+    assert r.json()["budget_ms"] == float(budget_ms)
+
+
+def test_budget_below_narrowest_width_is_504_and_counted_rejected(make_client, synthetic_profile):
+    client = make_client(profile=synthetic_profile)
+    r = client.post("/v1/classify", content=png_bytes(), headers={"content-type": "image/png", "X-Latency-Budget-Ms": "5"})
+    assert r.status_code == 504
+    assert "below the fastest" in r.json()["error"]
+    assert client.registry.get_sample_value("widthwise_requests_total", {"model": "tiny", "width": "none", "outcome": "rejected"}) == 1
+
+
+def test_best_effort_admission_serves_narrowest_and_reports_missed_deadline(make_client, synthetic_profile):
+    client = make_client(profile=synthetic_profile, admission="best_effort")
+    r = client.post("/v1/classify", content=png_bytes(), headers={"content-type": "image/png", "X-Latency-Budget-Ms": "5"})
+    assert r.status_code == 200
+    assert r.json()["width"] == 0.25
+    assert r.json()["deadline_met"] in (True, False)  # wall-clock dependent; the width is the contract
+    outcome = "ok" if r.json()["deadline_met"] else "deadline_missed"
+    assert client.registry.get_sample_value("widthwise_requests_total", {"model": "tiny", "width": "0.25", "outcome": outcome}) == 1
+
+
+def test_default_budget_applies_to_requests_without_one(make_client, synthetic_profile):
+    client = make_client(profile=synthetic_profile, default_budget_ms=100)
+    r = client.post("/v1/classify", content=png_bytes(), headers={"content-type": "image/png"})
+    assert r.json()["width"] == 0.5 and r.json()["budget_ms"] is None
+
+
+def test_models_endpoint_lists_widths_costs_accuracy_and_profile(make_client):
+    client = make_client()
+    model = client.get("/v1/models").json()["models"][0]
+    assert model["name"] == "tiny" and model["arch"] == "s_convnet6" and model["ready"] is True
+    assert [w["width"] for w in model["widths"]] == [0.25, 0.5, 0.75, 1.0]
+    assert [w["expected_accuracy"] for w in model["widths"]] == list(TINY_ACCURACY.values())
+    macs = [w["macs"] for w in model["widths"]]
+    assert macs == sorted(macs) and macs[0] > 0
+    for w in model["widths"]:
+        assert set(w["latency_ms"]) == {"1", "2", "4", "8"}
+        assert all(v > 0 for v in w["latency_ms"].values())
+
+
+def test_health_and_readiness(make_client):
+    client = make_client()
+    assert client.get("/healthz").json() == {"status": "alive"}
+    assert client.get("/readyz").status_code == 200
+    assert client.get("/v2/health/live").status_code == 200
+    assert client.get("/v2/health/ready").status_code == 200
+
+
+def test_readiness_reports_a_failed_start_up(make_client, tmp_path):
+    client = make_client(wait=False, profile=tmp_path / "missing.json")
+    client.engine.wait_ready(30)
+    r = client.get("/readyz")
+    assert r.status_code == 503 and r.json()["status"] == "failed" and "missing.json" in r.json()["error"]
+    assert client.get("/v2/health/ready").status_code == 503
+    r = client.post("/v1/classify", content=png_bytes(), headers={"content-type": "image/png"})
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+
+
+def test_draining_engine_refuses_new_work_with_503(make_client):
+    client = make_client()
+    client.engine.begin_drain()
+    assert client.get("/readyz").json()["status"] == "draining"
+    r = client.post("/v1/classify", content=png_bytes(), headers={"content-type": "image/png"})
+    assert r.status_code == 503 and "retry-after" in r.headers
+
+
+def test_metrics_after_known_traffic(make_client):
+    client = make_client()
+    for _ in range(2):
+        client.post("/v1/classify", content=png_bytes(), headers={"content-type": "image/png", "X-Width": "0.5"})
+    client.post("/v1/classify", content=b"not an image", headers={"content-type": "image/png"})
+    get = client.registry.get_sample_value
+    assert get("widthwise_requests_total", {"model": "tiny", "width": "0.5", "outcome": "ok"}) == 2
+    assert get("widthwise_requests_total", {"model": "tiny", "width": "none", "outcome": "bad_request"}) == 1
+    assert get("widthwise_expected_correct_total", {"model": "tiny"}) == pytest.approx(2 * 0.95)
+    assert get("widthwise_width_selections_total", {"model": "tiny", "width": "0.5", "reason": "pinned"}) >= 1
+    assert get("widthwise_batch_size_count", {"model": "tiny", "width": "0.5"}) >= 1
+    assert get("widthwise_request_duration_seconds_count", {"model": "tiny", "width": "0.5"}) == 2
+    assert get("widthwise_model_info", {"model": "tiny", "arch": "s_convnet6", "widths": "0.25,0.5,0.75,1", "device": "cpu"}) == 1
+    text = client.get("/metrics").text
+    assert 'widthwise_requests_total{model="tiny",outcome="ok",width="0.5"} 2.0' in text
