@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from .adaptive import FeedbackPolicy, SlackPolicy
 from .base import REASONS, Decision, DispatchView, LoadSignals, Policy, QueuedItem
 from .builtin import FixedPolicy, MaxWidthPolicy
 from .profile import LatencyProfile, batch_sizes_up_to, measure_profile
 
 __all__ = [
     "REASONS", "Decision", "DispatchView", "FixedPolicy", "LatencyProfile", "LoadSignals",
-    "MaxWidthPolicy", "Policy", "QueuedItem", "batch_sizes_up_to", "make_policy", "measure_profile",
+    "FeedbackPolicy", "MaxWidthPolicy", "Policy", "SlackPolicy", "QueuedItem", "batch_sizes_up_to", "make_policy", "measure_profile",
 ]
 
 
@@ -25,4 +26,11 @@ def make_policy(name: str, widths: tuple[float, ...]) -> Policy:
         return FixedPolicy(match[0])
     if name == "max-width":
         return MaxWidthPolicy()
-    raise ValueError(f"unknown policy {name!r}; choose max-width or fixed:<width>")
+    if name == "slack":
+        return SlackPolicy()
+    if name == "feedback":
+        return FeedbackPolicy(tuple(widths))
+    raise ValueError(f"unknown policy {name!r}; choose {', '.join(POLICY_NAMES)} or fixed:<width>")
+
+
+POLICY_NAMES = ("max-width", "slack", "feedback")

@@ -42,6 +42,7 @@ class LoadSignals:
 
     queue_depth: int = 0
     inflight_batches: int = 0
+    arrival_rate: float | None = None  # offered requests per second, recent window
     device_utilization: float | None = None  # 0..1, GPU via NVML or CPU
     recent_service_s: dict[float, float] = field(default_factory=dict)
 
@@ -68,5 +69,5 @@ class Policy(Protocol):
 
     def select(self, view: DispatchView) -> Decision: ...
 
-    def observe(self, width: float, latency_s: float, deadline_met: bool) -> None:
+    def observe(self, width: float, latency_s: float, budget_s: float | None, deadline_met: bool) -> None:
         """Feedback after each served request (controllers use it; others ignore it)."""

@@ -34,6 +34,26 @@ def budget_width(view: DispatchView, item: QueuedItem) -> float:
     return view.widths[0]
 
 
+def _affordable_width(view: DispatchView, item: QueuedItem, start: float) -> float:
+    """The widest width ``item`` could get if it ran alone starting at ``start``."""
+    remaining = item.deadline - start
+    for width in reversed(view.widths):
+        if view.profile.predict(width, item.samples) <= remaining:
+            return width
+    return view.widths[0]
+
+
+def _without_patient(view: DispatchView, batch: list[QueuedItem], width: float, samples: int) -> tuple[int, ...]:
+    """Ids of ``batch`` minus the requests that can wait for this batch and still get a wider width.
+
+    Without this, a request with a generous budget would be dragged down to the
+    width of an urgent one it happens to be batched with.
+    """
+    batch_end = view.now + view.profile.predict(width, samples)
+    head = batch[0]
+    return tuple(i.id for i in batch if i is head or _affordable_width(view, i, batch_end) <= width)
+
+
 def _pinned(view: DispatchView) -> Decision | None:
     head = view.queue[0]
     if head.width is None:
@@ -56,7 +76,7 @@ class FixedPolicy:
         batch = take_batch(view.queue, None, view.max_batch_size)
         return Decision(self.width, tuple(i.id for i in batch), "fixed")
 
-    def observe(self, width: float, latency_s: float, deadline_met: bool) -> None:
+    def observe(self, width: float, latency_s: float, budget_s: float | None, deadline_met: bool) -> None:
         pass
 
 
@@ -84,6 +104,7 @@ class MaxWidthPolicy:
         for width in reversed(view.widths):
             if view.profile.predict(width, samples) <= remaining:
                 reason = "budget" if width >= budget_width(view, head) else "load"
+                ids = _without_patient(view, batch, width, samples)
                 return Decision(width, ids, reason)
         narrowest = view.widths[0]
         while len(batch) > 1:
@@ -93,5 +114,5 @@ class MaxWidthPolicy:
                 return Decision(narrowest, tuple(i.id for i in batch), "load")
         return Decision(narrowest, ids, "fallback")
 
-    def observe(self, width: float, latency_s: float, deadline_met: bool) -> None:
+    def observe(self, width: float, latency_s: float, budget_s: float | None, deadline_met: bool) -> None:
         pass

@@ -33,6 +33,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=20, help="timed runs per width (median reported)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--save-profile", metavar="PATH", help="also measure every (width, batch) and write a latency profile JSON")
+    p.add_argument("--max-batch-size", type=int, default=8, help="largest batch in the saved profile")
+
+    p = sub.add_parser("simulate", help="discrete-event simulation of a policy under a load trace")
+    p.add_argument("--profile", required=True, help="latency profile JSON (widthwise profile --save-profile)")
+    p.add_argument("--policy", default="max-width")
+    p.add_argument("--trace", default="poisson", help="poisson, bursty, step, or a file of arrival times")
+    p.add_argument("--rate", type=float, default=100.0, help="mean arrival rate (requests/s)")
+    p.add_argument("--budget-ms", type=float, required=True, help="latency budget of every request")
+    p.add_argument("--duration", type=float, default=30.0, help="simulated seconds")
+    p.add_argument("--checkpoint", help="read expected accuracy per width from this checkpoint's metadata")
+    p.add_argument("--max-batch-size", type=int, default=8)
+    p.add_argument("--max-queue-delay-ms", type=float, default=2.0)
+    p.add_argument("--queue-limit", type=int, default=256)
+    p.add_argument("--admission", choices=["reject", "best_effort"], default="reject")
+    p.add_argument("--noise", type=float, default=0.05, help="log-normal sigma of batch times")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("convert", help="official .pt -> widthwise .safetensors")
     p.add_argument("src")
@@ -61,6 +79,8 @@ def _cmd_profile(args: argparse.Namespace) -> int:
             kwargs["input_size"] = args.input_size
         net = models.create(args.arch, **kwargs)
     costs = models.profile_net(net, input_size=args.input_size, repeats=args.repeats)
+    if args.save_profile:
+        _save_profile(net, args)
     rows = [{"width": c.width, "macs": c.macs, "params": c.params, "latency_ms": c.latency_ms} for c in costs]
     if args.json:
         print(json.dumps({"arch": net.arch, "input_size": args.input_size or net.input_size, "widths": rows}))
@@ -69,6 +89,64 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     print(f"{'width':>6} {'MACs':>14} {'params':>12} {'latency ms':>11}")
     for r in rows:
         print(f"{r['width']:>6.2f} {r['macs']:>14,} {r['params']:>12,} {r['latency_ms']:>11.3f}")
+    return 0
+
+
+def _save_profile(net, args: argparse.Namespace) -> None:
+    import torch
+
+    from models.checkpoint import OFFICIAL_TOP1
+    from policies import batch_sizes_up_to, measure_profile
+
+    size = args.input_size or net.input_size
+    switches = {w: net.switch(w, fold_bn=True) for w in net.widths}
+    example = torch.randn(1, net.in_channels, size, size)
+
+    def run(width: float, batch: int) -> None:
+        with torch.inference_mode():
+            switches[width](example.expand(batch, -1, -1, -1))
+
+    profile = measure_profile(run, net.widths, batch_sizes_up_to(args.max_batch_size), repeats=args.repeats)
+    accuracy = getattr(net, "metadata", {}).get("accuracy") or OFFICIAL_TOP1.get(net.arch, {})
+    data = {
+        **profile.as_dict(),
+        "arch": net.arch,
+        "input_size": size,
+        "device": "cpu",
+        "threads": torch.get_num_threads(),
+        "accuracy": {str(w): a for w, a in accuracy.items()},
+    }
+    with open(args.save_profile, "w") as f:
+        json.dump(data, f, indent=2)
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from policies import LatencyProfile, make_policy
+    from policies.simulator import arrival_times, simulate
+
+    with open(args.profile) as f:
+        raw = json.load(f)
+    profile = LatencyProfile.from_dict(raw)
+    accuracy = {float(w): float(a) for w, a in (raw.get("accuracy") or {}).items()}
+    if args.checkpoint:
+        import models
+
+        accuracy = dict(models.load_checkpoint(args.checkpoint).metadata.get("accuracy", {}))
+    policy = make_policy(args.policy, profile.widths)
+    arrivals = arrival_times(args.trace, args.rate, args.duration, args.seed)
+    result = simulate(
+        profile, policy, arrivals, args.budget_ms / 1e3, accuracy or None, args.max_batch_size,
+        args.max_queue_delay_ms / 1e3, args.queue_limit, args.admission, args.noise, args.seed,
+    )
+    report = {"policy": policy.name, "trace": args.trace, "rate": args.rate, "budget_ms": args.budget_ms, **result.as_dict()}
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    acc = f"{result.mean_accuracy:.4f}" if result.mean_accuracy is not None else "n/a"
+    print(f"policy {policy.name}, trace {args.trace} at {args.rate:g} req/s, budget {args.budget_ms:g} ms, {result.sent} requests")
+    print(f"attainment {result.attainment:.4f}  mean accuracy {acc}  p50 {result.p50_ms or 0:.2f} ms  p99 {result.p99_ms or 0:.2f} ms")
+    print(f"served {result.served}, on time {result.on_time}, rejected {result.rejected}")
+    print("width mix: " + ", ".join(f"{w}: {share:.1%}" for w, share in result.width_mix.items()))
     return 0
 
 
@@ -91,13 +169,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"profile": _cmd_profile, "convert": _cmd_convert, "serve": _cmd_serve}
+    handlers = {"profile": _cmd_profile, "convert": _cmd_convert, "serve": _cmd_serve, "simulate": _cmd_simulate}
     handler = handlers.get(args.command) or args.handler
     from models.checkpoint import CheckpointError
 
     try:
         return handler(args)
-    except (CheckpointError, FileNotFoundError) as exc:
+    except (CheckpointError, FileNotFoundError, ValueError) as exc:
         print(f"widthwise {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

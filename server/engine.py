@@ -206,7 +206,7 @@ class Engine:
             out = logits[offset:offset + req.samples]
             offset += req.samples
             met = end <= req.deadline
-            self.policy.observe(width, end - req.arrival, met)
+            self.policy.observe(width, end - req.arrival, req.budget_s, met)
             pending.resolve(InferenceResult(out, width, batch.decision.reason, start - req.arrival, elapsed, batch.samples, met))
 
     # -- description ---------------------------------------------------------

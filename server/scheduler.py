@@ -8,6 +8,7 @@ Torch never runs here and never on the event loop.
 
 from __future__ import annotations
 
+import collections
 import heapq
 import itertools
 import math
@@ -100,6 +101,20 @@ class Scheduler:
         self._closed = False
         self._busy_until = 0.0  # predicted end of the batch being executed
         self._inflight_batches = 0
+        self._arrivals: collections.deque[float] = collections.deque()  # offered-load window
+
+    RATE_WINDOW_S = 1.0
+
+    def _note_arrival(self, now: float) -> None:
+        self._arrivals.append(now)
+        while self._arrivals and self._arrivals[0] < now - self.RATE_WINDOW_S:
+            self._arrivals.popleft()
+
+    def _arrival_rate(self, now: float) -> float:
+        """Offered requests per second over the last window (rejected ones included: they are load too)."""
+        while self._arrivals and self._arrivals[0] < now - self.RATE_WINDOW_S:
+            self._arrivals.popleft()
+        return len(self._arrivals) / self.RATE_WINDOW_S
 
     # -- event-loop side -------------------------------------------------
 
@@ -107,6 +122,7 @@ class Scheduler:
         """Queue ``pending`` or raise :class:`Rejected` (503 overloaded / 504 budget too small)."""
         req = pending.request
         with self._cond:
+            self._note_arrival(self.clock())
             if self._closed:
                 raise Rejected(503, "server is shutting down", self.retry_after_s)
             if len(self._heap) >= self.queue_limit:
@@ -147,6 +163,7 @@ class Scheduler:
     # -- worker side ------------------------------------------------------
 
     def batch_done(self) -> None:
+        """The worker finished the batch it took (only batches with items count)."""
         with self._cond:
             self._inflight_batches -= 1
             self._busy_until = 0.0
@@ -162,29 +179,46 @@ class Scheduler:
                 due = self._dispatch_due_at()
                 now = self.clock()
                 if now >= due or self._closed:
-                    break
+                    return self._take_batch(now, load)
                 self._cond.wait(due - now)
-            now = self.clock()
-            expired = self._pop_expired(now)
+
+    def poll(self, now: float, load: LoadSignals | None = None) -> Batch | float | None:
+        """Non-blocking twin of :meth:`next_batch` for simulations with a virtual clock.
+
+        Returns a batch if one is due at ``now``, else the time it will be due,
+        or ``None`` when the queue is empty.
+        """
+        with self._cond:
             if not self._heap:
-                return Batch(Decision(self.widths[0], (), "fallback"), [], expired, now)
-            ordered = [p for _, _, p in sorted(self._heap)]
-            view = DispatchView(
-                now=now,
-                queue=[p.request.queued_item() for p in ordered],
-                widths=self.widths,
-                profile=self.profile,
-                max_batch_size=self.max_batch_size,
-                load=load or LoadSignals(queue_depth=len(ordered), inflight_batches=self._inflight_batches),
-            )
-            decision = self.policy.select(view)
-            chosen = set(decision.request_ids)
-            items = [p for p in ordered if p.request.id in chosen]
-            self._heap = [entry for entry in self._heap if entry[2].request.id not in chosen]
-            heapq.heapify(self._heap)
-            self._inflight_batches += 1
-            self._busy_until = now + self.profile.predict(decision.width, sum(p.request.samples for p in items))
-            return Batch(decision, items, expired, now)
+                return None
+            due = self._dispatch_due_at()
+            if now >= due or self._closed:
+                return self._take_batch(now, load)
+            return due
+
+    def _take_batch(self, now: float, load: LoadSignals | None) -> Batch:
+        expired = self._pop_expired(now)
+        if not self._heap:
+            return Batch(Decision(self.widths[0], (), "fallback"), [], expired, now)
+        ordered = [p for _, _, p in sorted(self._heap)]
+        view = DispatchView(
+            now=now,
+            queue=[p.request.queued_item() for p in ordered],
+            widths=self.widths,
+            profile=self.profile,
+            max_batch_size=self.max_batch_size,
+            load=load or LoadSignals(
+                queue_depth=len(ordered), inflight_batches=self._inflight_batches, arrival_rate=self._arrival_rate(now)
+            ),
+        )
+        decision = self.policy.select(view)
+        chosen = set(decision.request_ids)
+        items = [p for p in ordered if p.request.id in chosen]
+        self._heap = [entry for entry in self._heap if entry[2].request.id not in chosen]
+        heapq.heapify(self._heap)
+        self._inflight_batches += 1
+        self._busy_until = now + self.profile.predict(decision.width, sum(p.request.samples for p in items))
+        return Batch(decision, items, expired, now)
 
     def _dispatch_due_at(self) -> float:
         """When to dispatch: at once for a full batch, else when the oldest request has waited

@@ -15,7 +15,7 @@ from PIL import Image
 
 from ..transforms import image_to_tensor
 
-__all__ = ["Dataset", "load_dataset", "digits_images", "DIGITS_MEAN", "DIGITS_STD"]
+__all__ = ["Dataset", "load_dataset", "digits_images", "held_out_split", "DIGITS_MEAN", "DIGITS_STD"]
 
 DIGITS_MEAN = (0.5, 0.5, 0.5)
 DIGITS_STD = (0.5, 0.5, 0.5)
@@ -50,7 +50,8 @@ def digits_images() -> tuple[list[Image.Image], np.ndarray]:
     return [Image.fromarray(p, mode="L") for p in pixels], digits.target.astype(np.int64)
 
 
-def _split(n: int, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+def held_out_split(n: int, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed (train, val) index arrays; the permutation depends only on ``n`` and ``SPLIT_SEED``."""
     order = np.random.default_rng(SPLIT_SEED).permutation(n)
     n_val = max(1, int(round(n * val_fraction)))
     return np.sort(order[n_val:]), np.sort(order[:n_val])
@@ -87,7 +88,7 @@ def load_dataset(
     if spec == "digits":
         images, targets = digits_images()
         labels = tuple(str(i) for i in range(10))
-        train_idx, val_idx = _split(len(images), val_fraction)
+        train_idx, val_idx = held_out_split(len(images), val_fraction)
         train_images, val_images = [images[i] for i in train_idx], [images[i] for i in val_idx]
         y_train, y_val = targets[train_idx], targets[val_idx]
         name = "digits"
@@ -102,7 +103,7 @@ def load_dataset(
                 raise ValueError(f"{root}: train and val have different classes")
         else:
             images, targets, labels = _folder_images(root)
-            train_idx, val_idx = _split(len(images), val_fraction)
+            train_idx, val_idx = held_out_split(len(images), val_fraction)
             train_images, val_images = [images[i] for i in train_idx], [images[i] for i in val_idx]
             y_train, y_val = targets[train_idx], targets[val_idx]
         name = str(root)

@@ -150,3 +150,28 @@ def test_metrics_after_known_traffic(make_client):
     assert get("widthwise_model_info", {"model": "tiny", "arch": "s_convnet6", "widths": "0.25,0.5,0.75,1", "device": "cpu"}) == 1
     text = client.get("/metrics").text
     assert 'widthwise_requests_total{model="tiny",outcome="ok",width="0.5"} 2.0' in text
+
+
+def test_default_server_classifies_the_shipped_examples():
+    """``widthwise serve`` with no checkpoint: the embedded digits model reads the README's example PNGs."""
+    from pathlib import Path
+
+    from fastapi.testclient import TestClient
+
+    from server.app import build_app
+    from server.settings import Settings
+    from tests.conftest import REPO, wait_ready
+
+    examples = sorted(Path(REPO / "examples").glob("digit_*.png"))
+    assert len(examples) == 10
+    with TestClient(build_app(Settings(profile_repeats=3))) as client:
+        wait_ready(client)
+        model = client.get("/v1/models").json()["models"][0]
+        assert model["name"] == "digits_s_mobilenet_v2" and model["arch"] == "s_mobilenet_v2_cifar"
+        correct = 0
+        for path in examples:
+            for width in ("0.35", "1"):
+                r = client.post("/v1/classify", content=path.read_bytes(), headers={"content-type": "image/png", "X-Width": width})
+                assert r.status_code == 200
+                correct += r.json()["predictions"][0]["label"] == path.stem.split("_")[1]
+        assert correct >= 19  # 20 classifications of held-out digits

@@ -1,0 +1,177 @@
+"""Discrete-event simulation of the server's queue, batching and policy.
+
+It drives the real :class:`server.scheduler.Scheduler` and the real policies
+with a virtual clock, and a single worker whose batch times come from the
+latency profile (with optional log-normal noise). It answers "what would this
+policy do at that load on that device" without the device.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .base import Policy
+from .profile import LatencyProfile
+
+__all__ = ["SimResult", "arrival_times", "simulate", "TRACES"]
+
+TRACES = ("poisson", "bursty", "step")
+
+
+@dataclass(frozen=True)
+class SimResult:
+    sent: int
+    served: int  # answered with logits (on time or late)
+    on_time: int
+    rejected: int  # 503/504 from admission or expiry
+    attainment: float  # on_time / sent
+    mean_accuracy: float | None  # mean expected top-1 of served requests
+    p50_ms: float | None  # latency of served requests
+    p99_ms: float | None
+    width_mix: dict[str, float]  # share of served requests per width
+    throughput_rps: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _poisson(rng: np.random.Generator, rate: float, start: float, end: float) -> list[float]:
+    times, t = [], start
+    if rate <= 0:
+        return times
+    while True:
+        t += rng.exponential(1.0 / rate)
+        if t >= end:
+            return times
+        times.append(t)
+
+
+def arrival_times(trace: str, rate: float, duration: float, seed: int = 0) -> list[float]:
+    """Arrival times (seconds) for a named trace with mean ``rate``, or read from a file.
+
+    ``poisson``: constant rate. ``bursty``: every 2 s, 0.5 s at 2.5x the rate then
+    1.5 s at 0.5x. ``step``: 0.5x for the first half, 1.5x for the second.
+    A file holds a JSON list of arrival times or one time per line.
+    """
+    rng = np.random.default_rng(seed)
+    if trace == "poisson":
+        return _poisson(rng, rate, 0.0, duration)
+    if trace == "bursty":
+        times: list[float] = []
+        for start in np.arange(0.0, duration, 2.0):
+            times += _poisson(rng, 2.5 * rate, start, min(start + 0.5, duration))
+            times += _poisson(rng, 0.5 * rate, min(start + 0.5, duration), min(start + 2.0, duration))
+        return times
+    if trace == "step":
+        return _poisson(rng, 0.5 * rate, 0.0, duration / 2) + _poisson(rng, 1.5 * rate, duration / 2, duration)
+    path = Path(trace)
+    if not path.is_file():
+        raise ValueError(f"trace must be one of {TRACES} or a file, got {trace!r}")
+    text = path.read_text().strip()
+    values = json.loads(text) if text.startswith("[") else [float(line) for line in text.splitlines() if line.strip()]
+    return sorted(float(v) for v in values)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def simulate(
+    profile: LatencyProfile,
+    policy: Policy,
+    arrivals: Sequence[float],
+    budget_s: float,
+    accuracy: Mapping[float, float] | None = None,
+    max_batch_size: int = 8,
+    max_queue_delay_s: float = 0.002,
+    queue_limit: int = 256,
+    admission: str = "reject",
+    noise: float = 0.0,
+    seed: int = 0,
+) -> SimResult:
+    """Run ``arrivals`` through the scheduler and ``policy``; every request has ``budget_s``."""
+    from server.scheduler import Batch, InferenceRequest, Pending, Rejected, Scheduler
+
+    widths = profile.widths
+    clock = _Clock()
+    scheduler = Scheduler(policy, profile, widths, max_batch_size, max_queue_delay_s, queue_limit, admission, 1, clock)
+    rng = np.random.default_rng(seed + 1)
+    sample = torch.empty(1, 0)
+    latencies: list[float] = []
+    served_widths: list[float] = []
+    on_time = rejected = 0
+    busy_until: float | None = None
+    next_arrival = 0
+
+    while True:
+        if busy_until is None:
+            polled = scheduler.poll(clock.now)
+            if isinstance(polled, Batch):
+                rejected += len(polled.expired)
+                if polled.items:
+                    width = polled.decision.width
+                    service = profile.predict(width, polled.samples)
+                    if noise:
+                        service *= float(rng.lognormal(0.0, noise))
+                    end = float(clock.now + service)
+                    for pending in polled.items:
+                        req = pending.request
+                        latency = end - req.arrival
+                        met = bool(end <= req.deadline)
+                        latencies.append(latency)
+                        served_widths.append(width)
+                        on_time += int(met)
+                        policy.observe(width, latency, req.budget_s, met)
+                    busy_until = end
+                continue
+            due = polled if isinstance(polled, float) else math.inf
+        else:
+            due = math.inf
+        t_arrival = arrivals[next_arrival] if next_arrival < len(arrivals) else math.inf
+        t_free = busy_until if busy_until is not None else math.inf
+        t_next = min(t_arrival, t_free, due)
+        if t_next == math.inf:
+            break
+        clock.now = max(clock.now, t_next)
+        if t_next == t_free:
+            busy_until = None
+            scheduler.batch_done()
+        elif t_next == t_arrival:
+            request = InferenceRequest(next_arrival, sample, None, clock.now + budget_s, clock.now, budget_s)
+            next_arrival += 1
+            try:
+                scheduler.admit(Pending(request, lambda value: None))
+            except Rejected:
+                rejected += 1
+
+    sent = len(arrivals)
+    span = (max(arrivals) - min(arrivals)) if len(arrivals) > 1 else 1.0
+    mix = {repr(w): served_widths.count(w) / len(served_widths) for w in widths} if served_widths else {}
+    mean_acc = None
+    if accuracy and served_widths:
+        mean_acc = statistics.fmean(accuracy[w] for w in served_widths)
+    ordered = sorted(latencies)
+    return SimResult(
+        sent=sent,
+        served=len(latencies),
+        on_time=on_time,
+        rejected=rejected,
+        attainment=on_time / sent if sent else 1.0,
+        mean_accuracy=mean_acc,
+        p50_ms=ordered[len(ordered) // 2] * 1e3 if ordered else None,
+        p99_ms=ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1e3 if ordered else None,
+        width_mix=mix,
+        throughput_rps=len(latencies) / span,
+    )

@@ -1,0 +1,204 @@
+import json
+import math
+
+import pytest
+
+from policies import DispatchView, FixedPolicy, LatencyProfile, MaxWidthPolicy, QueuedItem, make_policy
+from policies.profile import batch_sizes_up_to, measure_profile, monotone
+
+WIDTHS = (0.25, 0.5, 0.75, 1.0)
+# seconds per batch: 1 sample / 8 samples
+PROFILE = LatencyProfile({
+    0.25: {1: 0.001, 8: 0.004},
+    0.5: {1: 0.002, 8: 0.008},
+    0.75: {1: 0.004, 8: 0.016},
+    1.0: {1: 0.008, 8: 0.032},
+})
+
+
+def item(i, deadline, arrival=0.0, samples=1, width=None):
+    return QueuedItem(i, samples, deadline, arrival, width)
+
+
+def view(queue, now=0.0, max_batch=8):
+    return DispatchView(now=now, queue=queue, widths=WIDTHS, profile=PROFILE, max_batch_size=max_batch)
+
+
+def test_budget_between_two_widths_picks_the_wider_that_fits():
+    d = MaxWidthPolicy().select(view([item(1, deadline=0.005)]))  # 0.75 takes 4 ms, 1.0 takes 8 ms
+    assert (d.width, d.request_ids, d.reason) == (0.75, (1,), "budget")
+
+
+def test_no_budget_gets_the_widest_width():
+    d = MaxWidthPolicy().select(view([item(1, deadline=math.inf)]))
+    assert (d.width, d.reason) == (1.0, "no_budget")
+
+
+def test_growing_queue_narrows_the_width_and_draining_widens_it():
+    policy = MaxWidthPolicy()
+    one = policy.select(view([item(1, deadline=0.010)]))
+    assert one.width == 1.0
+    crowd = [item(i, deadline=0.010) for i in range(8)]
+    eight = policy.select(view(crowd))
+    assert eight.width == 0.5 and eight.reason == "load" and len(eight.request_ids) == 8
+    drained = policy.select(view(crowd[:1]))
+    assert drained.width == 1.0
+
+
+def test_elapsed_time_narrows_the_width():
+    policy = MaxWidthPolicy()
+    assert policy.select(view([item(1, deadline=0.010)], now=0.0)).width == 1.0
+    assert policy.select(view([item(1, deadline=0.010)], now=0.007)).width == 0.5
+    assert policy.select(view([item(1, deadline=0.010)], now=0.0085)).width == 0.25
+
+
+def test_requests_that_can_afford_more_are_not_dragged_down():
+    queue = [item(1, deadline=0.0015), item(2, deadline=1.0)]
+    d = MaxWidthPolicy().select(view(queue))
+    assert d.width == 0.25 and d.request_ids == (1,)
+    d = MaxWidthPolicy().select(view(queue[1:]))
+    assert d.width == 1.0
+
+
+def test_batch_shrinks_when_even_the_narrowest_cannot_finish_it():
+    profile = LatencyProfile({0.25: {1: 0.001, 8: 0.016}, 1.0: {1: 0.002, 8: 0.03}})
+    queue = [item(i, deadline=0.004) for i in range(8)]
+    v = DispatchView(now=0.0, queue=queue, widths=(0.25, 1.0), profile=profile, max_batch_size=8)
+    d = MaxWidthPolicy().select(v)
+    assert d.width == 0.25 and d.reason == "load"
+    assert 1 <= len(d.request_ids) < 8 and profile.predict(0.25, len(d.request_ids)) <= 0.004
+
+
+def test_hopeless_deadline_falls_back_to_narrowest():
+    d = MaxWidthPolicy().select(view([item(1, deadline=0.0001), item(2, deadline=0.0002)]))
+    assert (d.width, d.reason) == (0.25, "fallback")
+
+
+def test_pinned_requests_batch_only_with_the_same_pin():
+    queue = [item(1, 0.1, width=0.5), item(2, 0.2), item(3, 0.3, width=0.5), item(4, 0.4, width=1.0)]
+    d = MaxWidthPolicy().select(view(queue))
+    assert (d.width, d.request_ids, d.reason) == (0.5, (1, 3), "pinned")
+
+
+def test_batch_respects_max_batch_size_in_samples():
+    queue = [item(1, 1.0, samples=3), item(2, 1.0, samples=3), item(3, 1.0, samples=3)]
+    d = MaxWidthPolicy().select(view(queue, max_batch=8))
+    assert d.request_ids == (1, 2)
+
+
+def test_fixed_policy_ignores_budget_but_honours_pins():
+    policy = FixedPolicy(0.5)
+    assert policy.select(view([item(1, deadline=0.0001)])).width == 0.5
+    assert policy.select(view([item(1, deadline=1.0, width=1.0)])).width == 1.0
+    assert policy.name == "fixed:0.5"
+
+
+def test_make_policy_parses_names_and_rejects_unknown():
+    assert isinstance(make_policy("max-width", WIDTHS), MaxWidthPolicy)
+    assert make_policy("fixed:0.75", WIDTHS).width == 0.75
+    for bad in ("fixed:0.3", "fixed:x", "fastest"):
+        with pytest.raises(ValueError):
+            make_policy(bad, WIDTHS)
+
+
+def test_profile_interpolates_and_extrapolates():
+    assert PROFILE.predict(1.0, 1) == 0.008
+    assert PROFILE.predict(1.0, 8) == 0.032
+    assert PROFILE.predict(1.0, 4) == pytest.approx(0.008 + 3 / 7 * 0.024)
+    assert PROFILE.predict(1.0, 16) == pytest.approx(0.064)
+
+
+def test_profile_follows_observed_slowdown():
+    profile = LatencyProfile({0.5: {1: 0.001}})
+    for _ in range(100):
+        profile.observe(0.5, 1, 0.003)
+    assert profile.predict(0.5, 1) == pytest.approx(0.003, rel=0.01)
+
+
+def test_profile_json_round_trip(tmp_path):
+    path = tmp_path / "p.json"
+    PROFILE.save(path)
+    loaded = LatencyProfile.load(path)
+    assert loaded.as_dict() == PROFILE.as_dict()
+    path.write_text(json.dumps({"widths": []}))
+    with pytest.raises(ValueError):
+        LatencyProfile.load(path)
+
+
+def test_measure_profile_is_monotone_and_uses_the_callable():
+    calls = []
+    profile = measure_profile(lambda w, b: calls.append((w, b)), (0.5, 1.0), [1, 2], warmup=1, repeats=2)
+    assert len(calls) == 2 * 2 * 3
+    assert profile.widths == (0.5, 1.0)
+    noisy = {0.5: {1: 0.003, 2: 0.002}, 1.0: {1: 0.001, 2: 0.004}}
+    assert monotone(noisy) == {0.5: {1: 0.003, 2: 0.003}, 1.0: {1: 0.003, 2: 0.004}}
+
+
+def test_batch_sizes_up_to():
+    assert batch_sizes_up_to(8) == [1, 2, 4, 8]
+    assert batch_sizes_up_to(6) == [1, 2, 4, 6]
+    assert batch_sizes_up_to(1) == [1]
+
+
+from policies import FeedbackPolicy, SlackPolicy  # noqa: E402
+
+
+def test_slack_single_request_gets_the_widest_width_that_fits():
+    assert SlackPolicy().select(view([item(1, deadline=0.005)])).width == 0.75
+    assert SlackPolicy().select(view([item(1, deadline=math.inf)])).reason == "no_budget"
+
+
+def test_slack_serves_urgent_requests_wider_than_max_width_and_relaxed_ones_later():
+    queue = [item(1, 0.009), item(2, 0.009)] + [item(i, 0.050) for i in range(3, 9)]
+    greedy = MaxWidthPolicy().select(view(queue))
+    slack = SlackPolicy().select(view(queue))
+    assert slack.request_ids == (1, 2)
+    assert slack.width == 0.75 and greedy.width == 0.5
+    # the relaxed ones then get the widest width
+    rest = [i for i in queue if i.id not in slack.request_ids]
+    assert SlackPolicy().select(view(rest, now=PROFILE.predict(0.75, 2))).width == 1.0
+
+
+def test_slack_narrows_when_leaving_requests_behind_would_make_them_miss():
+    crowd = [item(i, deadline=0.010) for i in range(8)]
+    d = SlackPolicy().select(view(crowd))
+    assert d.width == 0.5 and len(d.request_ids) == 8 and d.reason == "load"
+
+
+def test_slack_widens_back_when_the_queue_drains():
+    policy = SlackPolicy()
+    assert policy.select(view([item(i, deadline=0.010) for i in range(8)])).width == 0.5
+    assert policy.select(view([item(1, deadline=0.010)])).width == 1.0
+
+
+def test_slack_overload_serves_the_most_urgent_at_the_narrowest():
+    crowd = [item(i, deadline=0.002) for i in range(8)]
+    d = SlackPolicy().select(view(crowd))
+    assert d.width == 0.25 and d.reason == "load"
+    assert PROFILE.predict(0.25, len(d.request_ids)) <= 0.002
+
+
+def test_feedback_lowers_the_ceiling_on_misses_and_raises_it_when_latency_is_low():
+    policy = FeedbackPolicy(WIDTHS, window=20, period=10)
+    relaxed = [item(1, deadline=1.0)]
+    assert policy.select(view(relaxed)).width == 1.0
+    for _ in range(10):
+        policy.observe(1.0, 0.012, 0.010, False)
+    assert policy.ceiling == 1
+    d = policy.select(view(relaxed))
+    assert (d.width, d.reason) == (0.5, "feedback")
+    for _ in range(40):
+        policy.observe(0.5, 0.002, 0.010, True)
+    assert policy.ceiling == 3
+    assert policy.select(view(relaxed)).width == 1.0
+
+
+def test_feedback_ignores_requests_without_budget():
+    policy = FeedbackPolicy(WIDTHS, period=1)
+    policy.observe(1.0, 5.0, None, True)
+    assert policy.ceiling == 3
+
+
+def test_make_policy_knows_adaptive_policies():
+    assert isinstance(make_policy("slack", WIDTHS), SlackPolicy)
+    assert isinstance(make_policy("feedback", WIDTHS), FeedbackPolicy)

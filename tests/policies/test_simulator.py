@@ -1,0 +1,81 @@
+import json
+
+import pytest
+
+from policies import FixedPolicy, LatencyProfile, SlackPolicy, make_policy
+from policies.simulator import arrival_times, simulate
+from server.cli import main
+
+# A CPU-like ladder: the narrowest width is 3x faster than the widest.
+PROFILE = LatencyProfile({
+    0.35: {1: 0.004, 2: 0.006, 4: 0.010, 8: 0.018},
+    0.5: {1: 0.005, 2: 0.008, 4: 0.013, 8: 0.024},
+    0.75: {1: 0.009, 2: 0.014, 4: 0.024, 8: 0.044},
+    1.0: {1: 0.012, 2: 0.019, 4: 0.032, 8: 0.058},
+})
+ACCURACY = {0.35: 0.597, 0.5: 0.644, 0.75: 0.689, 1.0: 0.705}
+
+
+def run(policy, rate, budget=0.036, trace="poisson", duration=20.0):
+    arrivals = arrival_times(trace, rate, duration, seed=1)
+    return simulate(PROFILE, policy, arrivals, budget, ACCURACY, noise=0.0)
+
+
+def test_traces_have_the_requested_mean_rate():
+    for trace in ("poisson", "bursty", "step"):
+        times = arrival_times(trace, 200, 20.0, seed=3)
+        assert len(times) == pytest.approx(4000, rel=0.08), trace
+        assert times == sorted(times) and 0 <= times[0] and times[-1] < 20.0
+
+
+def test_trace_file(tmp_path):
+    path = tmp_path / "trace.json"
+    path.write_text(json.dumps([0.3, 0.1, 0.2]))
+    assert arrival_times(str(path), 0, 0) == [0.1, 0.2, 0.3]
+    with pytest.raises(ValueError):
+        arrival_times(str(tmp_path / "nope"), 1, 1)
+
+
+def test_light_load_is_served_at_the_widest_width_on_time():
+    result = run(make_policy("max-width", PROFILE.widths), rate=20)
+    assert result.attainment == 1.0
+    assert result.width_mix["1.0"] == 1.0
+    assert result.mean_accuracy == pytest.approx(0.705)
+
+
+def test_fixed_widest_collapses_past_its_capacity_and_adaptive_does_not():
+    widest_capacity = 8 / PROFILE.predict(1.0, 8)  # ~138 req/s
+    rate = 1.8 * widest_capacity
+    fixed = run(FixedPolicy(1.0), rate)
+    slack = run(SlackPolicy(), rate)
+    assert fixed.attainment < 0.7
+    assert slack.attainment > 0.97
+    assert 0.597 < slack.mean_accuracy < 0.705
+    assert slack.width_mix["0.35"] + slack.width_mix["0.5"] > 0.3
+
+
+def test_simulation_is_deterministic_for_a_seed():
+    a = run(make_policy("max-width", PROFILE.widths), rate=150)
+    b = run(make_policy("max-width", PROFILE.widths), rate=150)
+    assert a == b
+    assert a.sent == a.served + a.rejected
+
+
+def test_simulate_cli_json(tmp_path, capsys):
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps({**PROFILE.as_dict(), "accuracy": {str(k): v for k, v in ACCURACY.items()}}))
+    argv = ["simulate", "--profile", str(path), "--policy", "slack", "--trace", "bursty", "--rate", "100",
+            "--budget-ms", "36", "--duration", "5", "--json"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    for key in ("attainment", "mean_accuracy", "p50_ms", "p99_ms", "width_mix"):
+        assert key in report
+    assert 0.9 <= report["attainment"] <= 1.0
+    assert sum(report["width_mix"].values()) == pytest.approx(1.0)
+
+
+def test_simulate_cli_rejects_unknown_policy(tmp_path, capsys):
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(PROFILE.as_dict()))
+    assert main(["simulate", "--profile", str(path), "--policy", "nope", "--budget-ms", "10"]) == 2
+    assert "unknown policy" in capsys.readouterr().err

@@ -1,0 +1,110 @@
+"""Scheduler with a fake clock: admission, EDF order, batching delay, expiry."""
+
+import math
+import threading
+
+import pytest
+import torch
+
+from policies import LatencyProfile, MaxWidthPolicy
+from server.scheduler import InferenceRequest, Pending, Rejected, Scheduler
+
+WIDTHS = (0.25, 1.0)
+PROFILE = LatencyProfile({0.25: {1: 0.001, 4: 0.004}, 1.0: {1: 0.010, 4: 0.020}})
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(clock, admission="reject", queue_limit=16, delay=0.0):
+    return Scheduler(MaxWidthPolicy(), PROFILE, WIDTHS, 4, delay, queue_limit, admission, 1, clock)
+
+
+def pending(i, clock, budget_s=None, width=None, samples=1):
+    deadline = clock.now + budget_s if budget_s is not None else math.inf
+    req = InferenceRequest(i, torch.zeros(samples, 3, 2, 2), width, deadline, clock.now, budget_s)
+    return Pending(req, lambda value: None)
+
+
+def test_budget_below_fastest_width_is_504():
+    clock = Clock()
+    with pytest.raises(Rejected) as info:
+        make(clock).admit(pending(1, clock, budget_s=0.0005))
+    assert info.value.status == 504
+
+
+def test_queue_ahead_makes_admission_503_with_retry_after():
+    clock = Clock()
+    s = make(clock)
+    for i in range(9):  # the 9th waits for 2 batches of 4 ms, then runs in 1 ms: fits 10 ms
+        s.admit(pending(i, clock, budget_s=0.010))
+    with pytest.raises(Rejected) as info:  # the 10th would wait for 3 batches
+        s.admit(pending(99, clock, budget_s=0.010))
+    assert info.value.status == 503 and info.value.retry_after_s == 1
+    assert s.depth() == 9
+
+
+def test_best_effort_admits_everything_but_a_full_queue():
+    clock = Clock()
+    s = make(clock, admission="best_effort", queue_limit=2)
+    s.admit(pending(1, clock, budget_s=0.00001))
+    s.admit(pending(2, clock, budget_s=0.00001))
+    with pytest.raises(Rejected, match="queue is full"):
+        s.admit(pending(3, clock))
+
+
+def test_next_batch_is_earliest_deadline_first_and_grouped():
+    clock = Clock()
+    s = make(clock)
+    s.admit(pending(1, clock, budget_s=5.0))
+    s.admit(pending(2, clock, budget_s=0.004))
+    s.admit(pending(3, clock, budget_s=1.0, width=1.0))
+    batch = s.next_batch()
+    assert batch.decision.width == 0.25 and [p.request.id for p in batch.items] == [2]
+    s.batch_done()
+    batch = s.next_batch()
+    assert batch.decision.reason == "pinned" and [p.request.id for p in batch.items] == [3]
+    s.batch_done()
+    batch = s.next_batch()
+    assert batch.decision.width == 1.0 and [p.request.id for p in batch.items] == [1]
+
+
+def test_requests_that_can_no_longer_make_it_expire_at_dispatch():
+    clock = Clock()
+    s = make(clock)
+    s.admit(pending(1, clock, budget_s=0.003))
+    s.admit(pending(2, clock, budget_s=1.0))
+    clock.now += 0.0025
+    batch = s.next_batch()
+    assert [p.request.id for p in batch.expired] == [1]
+    assert [p.request.id for p in batch.items] == [2]
+
+
+def test_closed_scheduler_refuses_and_drains():
+    clock = Clock()
+    s = make(clock)
+    s.admit(pending(1, clock))
+    s.close()
+    with pytest.raises(Rejected, match="shutting down"):
+        s.admit(pending(2, clock))
+    assert [p.request.id for p in s.next_batch().items] == [1]
+    s.batch_done()
+    assert s.next_batch() is None
+
+
+def test_batching_delay_waits_for_more_requests_then_dispatches_together():
+    s = Scheduler(MaxWidthPolicy(), PROFILE, WIDTHS, 4, 0.2, 16, "reject", 1)  # real clock, 200 ms window
+    clock = Clock()
+    clock.now = __import__("time").monotonic()
+    s.admit(pending(1, clock))
+    result = {}
+    worker = threading.Thread(target=lambda: result.setdefault("batch", s.next_batch()))
+    worker.start()
+    s.admit(pending(2, clock))
+    worker.join(timeout=5)
+    assert [p.request.id for p in result["batch"].items] == [1, 2]
