@@ -93,27 +93,19 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 
 
 def _save_profile(net, args: argparse.Namespace) -> None:
-    import torch
-
     from models.checkpoint import OFFICIAL_TOP1
-    from policies import batch_sizes_up_to, measure_profile
+    from policies import batch_sizes_up_to
 
-    size = args.input_size or net.input_size
-    switches = {w: net.switch(w, fold_bn=True) for w in net.widths}
-    example = torch.randn(1, net.in_channels, size, size)
+    from .runtime import Runtime, profile_runtime
 
-    def run(width: float, batch: int) -> None:
-        with torch.inference_mode():
-            switches[width](example.expand(batch, -1, -1, -1))
-
-    profile = measure_profile(run, net.widths, batch_sizes_up_to(args.max_batch_size), repeats=args.repeats)
+    runtime = Runtime(net, "cpu")
+    profile = profile_runtime(runtime, batch_sizes_up_to(args.max_batch_size), args.repeats)
     accuracy = getattr(net, "metadata", {}).get("accuracy") or OFFICIAL_TOP1.get(net.arch, {})
     data = {
         **profile.as_dict(),
         "arch": net.arch,
-        "input_size": size,
-        "device": "cpu",
-        "threads": torch.get_num_threads(),
+        "input_size": net.input_size,
+        "device": str(runtime.device),
         "accuracy": {str(w): a for w, a in accuracy.items()},
     }
     with open(args.save_profile, "w") as f:

@@ -21,10 +21,11 @@ import torch
 
 from models import SlimmableNet
 from models.profiling import count_macs, count_params
-from policies import LatencyProfile, Policy, batch_sizes_up_to, make_policy, measure_profile
+from policies import LatencyProfile, Policy, batch_sizes_up_to, make_policy
+from policies.load import DeviceMonitor
 
-from .metrics import Metrics
-from .runtime import Runtime
+from .metrics import Metrics, width_label, width_position
+from .runtime import Runtime, profile_runtime
 from .scheduler import Batch, InferenceRequest, Pending, Rejected, Scheduler
 from .settings import Settings
 
@@ -65,6 +66,8 @@ class Engine:
         self._worker: threading.Thread | None = None
         self._startup: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped = threading.Event()
+        self.monitor: DeviceMonitor | None = None
         self._costs = self._static_costs()
 
     # -- lifecycle --------------------------------------------------------
@@ -91,18 +94,21 @@ class Engine:
                 if missing:
                     raise ValueError(f"profile {self.settings.profile} lacks widths {sorted(missing)}")
             else:
-                example = torch.zeros(1, *self.runtime.input_shape)
-                self.profile = measure_profile(
-                    lambda w, b: self.runtime.run(w, example.expand(b, -1, -1, -1)),
-                    self.net.widths, batch_sizes, repeats=self.settings.profile_repeats,
-                )
+                self.profile = profile_runtime(self.runtime, batch_sizes, self.settings.profile_repeats)
+            self.monitor = DeviceMonitor(self.runtime.device.type, self.runtime.device.index or 0)
             self.scheduler = Scheduler(
                 self.policy, self.profile, self.net.widths, self.settings.max_batch_size,
                 self.settings.max_queue_delay_ms / 1e3, self.settings.queue_limit,
                 self.settings.admission, self.settings.retry_after_s,
+                utilization=lambda: self.monitor.latest.utilization,
             )
+            self._sampler = threading.Thread(target=self._sample_load, name="widthwise-load", daemon=True)
+            self._sampler.start()
             self._worker = threading.Thread(target=self._work, name="widthwise-runtime", daemon=True)
             self._worker.start()
+            for width in self.net.widths:
+                self.metrics.width_info.labels(self.model_name, width_label(width), width_position(width, self.net.widths)).set(1)
+            self.metrics.queue_limit.labels(self.model_name).set(self.settings.queue_limit)
             self.metrics.model_info.labels(
                 self.model_name, self.net.arch, ",".join(f"{w:g}" for w in self.net.widths), str(self.runtime.device)
             ).set(1)
@@ -111,6 +117,15 @@ class Engine:
         except Exception as exc:  # surfaced through /readyz and the log; the process stays up
             self.startup_error = f"{type(exc).__name__}: {exc}"
             log.exception("start-up failed")
+
+    def _sample_load(self) -> None:
+        """Refresh device load once a second; export GPU gauges when NVML has them."""
+        device = str(self.runtime.device)
+        while not self._stopped.wait(1.0):
+            sample = self.monitor.refresh()
+            if self.runtime.device.type == "cuda" and sample.utilization is not None:
+                self.metrics.gpu_utilization.labels(device).set(sample.utilization)
+                self.metrics.gpu_memory.labels(device).set(sample.memory_used_bytes or 0)
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         if self._startup is not None:
@@ -132,6 +147,7 @@ class Engine:
             self.scheduler.close()
         if self._worker is not None:
             await asyncio.to_thread(self._worker.join, timeout)
+        self._stopped.set()
 
     # -- requests -----------------------------------------------------------
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["Metrics", "OUTCOMES", "width_label"]
+__all__ = ["Metrics", "OUTCOMES", "width_label", "width_position"]
 
 OUTCOMES = ("ok", "deadline_missed", "rejected", "bad_request", "error")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
@@ -58,6 +58,12 @@ class Metrics:
         self.model_info = Gauge(
             "widthwise_model_info", "Static model information (value 1).", ["model", "arch", "widths", "device"], registry=registry
         )
+        self.width_info = Gauge(
+            "widthwise_width_info",
+            "Declared widths (value 1); position is narrowest, intermediate or widest, for joins in alert rules.",
+            ["model", "width", "position"], registry=registry,
+        )
+        self.queue_limit = Gauge("widthwise_queue_limit", "Configured queue capacity (requests).", ["model"], registry=registry)
         self.gpu_utilization = Gauge(
             "widthwise_gpu_utilization_ratio", "GPU utilization (0-1) from NVML.", ["device"], registry=registry
         )
@@ -76,3 +82,9 @@ class Metrics:
         self.inference_duration.labels(self.model, label).observe(seconds)
         self.batch_size.labels(self.model, label).observe(samples)
         self.width_selections.labels(self.model, label, reason).inc()
+
+
+def width_position(width: float, widths: tuple[float, ...]) -> str:
+    if width == widths[0]:
+        return "narrowest"
+    return "widest" if width == widths[-1] else "intermediate"

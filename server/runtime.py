@@ -12,7 +12,7 @@ from torch import nn
 
 from models import SlimmableNet
 
-__all__ = ["Runtime", "resolve_device"]
+__all__ = ["Runtime", "resolve_device", "profile_runtime"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -55,3 +55,13 @@ class Runtime:
             for b in batch_sizes:
                 for _ in range(repeats):
                     self.run(width, torch.zeros(b, *self.input_shape))
+
+
+def profile_runtime(runtime: Runtime, batch_sizes, repeats: int = 15):
+    """Latency profile of every (width, batch size) as the runtime executes it."""
+    from policies import measure_profile
+
+    example = torch.zeros(1, *runtime.input_shape)
+    return measure_profile(
+        lambda w, b: runtime.run(w, example.expand(b, -1, -1, -1)), runtime.widths, batch_sizes, repeats=repeats
+    )

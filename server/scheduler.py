@@ -85,6 +85,7 @@ class Scheduler:
         admission: str = "reject",
         retry_after_s: int = 1,
         clock: Callable[[], float] = time.monotonic,
+        utilization: Callable[[], float | None] = lambda: None,
     ) -> None:
         self.policy = policy
         self.profile = profile
@@ -95,6 +96,7 @@ class Scheduler:
         self.admission = admission
         self.retry_after_s = retry_after_s
         self.clock = clock
+        self.utilization = utilization
         self._heap: list[tuple[float, int, Pending]] = []
         self._seq = itertools.count()
         self._cond = threading.Condition()
@@ -208,7 +210,8 @@ class Scheduler:
             profile=self.profile,
             max_batch_size=self.max_batch_size,
             load=load or LoadSignals(
-                queue_depth=len(ordered), inflight_batches=self._inflight_batches, arrival_rate=self._arrival_rate(now)
+                queue_depth=len(ordered), inflight_batches=self._inflight_batches,
+                arrival_rate=self._arrival_rate(now), device_utilization=self.utilization(),
             ),
         )
         decision = self.policy.select(view)

@@ -21,7 +21,7 @@ def add_training_commands(sub) -> None:
     p.add_argument("--widths", type=_widths, default=None, help="comma-separated (default: the arch's)")
     p.add_argument("--input-size", type=int, default=None, help="default: the arch's")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--lr", type=float, default=0.02, help="SGD learning rate (losses of all widths are summed)")
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--schedule", choices=["cosine", "step"], default="cosine")

@@ -26,7 +26,7 @@ __all__ = ["TrainConfig", "TrainResult", "train", "evaluate", "calibrate_bn"]
 class TrainConfig:
     epochs: int = 30
     batch_size: int = 64
-    lr: float = 0.1
+    lr: float = 0.02  # the losses of all widths are summed, so the step is ~len(widths) x larger
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4

@@ -63,7 +63,7 @@ def test_switchable_bn_fixes_the_shared_bn_collapse(digits16):
     accuracy = {}
     for mode in ("shared", "switchable"):
         net = models.create("s_convnet6", bn_mode=mode)
-        accuracy[mode] = train(net, digits16, TrainConfig(epochs=15, seed=0, progress=False)).val_top1
+        accuracy[mode] = train(net, digits16, TrainConfig(epochs=15, lr=0.1, seed=0, progress=False)).val_top1
     assert accuracy["shared"][0.25] < 0.50, accuracy
     assert min(accuracy["switchable"].values()) >= 0.95, accuracy
 

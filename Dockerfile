@@ -1,0 +1,33 @@
+# widthwise on a GPU host (falls back to CPU when no GPU is visible).
+# The official PyTorch CUDA runtime image brings torch + CUDA + cuDNN; pip keeps its torch.
+FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    WIDTHWISE_HOST=0.0.0.0 \
+    WIDTHWISE_PORT=8000
+
+WORKDIR /app
+
+# Pinned dependencies first, so code changes do not invalidate this layer.
+COPY deploy/docker/requirements.txt /tmp/requirements.txt
+RUN pip install --no-cache-dir --requirement /tmp/requirements.txt \
+    && useradd --create-home --uid 10001 widthwise
+
+# The embedded default model ships inside the models package (models/default/).
+COPY pyproject.toml README.md ./
+COPY models ./models
+COPY policies ./policies
+COPY server ./server
+RUN pip install --no-cache-dir --no-deps .
+
+USER 10001
+EXPOSE 8000
+
+HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status == 200 else 1)"]
+
+# exec form: SIGTERM reaches widthwise, which drains queued requests and exits 0.
+CMD ["widthwise", "serve", "--host", "0.0.0.0", "--port", "8000"]

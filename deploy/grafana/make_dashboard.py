@@ -1,0 +1,98 @@
+"""Writes deploy/grafana/dashboards/widthwise.json (run after editing; a test checks they agree).
+
+    python deploy/grafana/make_dashboard.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parent / "dashboards" / "widthwise.json"
+M = 'model=~"$model"'
+RATE = "$__rate_interval"
+
+
+def q(expr: str, legend: str) -> dict:
+    return {"expr": expr, "legendFormat": legend, "datasource": {"type": "prometheus", "uid": "${datasource}"}}
+
+
+def panel(pid: int, title: str, targets: list[dict], x: int, y: int, unit: str = "short", stacked: bool = False,
+          description: str = "", w: int = 12, h: int = 8) -> dict:
+    custom = {"drawStyle": "line", "lineWidth": 1, "fillOpacity": 60 if stacked else 10, "showPoints": "never"}
+    if stacked:
+        custom["stacking"] = {"mode": "percent", "group": "A"}
+    return {
+        "id": pid, "type": "timeseries", "title": title, "description": description,
+        "gridPos": {"x": x, "y": y, "w": w, "h": h},
+        "datasource": {"type": "prometheus", "uid": "${datasource}"},
+        "fieldConfig": {"defaults": {"unit": unit, "custom": custom}, "overrides": []},
+        "options": {"legend": {"displayMode": "list", "placement": "bottom"}, "tooltip": {"mode": "multi"}},
+        "targets": [dict(t, refId=chr(ord("A") + i)) for i, t in enumerate(targets)],
+    }
+
+
+def quantiles(metric: str, by: str, legend: str) -> list[dict]:
+    return [
+        q(f"histogram_quantile({p}, sum by ({by}le) (rate({metric}_bucket{{{M}}}[{RATE}])))", legend.format(p=name))
+        for p, name in ((0.5, "p50"), (0.95, "p95"), (0.99, "p99"))
+    ]
+
+
+def build() -> dict:
+    served = f'outcome=~"ok|deadline_missed",{M}'
+    panels = [
+        panel(1, "Width mix (share of served requests)",
+              [q(f"sum by (width) (rate(widthwise_requests_total{{{served}}}[{RATE}]))", "width {{width}}")],
+              0, 0, "percentunit", stacked=True,
+              description="Which widths answered requests. Narrow widths growing = load is eating accuracy."),
+        panel(2, "Served accuracy vs deadline misses",
+              [q(f'widthwise:served_accuracy:ratio_rate5m{{{M}}}', "expected top-1"),
+               q(f'widthwise:deadline_miss:ratio_rate5m{{{M}}}', "deadline-miss ratio")],
+              12, 0, "percentunit",
+              description="The trade adaptive width makes: accuracy served right now and the share of requests late or refused."),
+        panel(3, "End-to-end latency per width (p50/p95/p99)",
+              quantiles("widthwise_request_duration_seconds", "width, ", "{p} width {{width}}"), 0, 8, "s"),
+        panel(4, "Latency budget vs served latency (median)",
+              [q(f"histogram_quantile(0.5, sum by (le) (rate(widthwise_latency_budget_seconds_bucket{{{M}}}[{RATE}])))", "budget p50"),
+               q(f"histogram_quantile(0.5, sum by (le) (rate(widthwise_request_duration_seconds_bucket{{{M}}}[{RATE}])))", "served p50"),
+               q(f"histogram_quantile(0.99, sum by (le) (rate(widthwise_request_duration_seconds_bucket{{{M}}}[{RATE}])))", "served p99")],
+              12, 8, "s"),
+        panel(5, "Queue wait (p50/p95/p99)", quantiles("widthwise_queue_wait_seconds", "", "{p}"), 0, 16, "s"),
+        panel(6, "Queue depth and in-flight requests",
+              [q(f"sum(widthwise_queue_depth{{{M}}})", "queued"), q(f"sum(widthwise_inflight_requests{{{M}}})", "in flight"),
+               q(f"max(widthwise_queue_limit{{{M}}})", "queue limit")],
+              12, 16),
+        panel(7, "Mean batch size per width",
+              [q(f"sum by (width) (rate(widthwise_batch_size_sum{{{M}}}[{RATE}])) / sum by (width) (rate(widthwise_batch_size_count{{{M}}}[{RATE}]))", "width {{width}}")],
+              0, 24),
+        panel(8, "Width selections by reason",
+              [q(f"sum by (reason) (rate(widthwise_width_selections_total{{{M}}}[{RATE}]))", "{{reason}}")],
+              12, 24, "ops", description="budget: the budget allowed it; load: narrowed by the queue; pinned; fallback; feedback."),
+        panel(9, "Requests by outcome", [q(f"sum by (outcome) (rate(widthwise_requests_total{{{M}}}[{RATE}]))", "{{outcome}}")],
+              0, 32, "reqps"),
+        panel(10, "Inference time per batch (p50/p99)",
+              quantiles("widthwise_inference_duration_seconds", "width, ", "{p} width {{width}}")[::2], 12, 32, "s"),
+        panel(11, "GPU utilization", [q("widthwise_gpu_utilization_ratio", "{{device}}")], 0, 40, "percentunit"),
+        panel(12, "GPU memory used", [q("widthwise_gpu_memory_used_bytes", "{{device}}")], 12, 40, "bytes"),
+    ]
+    return {
+        "uid": "widthwise", "title": "widthwise", "tags": ["widthwise", "inference"], "timezone": "browser",
+        "schemaVersion": 39, "version": 1, "refresh": "10s", "time": {"from": "now-30m", "to": "now"},
+        "templating": {"list": [
+            {"name": "datasource", "type": "datasource", "query": "prometheus", "label": "Data source"},
+            {"name": "model", "type": "query", "label": "Model", "multi": True, "includeAll": True, "refresh": 2,
+             "datasource": {"type": "prometheus", "uid": "${datasource}"},
+             "query": "label_values(widthwise_model_info, model)", "definition": "label_values(widthwise_model_info, model)"},
+        ]},
+        "panels": panels,
+    }
+
+
+def render() -> str:
+    return json.dumps(build(), indent=2) + "\n"
+
+
+if __name__ == "__main__":
+    OUT.write_text(render())
+    print(f"wrote {OUT}")

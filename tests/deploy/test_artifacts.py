@@ -1,0 +1,172 @@
+"""deploy/, Dockerfile and compose: validated with the real tools, and every PromQL metric name is one we export."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry
+
+from server.metrics import Metrics
+from tests.conftest import REPO
+
+DEPLOY = REPO / "deploy"
+IN_CI = os.environ.get("CI") == "true"
+PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool", "offset", "inf", "nan"}
+
+
+def tool(name: str) -> str:
+    """Path of a CLI the tests need; in CI a missing tool is a failure, elsewhere a skip."""
+    candidates = [Path(sys.executable).parent / name, shutil.which(name)]
+    for c in candidates:
+        if c and Path(c).exists():
+            return str(c)
+    if IN_CI:
+        pytest.fail(f"{name} is not installed; .ci/run must install it")
+    pytest.skip(f"{name} not installed (install Debian's prometheus / docker-compose, or pip install -e '.[dev]')")
+
+
+def run(*cmd: str) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def test_promtool_checks_config_and_rules():
+    promtool = tool("promtool")
+    assert run(promtool, "check", "config", "deploy/prometheus/prometheus.yml").returncode == 0
+    result = run(promtool, "check", "rules", *map(str, sorted((DEPLOY / "prometheus/rules").glob("*.yml"))))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_promtool_alert_unit_tests_pass():
+    result = run(tool("promtool"), "test", "rules", "deploy/prometheus/tests/alerts_test.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def exported_sample_names() -> set[str]:
+    registry = CollectorRegistry()
+    Metrics(registry, "m")
+    names = set()
+    for family in registry.collect():
+        if family.type == "counter":
+            names.add(family.name + "_total")
+        elif family.type == "histogram":
+            names.update(family.name + suffix for suffix in ("_bucket", "_sum", "_count"))
+        else:
+            names.add(family.name)
+    return names
+
+
+def recording_rule_names() -> set[str]:
+    doc = yaml.safe_load((DEPLOY / "prometheus/rules/recording.yml").read_text())
+    return {rule["record"] for group in doc["groups"] for rule in group["rules"]}
+
+
+def metric_names(expr: str) -> set[str]:
+    """Metric names referenced by a PromQL expression (functions, keywords and labels removed)."""
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # strings
+    expr = re.sub(r"\{[^}]*\}", "", expr)  # label matchers
+    expr = re.sub(r"\[[^\]]*\]", "", expr)  # ranges
+    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", expr)
+    expr = re.sub(r"\$\w+", "", expr)  # Grafana variables
+    names = set()
+    for match in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", expr):
+        word = match.group(0)
+        after = expr[match.end():].lstrip()
+        if after.startswith("(") or word.lower() in PROMQL_KEYWORDS or re.fullmatch(r"\d.*", word):
+            continue
+        names.add(word)
+    return names
+
+
+def all_promql() -> list[tuple[str, str]]:
+    exprs = []
+    for path in sorted((DEPLOY / "prometheus/rules").glob("*.yml")):
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            exprs += [(f"{path.name}:{r.get('record') or r.get('alert')}", r["expr"]) for r in group["rules"]]
+    dashboard = json.loads((DEPLOY / "grafana/dashboards/widthwise.json").read_text())
+    for panel in dashboard["panels"]:
+        exprs += [(f"dashboard:{panel['title']}", t["expr"]) for t in panel["targets"]]
+    for var in dashboard["templating"]["list"]:
+        if var["type"] == "query":
+            exprs.append((f"variable:{var['name']}", re.sub(r"label_values\((\w+),.*\)", r"\1", var["query"])))
+    adapter = yaml.safe_load((DEPLOY / "k8s/prometheus-adapter.yaml").read_text())
+    for rule in yaml.safe_load(adapter["data"]["config.yaml"])["rules"]:
+        exprs.append((f"adapter:{rule['name']['as']}", rule["metricsQuery"].replace("<<.GroupBy>>", "pod")))
+    return exprs
+
+
+def test_metric_name_extraction():
+    expr = 'sum by (model, width) (rate(foo_total{outcome=~"ok|x"}[5m])) / on (model) group_left bar:baz > 0.5 and up'
+    assert metric_names(expr) == {"foo_total", "bar:baz", "up"}
+
+
+def test_every_promql_metric_is_exported_or_recorded():
+    known = exported_sample_names() | recording_rule_names() | {"up"}
+    exprs = all_promql()
+    assert len(exprs) > 25
+    for where, expr in exprs:
+        unknown = metric_names(expr) - known
+        assert not unknown, f"{where} uses {unknown}"
+
+
+def test_dashboard_has_the_required_panels_and_matches_its_generator():
+    sys.path.insert(0, str(DEPLOY / "grafana"))
+    try:
+        import make_dashboard
+    finally:
+        sys.path.pop(0)
+    assert (DEPLOY / "grafana/dashboards/widthwise.json").read_text() == make_dashboard.render()
+    titles = " | ".join(p["title"] for p in make_dashboard.build()["panels"]).lower()
+    for needed in ("width mix", "p50/p95/p99", "queue wait", "budget vs served", "deadline", "batch size", "queue depth", "gpu utilization", "gpu memory"):
+        assert needed in titles, needed
+
+
+def test_grafana_provisioning_points_at_the_dashboard_folder():
+    provider = yaml.safe_load((DEPLOY / "grafana/provisioning/dashboards/widthwise.yml").read_text())
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    mounts = compose["services"]["grafana"]["volumes"]
+    path = provider["providers"][0]["options"]["path"]
+    assert any(m.startswith("./deploy/grafana/dashboards:" + path) for m in mounts)
+    datasource = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text())
+    assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
+
+
+def test_dockerfile_is_clean_under_hadolint_and_has_the_essentials():
+    result = run(tool("hadolint"), "Dockerfile")
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = (REPO / "Dockerfile").read_text()
+    for needed in ("HEALTHCHECK", "/healthz", "EXPOSE 8000", "USER 10001", '"--host", "0.0.0.0"', "cuda"):
+        assert needed in text, needed
+
+
+def test_compose_config_validates_with_and_without_the_gpu_override():
+    compose = tool("docker-compose")
+    assert run(compose, "-f", "docker-compose.yml", "config", "-q").returncode == 0
+    result = run(compose, "-f", "docker-compose.yml", "-f", "docker-compose.gpu.yml", "config")
+    assert result.returncode == 0, result.stderr
+    merged = yaml.safe_load(result.stdout)
+    devices = merged["services"]["widthwise"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["capabilities"] == ["gpu"]
+    assert set(merged["services"]) == {"widthwise", "prometheus", "grafana"}
+
+
+def test_kubernetes_manifests_validate():
+    manifests = sorted(str(p) for p in (DEPLOY / "k8s").glob("*.yaml"))
+    core = [m for m in manifests if "servicemonitor" not in m]  # PodMonitor is a CRD without a bundled schema
+    result = run(tool("kubernetes-validate"), "--strict", *core)
+    assert result.returncode == 0, result.stdout + result.stderr
+    deployment = yaml.safe_load((DEPLOY / "k8s/deployment.yaml").read_text())
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert pod["terminationGracePeriodSeconds"] > 30 + 5  # drain + preStop
+    monitor = yaml.safe_load((DEPLOY / "k8s/servicemonitor.yaml").read_text())
+    assert monitor["kind"] == "PodMonitor" and monitor["spec"]["podMetricsEndpoints"][0]["path"] == "/metrics"

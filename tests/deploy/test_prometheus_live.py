@@ -1,0 +1,83 @@
+"""A real Prometheus scrapes a live widthwise on 127.0.0.1 and evaluates our recording rules."""
+
+import subprocess
+import time
+
+import httpx2
+import pytest
+import yaml
+
+from tests.conftest import REPO, free_port, png_bytes
+from tests.deploy.test_artifacts import tool
+
+
+def query(base: str, expr: str) -> list[dict]:
+    r = httpx2.get(base + "/api/v1/query", params={"query": expr}, timeout=5)
+    r.raise_for_status()
+    return r.json()["data"]["result"]
+
+
+@pytest.fixture
+def prometheus(tmp_path, live_server):
+    binary = tool("prometheus")
+    server = live_server()
+    rules_dir = tmp_path / "rules"
+    rules_dir.mkdir()
+    for path in (REPO / "deploy/prometheus/rules").glob("*.yml"):
+        doc = yaml.safe_load(path.read_text())
+        for group in doc["groups"]:
+            group["interval"] = "1s"  # evaluate quickly in the test
+        (rules_dir / path.name).write_text(yaml.safe_dump(doc))
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(rules_dir / "*.yml")],
+        "scrape_configs": [{"job_name": "widthwise", "static_configs": [{"targets": [f"127.0.0.1:{server.port}"]}]}],
+    }
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx2.get(base + "/-/ready", timeout=1).status_code == 200:
+                break
+        except httpx2.HTTPError:
+            pass
+        time.sleep(0.2)
+    else:
+        proc.kill()
+        message = proc.stderr.read()
+        proc.stderr.close()
+        pytest.fail(f"prometheus did not start: {message}")
+    yield base, server
+    proc.terminate()
+    proc.wait(timeout=10)
+    proc.stderr.close()
+
+
+def test_prometheus_sees_traffic_at_two_widths_and_records_rules(prometheus):
+    base, server = prometheus
+    data = png_bytes()
+    deadline = time.monotonic() + 45
+    by_width: dict[str, float] = {}
+    recorded: list[dict] = []
+    while time.monotonic() < deadline:
+        for width in ("0.25", "1"):
+            r = httpx2.post(server.url + "/v1/classify", content=data, headers={"content-type": "image/png", "X-Width": width})
+            assert r.status_code == 200
+        result = query(base, "sum by (width) (increase(widthwise_requests_total[1m]))")
+        by_width = {s["metric"]["width"]: float(s["value"][1]) for s in result}
+        recorded = query(base, 'widthwise:requests:rate1m{outcome="ok"}')
+        if by_width.get("0.25", 0) > 0 and by_width.get("1.0", 0) > 0 and len(recorded) >= 2:
+            break
+        time.sleep(0.5)
+    assert by_width.get("0.25", 0) > 0 and by_width.get("1.0", 0) > 0, by_width
+    assert {s["metric"]["width"] for s in recorded} >= {"0.25", "1.0"}
+    assert query(base, 'up{job="widthwise"}')[0]["value"][1] == "1"
+    share = query(base, "widthwise:narrowest_share:ratio_rate5m")
+    assert share and 0.3 < float(share[0]["value"][1]) < 0.7  # half the traffic ran at 0.25
