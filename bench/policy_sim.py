@@ -6,8 +6,8 @@ width's capacity. For every load and policy: deadline attainment and mean
 expected accuracy (the paper's ImageNet top-1 per width). Prints a table,
 checks the headline criteria and writes JSON + PNG.
 
-    python bench/policy_sim.py --out out/policy_sim            # measure the profile here
-    python bench/policy_sim.py --profile p.json --out out/x    # or reuse a saved one
+    python -m bench.policy_sim --out out/policy_sim            # measure the profile here
+    python -m bench.policy_sim --profile p.json --out out/x    # or reuse a saved one
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ class LatencyProfile:
         for w, row in self._table.items():
             if not row or any(s <= 0 for s in row.values()):
                 raise ValueError(f"width {w}: latencies must be positive")
-        self._alpha = ewma_alpha
+        self.ewma_alpha = ewma_alpha
         self._lock = threading.Lock()
 
     @property
@@ -71,7 +71,7 @@ class LatencyProfile:
                 return
             nearest = min(row, key=lambda b: abs(b - batch))
             scaled = seconds * (nearest / batch) if batch > nearest * 2 or nearest > batch * 2 else seconds
-            row[nearest] += self._alpha * (scaled - row[nearest])
+            row[nearest] += self.ewma_alpha * (scaled - row[nearest])
 
     def as_dict(self) -> dict:
         """``{"widths": {"0.5": {"1": 0.0012, ...}}}`` in seconds."""
@@ -82,15 +82,15 @@ class LatencyProfile:
         Path(path).write_text(json.dumps(self.as_dict(), indent=2))
 
     @classmethod
-    def from_dict(cls, data: Mapping) -> "LatencyProfile":
+    def from_dict(cls, data: Mapping, ewma_alpha: float = 0.1) -> "LatencyProfile":
         widths = data.get("widths") if isinstance(data, Mapping) else None
         if not isinstance(widths, Mapping):
             raise ValueError("profile JSON needs an object 'widths': {width: {batch: seconds}}")
-        return cls({float(w): {int(b): float(s) for b, s in row.items()} for w, row in widths.items()})
+        return cls({float(w): {int(b): float(s) for b, s in row.items()} for w, row in widths.items()}, ewma_alpha)
 
     @classmethod
-    def load(cls, path: str | Path) -> "LatencyProfile":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+    def load(cls, path: str | Path, ewma_alpha: float = 0.1) -> "LatencyProfile":
+        return cls.from_dict(json.loads(Path(path).read_text()), ewma_alpha)
 
 
 def measure_profile(

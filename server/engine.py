@@ -85,16 +85,20 @@ class Engine:
         try:
             if self.settings.threads:
                 torch.set_num_threads(self.settings.threads)
-            self.runtime = Runtime(self.net, self.settings.device)
             batch_sizes = batch_sizes_up_to(self.settings.max_batch_size)
+            self.runtime = Runtime(
+                self.net, self.settings.device, self.settings.backend, self.settings.threads,
+                self.settings.precision, self.settings.cuda_graphs == "on", batch_sizes,
+            )
             self.runtime.warm_up(batch_sizes)
             if self.settings.profile:
-                self.profile = LatencyProfile.load(self.settings.profile)
+                self.profile = LatencyProfile.load(self.settings.profile, self.settings.profile_ewma_alpha)
                 missing = set(self.net.widths) - set(self.profile.widths)
                 if missing:
                     raise ValueError(f"profile {self.settings.profile} lacks widths {sorted(missing)}")
             else:
                 self.profile = profile_runtime(self.runtime, batch_sizes, self.settings.profile_repeats)
+                self.profile.ewma_alpha = self.settings.profile_ewma_alpha
             self.monitor = DeviceMonitor(self.runtime.device.type, self.runtime.device.index or 0)
             self.scheduler = Scheduler(
                 self.policy, self.profile, self.net.widths, self.settings.max_batch_size,
@@ -243,6 +247,7 @@ class Engine:
             "arch": self.net.arch,
             "ready": self.ready,
             "device": str(self.runtime.device) if self.runtime else None,
+            "backend": self.runtime.backend if self.runtime else None,
             "policy": self.policy.name,
             "input": {"channels": self.net.in_channels, "size": self.net.input_size,
                       "mean": self.metadata.get("mean"), "std": self.metadata.get("std")},

@@ -24,11 +24,18 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="listen address")
     port: int = Field(8000, ge=0, le=65535, description="listen port")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the model runs")
+    backend: Literal["auto", "torch", "onnxruntime"] = Field(
+        "auto", description="auto: onnxruntime on CPU when installed, torch on CUDA"
+    )
+    precision: Literal["fp32", "fp16", "bf16"] = Field("fp32", description="CUDA compute precision")
+    cuda_graphs: Literal["on", "off"] = Field("on", description="capture CUDA graphs per (width, batch bucket) on CUDA")
     policy: str = Field("max-width", description="width-selection policy: max-width, fixed:<width>, ...")
     profile: Path | None = Field(None, description="latency profile JSON to load instead of measuring at startup")
     default_budget_ms: float | None = Field(None, gt=0, description="budget for requests without one (default: none)")
     max_batch_size: int = Field(8, ge=1, le=1024, description="largest batch one width runs at once")
-    max_queue_delay_ms: float = Field(2.0, ge=0, description="how long a batch may wait to fill up")
+    max_queue_delay_ms: float = Field(
+        0.0, ge=0, description="how long a batch may wait to fill up (0: batch only what is already queued, as Triton)"
+    )
     queue_limit: int = Field(256, ge=1, description="queued requests beyond which new ones get 503")
     admission: Literal["reject", "best_effort"] = Field(
         "reject", description="reject: 503/504 when no width meets the deadline; best_effort: serve narrowest late"
@@ -37,6 +44,9 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(16_777_216, ge=1, description="largest decoded image (width x height)")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's choice)")
     profile_repeats: int = Field(15, ge=3, description="timed runs per (width, batch) when profiling at startup")
+    profile_ewma_alpha: float = Field(
+        0.1, ge=0, le=1, description="weight of each observed batch time in the online profile update (0: never update)"
+    )
     retry_after_s: int = Field(1, ge=1, description="Retry-After seconds on 503")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info")
 

@@ -110,6 +110,8 @@ def make_client(tiny_checkpoint):
     stack = contextlib.ExitStack()
 
     def factory(wait: bool = True, **overrides) -> TestClient:
+        if "profile" in overrides:  # a synthetic profile must not learn the real (much faster) batch times
+            overrides.setdefault("profile_ewma_alpha", 0.0)
         settings = Settings(**{"checkpoint": tiny_checkpoint, "model_name": "tiny", "profile_repeats": 3, **overrides})
         registry = CollectorRegistry()
         client = stack.enter_context(TestClient(build_app(settings, registry=registry), raise_server_exceptions=False))

@@ -43,7 +43,7 @@ def test_tritonclient_drives_the_v2_endpoint(live_server, tiny_checkpoint):
 
 @pytest.mark.slow
 def test_concurrent_mixed_budgets_wide_get_widest_tight_get_narrower(live_server, synthetic_profile):
-    server = live_server("--profile", str(synthetic_profile), "--max-batch-size", "4")
+    server = live_server("--profile", str(synthetic_profile), "--profile-ewma-alpha", "0", "--max-batch-size", "4")
     data = png_bytes()
 
     def send(budget_ms: str) -> tuple[str, int, float]:

@@ -1,0 +1,125 @@
+"""CPU engine benchmark: the served runtime vs a raw ONNX Runtime session vs PyTorch, per width.
+
+Variants are interleaved call by call and repeated, so machine noise hits all
+of them alike; the table quotes medians and ratios from the same run.
+
+    python -m bench.engine --out out/engine [--arch s_mobilenet_v2] [--repeats 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import models
+from server.runtime import OnnxRuntimeExecutor, Runtime, export_onnx
+
+
+def raw_session(module, input_shape, threads):
+    """A bare ONNX Runtime session with the options the runtime uses (the reference to match)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(export_onnx(module, input_shape), options, providers=["CPUExecutionProvider"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="s_mobilenet_v2")
+    parser.add_argument("--input-size", type=int, default=224)
+    parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--repeats", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--out", type=Path, default=Path("out/engine"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    net = models.create(args.arch, input_size=args.input_size)
+    shape = (net.in_channels, args.input_size, args.input_size)
+    runtime = Runtime(net, "cpu", "onnxruntime", args.threads)
+    variants = {}
+    for width in net.widths:
+        folded = net.switch(width, fold_bn=True)
+        session = raw_session(folded, shape, args.threads)
+        folded_cl = net.switch(width, fold_bn=True).to(memory_format=torch.channels_last)
+        variants[width] = {
+            "served": lambda x, w=width: runtime.run(w, x),
+            "raw_ort": lambda x, s=session: s.run(None, {"input": x.numpy()}),
+            "torch_eager": lambda x, w=width: net(x, width=w),
+            "torch_folded_cl": lambda x, m=folded_cl: m(x.contiguous(memory_format=torch.channels_last)),
+        }
+    batches = [int(b) for b in args.batches.split(",")]
+    inputs = {b: torch.randn(b, *shape) for b in batches}
+    times: dict[tuple, list[float]] = {}
+    calls = [(w, b, name) for w in net.widths for b in batches for name in variants[w]]
+    with torch.inference_mode():
+        for w, b, name in calls:  # warm-up
+            for _ in range(3):
+                variants[w][name](inputs[b])
+        rng = random.Random(0)
+        for _ in range(args.repeats):
+            rng.shuffle(calls)
+            for w, b, name in calls:
+                start = time.perf_counter()
+                variants[w][name](inputs[b])
+                times.setdefault((w, b, name), []).append((time.perf_counter() - start) * 1e3)
+    med = {k: statistics.median(v) for k, v in times.items()}
+
+    names = list(variants[net.widths[0]])
+    rows = []
+    print(f"{args.arch} @ {args.input_size}px, {args.threads} threads, median ms of {args.repeats} interleaved runs")
+    print(f"{'width':>6} {'batch':>5} " + " ".join(f"{n:>16}" for n in names) + f" {'served/raw':>11}")
+    for b in batches:
+        for w in net.widths:
+            row = {"width": w, "batch": b, **{n: med[(w, b, n)] for n in names}}
+            row["served_over_raw"] = row["served"] / row["raw_ort"]
+            rows.append(row)
+            print(f"{w:>6.2f} {b:>5d} " + " ".join(f"{row[n]:>16.3f}" for n in names) + f" {row['served_over_raw']:>11.3f}")
+    ladder = {n: med[(net.widths[0], 1, n)] / med[(net.widths[-1], 1, n)] for n in names}
+    print("width ladder t(narrowest)/t(widest), batch 1: " + ", ".join(f"{n} {v:.3f}" for n, v in ladder.items()))
+
+    memory = memory_report(net, shape)
+    print(f"memory: all switches resident {memory['onnx_all_switches_bytes'] / 1e6:.1f} MB (ONNX initializers) = "
+          f"{memory['onnx_ratio']:.2f}x the widest switch alone; shared-weight torch path {memory['torch_shared_ratio']:.2f}x")
+    report = {"machine": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%d"),
+              "arch": args.arch, "threads": args.threads, "repeats": args.repeats, "rows": rows, "ladder": ladder,
+              "memory": memory}
+    (args.out / "engine.json").write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out / 'engine.json'}")
+
+
+def memory_report(net, shape) -> dict:
+    """Weight bytes of every switch as served vs the widest switch alone."""
+    import onnx
+
+    def onnx_bytes(width: float) -> int:
+        model = onnx.load_from_string(export_onnx(net.switch(width, fold_bn=True), shape))
+        return sum(onnx.numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
+
+    per_switch = {w: onnx_bytes(w) for w in net.widths}
+    widest = per_switch[net.widths[-1]]
+    shared = sum(p.numel() * p.element_size() for p in net.parameters())
+    return {
+        "onnx_per_switch_bytes": {str(w): b for w, b in per_switch.items()},
+        "onnx_all_switches_bytes": sum(per_switch.values()),
+        "onnx_ratio": sum(per_switch.values()) / widest,
+        "torch_shared_bytes": shared,
+        "torch_shared_ratio": shared / widest,
+    }
+
+
+if __name__ == "__main__":
+    np.random.seed(0)
+    main()

@@ -1,0 +1,140 @@
+"""Open-loop load against a live ``widthwise serve``: every policy, several offered loads.
+
+Poisson (or bursty) arrivals with a fixed latency budget per request, sent
+without waiting for answers (open loop), 127.0.0.1 only, bounded in count and
+time. Per policy and load: achieved throughput, deadline attainment (answered
+200 within budget / sent), p50/p99 latency, width mix and mean expected
+accuracy. Writes JSON and a PNG; the live counterpart of bench/policy_sim.py.
+
+    python -m bench.load --out out/load [--rates 20,40,60] [--duration 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import statistics
+import time
+from pathlib import Path
+
+import httpx2
+import numpy as np
+from PIL import Image
+
+from bench.common import imagenet_checkpoint, live_server
+from policies.simulator import arrival_times
+
+MAX_REQUESTS = 5000  # hard bound per point
+
+
+async def fire(client: httpx2.AsyncClient, url: str, body: bytes, budget_ms: float, send_at: float, t0: float, results: list) -> None:
+    await asyncio.sleep(max(0.0, t0 + send_at - time.perf_counter()))
+    start = time.perf_counter()
+    try:
+        r = await client.post(url, content=body, headers={"content-type": "image/jpeg", "X-Latency-Budget-Ms": str(budget_ms)})
+        elapsed = (time.perf_counter() - start) * 1e3
+        width = r.json().get("width") if r.status_code == 200 else None
+        results.append((r.status_code, elapsed, width))
+    except httpx2.HTTPError:
+        results.append((0, (time.perf_counter() - start) * 1e3, None))
+
+
+async def run_point(url: str, body: bytes, rate: float, duration: float, budget_ms: float, trace: str) -> list:
+    arrivals = arrival_times(trace, rate, duration, seed=11)[:MAX_REQUESTS]
+    results: list = []
+    limits = httpx2.Limits(max_connections=512, max_keepalive_connections=512)
+    async with httpx2.AsyncClient(timeout=duration + 30, limits=limits) as client:
+        t0 = time.perf_counter() + 0.2
+        await asyncio.gather(*(fire(client, url, body, budget_ms, a, t0, results) for a in arrivals))
+    return results
+
+
+def summarize(results: list, budget_ms: float, duration: float, accuracy: dict[float, float]) -> dict:
+    ok = [(lat, w) for status, lat, w in results if status == 200]
+    on_time = [(lat, w) for lat, w in ok if lat <= budget_ms]
+    lat = sorted(l for l, _ in ok)
+    widths = [w for _, w in ok]
+    statuses: dict[str, int] = {}
+    for status, _, _ in results:
+        statuses[str(status)] = statuses.get(str(status), 0) + 1
+    return {
+        "sent": len(results), "statuses": statuses, "throughput_rps": len(ok) / duration,
+        "attainment": len(on_time) / len(results) if results else 1.0,
+        "p50_ms": lat[len(lat) // 2] if lat else None, "p99_ms": lat[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else None,
+        "width_mix": {str(w): widths.count(w) / len(widths) for w in sorted(set(widths))} if widths else {},
+        "mean_accuracy": statistics.fmean(accuracy[w] for w in widths) if widths else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="s_mobilenet_v2")
+    parser.add_argument("--rates", default=None, help="comma-separated req/s (default: from the measured profile)")
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--trace", default="poisson")
+    parser.add_argument("--policies", default=None, help="comma-separated (default: fixed:<each width>,max-width,slack,feedback)")
+    parser.add_argument("--max-batch-size", type=int, default=8)
+    parser.add_argument("--out", type=Path, default=Path("out/load"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    checkpoint = imagenet_checkpoint(args.arch)
+    rng = np.random.default_rng(0)
+    jpeg = io.BytesIO()
+    Image.fromarray((rng.random((224, 224, 3)) * 255).astype(np.uint8)).save(jpeg, "JPEG", quality=90)
+    body = jpeg.getvalue()
+    profile_path = args.out / "profile.json"
+    common = ["--checkpoint", str(checkpoint), "--model-name", "v2", "--max-batch-size", str(args.max_batch_size)]
+    # Measure the profile once, then every policy's server reuses it (same decisions basis, faster start).
+    with live_server(*common, "--policy", "max-width") as url:
+        model = httpx2.get(url + "/v1/models").json()["models"][0]
+    widths = [w["width"] for w in model["widths"]]
+    accuracy = {w["width"]: w["expected_accuracy"] for w in model["widths"]}
+    table = {str(w["width"]): {b: ms / 1e3 for b, ms in w["latency_ms"].items()} for w in model["widths"]}
+    profile_path.write_text(json.dumps({"widths": table}))
+    widest_b1_ms = model["widths"][-1]["latency_ms"]["1"]
+    budget_ms = 3 * widest_b1_ms
+    cap = max(int(b) / (ms / 1e3) for b, ms in model["widths"][-1]["latency_ms"].items())
+    rates = [float(r) for r in args.rates.split(",")] if args.rates else [round(m * cap, 1) for m in (0.5, 1.0, 1.5, 2.0)]
+    policies = args.policies.split(",") if args.policies else [f"fixed:{w:g}" for w in widths] + ["max-width", "slack", "feedback"]
+    print(f"budget {budget_ms:.1f} ms (3x widest batch-1 {widest_b1_ms:.2f} ms), widest capacity ~{cap:.0f} req/s, rates {rates}")
+    rows = []
+    for policy in policies:
+        with live_server(*common, "--policy", policy, "--profile", str(profile_path)) as url:
+            for rate in rates:
+                results = asyncio.run(run_point(url + "/v1/classify", body, rate, args.duration, budget_ms, args.trace))
+                row = {"policy": policy, "rate": rate, **summarize(results, budget_ms, args.duration, accuracy)}
+                rows.append(row)
+                print(f"{policy:>11} {rate:>7.1f} req/s: attainment {row['attainment']:.3f}, accuracy "
+                      f"{(row['mean_accuracy'] or 0):.3f}, p50 {row['p50_ms'] or 0:.1f} ms, p99 {row['p99_ms'] or 0:.1f} ms, "
+                      f"statuses {row['statuses']}")
+                time.sleep(1.0)  # let the queue drain between points
+    report = {"date": time.strftime("%Y-%m-%d"), "budget_ms": budget_ms, "capacity_rps": cap, "rows": rows,
+              "profile": table}
+    (args.out / "load.json").write_text(json.dumps(report, indent=2))
+    plot(rows, policies, cap, args.out / "load.png", budget_ms)
+    print(f"wrote {args.out / 'load.json'} and {args.out / 'load.png'}")
+
+
+def plot(rows, policies, cap, path, budget_ms) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for p in policies:
+        pts = [r for r in rows if r["policy"] == p]
+        style = "--" if p.startswith("fixed") else "-"
+        a1.plot([r["rate"] / cap for r in pts], [r["attainment"] for r in pts], style, marker="o", label=p)
+        a2.plot([r["rate"] / cap for r in pts], [r["mean_accuracy"] for r in pts], style, marker="o", label=p)
+    a1.set(xlabel="offered load (x widest capacity)", ylabel="deadline attainment", ylim=(0, 1.02), title=f"live, budget {budget_ms:.0f} ms")
+    a2.set(xlabel="offered load (x widest capacity)", ylabel="mean expected top-1", title="served accuracy")
+    a2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()

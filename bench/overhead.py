@@ -1,0 +1,80 @@
+"""Serving overhead: end-to-end HTTP latency on loopback minus the engine time, per request.
+
+The engine time is the server's own ``inference`` entry of ``Server-Timing``
+(what the runtime spent on the batch); the rest is HTTP, decoding,
+validation, queueing and the response. Sequential requests, one keep-alive
+connection, S-MobileNet v2 at 224x224 (random weights).
+
+    python -m bench.overhead --out out/overhead [--requests 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import statistics
+import time
+from pathlib import Path
+
+import httpx2
+import numpy as np
+from PIL import Image
+
+from bench.common import imagenet_checkpoint, live_server, server_timing
+
+
+def measure(client: httpx2.Client, url: str, body: bytes, headers: dict, n: int) -> dict:
+    totals, engine, overhead = [], [], []
+    for i in range(n + 20):
+        start = time.perf_counter()
+        r = client.post(url, content=body, headers=headers)
+        elapsed = (time.perf_counter() - start) * 1e3
+        r.raise_for_status()
+        if i < 20:  # warm-up
+            continue
+        timing = server_timing(r.headers["server-timing"])
+        totals.append(elapsed)
+        engine.append(timing["inference"])
+        overhead.append(elapsed - timing["inference"])
+    return {"total_ms": statistics.median(totals), "engine_ms": statistics.median(engine),
+            "overhead_ms": statistics.median(overhead), "overhead_p90_ms": float(np.percentile(overhead, 90))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--width", default="0.35")
+    parser.add_argument("--out", type=Path, default=Path("out/overhead"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    checkpoint = imagenet_checkpoint("s_mobilenet_v2")
+    rng = np.random.default_rng(0)
+    jpeg = io.BytesIO()
+    Image.fromarray((rng.random((224, 224, 3)) * 255).astype(np.uint8)).save(jpeg, "JPEG", quality=90)
+    x = rng.standard_normal((1, 3, 224, 224)).astype(np.float32)
+    header = json.dumps({"inputs": [{"name": "input", "shape": [1, 3, 224, 224], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": x.nbytes}}],
+                         "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
+                         "parameters": {"width": float(args.width)}}).encode()
+    results = {}
+    with live_server("--checkpoint", str(checkpoint), "--model-name", "v2", "--profile-repeats", "5") as url:
+        with httpx2.Client(timeout=30) as client:
+            results["v2_binary_tensor"] = measure(
+                client, url + "/v2/models/v2/infer", header + x.tobytes(),
+                {"Inference-Header-Content-Length": str(len(header)), "content-type": "application/octet-stream"}, args.requests)
+            results["v1_classify_jpeg_224"] = measure(
+                client, url + "/v1/classify", jpeg.getvalue(), {"content-type": "image/jpeg", "X-Width": args.width}, args.requests)
+    targets = {"v2_binary_tensor": 1.0, "v1_classify_jpeg_224": 2.0}
+    print(f"median of {args.requests} sequential requests, width {args.width}, S-MobileNet v2 224x224")
+    print(f"{'request':>22} {'total ms':>9} {'engine ms':>10} {'overhead ms':>12} {'p90':>7} {'target':>7}")
+    for name, r in results.items():
+        verdict = "ok" if r["overhead_ms"] <= targets[name] else "MISSED"
+        print(f"{name:>22} {r['total_ms']:>9.3f} {r['engine_ms']:>10.3f} {r['overhead_ms']:>12.3f} {r['overhead_p90_ms']:>7.3f} "
+              f"{targets[name]:>6.1f} {verdict}")
+    (args.out / "overhead.json").write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "results": results,
+                                                          "targets_ms": targets}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+import pytest
+import torch
+
+from server.runtime import Runtime, export_onnx, resolve_backend
+from tests.conftest import make_net
+
+
+@pytest.mark.parametrize("arch", ["s_convnet6", "s_mobilenet_v2_cifar"])
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_runtime_outputs_equal_slimmable_forward(arch, backend):
+    net = make_net(arch)
+    runtime = Runtime(net, "cpu", backend)
+    assert runtime.backend == backend
+    for batch in (1, 3):
+        x = torch.randn(batch, 3, net.input_size, net.input_size)
+        for width in net.widths:
+            with torch.inference_mode():
+                expected = net(x, width=width)
+            got = runtime.run(width, x)
+            assert got.shape == expected.shape and got.dtype == torch.float32
+            rel = (got - expected).abs().max() / expected.abs().max()
+            assert rel <= 1e-4, (width, batch, float(rel))
+
+
+def test_auto_backend_is_onnxruntime_on_cpu():
+    assert resolve_backend("auto", torch.device("cpu")) == "onnxruntime"
+    with pytest.raises(ValueError, match="CPU"):
+        resolve_backend("onnxruntime", torch.device("cuda"))
+
+
+def test_half_precision_needs_cuda():
+    with pytest.raises(ValueError, match="needs CUDA"):
+        Runtime(make_net("s_convnet6"), "cpu", "torch", precision="fp16")
+
+
+def test_onnx_export_has_a_dynamic_batch():
+    import onnx
+
+    model = onnx.load_from_string(export_onnx(make_net("s_convnet6").switch(0.5, fold_bn=True), (3, 16, 16)))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param == "batch" and [d.dim_value for d in dims[1:]] == [3, 16, 16]
+    assert not any(node.op_type == "BatchNormalization" for node in model.graph.node)
+
+
+def test_server_reports_its_backend(make_client):
+    client = make_client()
+    assert client.get("/v1/models").json()["models"][0]["backend"] == "onnxruntime"
+    torch_client = make_client(backend="torch")
+    assert torch_client.get("/v1/models").json()["models"][0]["backend"] == "torch"
