@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import AsyncIterator
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry
 
 from models import SlimmableNet, load_checkpoint
@@ -15,6 +16,7 @@ from models.checkpoint import DEFAULT_CHECKPOINT
 
 from .engine import Engine
 from .errors import install_error_handlers
+from .logs import RequestIdMiddleware
 from .metrics import Metrics
 from .routers import kserve, native, ops
 from .settings import Settings
@@ -44,6 +46,12 @@ def build_app(settings: Settings | None = None, registry: CollectorRegistry | No
             yield
 
     app = FastAPI(title="widthwise", version="0.1.0", lifespan=lifespan)
+    if settings.cors_origins:  # off unless configured
+        app.add_middleware(
+            CORSMiddleware, allow_origins=[o.strip() for o in settings.cors_origins.split(",")],
+            allow_methods=["GET", "POST"], allow_headers=["*"], expose_headers=["X-Served-Width", "Server-Timing", "X-Request-Id"],
+        )
+    app.add_middleware(RequestIdMiddleware)
     app.state.settings = settings
     app.state.registry = registry
     app.state.engine = engine

@@ -26,12 +26,16 @@ from policies.load import DeviceMonitor
 
 from .metrics import Metrics, width_label, width_position
 from .runtime import Runtime, profile_runtime
-from .scheduler import Batch, InferenceRequest, Pending, Rejected, Scheduler
+from .scheduler import Batch, InferenceFailed, InferenceRequest, Pending, Rejected, Scheduler
+from .watchdog import BatchTimeout, BoundedExecutor
 from .settings import Settings
 
 __all__ = ["Engine", "InferenceResult", "Rejected"]
 
 log = logging.getLogger("widthwise.engine")
+
+# Raised by the device when a batch does not fit; CPU builds of torch define the class too.
+OUT_OF_MEMORY = (torch.cuda.OutOfMemoryError, MemoryError)
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,8 @@ class Engine:
         self._startup: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped = threading.Event()
+        self._executor = BoundedExecutor()
+        self.fault_hook = None  # Callable[[width, samples], None]: raises to simulate device faults in tests
         self.monitor: DeviceMonitor | None = None
         self._costs = self._static_costs()
 
@@ -152,6 +158,7 @@ class Engine:
         if self._worker is not None:
             await asyncio.to_thread(self._worker.join, timeout)
         self._stopped.set()
+        self._executor.close()
 
     # -- requests -----------------------------------------------------------
 
@@ -205,29 +212,70 @@ class Engine:
                     self.scheduler.batch_done()
 
     def _run_batch(self, batch: Batch) -> None:
-        width = batch.decision.width
-        tensors = [p.request.tensor for p in batch.items]
+        self._serve(batch.items, batch.decision.width, batch.decision.reason)
+
+    def _execute(self, width: float, items: list[Pending]) -> torch.Tensor:
+        tensors = [p.request.tensor for p in items]
+        x = torch.cat(tensors) if len(tensors) > 1 else tensors[0]
+        if self.fault_hook is not None:  # tests inject failures here
+            self.fault_hook(width, int(x.shape[0]))
+        return self.runtime.run(width, x)
+
+    def _serve(self, items: list[Pending], width: float, reason: str) -> None:
+        """Run ``items`` at ``width`` and answer them.
+
+        Out of memory: split the batch and retry, then step down to a narrower
+        width, before failing. Any other error or a timeout fails only these
+        requests; the worker goes on with the next batch.
+        """
+        samples = sum(p.request.samples for p in items)
         start = time.monotonic()
         try:
-            logits = self.runtime.run(width, torch.cat(tensors) if len(tensors) > 1 else tensors[0])
+            logits = self._executor.run(lambda: self._execute(width, items), self.settings.batch_timeout_s)
+        except OUT_OF_MEMORY as exc:
+            self._release_memory()
+            if len(items) > 1:
+                log.warning("out of memory at width %s, batch %d: splitting", width, samples)
+                half = len(items) // 2
+                self._serve(items[:half], width, reason)
+                self._serve(items[half:], width, reason)
+                return
+            idx = self.net.width_index(width)
+            if idx > 0:
+                log.warning("out of memory at width %s for one request: trying width %s", width, self.net.widths[idx - 1])
+                self._serve(items, self.net.widths[idx - 1], "fallback")
+                return
+            self._fail(items, f"inference failed: out of memory even at the narrowest width ({type(exc).__name__})")
+            return
+        except BatchTimeout as exc:
+            log.error("batch at width %s timed out: %s", width, exc)
+            self._fail(items, f"inference failed: {exc}")
+            return
         except Exception as exc:
             log.exception("batch at width %s failed", width)
-            for pending in batch.items:
-                pending.resolve(RuntimeError(f"inference failed: {type(exc).__name__}"))
+            self._fail(items, f"inference failed: {type(exc).__name__}")
             return
         end = time.monotonic()
         elapsed = end - start
-        self.profile.observe(width, batch.samples, elapsed)
-        self.metrics.batch(width, batch.samples, elapsed, batch.decision.reason)
+        self.profile.observe(width, samples, elapsed)
+        self.metrics.batch(width, samples, elapsed, reason)
         offset = 0
-        for pending in batch.items:
+        for pending in items:
             req = pending.request
             self.metrics.queue_wait.labels(self.model_name).observe(start - req.arrival)
             out = logits[offset:offset + req.samples]
             offset += req.samples
             met = end <= req.deadline
             self.policy.observe(width, end - req.arrival, req.budget_s, met)
-            pending.resolve(InferenceResult(out, width, batch.decision.reason, start - req.arrival, elapsed, batch.samples, met))
+            pending.resolve(InferenceResult(out, width, reason, start - req.arrival, elapsed, samples, met))
+
+    def _fail(self, items: list[Pending], message: str) -> None:
+        for pending in items:
+            pending.resolve(InferenceFailed(message))
+
+    def _release_memory(self) -> None:
+        if self.runtime is not None and self.runtime.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     # -- description ---------------------------------------------------------
 

@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .scheduler import Rejected
+from .scheduler import InferenceFailed, Rejected
 
 __all__ = ["ApiError", "install_error_handlers", "error_response"]
 
@@ -42,6 +42,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Rejected)
     async def _rejected(_request: Request, exc: Rejected) -> JSONResponse:
         return error_response(exc.status, exc.message, _rejected_headers(exc))
+
+    @app.exception_handler(InferenceFailed)
+    async def _failed(_request: Request, exc: InferenceFailed) -> JSONResponse:
+        return error_response(500, str(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:

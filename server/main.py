@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import signal
 import sys
 
@@ -11,6 +10,7 @@ import uvicorn
 from models.checkpoint import CheckpointError
 
 from .app import build_app
+from .logs import configure_logging
 from .settings import Settings
 
 __all__ = ["run_server", "DrainingServer"]
@@ -34,7 +34,7 @@ class DrainingServer(uvicorn.Server):
 
 
 def run_server(settings: Settings) -> int:
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
     try:
         app = build_app(settings)
     except (CheckpointError, ValueError) as exc:
@@ -48,7 +48,9 @@ def run_server(settings: Settings) -> int:
         timeout_keep_alive=5,
         timeout_graceful_shutdown=30,
         h11_max_incomplete_event_size=16 * 1024,  # bounds request line + headers
-        access_log=False,
+        access_log=False,  # widthwise.access logs each request with its request id, width and outcome
+        log_config=None,  # keep our handlers (JSON lines when asked)
+        limit_concurrency=max(64, settings.queue_limit * 4),  # beyond this uvicorn answers 503 at once
     )
     DrainingServer(config, app.state.engine).run()
     return 0

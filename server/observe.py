@@ -8,6 +8,7 @@ from typing import AsyncIterator, Callable
 
 from .engine import Engine, InferenceResult
 from .errors import ApiError
+from .logs import log_fields
 from .scheduler import Rejected
 
 __all__ = ["count_outcome"]
@@ -16,12 +17,13 @@ log = logging.getLogger("widthwise.http")
 
 
 @contextlib.asynccontextmanager
-async def count_outcome(engine: Engine) -> AsyncIterator[Callable[[InferenceResult, float], None]]:
+async def count_outcome(engine: Engine, request) -> AsyncIterator[Callable[[InferenceResult, float], None]]:
     """Counts exactly one outcome per request in ``widthwise_requests_total``.
 
     The handler calls the yielded ``record(result, total_s)`` on success; an
     :class:`ApiError` counts as ``bad_request``, :class:`Rejected` as
     ``rejected``, anything else as ``error``. Exceptions propagate unchanged.
+    The outcome also goes into the request's access-log line.
     """
     recorded = False
 
@@ -30,16 +32,21 @@ async def count_outcome(engine: Engine) -> AsyncIterator[Callable[[InferenceResu
         recorded = True
         outcome = "ok" if result.deadline_met else "deadline_missed"
         engine.metrics.request(result.width, outcome, total_s, engine.accuracy.get(result.width))
+        log_fields(request, outcome=outcome, width=result.width, reason=result.reason, batch=result.batch_samples,
+                   queue_ms=round(result.queue_s * 1e3, 3), inference_ms=round(result.inference_s * 1e3, 3))
 
     try:
         yield record
-    except ApiError:
+    except ApiError as exc:
         engine.metrics.request(None, "bad_request")
+        log_fields(request, outcome="bad_request", error=exc.message)
         raise
-    except Rejected:
+    except Rejected as exc:
         engine.metrics.request(None, "rejected")
+        log_fields(request, outcome="rejected", error=exc.message)
         raise
-    except Exception:
+    except Exception as exc:
         if not recorded:
             engine.metrics.request(None, "error")
+            log_fields(request, outcome="error", error=str(exc))
         raise

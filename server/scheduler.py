@@ -21,7 +21,7 @@ import torch
 
 from policies import Decision, DispatchView, LatencyProfile, LoadSignals, Policy, QueuedItem
 
-__all__ = ["InferenceRequest", "Pending", "Rejected", "Batch", "Scheduler"]
+__all__ = ["InferenceRequest", "Pending", "Rejected", "InferenceFailed", "Batch", "Scheduler"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,10 @@ class Rejected(Exception):
         self.status = status
         self.message = message
         self.retry_after_s = retry_after_s
+
+
+class InferenceFailed(Exception):
+    """The batch holding this request failed on the device (HTTP 500); the server keeps serving."""
 
 
 @dataclass(frozen=True)

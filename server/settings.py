@@ -48,6 +48,11 @@ class Settings(BaseSettings):
         0.1, ge=0, le=1, description="weight of each observed batch time in the online profile update (0: never update)"
     )
     retry_after_s: int = Field(1, ge=1, description="Retry-After seconds on 503")
+    batch_timeout_s: float = Field(30.0, gt=0, description="a batch running longer fails its requests (500)")
+    api_token: str | None = Field(None, description="bearer token required by inference and model endpoints", repr=False)
+    auth_metrics: Literal["on", "off"] = Field("off", description="also require the token on /metrics")
+    cors_origins: str | None = Field(None, description="comma-separated allowed CORS origins (default: CORS off)")
+    log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per line")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info")
 
     @field_validator("policy")

@@ -16,16 +16,19 @@ from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 import torch
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
 from ..codecs import decode_v2_tensor, parse_budget_ms, parse_width, split_binary_body
 from ..engine import Engine
 from ..errors import ApiError
 from ..http_util import get_engine, read_body, timing_headers
+from ..logs import log_fields
 from ..observe import count_outcome
+from ..security import require_token
 
 router = APIRouter(tags=["kserve-v2"])
+AUTH = [Depends(require_token)]  # model endpoints; /v2 and /v2/health/* stay open like Triton's
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -63,8 +66,8 @@ async def ready(request: Request) -> Response:
     return Response(status_code=200 if get_engine(request).ready else 503)
 
 
-@router.get("/v2/models/{name}")
-@router.get("/v2/models/{name}/versions/{model_version}")
+@router.get("/v2/models/{name}", dependencies=AUTH)
+@router.get("/v2/models/{name}/versions/{model_version}", dependencies=AUTH)
 async def model_metadata(request: Request, name: str, model_version: str | None = None) -> dict:
     engine = _model(request, name, model_version)
     c, s = engine.net.in_channels, engine.net.input_size
@@ -78,20 +81,20 @@ async def model_metadata(request: Request, name: str, model_version: str | None 
     }
 
 
-@router.get("/v2/models/{name}/ready")
-@router.get("/v2/models/{name}/versions/{model_version}/ready")
+@router.get("/v2/models/{name}/ready", dependencies=AUTH)
+@router.get("/v2/models/{name}/versions/{model_version}/ready", dependencies=AUTH)
 async def model_ready(request: Request, name: str, model_version: str | None = None) -> Response:
     engine = _model(request, name, model_version)
     return Response(status_code=200 if engine.ready else 503)
 
 
-@router.post("/v2/models/{name}/infer")
-@router.post("/v2/models/{name}/versions/{model_version}/infer")
+@router.post("/v2/models/{name}/infer", dependencies=AUTH)
+@router.post("/v2/models/{name}/versions/{model_version}/infer", dependencies=AUTH)
 async def infer(request: Request, name: str, model_version: str | None = None) -> Response:
     started = time.monotonic()
     engine = _model(request, name, model_version)
     settings = request.app.state.settings
-    async with count_outcome(engine) as record:
+    async with count_outcome(engine, request) as record:
         body = await read_body(request, settings.max_body_bytes)
         header, tail = split_binary_body(body, request.headers.get("inference-header-content-length"))
         params = header.get("parameters") or {}
@@ -99,6 +102,7 @@ async def infer(request: Request, name: str, model_version: str | None = None) -
             raise ApiError(400, "parameters must be a JSON object")
         width = parse_width(params.get("width", request.headers.get("x-width")), engine.net.widths, "width")
         budget_ms = _budget_ms(params, request)
+        log_fields(request, budget_ms=budget_ms, pinned_width=width)
         tensor = _input_tensor(header, tail, engine)
         if tensor.shape[0] > settings.max_batch_size:
             raise ApiError(400, f"batch of {tensor.shape[0]} exceeds max_batch_size {settings.max_batch_size}")

@@ -5,16 +5,18 @@ from __future__ import annotations
 import time
 
 import torch
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from ..codecs import decode_image, parse_budget_ms, parse_top_k, parse_width
 from ..errors import ApiError
 from ..http_util import get_engine, read_body, timing_headers
+from ..logs import log_fields
 from ..observe import count_outcome
+from ..security import require_token
 
-router = APIRouter(tags=["native"])
+router = APIRouter(tags=["native"], dependencies=[Depends(require_token)])
 
 
 @router.post("/v1/classify")
@@ -26,10 +28,11 @@ async def classify(request: Request) -> JSONResponse:
     started = time.monotonic()
     engine = get_engine(request)
     settings = request.app.state.settings
-    async with count_outcome(engine) as record:
+    async with count_outcome(engine, request) as record:
         top_k = parse_top_k(request.query_params.get("top_k", 5), engine.net.num_classes)
         budget_ms = parse_budget_ms(request.headers.get("x-latency-budget-ms"))
         width = parse_width(request.headers.get("x-width"), engine.net.widths)
+        log_fields(request, budget_ms=budget_ms, pinned_width=width)
         data, media_type = await _image_payload(request, settings.max_body_bytes)
         meta = engine.metadata
         tensor = await run_in_threadpool(

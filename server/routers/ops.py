@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ..security import require_token_for_metrics
 
 router = APIRouter(tags=["operations"])
 
@@ -28,6 +30,6 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
 
 
-@router.get("/metrics")
+@router.get("/metrics", dependencies=[Depends(require_token_for_metrics)])
 async def metrics(request: Request) -> Response:
     return Response(generate_latest(request.app.state.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,157 @@
+"""Faults, access control, request ids, CORS and logs."""
+
+import json
+import logging
+import re
+import threading
+import time
+
+import pytest
+import torch
+
+from server.logs import JsonFormatter
+from server.scheduler import InferenceRequest, Pending
+from tests.conftest import png_bytes
+
+PNG = {"content": png_bytes(), "headers": {"content-type": "image/png"}}
+
+
+def classify(client, **headers):
+    return client.post("/v1/classify", content=PNG["content"], headers={**PNG["headers"], **headers})
+
+
+def test_exception_in_one_batch_fails_only_that_batch(make_client):
+    client = make_client()
+    calls = []
+
+    def hook(width, samples):
+        calls.append(width)
+        if len(calls) == 1:
+            raise RuntimeError("injected")
+
+    client.engine.fault_hook = hook
+    r = classify(client)
+    assert r.status_code == 500 and r.json() == {"error": "inference failed: RuntimeError"}
+    assert classify(client).status_code == 200
+    get = client.registry.get_sample_value
+    assert get("widthwise_requests_total", {"model": "tiny", "width": "none", "outcome": "error"}) == 1
+    assert get("widthwise_requests_total", {"model": "tiny", "width": "1.0", "outcome": "ok"}) == 1
+
+
+def test_out_of_memory_steps_down_to_a_narrower_width(make_client):
+    client = make_client()
+
+    def hook(width, samples):
+        if width > 0.5:
+            raise torch.cuda.OutOfMemoryError("simulated")
+
+    client.engine.fault_hook = hook
+    r = classify(client)
+    assert r.status_code == 200 and r.json()["width"] == 0.5
+    assert client.registry.get_sample_value(
+        "widthwise_width_selections_total", {"model": "tiny", "width": "0.5", "reason": "fallback"}) == 1
+
+
+def test_out_of_memory_at_every_width_is_a_500(make_client):
+    client = make_client()
+
+    def hook(width, samples):
+        raise torch.cuda.OutOfMemoryError("simulated")
+
+    client.engine.fault_hook = hook
+    r = classify(client)
+    assert r.status_code == 500 and "out of memory even at the narrowest width" in r.json()["error"]
+    client.engine.fault_hook = None
+    assert classify(client).status_code == 200
+
+
+def test_out_of_memory_splits_a_batch_before_narrowing(make_client):
+    client = make_client()
+    engine = client.engine
+    seen = []
+
+    def hook(width, samples):
+        seen.append((width, samples))
+        if samples > 2:
+            raise torch.cuda.OutOfMemoryError("simulated")
+
+    engine.fault_hook = hook
+    answers = {}
+    items = []
+    for i in range(4):
+        req = InferenceRequest(100 + i, torch.randn(1, 3, 16, 16), None, float("inf"), time.monotonic(), None)
+        items.append(Pending(req, lambda value, i=i: answers.__setitem__(i, value)))
+    engine._serve(items, 1.0, "budget")
+    assert seen == [(1.0, 4), (1.0, 2), (1.0, 2)]
+    assert sorted(answers) == [0, 1, 2, 3]
+    assert all(a.width == 1.0 and a.logits.shape == (1, 10) for a in answers.values())
+
+
+def test_hung_batch_is_bounded_by_the_timeout(make_client):
+    client = make_client(batch_timeout_s=0.3)
+    release = threading.Event()
+
+    def hook(width, samples):
+        if not release.is_set():
+            release.set()
+            time.sleep(2.0)
+
+    client.engine.fault_hook = hook
+    start = time.monotonic()
+    r = classify(client)
+    assert r.status_code == 500 and "did not finish within 0.3 s" in r.json()["error"]
+    assert time.monotonic() - start < 1.5
+    assert classify(client).status_code == 200  # a fresh batch thread serves on
+
+
+def test_bearer_token_guards_inference_and_model_endpoints(make_client, caplog):
+    client = make_client(api_token="s3cret-token")
+    caplog.set_level(logging.DEBUG)
+    assert classify(client).status_code == 401
+    r = classify(client, Authorization="Bearer wrong")
+    assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
+    assert classify(client, Authorization="Bearer s3cret-token").status_code == 200
+    assert client.get("/v1/models").status_code == 401
+    assert client.get("/v2/models/tiny").status_code == 401
+    assert client.get("/v2/models/tiny", headers={"Authorization": "Bearer s3cret-token"}).status_code == 200
+    for open_path in ("/healthz", "/readyz", "/metrics", "/v2", "/v2/health/live", "/v2/health/ready"):
+        assert client.get(open_path).status_code == 200, open_path
+    assert "s3cret-token" not in caplog.text
+    assert "s3cret-token" not in repr(client.app.state.settings)
+
+
+def test_metrics_can_require_the_token(make_client):
+    client = make_client(api_token="t", auth_metrics="on")
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", headers={"Authorization": "Bearer t"}).status_code == 200
+
+
+def test_request_id_is_echoed_or_generated(make_client):
+    client = make_client()
+    assert classify(client, **{"X-Request-Id": "abc-123"}).headers["x-request-id"] == "abc-123"
+    generated = classify(client).headers["x-request-id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", generated)
+    assert classify(client, **{"X-Request-Id": "bad id\twith spaces"}).headers["x-request-id"] != "bad id\twith spaces"
+    assert client.get("/v1/nope").headers["x-request-id"]
+
+
+def test_cors_is_off_unless_configured(make_client):
+    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+    client = make_client()
+    assert "access-control-allow-origin" not in client.options("/v1/classify", headers=preflight).headers
+    client = make_client(cors_origins="https://app.example")
+    r = client.options("/v1/classify", headers=preflight)
+    assert r.headers["access-control-allow-origin"] == "https://app.example"
+
+
+def test_access_log_has_request_id_width_budget_and_outcome(make_client, caplog):
+    client = make_client()
+    caplog.set_level(logging.INFO, logger="widthwise.access")
+    classify(client, **{"X-Request-Id": "req-1", "X-Latency-Budget-Ms": "1000"})
+    record = next(r for r in caplog.records if r.name == "widthwise.access")
+    fields = record.fields
+    assert fields["request_id"] == "req-1" and fields["status"] == 200 and fields["outcome"] == "ok"
+    assert fields["width"] == 1.0 and fields["budget_ms"] == 1000.0 and fields["duration_ms"] > 0
+    line = json.loads(JsonFormatter().format(record))
+    assert line["request_id"] == "req-1" and line["logger"] == "widthwise.access"
+
