@@ -36,9 +36,18 @@ def imagenet_checkpoint(arch: str = "s_mobilenet_v2", folder: Path | None = None
     return path
 
 
+class ServerUrl(str):
+    """The server's base URL; ``.pid`` is its process id."""
+
+    def __new__(cls, url: str, pid: int) -> "ServerUrl":
+        obj = super().__new__(cls, url)
+        obj.pid = pid
+        return obj
+
+
 @contextlib.contextmanager
 def live_server(*args: str, ready_timeout: float = 300.0):
-    """``widthwise serve ARGS`` on a free port; yields its base URL; SIGTERM on exit."""
+    """``widthwise serve ARGS`` on a free port; yields its base URL (with ``.pid``); SIGTERM on exit."""
     port = free_port()
     log = tempfile.TemporaryFile("w+")
     cmd = [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", *args]
@@ -56,7 +65,7 @@ def live_server(*args: str, ready_timeout: float = 300.0):
             if time.monotonic() > deadline:
                 raise RuntimeError("server not ready in time")
             time.sleep(0.2)
-        yield url
+        yield ServerUrl(url, proc.pid)
     finally:
         proc.terminate()
         proc.wait(timeout=60)

@@ -7,6 +7,7 @@ official files go through ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -46,6 +47,10 @@ def save_checkpoint(net: SlimmableNet, path: str | Path, metadata: Mapping[str, 
         meta["accuracy"] = {str(float(w)): float(a) for w, a in dict(meta["accuracy"]).items()}
     tensors = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
     save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(meta)})
+    # safetensors writes 0600; a checkpoint is data that other users (a container's non-root user) must read.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def load_checkpoint(path: str | Path, arch: str | None = None, widths: tuple[float, ...] | None = None) -> SlimmableNet:

@@ -16,6 +16,7 @@ from models.checkpoint import DEFAULT_CHECKPOINT
 
 from .engine import Engine
 from .errors import install_error_handlers
+from .limits import InflightLimitMiddleware
 from .logs import RequestIdMiddleware
 from .metrics import Metrics
 from .routers import kserve, native, ops
@@ -51,6 +52,7 @@ def build_app(settings: Settings | None = None, registry: CollectorRegistry | No
             CORSMiddleware, allow_origins=[o.strip() for o in settings.cors_origins.split(",")],
             allow_methods=["GET", "POST"], allow_headers=["*"], expose_headers=["X-Served-Width", "Server-Timing", "X-Request-Id"],
         )
+    app.add_middleware(InflightLimitMiddleware, limit=settings.max_inflight_http, retry_after_s=settings.retry_after_s)
     app.add_middleware(RequestIdMiddleware)
     app.state.settings = settings
     app.state.registry = registry

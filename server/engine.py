@@ -162,6 +162,14 @@ class Engine:
 
     # -- requests -----------------------------------------------------------
 
+    def precheck(self, width: float | None, budget_s: float | None) -> None:
+        """Cheap admission before decoding: raises :class:`Rejected` when the request would be refused anyway."""
+        if not self.ready or self.scheduler is None:
+            raise Rejected(503, "model is not ready" if not self.draining else "server is shutting down", self.settings.retry_after_s)
+        if budget_s is None and self.settings.default_budget_ms is not None:
+            budget_s = self.settings.default_budget_ms / 1e3
+        self.scheduler.precheck(width, budget_s)
+
     async def submit(self, tensor: torch.Tensor, width: float | None, budget_s: float | None) -> InferenceResult:
         """Queue ``tensor`` ([samples, C, H, W]) and wait for its logits.
 

@@ -50,7 +50,6 @@ def run_server(settings: Settings) -> int:
         h11_max_incomplete_event_size=16 * 1024,  # bounds request line + headers
         access_log=False,  # widthwise.access logs each request with its request id, width and outcome
         log_config=None,  # keep our handlers (JSON lines when asked)
-        limit_concurrency=max(64, settings.queue_limit * 4),  # beyond this uvicorn answers 503 at once
     )
     DrainingServer(config, app.state.engine).run()
     return 0

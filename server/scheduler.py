@@ -21,6 +21,8 @@ import torch
 
 from policies import Decision, DispatchView, LatencyProfile, LoadSignals, Policy, QueuedItem
 
+_EMPTY = torch.empty(1, 0)  # stands in for a tensor not decoded yet
+
 __all__ = ["InferenceRequest", "Pending", "Rejected", "InferenceFailed", "Batch", "Scheduler"]
 
 
@@ -138,9 +140,22 @@ class Scheduler:
             heapq.heappush(self._heap, (req.deadline, next(self._seq), pending))
             self._cond.notify()
 
-    def _check_deadline_feasible(self, req: InferenceRequest) -> None:
+    def precheck(self, width: float | None, budget_s: float | None, samples: int = 1) -> None:
+        """Refuse early, before the handler spends CPU decoding a request that admission would refuse anyway."""
+        now = self.clock()
+        probe = InferenceRequest(-1, _EMPTY, width, now + budget_s if budget_s else math.inf, now, budget_s)
+        with self._cond:
+            if self._closed:
+                raise Rejected(503, "server is shutting down", self.retry_after_s)
+            if len(self._heap) >= self.queue_limit:
+                raise Rejected(503, f"queue is full ({self.queue_limit} requests)", self.retry_after_s)
+            if self.admission == "reject" and budget_s is not None:
+                self._check_deadline_feasible(probe, samples)
+
+    def _check_deadline_feasible(self, req: InferenceRequest, samples: int | None = None) -> None:
         width = req.width if req.width is not None else self.widths[0]
-        service = self.profile.predict(width, req.samples)
+        samples = samples if samples is not None else req.samples
+        service = self.profile.predict(width, samples)
         if req.budget_s is not None and service > req.budget_s:
             raise Rejected(
                 504,

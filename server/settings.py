@@ -37,6 +37,7 @@ class Settings(BaseSettings):
         0.0, ge=0, description="how long a batch may wait to fill up (0: batch only what is already queued, as Triton)"
     )
     queue_limit: int = Field(256, ge=1, description="queued requests beyond which new ones get 503")
+    max_inflight_http: int = Field(1024, ge=1, description="HTTP requests in flight beyond which new ones get 503 at once")
     admission: Literal["reject", "best_effort"] = Field(
         "reject", description="reject: 503/504 when no width meets the deadline; best_effort: serve narrowest late"
     )

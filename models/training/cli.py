@@ -48,6 +48,8 @@ def add_training_commands(sub) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
     import models
     from models.training import TrainConfig, load_dataset, train
 
@@ -58,6 +60,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         kwargs["input_size"] = args.input_size
     probe = models.create(args.arch, **kwargs)
     data = load_dataset(args.dataset, probe.input_size, probe.in_channels)
+    torch.manual_seed(args.seed)  # the initial weights depend on the seed too
     net = models.create(args.arch, num_classes=data.num_classes, **kwargs)
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,

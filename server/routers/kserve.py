@@ -25,6 +25,7 @@ from ..errors import ApiError
 from ..http_util import get_engine, read_body, timing_headers
 from ..logs import log_fields
 from ..observe import count_outcome
+from ..schemas import INFER_OPENAPI, V2InferResponse, error_responses
 from ..security import require_token
 
 router = APIRouter(tags=["kserve-v2"])
@@ -56,18 +57,22 @@ async def server_metadata() -> dict:
     return {"name": "widthwise", "version": _server_version(), "extensions": ["binary_tensor_data", "parameters"]}
 
 
-@router.get("/v2/health/live")
+EMPTY = {"content": {}}  # Triton answers health and readiness with an empty body
+
+
+@router.get("/v2/health/live", response_class=Response, responses={200: {"description": "live", **EMPTY}})
 async def live() -> Response:
     return Response(status_code=200)
 
 
-@router.get("/v2/health/ready")
+@router.get("/v2/health/ready", response_class=Response,
+            responses={200: {"description": "ready", **EMPTY}, 503: {"description": "not ready", **EMPTY}})
 async def ready(request: Request) -> Response:
     return Response(status_code=200 if get_engine(request).ready else 503)
 
 
-@router.get("/v2/models/{name}", dependencies=AUTH)
-@router.get("/v2/models/{name}/versions/{model_version}", dependencies=AUTH)
+@router.get("/v2/models/{name}", dependencies=AUTH, responses=error_responses(401, 404))
+@router.get("/v2/models/{name}/versions/{model_version}", dependencies=AUTH, responses=error_responses(401, 404))
 async def model_metadata(request: Request, name: str, model_version: str | None = None) -> dict:
     engine = _model(request, name, model_version)
     c, s = engine.net.in_channels, engine.net.input_size
@@ -81,15 +86,24 @@ async def model_metadata(request: Request, name: str, model_version: str | None 
     }
 
 
-@router.get("/v2/models/{name}/ready", dependencies=AUTH)
-@router.get("/v2/models/{name}/versions/{model_version}/ready", dependencies=AUTH)
+_READY = {"dependencies": AUTH, "response_class": Response,
+          "responses": {200: {"description": "ready", **EMPTY}, 503: {"description": "not ready", **EMPTY},
+                        **error_responses(401, 404)}}
+
+
+@router.get("/v2/models/{name}/ready", **_READY)
+@router.get("/v2/models/{name}/versions/{model_version}/ready", **_READY)
 async def model_ready(request: Request, name: str, model_version: str | None = None) -> Response:
     engine = _model(request, name, model_version)
     return Response(status_code=200 if engine.ready else 503)
 
 
-@router.post("/v2/models/{name}/infer", dependencies=AUTH)
-@router.post("/v2/models/{name}/versions/{model_version}/infer", dependencies=AUTH)
+_INFER = {"dependencies": AUTH, "response_model": V2InferResponse, "openapi_extra": INFER_OPENAPI,
+          "responses": error_responses(400, 401, 404, 413, 422, 500, 503, 504)}
+
+
+@router.post("/v2/models/{name}/infer", **_INFER)
+@router.post("/v2/models/{name}/versions/{model_version}/infer", **_INFER)
 async def infer(request: Request, name: str, model_version: str | None = None) -> Response:
     started = time.monotonic()
     engine = _model(request, name, model_version)
@@ -103,6 +117,7 @@ async def infer(request: Request, name: str, model_version: str | None = None) -
         width = parse_width(params.get("width", request.headers.get("x-width")), engine.net.widths, "width")
         budget_ms = _budget_ms(params, request)
         log_fields(request, budget_ms=budget_ms, pinned_width=width)
+        engine.precheck(width, budget_ms / 1e3 if budget_ms else None)
         tensor = _input_tensor(header, tail, engine)
         if tensor.shape[0] > settings.max_batch_size:
             raise ApiError(400, f"batch of {tensor.shape[0]} exceeds max_batch_size {settings.max_batch_size}")

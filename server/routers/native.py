@@ -14,12 +14,16 @@ from ..errors import ApiError
 from ..http_util import get_engine, read_body, timing_headers
 from ..logs import log_fields
 from ..observe import count_outcome
+from ..schemas import CLASSIFY_OPENAPI, ClassifyResponse, error_responses
 from ..security import require_token
 
 router = APIRouter(tags=["native"], dependencies=[Depends(require_token)])
 
 
-@router.post("/v1/classify")
+@router.post(
+    "/v1/classify", response_model=ClassifyResponse, openapi_extra=CLASSIFY_OPENAPI,
+    responses=error_responses(400, 401, 413, 415, 422, 500, 503, 504),
+)
 async def classify(request: Request) -> JSONResponse:
     """Classify one image (raw body or multipart field ``image``).
 
@@ -33,6 +37,7 @@ async def classify(request: Request) -> JSONResponse:
         budget_ms = parse_budget_ms(request.headers.get("x-latency-budget-ms"))
         width = parse_width(request.headers.get("x-width"), engine.net.widths)
         log_fields(request, budget_ms=budget_ms, pinned_width=width)
+        engine.precheck(width, budget_ms / 1e3 if budget_ms else None)  # refuse before decoding when overloaded
         data, media_type = await _image_payload(request, settings.max_body_bytes)
         meta = engine.metadata
         tensor = await run_in_threadpool(
@@ -90,7 +95,7 @@ async def _parse_multipart(request: Request, body: bytes, limit: int):
         raise ApiError(400, f"malformed multipart body: {exc}") from None
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", responses=error_responses(401))
 async def list_models(request: Request) -> JSONResponse:
     """The served model: widths, MACs/params and expected accuracy per width, current latency profile."""
     return JSONResponse({"models": [get_engine(request).describe()]})

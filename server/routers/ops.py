@@ -17,7 +17,7 @@ async def healthz() -> dict:
     return {"status": "alive"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={503: {"description": "starting, draining or failed"}})
 async def readyz(request: Request) -> JSONResponse:
     """200 once weights are loaded, switches exported and warmed up and the profile measured."""
     engine = request.app.state.engine
@@ -30,6 +30,9 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
 
 
-@router.get("/metrics", dependencies=[Depends(require_token_for_metrics)])
+@router.get(
+    "/metrics", dependencies=[Depends(require_token_for_metrics)], response_class=Response,
+    responses={200: {"description": "Prometheus text format", "content": {"text/plain": {}}}, 401: {"description": "token required"}},
+)
 async def metrics(request: Request) -> Response:
     return Response(generate_latest(request.app.state.registry), media_type=CONTENT_TYPE_LATEST)

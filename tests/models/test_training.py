@@ -41,14 +41,15 @@ def test_short_run_lowers_loss_and_cli_writes_metadata(tmp_path, capsys):
     assert result.losses[-1] < result.losses[0] * 0.7
 
 
-def test_same_seed_gives_the_same_checkpoint(digits16):
-    def run() -> dict:
-        net = models.create("s_convnet6")
-        train(net, digits16, TrainConfig(epochs=1, seed=3, progress=False))
-        return net.state_dict()
+def test_same_seed_gives_the_same_checkpoint(tmp_path, capsys):
+    def run(name: str, seed: int) -> dict:
+        out = tmp_path / name
+        assert main(["train", "--arch", "s_convnet6", "--epochs", "1", "--seed", str(seed), "--out", str(out), "--no-progress"]) == 0
+        return models.load_checkpoint(out).state_dict()
 
-    a, b = run(), run()
+    a, b, c = run("a.safetensors", 3), run("b.safetensors", 3), run("c.safetensors", 4)
     assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
 def test_inplace_distillation_trains_every_width(digits16):
