@@ -29,6 +29,8 @@ def get(path: str) -> tuple[int, bytes]:
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
+    except (urllib.error.URLError, ConnectionError):  # not listening yet
+        return 0, b""
 
 
 def post(path: str, body: bytes, headers: dict) -> tuple[int, dict, dict]:

@@ -34,11 +34,12 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` -> ``cuda:0`` when available, else ``cpu``; CUDA always gets an explicit index (metric labels)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but CUDA is not available")
-    return torch.device(name)
+    return torch.device("cuda", 0) if name == "cuda" else torch.device(name)
 
 
 def _onnxruntime_available() -> bool:
