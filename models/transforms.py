@@ -6,6 +6,7 @@ was trained on.
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import numpy as np
@@ -28,14 +29,30 @@ def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
     return image
 
 
+@functools.lru_cache(maxsize=16)
+def _normalize_lut(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """``[channels, 256]``: the normalised float32 value of every 8-bit pixel value.
+
+    Same float32 arithmetic as normalising pixel by pixel, so results are bit-identical,
+    at a fraction of the cost (one table lookup per pixel instead of four array passes).
+    """
+    levels = np.arange(256, dtype=np.float32) / 255.0
+    return np.stack([(levels - np.float32(m)) / np.float32(s) for m, s in zip(mean, std)]).astype(np.float32)
+
+
 def image_to_tensor(
     image: Image.Image, size: int, mean: Sequence[float], std: Sequence[float], channels: int = 3
 ) -> torch.Tensor:
     """A normalised ``[channels, size, size]`` float32 tensor from a PIL image."""
-    image = image.convert("RGB" if channels == 3 else "L")
+    mode = "RGB" if channels == 3 else "L"
+    if image.mode != mode:
+        image = image.convert(mode)
     image = resize_center_crop(image, size)
-    array = np.asarray(image, dtype=np.float32) / 255.0
-    if array.ndim == 2:
-        array = array[:, :, None]
-    array = (array - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+    pixels = np.asarray(image)
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    lut = _normalize_lut(tuple(float(m) for m in mean), tuple(float(s) for s in std))
+    out = np.empty((channels, size, size), dtype=np.float32)
+    for c in range(channels):
+        np.take(lut[c], pixels[:, :, c], out=out[c])
+    return torch.from_numpy(out)

@@ -18,11 +18,14 @@ from .engine import Engine
 from .errors import install_error_handlers
 from .limits import InflightLimitMiddleware
 from .logs import RequestIdMiddleware
+from .security import BearerTokenMiddleware
 from .metrics import Metrics
 from .routers import kserve, native, ops
 from .settings import Settings
 
 __all__ = ["build_app", "model_name_for"]
+
+HOT_ROUTES = ("/v2/models/{name}/infer", "/v1/classify")
 
 
 def model_name_for(settings: Settings, checkpoint: Path) -> str:
@@ -52,6 +55,8 @@ def build_app(settings: Settings | None = None, registry: CollectorRegistry | No
             CORSMiddleware, allow_origins=[o.strip() for o in settings.cors_origins.split(",")],
             allow_methods=["GET", "POST"], allow_headers=["*"], expose_headers=["X-Served-Width", "Server-Timing", "X-Request-Id"],
         )
+    if settings.api_token:
+        app.add_middleware(BearerTokenMiddleware, token=settings.api_token, protect_metrics=settings.auth_metrics == "on")
     app.add_middleware(InflightLimitMiddleware, limit=settings.max_inflight_http, retry_after_s=settings.retry_after_s)
     app.add_middleware(RequestIdMiddleware)
     app.state.settings = settings
@@ -61,4 +66,6 @@ def build_app(settings: Settings | None = None, registry: CollectorRegistry | No
     app.include_router(native.router)
     app.include_router(kserve.router)
     app.include_router(ops.router)
+    # Starlette tries routes in order: the inference routes, which carry the traffic, go first.
+    app.router.routes.sort(key=lambda route: getattr(route, "path", "") not in HOT_ROUTES)
     return app

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import warnings
 from typing import Protocol
 
@@ -26,7 +27,8 @@ from torch import nn
 
 from models import SlimmableNet
 
-__all__ = ["Runtime", "resolve_device", "resolve_backend", "profile_runtime", "BACKENDS", "PRECISIONS"]
+__all__ = ["Runtime", "resolve_device", "resolve_backend", "profile_runtime", "export_onnx", "ort_session_options",
+           "shared_initializers", "use_global_thread_pool", "BACKENDS", "PRECISIONS"]
 
 log = logging.getLogger("widthwise.runtime")
 BACKENDS = ("auto", "torch", "onnxruntime")
@@ -87,23 +89,87 @@ def export_onnx(module: nn.Module, input_shape: tuple[int, ...]) -> bytes:
     return buffer.getvalue()
 
 
-class OnnxRuntimeExecutor:
-    """One ONNX Runtime session per switch."""
+_GLOBAL_POOL_THREADS: int | None = None
 
-    def __init__(self, module: nn.Module, input_shape: tuple[int, ...], threads: int | None) -> None:
+
+def use_global_thread_pool(threads: int) -> int:
+    """Make every ONNX Runtime session in this process share one intra-op thread pool.
+
+    With a pool per session, the threads of the width that ran last keep
+    spinning while the next width runs, and the two fight over the cores (on
+    2 cores this made switching widths 2-3x slower). ORT fixes the pool size
+    at the first session of the process; later calls return that size.
+    """
+    global _GLOBAL_POOL_THREADS
+    import onnxruntime as ort
+
+    if _GLOBAL_POOL_THREADS is None:
+        ort.set_global_thread_pool_sizes(threads, 1)
+        _GLOBAL_POOL_THREADS = threads
+    return _GLOBAL_POOL_THREADS
+
+
+def default_ort_threads() -> int:
+    """All cores but one: ORT's pool threads spin after each batch, and the event loop
+    needs a core to parse requests meanwhile (on 2 cores, 2 pool threads doubled the
+    HTTP overhead without making batch-1 inference faster inside the server)."""
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
+def ort_session_options():
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.use_per_session_threads = False  # the process-wide pool (use_global_thread_pool)
+    options.log_severity_level = 3
+    return options
+
+
+class OnnxRuntimeExecutor:
+    """One ONNX Runtime session per switch; initializers identical across switches are stored once."""
+
+    def __init__(self, model: bytes, shared: dict[str, object]) -> None:
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(export_onnx(module, input_shape), options, providers=["CPUExecutionProvider"])
+        options = ort_session_options()
+        for name, value in shared.items():
+            options.add_initializer(name, value)
+        self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(batch.numpy(), dtype=np.float32)
         return torch.from_numpy(self.session.run(None, {"input": array})[0])
+
+
+def shared_initializers(models_by_width: dict[float, bytes]) -> tuple[dict[float, dict[str, object]], list]:
+    """Initializers whose values are identical in several switches (e.g. S-MobileNet v2's
+    shared classifier) as one OrtValue each; returns per-switch {name: OrtValue} and the
+    arrays that must outlive the sessions."""
+    import hashlib
+
+    import onnx
+    from onnx import numpy_helper
+    from onnxruntime import OrtValue
+
+    seen: dict[str, list[tuple[float, str, np.ndarray]]] = {}
+    for width, model in models_by_width.items():
+        for init in onnx.load_from_string(model).graph.initializer:
+            array = numpy_helper.to_array(init)
+            key = hashlib.sha1(array.tobytes() + str(array.shape).encode() + str(array.dtype).encode()).hexdigest()
+            seen.setdefault(key, []).append((width, init.name, array))
+    per_width: dict[float, dict[str, object]] = {w: {} for w in models_by_width}
+    keep = []
+    for entries in seen.values():
+        if len({w for w, _, _ in entries}) < 2:
+            continue
+        array = np.ascontiguousarray(entries[0][2])
+        value = OrtValue.ortvalue_from_numpy(array)
+        keep += [array, value]
+        for width, name, _ in entries:
+            per_width[width][name] = value
+    return per_width, keep
 
 
 class TorchCudaExecutor:
@@ -174,15 +240,21 @@ class Runtime:
         self.num_classes = net.num_classes
         self.precision = precision
         self._executors: dict[float, Executor] = {}
-        for width in net.widths:
-            module = net.switch(width, fold_bn=True)
-            if self.device.type == "cuda":
-                self._executors[width] = TorchCudaExecutor(
-                    module, self.input_shape, self.device, precision, cuda_graphs, batch_buckets or [1])
-            elif self.backend == "onnxruntime":
-                self._executors[width] = OnnxRuntimeExecutor(module, self.input_shape, threads)
-            else:
-                self._executors[width] = TorchCpuExecutor(module)
+        self._keep_alive: list = []
+        if self.backend == "onnxruntime":
+            self.threads = use_global_thread_pool(threads or default_ort_threads())
+            onnx_models = {w: export_onnx(net.switch(w, fold_bn=True), self.input_shape) for w in net.widths}
+            shared, self._keep_alive = shared_initializers(onnx_models)
+            for width in net.widths:
+                self._executors[width] = OnnxRuntimeExecutor(onnx_models[width], shared[width])
+        else:
+            for width in net.widths:
+                module = net.switch(width, fold_bn=True)
+                if self.device.type == "cuda":
+                    self._executors[width] = TorchCudaExecutor(
+                        module, self.input_shape, self.device, precision, cuda_graphs, batch_buckets or [1])
+                else:
+                    self._executors[width] = TorchCpuExecutor(module)
         log.info("runtime: %s backend on %s (%s)", self.backend, self.device, precision)
 
     def run(self, width: float, batch: torch.Tensor) -> torch.Tensor:

