@@ -41,7 +41,7 @@ class SlackPolicy:
         rate = view.load.arrival_rate
         if not rate:
             return True
-        per_sample = view.profile.predict(width, view.max_batch_size) / view.max_batch_size
+        per_sample = view.service(width, view.max_batch_size) / view.max_batch_size
         return rate * per_sample <= self.target_utilization
 
     def select(self, view: DispatchView) -> Decision:
@@ -75,7 +75,7 @@ class SlackPolicy:
         samples = 0
         for item in candidates:
             samples += item.samples
-            if samples > view.max_batch_size or view.profile.predict(width, samples) > slack:
+            if samples > view.max_batch_size or view.service(width, samples) > slack:
                 break
             batch.append(item)
         return batch
@@ -83,11 +83,11 @@ class SlackPolicy:
     def _without_patient(self, view: DispatchView, batch: list[QueuedItem], width: float, allowed: list[float]) -> list[QueuedItem]:
         """Drop requests that could wait for this batch (and those dropped before them) and
         still get a wider sustainable width; the head always stays."""
-        start = view.now + view.profile.predict(width, _samples(batch))
+        start = view.now + view.service(width, _samples(batch))
         kept = [batch[0]]
         for item in batch[1:]:
             if _width_after(view, item, start, allowed) > width:
-                start += view.profile.predict(view.widths[0], item.samples)
+                start += view.service(view.widths[0], item.samples)
             else:
                 kept.append(item)
         return kept
@@ -95,13 +95,13 @@ class SlackPolicy:
     def _rest_feasible(self, view: DispatchView, candidates: list[QueuedItem], batch: list[QueuedItem], width: float) -> bool:
         """Can everything left behind still finish in time at the narrowest width?"""
         chosen = {i.id for i in batch}
-        finish = view.now + view.profile.predict(width, _samples(batch))
+        finish = view.now + view.service(width, _samples(batch))
         chunk: list[QueuedItem] = []
         rest = [i for i in candidates if i.id not in chosen]
         for n, item in enumerate(rest):
             chunk.append(item)
             if _samples(chunk) >= view.max_batch_size or n == len(rest) - 1:
-                finish += view.profile.predict(view.widths[0], _samples(chunk))
+                finish += view.service(view.widths[0], _samples(chunk))
                 if any(i.deadline < finish for i in chunk):
                     return False
                 chunk = []
@@ -116,7 +116,7 @@ def _width_after(view: DispatchView, item: QueuedItem, start: float, widths: Seq
     """The widest of ``widths`` that ``item`` could get running alone from ``start``."""
     remaining = item.deadline - start
     for width in reversed(widths):
-        if view.profile.predict(width, item.samples) <= remaining:
+        if view.service(width, item.samples) <= remaining:
             return width
     return view.widths[0]
 

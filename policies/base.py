@@ -55,6 +55,15 @@ class DispatchView:
     profile: LatencyProfile
     max_batch_size: int
     load: LoadSignals = field(default_factory=LoadSignals)
+    margin: float = 0.0  # safety margin on predicted service times (0.1 = plan for 10% slower)
+
+    def service(self, width: float, samples: int) -> float:
+        """Seconds to plan for running ``samples`` at ``width``: the profile plus the margin.
+
+        Without a margin, a width that fits the remaining budget exactly misses it
+        whenever the batch runs a little slower than its median.
+        """
+        return self.profile.predict(width, samples) * (1.0 + self.margin)
 
 
 @dataclass(frozen=True)

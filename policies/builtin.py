@@ -29,7 +29,7 @@ def budget_width(view: DispatchView, item: QueuedItem) -> float:
     """The widest width an idle server would give ``item``: its budget alone decides."""
     budget = item.deadline - item.arrival
     for width in reversed(view.widths):
-        if view.profile.predict(width, item.samples) <= budget:
+        if view.service(width, item.samples) <= budget:
             return width
     return view.widths[0]
 
@@ -38,7 +38,7 @@ def _affordable_width(view: DispatchView, item: QueuedItem, start: float) -> flo
     """The widest width ``item`` could get if it ran alone starting at ``start``."""
     remaining = item.deadline - start
     for width in reversed(view.widths):
-        if view.profile.predict(width, item.samples) <= remaining:
+        if view.service(width, item.samples) <= remaining:
             return width
     return view.widths[0]
 
@@ -49,7 +49,7 @@ def _without_patient(view: DispatchView, batch: list[QueuedItem], width: float, 
     Without this, a request with a generous budget would be dragged down to the
     width of an urgent one it happens to be batched with.
     """
-    batch_end = view.now + view.profile.predict(width, samples)
+    batch_end = view.now + view.service(width, samples)
     head = batch[0]
     return tuple(i.id for i in batch if i is head or _affordable_width(view, i, batch_end) <= width)
 
@@ -102,7 +102,7 @@ class MaxWidthPolicy:
         remaining = head.deadline - view.now
         samples = sum(i.samples for i in batch)
         for width in reversed(view.widths):
-            if view.profile.predict(width, samples) <= remaining:
+            if view.service(width, samples) <= remaining:
                 reason = "budget" if width >= budget_width(view, head) else "load"
                 ids = _without_patient(view, batch, width, samples)
                 return Decision(width, ids, reason)
@@ -110,7 +110,7 @@ class MaxWidthPolicy:
         while len(batch) > 1:
             batch.pop()
             samples = sum(i.samples for i in batch)
-            if view.profile.predict(narrowest, samples) <= remaining:
+            if view.service(narrowest, samples) <= remaining:
                 return Decision(narrowest, tuple(i.id for i in batch), "load")
         return Decision(narrowest, ids, "fallback")
 

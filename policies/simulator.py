@@ -100,13 +100,15 @@ def simulate(
     admission: str = "reject",
     noise: float = 0.0,
     seed: int = 0,
+    margin: float = 0.1,
 ) -> SimResult:
     """Run ``arrivals`` through the scheduler and ``policy``; every request has ``budget_s``."""
     from server.scheduler import Batch, InferenceRequest, Pending, Rejected, Scheduler
 
     widths = profile.widths
     clock = _Clock()
-    scheduler = Scheduler(policy, profile, widths, max_batch_size, max_queue_delay_s, queue_limit, admission, 1, clock)
+    scheduler = Scheduler(policy, profile, widths, max_batch_size, max_queue_delay_s, queue_limit, admission, 1, clock,
+                          margin=margin)
     rng = np.random.default_rng(seed + 1)
     sample = torch.empty(1, 0)
     latencies: list[float] = []

@@ -111,6 +111,7 @@ class Engine:
                 self.settings.max_queue_delay_ms / 1e3, self.settings.queue_limit,
                 self.settings.admission, self.settings.retry_after_s,
                 utilization=lambda: self.monitor.latest.utilization,
+                margin=self.settings.latency_margin,
             )
             self._sampler = threading.Thread(target=self._sample_load, name="widthwise-load", daemon=True)
             self._sampler.start()

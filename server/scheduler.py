@@ -92,6 +92,7 @@ class Scheduler:
         retry_after_s: int = 1,
         clock: Callable[[], float] = time.monotonic,
         utilization: Callable[[], float | None] = lambda: None,
+        margin: float = 0.0,
     ) -> None:
         self.policy = policy
         self.profile = profile
@@ -103,6 +104,7 @@ class Scheduler:
         self.retry_after_s = retry_after_s
         self.clock = clock
         self.utilization = utilization
+        self.margin = margin
         self._heap: list[tuple[float, int, Pending]] = []
         self._seq = itertools.count()
         self._cond = threading.Condition()
@@ -228,6 +230,7 @@ class Scheduler:
             widths=self.widths,
             profile=self.profile,
             max_batch_size=self.max_batch_size,
+            margin=self.margin,
             load=load or LoadSignals(
                 queue_depth=len(ordered), inflight_batches=self._inflight_batches,
                 arrival_rate=self._arrival_rate(now), device_utilization=self.utilization(),

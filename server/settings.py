@@ -47,6 +47,9 @@ class Settings(BaseSettings):
         None, ge=1, description="intra-op threads (default: ONNX Runtime all cores but one; torch its own choice)"
     )
     profile_repeats: int = Field(15, ge=3, description="timed runs per (width, batch) when profiling at startup")
+    latency_margin: float = Field(
+        0.1, ge=0, le=2, description="policies plan for batches this much slower than the profile (0.1 = 10%)"
+    )
     profile_ewma_alpha: float = Field(
         0.1, ge=0, le=1, description="weight of each observed batch time in the online profile update (0: never update)"
     )
