@@ -76,6 +76,8 @@ def main() -> None:
     parser.add_argument("--trace", default="poisson")
     parser.add_argument("--policies", default=None, help="comma-separated (default: fixed:<each width>,max-width,slack,feedback)")
     parser.add_argument("--max-batch-size", type=int, default=8)
+    parser.add_argument("--budget-ms", type=float, default=None,
+                        help="per-request budget (default: 3x the widest width's batch-1 engine latency)")
     parser.add_argument("--out", type=Path, default=Path("out/load"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -94,7 +96,7 @@ def main() -> None:
     table = {str(w["width"]): {b: ms / 1e3 for b, ms in w["latency_ms"].items()} for w in model["widths"]}
     profile_path.write_text(json.dumps({"widths": table}))
     widest_b1_ms = model["widths"][-1]["latency_ms"]["1"]
-    budget_ms = 3 * widest_b1_ms
+    budget_ms = args.budget_ms or 3 * widest_b1_ms
     cap = max(int(b) / (ms / 1e3) for b, ms in model["widths"][-1]["latency_ms"].items())
     rates = [float(r) for r in args.rates.split(",")] if args.rates else [round(m * cap, 1) for m in (0.5, 1.0, 1.5, 2.0)]
     policies = args.policies.split(",") if args.policies else [f"fixed:{w:g}" for w in widths] + ["max-width", "slack", "feedback"]

@@ -71,6 +71,7 @@ class Engine:
         self._startup: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped = threading.Event()
+        self._overhead_s = 0.0005  # learnt handler time outside the engine (see reserve_s)
         self._executor = BoundedExecutor()
         self.fault_hook = None  # Callable[[width, samples], None]: raises to simulate device faults in tests
         self.monitor: DeviceMonitor | None = None
@@ -163,16 +164,39 @@ class Engine:
 
     # -- requests -----------------------------------------------------------
 
+    def default_budget_s(self) -> float | None:
+        return self.settings.default_budget_ms / 1e3 if self.settings.default_budget_ms is not None else None
+
     def precheck(self, width: float | None, budget_s: float | None) -> None:
         """Cheap admission before decoding: raises :class:`Rejected` when the request would be refused anyway."""
         if not self.ready or self.scheduler is None:
             raise Rejected(503, "model is not ready" if not self.draining else "server is shutting down", self.settings.retry_after_s)
-        if budget_s is None and self.settings.default_budget_ms is not None:
-            budget_s = self.settings.default_budget_ms / 1e3
-        self.scheduler.precheck(width, budget_s)
+        self.scheduler.precheck(width, budget_s if budget_s is not None else self.default_budget_s())
 
-    async def submit(self, tensor: torch.Tensor, width: float | None, budget_s: float | None) -> InferenceResult:
+    def reserve_s(self) -> float:
+        """Time kept free of the budget for everything outside the engine (HTTP, decoding, the reply).
+
+        ``--reserve-ms`` when set; otherwise learnt: 1 ms for what the server cannot see
+        (client and network) plus the running average of the time the handler itself
+        spends outside queue and inference, which grows when the event loop is busy.
+        """
+        if self.settings.reserve_ms is not None:
+            return self.settings.reserve_ms / 1e3
+        return 0.001 + self._overhead_s
+
+    def note_overhead(self, seconds: float) -> None:
+        """Feed the handler's own non-engine time of one request (called on the event loop)."""
+        if seconds >= 0:
+            self._overhead_s += 0.05 * (seconds - self._overhead_s)
+
+    async def submit(
+        self, tensor: torch.Tensor, width: float | None, budget_s: float | None, received_at: float | None = None
+    ) -> InferenceResult:
         """Queue ``tensor`` ([samples, C, H, W]) and wait for its logits.
+
+        The engine plans for the deadline ``received_at + budget - reserve``: the
+        budget counts from when the handler got the request, and the reserve keeps
+        time for the reply.
 
         Raises:
             Rejected: not ready, draining, queue full, or the deadline cannot be met.
@@ -181,14 +205,15 @@ class Engine:
             raise Rejected(503, "model is not ready" if not self.draining else "server is shutting down", self.settings.retry_after_s)
         if width is not None:
             width = self.net.widths[self.net.width_index(width)]
-        if budget_s is None and self.settings.default_budget_ms is not None:
-            budget_s = self.settings.default_budget_ms / 1e3
+        if budget_s is None:
+            budget_s = self.default_budget_s()
         if budget_s is not None:
             self.metrics.latency_budget.labels(self.model_name).observe(budget_s)
         now = time.monotonic()
+        start = received_at if received_at is not None else now
+        deadline = start + budget_s - self.reserve_s() if budget_s is not None else math.inf
         request = InferenceRequest(
-            id=next(self._ids), tensor=tensor, width=width,
-            deadline=now + budget_s if budget_s is not None else math.inf, arrival=now, budget_s=budget_s,
+            id=next(self._ids), tensor=tensor, width=width, deadline=deadline, arrival=now, budget_s=budget_s,
         )
         loop = asyncio.get_running_loop()
         future: asyncio.Future = loop.create_future()

@@ -158,13 +158,14 @@ class Scheduler:
         width = req.width if req.width is not None else self.widths[0]
         samples = samples if samples is not None else req.samples
         service = self.profile.predict(width, samples)
-        if req.budget_s is not None and service > req.budget_s:
+        now = self.clock()
+        if service > req.deadline - now:  # even an idle server could not make it
+            budget = f"{req.budget_s * 1e3:.3g} ms" if req.budget_s is not None else "budget"
             raise Rejected(
                 504,
-                f"latency budget {req.budget_s * 1e3:.3g} ms is below the fastest possible service time "
+                f"latency budget {budget} leaves less than the fastest possible service time "
                 f"{service * 1e3:.3g} ms at width {width:g}",
             )
-        now = self.clock()
         ahead = sum(p.request.samples for d, _, p in self._heap if d <= req.deadline)
         wait = max(0.0, self._busy_until - now)
         if ahead:

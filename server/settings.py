@@ -47,6 +47,9 @@ class Settings(BaseSettings):
         None, ge=1, description="intra-op threads (default: ONNX Runtime all cores but one; torch its own choice)"
     )
     profile_repeats: int = Field(15, ge=3, description="timed runs per (width, batch) when profiling at startup")
+    reserve_ms: float | None = Field(
+        None, ge=0, description="budget kept for HTTP and the reply (default: learnt, 1 ms + the handler's own time)"
+    )
     latency_margin: float = Field(
         0.1, ge=0, le=2, description="policies plan for batches this much slower than the profile (0.1 = 10%)"
     )

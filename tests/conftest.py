@@ -191,3 +191,13 @@ def live_server(tiny_checkpoint, synthetic_profile):
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def slow_checkpoint(tmp_path_factory) -> Path:
+    """S-ResNet-50 at 0.75/1.0 (random weights, 224x224): tens of ms per request on a CPU, slow enough
+    to keep a queue during shutdown and for 5x its capacity to be a load this machine can generate."""
+    path = tmp_path_factory.mktemp("slow") / "resnet.safetensors"
+    net = models.create("s_resnet50", widths=(0.75, 1.0), num_classes=10)
+    models.save_checkpoint(net, path, {"mean": [0.5] * 3, "std": [0.5] * 3})
+    return path

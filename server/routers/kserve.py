@@ -119,15 +119,16 @@ async def infer(request: Request, name: str, model_version: str | None = None) -
         tensor = _input_tensor(header, tail, engine)
         if tensor.shape[0] > settings.max_batch_size:
             raise ApiError(400, f"batch of {tensor.shape[0]} exceeds max_batch_size {settings.max_batch_size}")
-        result = await engine.submit(tensor, width, budget_ms / 1e3 if budget_ms else None)
+        budget_s = budget_ms / 1e3 if budget_ms else None
+        result = await engine.submit(tensor, width, budget_s, received_at=started)
         total = time.monotonic() - started
-        record(result, total)
+        met = record(result, total, budget_s or engine.default_budget_s())
         logits = np.ascontiguousarray(result.logits.float().numpy())
         output = {"name": OUTPUT_NAME, "datatype": "FP32", "shape": list(logits.shape)}
         response = {
             "model_name": engine.model_name,
             "model_version": MODEL_VERSION,
-            "parameters": {"width": result.width, "deadline_met": result.deadline_met, "budget_ms": budget_ms},
+            "parameters": {"width": result.width, "deadline_met": met, "budget_ms": budget_ms},
             "outputs": [output],
         }
         if "id" in header:

@@ -64,14 +64,6 @@ def test_concurrent_mixed_budgets_wide_get_widest_tight_get_narrower(live_server
     assert all(w <= 0.5 for b, w in ok if b == "100")
 
 
-@pytest.fixture(scope="module")
-def slow_checkpoint(tmp_path_factory):
-    """S-MobileNet v2 at 224x224 (random weights): slow enough on a CPU to keep a queue during shutdown."""
-    path = tmp_path_factory.mktemp("slow") / "slow.safetensors"
-    models.save_checkpoint(models.create("s_mobilenet_v2", num_classes=10), path, {"mean": [0.5] * 3, "std": [0.5] * 3})
-    return path
-
-
 def _admitted_and_inflight(url: str) -> tuple[float, float]:
     """(requests admitted so far, requests in flight) from the server's own metrics."""
     answered = inflight = 0.0
@@ -85,7 +77,7 @@ def _admitted_and_inflight(url: str) -> tuple[float, float]:
 
 @pytest.mark.slow
 def test_sigterm_drains_queued_requests_and_exits_zero(live_server, slow_checkpoint):
-    server = live_server("--checkpoint", str(slow_checkpoint), "--max-batch-size", "1", "--max-queue-delay-ms", "0", "--threads", "1")
+    server = live_server("--checkpoint", str(slow_checkpoint), "--max-batch-size", "1", "--threads", "1", "--profile-repeats", "3")
     data = png_bytes(size=(224, 224))
     statuses: list[int] = []
     failures: list[str] = []

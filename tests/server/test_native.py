@@ -175,3 +175,19 @@ def test_default_server_classifies_the_shipped_examples():
                 assert r.status_code == 200
                 correct += r.json()["predictions"][0]["label"] == path.stem.split("_")[1]
         assert correct >= 19  # 20 classifications of held-out digits
+
+
+@pytest.mark.parametrize("reserve_ms,width", [(0, 0.75), (20, 0.5)])
+def test_reserve_keeps_budget_for_the_reply(make_client, synthetic_profile, reserve_ms, width):
+    # 0.75 needs 200 ms (+10% margin = 220 ms): it fits a 230 ms budget only if nothing is reserved.
+    client = make_client(profile=synthetic_profile, reserve_ms=reserve_ms)
+    r = client.post("/v1/classify", content=png_bytes(), headers={"content-type": "image/png", "X-Latency-Budget-Ms": "230"})
+    assert r.status_code == 200 and r.json()["width"] == width
+
+
+def test_learnt_reserve_follows_the_handlers_own_time(make_client):
+    engine = make_client().engine
+    assert engine.reserve_s() < 0.002
+    for _ in range(200):
+        engine.note_overhead(0.010)
+    assert engine.reserve_s() == pytest.approx(0.011, rel=0.01)

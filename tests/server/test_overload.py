@@ -11,16 +11,6 @@ import torch
 import models
 
 
-@pytest.fixture(scope="module")
-def overload_checkpoint(tmp_path_factory):
-    """S-ResNet-50 at 0.75/1.0 (random weights): slow enough that 5x its capacity is a load
-    this machine's client can still generate."""
-    path = tmp_path_factory.mktemp("overload") / "resnet.safetensors"
-    net = models.create("s_resnet50", widths=(0.75, 1.0), num_classes=10)
-    models.save_checkpoint(net, path, {"mean": [0.5] * 3, "std": [0.5] * 3})
-    return path
-
-
 async def _burst(url: str, body: bytes, rate: float, duration: float, budget_ms: float) -> list[tuple[int, float, dict]]:
     rng = np.random.default_rng(5)
     arrivals = np.cumsum(rng.exponential(1 / rate, int(rate * duration * 1.5)))
@@ -43,10 +33,10 @@ async def _burst(url: str, body: bytes, rate: float, duration: float, budget_ms:
 
 
 @pytest.mark.slow
-def test_burst_at_5x_capacity_answers_every_request_in_time_and_recovers(live_server, overload_checkpoint):
+def test_burst_at_5x_capacity_answers_every_request_in_time_and_recovers(live_server, slow_checkpoint):
     from tests.conftest import png_bytes
 
-    server = live_server("--checkpoint", str(overload_checkpoint), "--threads", "1", "--queue-limit", "32",
+    server = live_server("--checkpoint", str(slow_checkpoint), "--threads", "1", "--queue-limit", "32",
                          "--policy", "slack", "--max-batch-size", "2", "--profile-repeats", "5")
     model = httpx2.get(server.url + "/v1/models").json()["models"][0]
     narrow = model["widths"][0]["latency_ms"]
