@@ -76,7 +76,7 @@ def test_budget_below_narrowest_width_is_504_and_counted_rejected(make_client, s
     client = make_client(profile=synthetic_profile)
     r = client.post("/v1/classify", content=png_bytes(), headers={"content-type": "image/png", "X-Latency-Budget-Ms": "5"})
     assert r.status_code == 504
-    assert "below the fastest" in r.json()["error"]
+    assert "less than the fastest possible service time" in r.json()["error"]
     assert client.registry.get_sample_value("widthwise_requests_total", {"model": "tiny", "width": "none", "outcome": "rejected"}) == 1
 
 
