@@ -27,8 +27,8 @@ from policies.load import DeviceMonitor
 from .metrics import Metrics, width_label, width_position
 from .runtime import Runtime, profile_runtime
 from .scheduler import Batch, InferenceFailed, InferenceRequest, Pending, Rejected, Scheduler
-from .watchdog import BatchTimeout, BoundedExecutor
 from .settings import Settings
+from .watchdog import BatchTimeout, BoundedExecutor
 
 __all__ = ["Engine", "InferenceResult", "Rejected"]
 
@@ -69,7 +69,6 @@ class Engine:
         self._ids = itertools.count(1)
         self._worker: threading.Thread | None = None
         self._startup: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped = threading.Event()
         self._overhead_s = 0.0005  # learnt handler time outside the engine (see reserve_s)
         self._executor = BoundedExecutor()
@@ -80,7 +79,6 @@ class Engine:
     # -- lifecycle --------------------------------------------------------
 
     async def __aenter__(self) -> "Engine":
-        self._loop = asyncio.get_running_loop()
         self._startup = threading.Thread(target=self._start_up, name="widthwise-startup", daemon=True)
         self._startup.start()
         return self
@@ -98,14 +96,7 @@ class Engine:
                 self.settings.precision, self.settings.cuda_graphs == "on", batch_sizes,
             )
             self.runtime.warm_up(batch_sizes)
-            if self.settings.profile:
-                self.profile = LatencyProfile.load(self.settings.profile, self.settings.profile_ewma_alpha)
-                missing = set(self.net.widths) - set(self.profile.widths)
-                if missing:
-                    raise ValueError(f"profile {self.settings.profile} lacks widths {sorted(missing)}")
-            else:
-                self.profile = profile_runtime(self.runtime, batch_sizes, self.settings.profile_repeats)
-                self.profile.ewma_alpha = self.settings.profile_ewma_alpha
+            self.profile = self._latency_profile(batch_sizes)
             self.monitor = DeviceMonitor(self.runtime.device.type, self.runtime.device.index or 0)
             self.scheduler = Scheduler(
                 self.policy, self.profile, self.net.widths, self.settings.max_batch_size,
@@ -118,17 +109,31 @@ class Engine:
             self._sampler.start()
             self._worker = threading.Thread(target=self._work, name="widthwise-runtime", daemon=True)
             self._worker.start()
-            for width in self.net.widths:
-                self.metrics.width_info.labels(self.model_name, width_label(width), width_position(width, self.net.widths)).set(1)
-            self.metrics.queue_limit.labels(self.model_name).set(self.settings.queue_limit)
-            self.metrics.model_info.labels(
-                self.model_name, self.net.arch, ",".join(f"{w:g}" for w in self.net.widths), str(self.runtime.device)
-            ).set(1)
+            self._publish_static_metrics()
             self.ready = not self.draining
             log.info("ready: %s on %s, widths %s", self.model_name, self.runtime.device, self.net.widths)
         except Exception as exc:  # surfaced through /readyz and the log; the process stays up
             self.startup_error = f"{type(exc).__name__}: {exc}"
             log.exception("start-up failed")
+
+    def _latency_profile(self, batch_sizes: list[int]) -> LatencyProfile:
+        """The ``--profile`` file if given, else measured now through the runtime."""
+        if self.settings.profile:
+            profile = LatencyProfile.load(self.settings.profile, self.settings.profile_ewma_alpha)
+            missing = set(self.net.widths) - set(profile.widths)
+            if missing:
+                raise ValueError(f"profile {self.settings.profile} lacks widths {sorted(missing)}")
+            return profile
+        profile = profile_runtime(self.runtime, batch_sizes, self.settings.profile_repeats)
+        profile.ewma_alpha = self.settings.profile_ewma_alpha
+        return profile
+
+    def _publish_static_metrics(self) -> None:
+        for width in self.net.widths:
+            self.metrics.width_info.labels(self.model_name, width_label(width), width_position(width, self.net.widths)).set(1)
+        self.metrics.queue_limit.labels(self.model_name).set(self.settings.queue_limit)
+        widths = ",".join(f"{w:g}" for w in self.net.widths)
+        self.metrics.model_info.labels(self.model_name, self.net.arch, widths, str(self.runtime.device)).set(1)
 
     def _sample_load(self) -> None:
         """Refresh device load once a second; export GPU gauges when NVML has them."""
@@ -173,16 +178,20 @@ class Engine:
             raise Rejected(503, "model is not ready" if not self.draining else "server is shutting down", self.settings.retry_after_s)
         self.scheduler.precheck(width, budget_s if budget_s is not None else self.default_budget_s())
 
-    def reserve_s(self) -> float:
+    MAX_RESERVE_FRACTION = 0.25
+
+    def reserve_s(self, budget_s: float | None = None) -> float:
         """Time kept free of the budget for everything outside the engine (HTTP, decoding, the reply).
 
         ``--reserve-ms`` when set; otherwise learnt: 1 ms for what the server cannot see
         (client and network) plus the running average of the time the handler itself
         spends outside queue and inference, which grows when the event loop is busy.
+        Never more than a quarter of the budget: the estimate only learns from served
+        requests, so an uncapped reserve that outgrew the budgets would refuse every
+        request and never learn again.
         """
-        if self.settings.reserve_ms is not None:
-            return self.settings.reserve_ms / 1e3
-        return 0.001 + self._overhead_s
+        reserve = self.settings.reserve_ms / 1e3 if self.settings.reserve_ms is not None else 0.001 + self._overhead_s
+        return min(reserve, self.MAX_RESERVE_FRACTION * budget_s) if budget_s is not None else reserve
 
     def note_overhead(self, seconds: float) -> None:
         """Feed the handler's own non-engine time of one request (called on the event loop)."""
@@ -211,7 +220,7 @@ class Engine:
             self.metrics.latency_budget.labels(self.model_name).observe(budget_s)
         now = time.monotonic()
         start = received_at if received_at is not None else now
-        deadline = start + budget_s - self.reserve_s() if budget_s is not None else math.inf
+        deadline = start + budget_s - self.reserve_s(budget_s) if budget_s is not None else math.inf
         request = InferenceRequest(
             id=next(self._ids), tensor=tensor, width=width, deadline=deadline, arrival=now, budget_s=budget_s,
         )

@@ -191,3 +191,4 @@ def test_learnt_reserve_follows_the_handlers_own_time(make_client):
     for _ in range(200):
         engine.note_overhead(0.010)
     assert engine.reserve_s() == pytest.approx(0.011, rel=0.01)
+    assert engine.reserve_s(budget_s=0.020) == pytest.approx(0.005)  # capped at a quarter of the budget
