@@ -17,7 +17,7 @@ import threading
 from typing import Sequence
 
 from .base import Decision, DispatchView, QueuedItem
-from .builtin import MaxWidthPolicy, _pinned, budget_width, take_batch
+from .builtin import MaxWidthPolicy, budget_width, pinned_decision, take_batch, widest_alone
 
 __all__ = ["SlackPolicy", "FeedbackPolicy"]
 
@@ -45,7 +45,7 @@ class SlackPolicy:
         return rate * per_sample <= self.target_utilization
 
     def select(self, view: DispatchView) -> Decision:
-        pinned = _pinned(view)
+        pinned = pinned_decision(view)
         if pinned:
             return pinned
         candidates = [i for i in view.queue if i.width is None]
@@ -86,7 +86,7 @@ class SlackPolicy:
         start = view.now + view.service(width, _samples(batch))
         kept = [batch[0]]
         for item in batch[1:]:
-            if _width_after(view, item, start, allowed) > width:
+            if widest_alone(view, item, start, allowed) > width:
                 start += view.service(view.widths[0], item.samples)
             else:
                 kept.append(item)
@@ -110,15 +110,6 @@ class SlackPolicy:
 
 def _samples(items) -> int:
     return sum(i.samples for i in items)
-
-
-def _width_after(view: DispatchView, item: QueuedItem, start: float, widths: Sequence[float]) -> float:
-    """The widest of ``widths`` that ``item`` could get running alone from ``start``."""
-    remaining = item.deadline - start
-    for width in reversed(widths):
-        if view.service(width, item.samples) <= remaining:
-            return width
-    return view.widths[0]
 
 
 class FeedbackPolicy:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from .base import Decision, DispatchView, QueuedItem
 
-__all__ = ["FixedPolicy", "MaxWidthPolicy", "take_batch", "budget_width"]
+__all__ = ["FixedPolicy", "MaxWidthPolicy", "take_batch", "budget_width", "widest_alone", "pinned_decision"]
 
 
 def take_batch(queue, width: float | None, max_samples: int) -> list[QueuedItem]:
@@ -25,22 +27,19 @@ def take_batch(queue, width: float | None, max_samples: int) -> list[QueuedItem]
     return batch
 
 
-def budget_width(view: DispatchView, item: QueuedItem) -> float:
-    """The widest width an idle server would give ``item``: its budget alone decides."""
-    budget = item.deadline - item.arrival
-    for width in reversed(view.widths):
-        if view.service(width, item.samples) <= budget:
-            return width
-    return view.widths[0]
-
-
-def _affordable_width(view: DispatchView, item: QueuedItem, start: float) -> float:
-    """The widest width ``item`` could get if it ran alone starting at ``start``."""
+def widest_alone(view: DispatchView, item: QueuedItem, start: float, widths: Sequence[float] | None = None) -> float:
+    """The widest of ``widths`` (default: all) that ``item`` could get running alone from ``start``;
+    the narrowest width when none fits."""
     remaining = item.deadline - start
-    for width in reversed(view.widths):
+    for width in reversed(widths or view.widths):
         if view.service(width, item.samples) <= remaining:
             return width
     return view.widths[0]
+
+
+def budget_width(view: DispatchView, item: QueuedItem) -> float:
+    """The widest width an idle server would give ``item``: its budget alone decides."""
+    return widest_alone(view, item, item.arrival)
 
 
 def _without_patient(view: DispatchView, batch: list[QueuedItem], width: float, samples: int) -> tuple[int, ...]:
@@ -51,10 +50,10 @@ def _without_patient(view: DispatchView, batch: list[QueuedItem], width: float, 
     """
     batch_end = view.now + view.service(width, samples)
     head = batch[0]
-    return tuple(i.id for i in batch if i is head or _affordable_width(view, i, batch_end) <= width)
+    return tuple(i.id for i in batch if i is head or widest_alone(view, i, batch_end) <= width)
 
 
-def _pinned(view: DispatchView) -> Decision | None:
+def pinned_decision(view: DispatchView) -> Decision | None:
     head = view.queue[0]
     if head.width is None:
         return None
@@ -70,7 +69,7 @@ class FixedPolicy:
         self.name = f"fixed:{width:g}"
 
     def select(self, view: DispatchView) -> Decision:
-        pinned = _pinned(view)
+        pinned = pinned_decision(view)
         if pinned:
             return pinned
         batch = take_batch(view.queue, None, view.max_batch_size)
@@ -91,7 +90,7 @@ class MaxWidthPolicy:
     name = "max-width"
 
     def select(self, view: DispatchView) -> Decision:
-        pinned = _pinned(view)
+        pinned = pinned_decision(view)
         if pinned:
             return pinned
         batch = take_batch(view.queue, None, view.max_batch_size)
