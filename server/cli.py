@@ -13,6 +13,9 @@ from typing import Sequence
 __all__ = ["main", "build_parser"]
 
 
+BENCHMARKS = ("engine", "overhead", "policy_sim", "load", "soak")
+
+
 def _widths(text: str) -> tuple[float, ...]:
     return tuple(float(w) for w in text.split(","))
 
@@ -57,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dst")
     p.add_argument("--arch", default=None, help="architecture (default: inferred from the layout)")
     p.add_argument("--widths", type=_widths, default=None)
+
+    p = sub.add_parser("bench", help="run a benchmark from bench/ (from a checkout of the repository)")
+    p.add_argument("name", choices=BENCHMARKS, help="engine, overhead, policy_sim, load or soak")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments of that benchmark (see its --help)")
 
     from models.training.cli import add_training_commands
 
@@ -142,6 +149,23 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import importlib
+
+    try:
+        module = importlib.import_module(f"bench.{args.name}")
+    except ModuleNotFoundError:
+        print("widthwise bench: error: the bench/ programs ship with the repository; run from its root", file=sys.stderr)
+        return 2
+    saved = sys.argv
+    sys.argv = [f"bench.{args.name}", *args.args]
+    try:
+        module.main()
+    finally:
+        sys.argv = saved
+    return 0
+
+
 def _cmd_convert(args: argparse.Namespace) -> int:
     import models
 
@@ -161,7 +185,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"profile": _cmd_profile, "convert": _cmd_convert, "serve": _cmd_serve, "simulate": _cmd_simulate}
+    handlers = {"profile": _cmd_profile, "convert": _cmd_convert, "serve": _cmd_serve, "simulate": _cmd_simulate,
+                "bench": _cmd_bench}
     handler = handlers.get(args.command) or args.handler
     from models.checkpoint import CheckpointError
 

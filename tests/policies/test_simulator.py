@@ -79,3 +79,14 @@ def test_simulate_cli_rejects_unknown_policy(tmp_path, capsys):
     path.write_text(json.dumps(PROFILE.as_dict()))
     assert main(["simulate", "--profile", str(path), "--policy", "nope", "--budget-ms", "10"]) == 2
     assert "unknown policy" in capsys.readouterr().err
+
+
+def test_bench_cli_runs_the_policy_headline_on_a_saved_profile(tmp_path, capsys):
+    profile = tmp_path / "profile.json"
+    profile.write_text(json.dumps(PROFILE.as_dict()))
+    out = tmp_path / "out"
+    assert main(["bench", "policy_sim", "--profile", str(profile), "--duration", "2", "--out", str(out)]) == 0
+    report = json.loads((out / "policy_sim.json").read_text())
+    assert {r["policy"] for r in report["rows"]} >= {"fixed:1", "max-width", "slack", "feedback"}
+    assert (out / "policy_sim.png").stat().st_size > 0
+    assert "fixed:1 past 1x" in capsys.readouterr().out
