@@ -57,7 +57,8 @@ def build_app(settings: Settings | None = None, registry: CollectorRegistry | No
         )
     if settings.api_token:
         app.add_middleware(BearerTokenMiddleware, token=settings.api_token, protect_metrics=settings.auth_metrics == "on")
-    app.add_middleware(InflightLimitMiddleware, limit=settings.max_inflight_http, retry_after_s=settings.retry_after_s)
+    app.add_middleware(InflightLimitMiddleware, limit=settings.max_inflight_http, retry_after_s=settings.retry_after_s,
+                       max_header_bytes=settings.max_header_bytes)
     app.add_middleware(RequestIdMiddleware)
     app.state.settings = settings
     app.state.registry = registry

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import Request
 
 from .engine import Engine, InferenceResult
@@ -11,7 +13,16 @@ __all__ = ["read_body", "get_engine", "timing_headers"]
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing (413) anything over ``limit`` bytes before reading it all."""
+    """The request body: 413 over ``limit`` bytes (before reading it all), 408 when the client is
+    too slow to send it (``--body-timeout-s``; a slow sender must not hold a slot forever)."""
+    try:
+        async with asyncio.timeout(request.app.state.settings.body_timeout_s):
+            return await _read_body(request, limit)
+    except TimeoutError:
+        raise ApiError(408, "request body not received in time") from None
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
         try:

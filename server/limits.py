@@ -9,28 +9,40 @@ from __future__ import annotations
 
 import json
 
-__all__ = ["InflightLimitMiddleware"]
+__all__ = ["InflightLimitMiddleware", "send_json_error"]
 
 EXEMPT = ("/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready")
 
 
+async def send_json_error(send, status: int, message: str, extra_headers: list | None = None) -> None:
+    body = json.dumps({"error": message}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())] + (extra_headers or [])
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 class InflightLimitMiddleware:
-    def __init__(self, app, limit: int, retry_after_s: int = 1) -> None:
+    """Also refuses oversized header sets (431): the HTTP parser uvicorn picks (httptools) has no limit of its own."""
+
+    def __init__(self, app, limit: int, retry_after_s: int = 1, max_header_bytes: int = 16 * 1024) -> None:
         self.app = app
         self.limit = limit
+        self.max_header_bytes = max_header_bytes
         self.retry_after = str(retry_after_s).encode()
         self.inflight = 0  # only touched on the event loop thread
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or scope["path"] in EXEMPT:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if sum(len(k) + len(v) for k, v in scope["headers"]) > self.max_header_bytes:
+            await send_json_error(send, 431, f"request headers exceed {self.max_header_bytes} bytes")
+            return
+        if scope["path"] in EXEMPT:
             await self.app(scope, receive, send)
             return
         if self.inflight >= self.limit:
-            body = json.dumps({"error": f"overloaded: {self.limit} requests in flight"}).encode()
-            await send({"type": "http.response.start", "status": 503, "headers": [
-                (b"content-type", b"application/json"), (b"retry-after", self.retry_after),
-                (b"content-length", str(len(body)).encode())]})
-            await send({"type": "http.response.body", "body": body})
+            await send_json_error(send, 503, f"overloaded: {self.limit} requests in flight", [(b"retry-after", self.retry_after)])
             return
         self.inflight += 1
         try:

@@ -47,7 +47,7 @@ def run_server(settings: Settings) -> int:
         log_level=settings.log_level,
         timeout_keep_alive=5,
         timeout_graceful_shutdown=30,
-        h11_max_incomplete_event_size=16 * 1024,  # bounds request line + headers
+        h11_max_incomplete_event_size=settings.max_header_bytes,  # with the h11 parser; the middleware covers httptools
         access_log=False,  # widthwise.access logs each request with its request id, width and outcome
         log_config=None,  # keep our handlers (JSON lines when asked)
     )

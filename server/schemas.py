@@ -57,6 +57,7 @@ class V2InferResponse(BaseModel):
 
 _DESCRIPTIONS = {
     400: "malformed request", 401: "missing or invalid bearer token", 404: "unknown model or route",
+    408: "request body not received in time",
     413: "body or image too large", 415: "unsupported media type", 422: "invalid value",
     500: "the batch failed on the device", 503: "overloaded, shutting down or not ready (see Retry-After)",
     504: "no width can meet the deadline",

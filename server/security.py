@@ -9,7 +9,8 @@ costs a few microseconds per request; FastAPI dependencies cost ~100x more.
 from __future__ import annotations
 
 import hmac
-import json
+
+from .limits import send_json_error
 
 __all__ = ["BearerTokenMiddleware", "is_protected"]
 
@@ -28,11 +29,7 @@ class BearerTokenMiddleware:
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http" and is_protected(scope["path"], self.protect_metrics) and not self._authorized(scope):
-            body = json.dumps({"error": "missing or invalid bearer token"}).encode()
-            await send({"type": "http.response.start", "status": 401, "headers": [
-                (b"content-type", b"application/json"), (b"www-authenticate", b'Bearer realm="widthwise"'),
-                (b"content-length", str(len(body)).encode())]})
-            await send({"type": "http.response.body", "body": body})
+            await send_json_error(send, 401, "missing or invalid bearer token", [(b"www-authenticate", b'Bearer realm="widthwise"')])
             return
         await self.app(scope, receive, send)
 

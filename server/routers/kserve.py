@@ -97,7 +97,7 @@ async def model_ready(request: Request, name: str, model_version: str | None = N
 
 
 _INFER = {"response_model": V2InferResponse, "openapi_extra": INFER_OPENAPI,
-          "responses": error_responses(400, 401, 404, 413, 422, 500, 503, 504)}
+          "responses": error_responses(400, 401, 404, 408, 413, 422, 500, 503, 504)}
 
 
 @router.post("/v2/models/{name}/infer", **_INFER)

@@ -23,7 +23,7 @@ INLINE_DECODE_BYTES = 64 * 1024  # ~ a 224x224 JPEG; decoding it takes well unde
 
 @router.post(
     "/v1/classify", response_model=ClassifyResponse, openapi_extra=CLASSIFY_OPENAPI,
-    responses=error_responses(400, 401, 413, 415, 422, 500, 503, 504),
+    responses=error_responses(400, 401, 408, 413, 415, 422, 500, 503, 504),
 )
 async def classify(request: Request) -> JSONResponse:
     """Classify one image (raw body or multipart field ``image``).

@@ -155,3 +155,22 @@ def test_access_log_has_request_id_width_budget_and_outcome(make_client, caplog)
     line = json.loads(JsonFormatter().format(record))
     assert line["request_id"] == "req-1" and line["logger"] == "widthwise.access"
 
+
+
+def test_oversized_headers_get_431(make_client):
+    client = make_client(max_header_bytes=2048)
+    r = classify(client, **{"X-Padding": "a" * 4000})
+    assert r.status_code == 431 and "headers exceed" in r.json()["error"]
+    assert classify(client).status_code == 200
+
+
+def test_slow_body_is_cut_off_with_408(live_server):
+    import socket
+
+    server = live_server("--body-timeout-s", "0.5")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\n" + b"\x89PNG")
+        start = time.monotonic()
+        reply = sock.recv(4096).decode()
+    assert reply.startswith("HTTP/1.1 408") and "not received in time" in reply
+    assert time.monotonic() - start < 5
