@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import warnings
 from typing import Protocol
 
@@ -77,15 +78,24 @@ class TorchCpuExecutor:
             return self.module(batch)
 
 
+# The TorchScript exporter is deprecated but needs no extra packages (the dynamo one needs
+# onnxscript). A process-wide filter, not warnings.catch_warnings(): start-up runs this in a
+# thread, and catch_warnings swaps global state under the feet of other threads.
+LEGACY_EXPORTER_WARNINGS = (
+    "You are using the legacy TorchScript-based ONNX export",
+    "The feature will be removed. Please remove usage of this function",
+)
+
+
 def export_onnx(module: nn.Module, input_shape: tuple[int, ...]) -> bytes:
     """The module as an ONNX model with a dynamic batch dimension."""
+    for message in LEGACY_EXPORTER_WARNINGS:
+        warnings.filterwarnings("ignore", message=re.escape(message), category=DeprecationWarning)
     buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated but needs no extra packages
-        torch.onnx.export(
-            module, (torch.zeros(1, *input_shape),), buffer, input_names=["input"], output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False, opset_version=17,
-        )
+    torch.onnx.export(
+        module, (torch.zeros(1, *input_shape),), buffer, input_names=["input"], output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False, opset_version=17,
+    )
     return buffer.getvalue()
 
 
