@@ -91,7 +91,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
             if args[0] in (int, float):
                 kind = args[0]
         env = f"WIDTHWISE_{name.upper()}"
-        help_text = f"{field.description or name} (env {env}; default {field.default!r})"
+        help_text = f"{field.description or name} (env {env}; default {field.default!r})".replace("%", "%%")
         parser.add_argument(_flag(name), dest=name, type=kind, choices=choices, default=None, help=help_text)
 
 

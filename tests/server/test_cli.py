@@ -1,0 +1,34 @@
+import argparse
+
+import pytest
+
+from server.cli import main
+from server.settings import Settings, add_serve_arguments, settings_from_args
+
+
+def test_serve_help_lists_every_setting_with_its_env_twin(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for name in Settings.model_fields:
+        assert "--" + name.replace("_", "-") in out, name
+        assert "WIDTHWISE_" + name.upper() in out.replace("\n", "").replace(" ", ""), name
+
+
+@pytest.mark.parametrize("command", ["profile", "convert", "train", "evaluate", "calibrate", "simulate", "bench"])
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: widthwise " + command in capsys.readouterr().out
+
+
+def test_flags_override_environment(monkeypatch):
+    monkeypatch.setenv("WIDTHWISE_MAX_BATCH_SIZE", "4")
+    monkeypatch.setenv("WIDTHWISE_POLICY", "slack")
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    settings = settings_from_args(parser.parse_args(["--max-batch-size", "16"]))
+    assert settings.max_batch_size == 16 and settings.policy == "slack"
+    assert settings_from_args(parser.parse_args([])).max_batch_size == 4
