@@ -26,7 +26,7 @@ from policies.load import DeviceMonitor
 
 from .metrics import Metrics, width_label, width_position
 from .runtime import Runtime, profile_runtime
-from .scheduler import Batch, InferenceFailed, InferenceRequest, Pending, Rejected, Scheduler
+from .scheduler import InferenceFailed, InferenceRequest, Pending, Rejected, Scheduler
 from .settings import Settings
 from .watchdog import BatchTimeout, BoundedExecutor
 
@@ -46,7 +46,6 @@ class InferenceResult:
     queue_s: float
     inference_s: float
     batch_samples: int
-    deadline_met: bool
 
 
 class Engine:
@@ -95,7 +94,6 @@ class Engine:
                 self.net, self.settings.device, self.settings.backend, self.settings.threads,
                 self.settings.precision, self.settings.cuda_graphs == "on", batch_sizes,
             )
-            self.runtime.warm_up(batch_sizes)
             self.profile = self._latency_profile(batch_sizes)
             self.monitor = DeviceMonitor(self.runtime.device.type, self.runtime.device.index or 0)
             self.scheduler = Scheduler(
@@ -119,6 +117,7 @@ class Engine:
     def _latency_profile(self, batch_sizes: list[int]) -> LatencyProfile:
         """The ``--profile`` file if given, else measured now through the runtime."""
         if self.settings.profile:
+            self.runtime.warm_up(batch_sizes)  # measuring would have warmed every (width, batch) up
             profile = LatencyProfile.load(self.settings.profile, self.settings.profile_ewma_alpha)
             missing = set(self.net.widths) - set(profile.widths)
             if missing:
@@ -169,14 +168,20 @@ class Engine:
 
     # -- requests -----------------------------------------------------------
 
-    def default_budget_s(self) -> float | None:
-        return self.settings.default_budget_ms / 1e3 if self.settings.default_budget_ms is not None else None
+    def budget_s(self, budget_ms: float | None) -> float | None:
+        """The budget a request runs under: its own, else ``--default-budget-ms``, else none."""
+        if budget_ms is None:
+            budget_ms = self.settings.default_budget_ms
+        return budget_ms / 1e3 if budget_ms is not None else None
+
+    def _require_ready(self) -> None:
+        if not self.ready or self.scheduler is None:
+            raise Rejected(503, "model is not ready" if not self.draining else "server is shutting down", self.settings.retry_after_s)
 
     def precheck(self, width: float | None, budget_s: float | None) -> None:
         """Cheap admission before decoding: raises :class:`Rejected` when the request would be refused anyway."""
-        if not self.ready or self.scheduler is None:
-            raise Rejected(503, "model is not ready" if not self.draining else "server is shutting down", self.settings.retry_after_s)
-        self.scheduler.precheck(width, budget_s if budget_s is not None else self.default_budget_s())
+        self._require_ready()
+        self.scheduler.precheck(width, budget_s)
 
     MAX_RESERVE_FRACTION = 0.25
 
@@ -210,12 +215,9 @@ class Engine:
         Raises:
             Rejected: not ready, draining, queue full, or the deadline cannot be met.
         """
-        if not self.ready or self.scheduler is None:
-            raise Rejected(503, "model is not ready" if not self.draining else "server is shutting down", self.settings.retry_after_s)
+        self._require_ready()
         if width is not None:
             width = self.net.widths[self.net.width_index(width)]
-        if budget_s is None:
-            budget_s = self.default_budget_s()
         if budget_s is not None:
             self.metrics.latency_budget.labels(self.model_name).observe(budget_s)
         now = time.monotonic()
@@ -250,12 +252,9 @@ class Engine:
                 pending.resolve(Rejected(504, "deadline can no longer be met at any width"))
             if batch.items:
                 try:
-                    self._run_batch(batch)
+                    self._serve(batch.items, batch.decision.width, batch.decision.reason)
                 finally:
                     self.scheduler.batch_done()
-
-    def _run_batch(self, batch: Batch) -> None:
-        self._serve(batch.items, batch.decision.width, batch.decision.reason)
 
     def _execute(self, width: float, items: list[Pending]) -> torch.Tensor:
         tensors = [p.request.tensor for p in items]
@@ -308,9 +307,8 @@ class Engine:
             self.metrics.queue_wait.labels(self.model_name).observe(start - req.arrival)
             out = logits[offset:offset + req.samples]
             offset += req.samples
-            met = end <= req.deadline
-            self.policy.observe(width, end - req.arrival, req.budget_s, met)
-            pending.resolve(InferenceResult(out, width, reason, start - req.arrival, elapsed, samples, met))
+            self.policy.observe(width, end - req.arrival, req.budget_s, end <= req.deadline)
+            pending.resolve(InferenceResult(out, width, reason, start - req.arrival, elapsed, samples))
 
     def _fail(self, items: list[Pending], message: str) -> None:
         for pending in items:

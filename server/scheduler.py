@@ -115,13 +115,10 @@ class Scheduler:
 
     RATE_WINDOW_S = 1.0
 
-    def _note_arrival(self, now: float) -> None:
-        self._arrivals.append(now)
-        while self._arrivals and self._arrivals[0] < now - self.RATE_WINDOW_S:
-            self._arrivals.popleft()
-
-    def _arrival_rate(self, now: float) -> float:
+    def _arrival_rate(self, now: float, arriving: bool = False) -> float:
         """Offered requests per second over the last window (rejected ones included: they are load too)."""
+        if arriving:
+            self._arrivals.append(now)
         while self._arrivals and self._arrivals[0] < now - self.RATE_WINDOW_S:
             self._arrivals.popleft()
         return len(self._arrivals) / self.RATE_WINDOW_S
@@ -132,11 +129,8 @@ class Scheduler:
         """Queue ``pending`` or raise :class:`Rejected` (503 overloaded / 504 budget too small)."""
         req = pending.request
         with self._cond:
-            self._note_arrival(self.clock())
-            if self._closed:
-                raise Rejected(503, "server is shutting down", self.retry_after_s)
-            if len(self._heap) >= self.queue_limit:
-                raise Rejected(503, f"queue is full ({self.queue_limit} requests)", self.retry_after_s)
+            self._arrival_rate(self.clock(), arriving=True)
+            self._refuse_if_closed_or_full()
             if self.admission == "reject" and math.isfinite(req.deadline):
                 self._check_deadline_feasible(req)
             heapq.heappush(self._heap, (req.deadline, next(self._seq), pending))
@@ -147,12 +141,15 @@ class Scheduler:
         now = self.clock()
         probe = InferenceRequest(-1, _EMPTY, width, now + budget_s if budget_s else math.inf, now, budget_s)
         with self._cond:
-            if self._closed:
-                raise Rejected(503, "server is shutting down", self.retry_after_s)
-            if len(self._heap) >= self.queue_limit:
-                raise Rejected(503, f"queue is full ({self.queue_limit} requests)", self.retry_after_s)
+            self._refuse_if_closed_or_full()
             if self.admission == "reject" and budget_s is not None:
                 self._check_deadline_feasible(probe, samples)
+
+    def _refuse_if_closed_or_full(self) -> None:
+        if self._closed:
+            raise Rejected(503, "server is shutting down", self.retry_after_s)
+        if len(self._heap) >= self.queue_limit:
+            raise Rejected(503, f"queue is full ({self.queue_limit} requests)", self.retry_after_s)
 
     def _check_deadline_feasible(self, req: InferenceRequest, samples: int | None = None) -> None:
         width = req.width if req.width is not None else self.widths[0]

@@ -115,14 +115,14 @@ async def infer(request: Request, name: str, model_version: str | None = None) -
         width = parse_width(params.get("width", request.headers.get("x-width")), engine.net.widths, "width")
         budget_ms = _budget_ms(params, request)
         log_fields(request, budget_ms=budget_ms, pinned_width=width)
-        engine.precheck(width, budget_ms / 1e3 if budget_ms else None)
+        budget_s = engine.budget_s(budget_ms)
+        engine.precheck(width, budget_s)
         tensor = _input_tensor(header, tail, engine)
         if tensor.shape[0] > settings.max_batch_size:
             raise ApiError(400, f"batch of {tensor.shape[0]} exceeds max_batch_size {settings.max_batch_size}")
-        budget_s = budget_ms / 1e3 if budget_ms else None
         result = await engine.submit(tensor, width, budget_s, received_at=started)
         total = time.monotonic() - started
-        met = record(result, total, budget_s or engine.default_budget_s())
+        met = record(result, total, budget_s)
         logits = np.ascontiguousarray(result.logits.float().numpy())
         output = {"name": OUTPUT_NAME, "datatype": "FP32", "shape": list(logits.shape)}
         response = {

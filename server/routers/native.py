@@ -38,7 +38,8 @@ async def classify(request: Request) -> JSONResponse:
         budget_ms = parse_budget_ms(request.headers.get("x-latency-budget-ms"))
         width = parse_width(request.headers.get("x-width"), engine.net.widths)
         log_fields(request, budget_ms=budget_ms, pinned_width=width)
-        engine.precheck(width, budget_ms / 1e3 if budget_ms else None)  # refuse before decoding when overloaded
+        budget_s = engine.budget_s(budget_ms)
+        engine.precheck(width, budget_s)  # refuse before decoding when overloaded
         data, media_type = await _image_payload(request, settings.max_body_bytes)
         meta = engine.metadata
         decode = functools.partial(
@@ -47,10 +48,9 @@ async def classify(request: Request) -> JSONResponse:
         )
         # Small images decode faster than a thread hand-off costs; large ones must not block the event loop.
         tensor = decode() if len(data) <= INLINE_DECODE_BYTES else await run_in_threadpool(decode)
-        budget_s = budget_ms / 1e3 if budget_ms else None
         result = await engine.submit(tensor, width, budget_s, received_at=started)
         total = time.monotonic() - started
-        met = record(result, total, budget_s or engine.default_budget_s())
+        met = record(result, total, budget_s)
         scores = torch.softmax(result.logits[0].float(), dim=0)
         values, indices = scores.topk(top_k)
         body = {
