@@ -16,13 +16,11 @@ __all__ = ["main", "build_parser"]
 BENCHMARKS = ("engine", "overhead", "policy_sim", "load", "soak")
 
 
-def _widths(text: str) -> tuple[float, ...]:
-    return tuple(float(w) for w in text.split(","))
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="widthwise", description="Serve slimmable networks under latency budgets.")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    from models.training.cli import parse_widths
 
     from .settings import add_serve_arguments
 
@@ -32,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", default="s_mobilenet_v2")
     p.add_argument("--checkpoint", help="profile this checkpoint instead of a randomly initialised --arch")
     p.add_argument("--input-size", type=int, default=None, help="square input side (default: the model's)")
-    p.add_argument("--widths", type=_widths, default=None, help="comma-separated widths (default: the arch's)")
+    p.add_argument("--widths", type=parse_widths, default=None, help="comma-separated widths (default: the arch's)")
     p.add_argument("--repeats", type=int, default=20, help="timed runs per width (median reported)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -59,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src")
     p.add_argument("dst")
     p.add_argument("--arch", default=None, help="architecture (default: inferred from the layout)")
-    p.add_argument("--widths", type=_widths, default=None)
+    p.add_argument("--widths", type=parse_widths, default=None)
 
     p = sub.add_parser("bench", help="run a benchmark from bench/ (from a checkout of the repository)")
     p.add_argument("name", choices=BENCHMARKS, help="engine, overhead, policy_sim, load or soak")

@@ -51,7 +51,6 @@ import contextlib  # noqa: E402
 import io  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
-import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -63,6 +62,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
 from prometheus_client import CollectorRegistry  # noqa: E402
 
+from bench.common import free_port  # noqa: E402,F401  (re-exported for the tests)
 from server.app import build_app  # noqa: E402
 from server.settings import Settings  # noqa: E402
 
@@ -133,12 +133,6 @@ def png_bytes(size=(20, 20), seed: int = 0, fmt: str = "PNG", mode: str = "RGB")
     buf = io.BytesIO()
     image.save(buf, fmt)
     return buf.getvalue()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LiveServer:

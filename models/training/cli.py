@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 
-__all__ = ["add_training_commands"]
+__all__ = ["add_training_commands", "parse_widths"]
 
 
-def _widths(text: str) -> tuple[float, ...]:
+def parse_widths(text: str) -> tuple[float, ...]:
+    """``"0.25,0.5,1"`` -> ``(0.25, 0.5, 1.0)`` (argparse type of every ``--widths`` flag)."""
     return tuple(float(w) for w in text.split(","))
 
 
@@ -18,7 +19,7 @@ def add_training_commands(sub) -> None:
     p.add_argument("--dataset", default="digits", help="'digits' (scikit-learn) or an ImageFolder-style directory")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--out", required=True, help="output .safetensors")
-    p.add_argument("--widths", type=_widths, default=None, help="comma-separated (default: the arch's)")
+    p.add_argument("--widths", type=parse_widths, default=None, help="comma-separated (default: the arch's)")
     p.add_argument("--input-size", type=int, default=None, help="default: the arch's")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=0.02, help="SGD learning rate (losses of all widths are summed)")
