@@ -79,6 +79,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--width", default="0.35")
+    parser.add_argument("--loops", default="asyncio,uvloop", help="event loops to compare (--event-loop of serve)")
     parser.add_argument("--out", type=Path, default=Path("out/overhead"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -98,20 +99,23 @@ def main() -> None:
                              {"Inference-Header-Content-Length": str(len(header)), "content-type": "application/octet-stream"}),
         "v1_classify_jpeg_224": ("/v1/classify", jpeg.getvalue(), {"content-type": "image/jpeg", "X-Width": args.width}),
     }
-    with live_server("--checkpoint", str(checkpoint), "--model-name", "v2", "--profile-repeats", "5") as url:
-        for client_name, make in (("http.client", StdlibClient), ("httpx2", HttpxClient)):
-            client = make(url)
-            try:
-                for name, (path, body, headers) in requests.items():
-                    results[f"{name} ({client_name})"] = measure(client, path, body, headers, args.requests)
-            finally:
-                client.close()
+    for loop in args.loops.split(","):
+        with live_server("--checkpoint", str(checkpoint), "--model-name", "v2", "--profile-repeats", "5",
+                         "--event-loop", loop) as url:
+            for client_name, make in (("http.client", StdlibClient), ("httpx2", HttpxClient)):
+                client = make(url)
+                try:
+                    for name, (path, body, headers) in requests.items():
+                        results[f"{name} ({client_name}, {loop})"] = measure(client, path, body, headers, args.requests)
+                finally:
+                    client.close()
     print(f"median of {args.requests} sequential requests, width {args.width}, S-MobileNet v2 224x224")
-    print(f"{'request (client)':>36} {'total ms':>9} {'engine ms':>10} {'overhead ms':>12} {'p90':>7} {'target':>7}")
+    print(f"{'request (client, server event loop)':>46} {'total ms':>9} {'engine ms':>10} {'overhead ms':>12} {'p90':>7} "
+          f"{'target':>7}")
     for name, r in results.items():
         target = targets[name.split(" ")[0]]
         verdict = "ok" if r["overhead_ms"] <= target else "MISSED"
-        print(f"{name:>36} {r['total_ms']:>9.3f} {r['engine_ms']:>10.3f} {r['overhead_ms']:>12.3f} {r['overhead_p90_ms']:>7.3f} "
+        print(f"{name:>46} {r['total_ms']:>9.3f} {r['engine_ms']:>10.3f} {r['overhead_ms']:>12.3f} {r['overhead_p90_ms']:>7.3f} "
               f"{target:>6.1f} {verdict}")
     (args.out / "overhead.json").write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "results": results,
                                                           "targets_ms": targets}, indent=2))

@@ -7,9 +7,11 @@ import re
 from pathlib import Path
 from typing import AsyncIterator
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.routing import APIRoute
 from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry
+from starlette.routing import Route
 
 from models import SlimmableNet, load_checkpoint
 from models.checkpoint import DEFAULT_CHECKPOINT
@@ -25,7 +27,11 @@ from .settings import Settings
 
 __all__ = ["build_app", "model_name_for"]
 
-HOT_ROUTES = ("/v2/models/{name}/infer", "/v1/classify")
+# The inference routes: their endpoints take only the request and path strings.
+HOT_ROUTES = (
+    (native.router, native.classify),
+    (kserve.router, kserve.infer),
+)
 
 
 def model_name_for(settings: Settings, checkpoint: Path) -> str:
@@ -67,6 +73,30 @@ def build_app(settings: Settings | None = None, registry: CollectorRegistry | No
     app.include_router(native.router)
     app.include_router(kserve.router)
     app.include_router(ops.router)
-    # Starlette tries routes in order: the inference routes, which carry the traffic, go first.
-    app.router.routes.sort(key=lambda route: getattr(route, "path", "") not in HOT_ROUTES)
+    _route_inference_first(app)
     return app
+
+
+def _route_inference_first(app: FastAPI) -> None:
+    """Put plain Starlette routes for the inference endpoints in front of everything.
+
+    FastAPI nests included routers and resolves every endpoint's parameters per
+    request; these endpoints need neither, and skipping both saves ~0.14 ms of
+    the ~1.5 ms a request spends outside the model (bench/overhead.py). The
+    FastAPI routes behind them still describe the API in OpenAPI; errors raised
+    here reach the same exception handlers.
+    """
+    fast = []
+    for router, endpoint in HOT_ROUTES:
+        for route in router.routes:
+            if isinstance(route, APIRoute) and route.endpoint is endpoint:
+                fast.append(Route(route.path, _with_path_params(endpoint), methods=sorted(route.methods)))
+    app.router.routes[:0] = fast
+
+
+def _with_path_params(endpoint):
+    async def call(request: Request):
+        return await endpoint(request, **request.path_params)
+
+    call.__name__ = endpoint.__name__
+    return call

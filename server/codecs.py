@@ -92,8 +92,9 @@ def parse_top_k(value: Any, num_classes: int) -> int:
     return min(k, num_classes)
 
 
-def split_binary_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
-    """The JSON header and the binary tail of a v2 request (binary-data extension)."""
+def split_binary_body(body: bytes | memoryview, header_length: str | None) -> tuple[dict, bytes | memoryview]:
+    """The JSON header and the binary tail of a v2 request (binary-data extension); with a
+    memoryview ``body`` the tail is a view of it, not a copy."""
     if header_length is None:
         json_bytes, tail = body, b""
     else:
@@ -105,7 +106,7 @@ def split_binary_body(body: bytes, header_length: str | None) -> tuple[dict, byt
             raise ApiError(400, f"Inference-Header-Content-Length {length} is outside the body of {len(body)} bytes")
         json_bytes, tail = body[:length], body[length:]
     try:
-        header = json.loads(json_bytes)
+        header = json.loads(bytes(json_bytes))
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"request body is not valid JSON: {exc}") from None
     if not isinstance(header, dict):

@@ -28,7 +28,7 @@ from .metrics import Metrics, width_label, width_position
 from .runtime import Runtime, profile_runtime
 from .scheduler import InferenceFailed, InferenceRequest, Pending, Rejected, Scheduler
 from .settings import Settings
-from .watchdog import BatchTimeout, BoundedExecutor
+from .watchdog import BatchWatchdog
 
 __all__ = ["Engine", "InferenceResult", "Rejected"]
 
@@ -70,7 +70,7 @@ class Engine:
         self._startup: threading.Thread | None = None
         self._stopped = threading.Event()
         self._overhead_s = 0.0005  # learnt handler time outside the engine (see reserve_s)
-        self._executor = BoundedExecutor()
+        self._watchdog = BatchWatchdog(settings.batch_timeout_s, self._on_hung_batch)
         self.fault_hook = None  # Callable[[width, samples], None]: raises to simulate device faults in tests
         self.monitor: DeviceMonitor | None = None
         self._costs = self._static_costs()
@@ -105,8 +105,8 @@ class Engine:
             )
             self._sampler = threading.Thread(target=self._sample_load, name="widthwise-load", daemon=True)
             self._sampler.start()
-            self._worker = threading.Thread(target=self._work, name="widthwise-runtime", daemon=True)
-            self._worker.start()
+            self._watchdog.start()
+            self._start_worker()
             self._publish_static_metrics()
             self.ready = not self.draining
             log.info("ready: %s on %s, widths %s", self.model_name, self.runtime.device, self.net.widths)
@@ -164,7 +164,7 @@ class Engine:
         if self._worker is not None:
             await asyncio.to_thread(self._worker.join, timeout)
         self._stopped.set()
-        self._executor.close()
+        self._watchdog.stop()
 
     # -- requests -----------------------------------------------------------
 
@@ -241,7 +241,12 @@ class Engine:
         finally:
             inflight.dec()
 
+    def _start_worker(self) -> None:
+        self._worker = threading.Thread(target=self._work, name="widthwise-runtime", daemon=True)
+        self._worker.start()
+
     def _work(self) -> None:
+        """The worker loop: runs batches inline (no hand-off per batch; see server/watchdog.py)."""
         assert self.scheduler is not None and self.runtime is not None and self.profile is not None
         while True:
             batch = self.scheduler.next_batch()
@@ -251,10 +256,25 @@ class Engine:
             for pending in batch.expired:
                 pending.resolve(Rejected(504, "deadline can no longer be met at any width"))
             if batch.items:
+                token = self._watchdog.arm(batch.items)
+                owned = False
                 try:
-                    self._serve(batch.items, batch.decision.width, batch.decision.reason)
+                    self._serve(batch.items, batch.decision.width, batch.decision.reason, token)
                 finally:
-                    self.scheduler.batch_done()
+                    owned = self._watchdog.disarm(token)
+                    if owned:
+                        self.scheduler.batch_done()
+                if not owned:
+                    return  # the watchdog answered this batch and started another worker
+
+    def _on_hung_batch(self, items: list[Pending], elapsed_s: float) -> None:
+        """Called by the watchdog thread: the batch outlived ``--batch-timeout-s``."""
+        timeout = self.settings.batch_timeout_s
+        log.error("batch of %d requests still running after %.1f s: failing it and starting a new worker",
+                  len(items), elapsed_s)
+        self._fail(items, f"inference failed: batch did not finish within {timeout:g} s")
+        self.scheduler.batch_done()
+        self._start_worker()
 
     def _execute(self, width: float, items: list[Pending]) -> torch.Tensor:
         tensors = [p.request.tensor for p in items]
@@ -263,35 +283,32 @@ class Engine:
             self.fault_hook(width, int(x.shape[0]))
         return self.runtime.run(width, x)
 
-    def _serve(self, items: list[Pending], width: float, reason: str) -> None:
+    def _serve(self, items: list[Pending], width: float, reason: str, token: int | None = None) -> None:
         """Run ``items`` at ``width`` and answer them.
 
         Out of memory: split the batch and retry, then step down to a narrower
         width, before failing. Any other error or a timeout fails only these
-        requests; the worker goes on with the next batch.
+        requests; the worker goes on with the next batch. ``token`` is the watchdog's
+        for this batch: once the watchdog has given up on it, late results are dropped.
         """
         samples = sum(p.request.samples for p in items)
         start = time.monotonic()
         try:
-            logits = self._executor.run(lambda: self._execute(width, items), self.settings.batch_timeout_s)
+            logits = self._execute(width, items)
         except OUT_OF_MEMORY as exc:
             self._release_memory()
             if len(items) > 1:
                 log.warning("out of memory at width %s, batch %d: splitting", width, samples)
                 half = len(items) // 2
-                self._serve(items[:half], width, reason)
-                self._serve(items[half:], width, reason)
+                self._serve(items[:half], width, reason, token)
+                self._serve(items[half:], width, reason, token)
                 return
             idx = self.net.width_index(width)
             if idx > 0:
                 log.warning("out of memory at width %s for one request: trying width %s", width, self.net.widths[idx - 1])
-                self._serve(items, self.net.widths[idx - 1], "fallback")
+                self._serve(items, self.net.widths[idx - 1], "fallback", token)
                 return
             self._fail(items, f"inference failed: out of memory even at the narrowest width ({type(exc).__name__})")
-            return
-        except BatchTimeout as exc:
-            log.error("batch at width %s timed out: %s", width, exc)
-            self._fail(items, f"inference failed: {exc}")
             return
         except Exception as exc:
             log.exception("batch at width %s failed", width)
@@ -299,16 +316,20 @@ class Engine:
             return
         end = time.monotonic()
         elapsed = end - start
+        if self._watchdog.claimed(token):
+            return  # already answered with a 500; a hung batch's time must not enter the profile
+        offset = 0
+        for pending in items:  # answer first: the bookkeeping below is not on the requests' path
+            req = pending.request
+            pending.resolve(InferenceResult(logits[offset:offset + req.samples], width, reason, start - req.arrival,
+                                            elapsed, samples))
+            offset += req.samples
         self.profile.observe(width, samples, elapsed)
         self.metrics.batch(width, samples, elapsed, reason)
-        offset = 0
         for pending in items:
             req = pending.request
             self.metrics.queue_wait.labels(self.model_name).observe(start - req.arrival)
-            out = logits[offset:offset + req.samples]
-            offset += req.samples
             self.policy.observe(width, end - req.arrival, req.budget_s, end <= req.deadline)
-            pending.resolve(InferenceResult(out, width, reason, start - req.arrival, elapsed, samples))
 
     def _fail(self, items: list[Pending], message: str) -> None:
         for pending in items:

@@ -4,32 +4,54 @@ from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 from fastapi import Request
 
 from .engine import Engine, InferenceResult
 from .errors import ApiError
 
-__all__ = ["read_body", "get_engine", "timing_headers"]
+__all__ = ["read_body", "read_body_aligned", "get_engine", "timing_headers"]
 
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body: 413 over ``limit`` bytes (before reading it all), 408 when the client is
     too slow to send it (``--body-timeout-s``; a slow sender must not hold a slot forever)."""
+    return await _bounded_in_time(request, _read_joined(request, limit))
+
+
+async def read_body_aligned(request: Request, limit: int, offset: int) -> memoryview:
+    """Like :func:`read_body`, but the body lands in one buffer where ``body[offset:]`` starts on
+    a 64-byte boundary, so a binary tensor after a JSON header of ``offset`` bytes is used in
+    place: one copy from the socket chunks instead of three (join, slice, align)."""
+    return await _bounded_in_time(request, _read_aligned(request, limit, offset))
+
+
+ALIGNMENT = 64
+
+
+async def _bounded_in_time(request: Request, reading):
     try:
         async with asyncio.timeout(request.app.state.settings.body_timeout_s):
-            return await _read_body(request, limit)
+            return await reading
     except TimeoutError:
         raise ApiError(408, "request body not received in time") from None
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+def _declared_length(request: Request, limit: int) -> int | None:
     declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            if int(declared) > limit:
-                raise ApiError(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes")
-        except ValueError:
-            raise ApiError(400, "Content-Length must be an integer") from None
+    if declared is None:
+        return None
+    try:
+        length = int(declared)
+    except ValueError:
+        raise ApiError(400, "Content-Length must be an integer") from None
+    if length > limit:
+        raise ApiError(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+    return length
+
+
+async def _read_joined(request: Request, limit: int) -> bytes:
+    _declared_length(request, limit)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
@@ -37,6 +59,25 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise ApiError(413, f"request body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def _read_aligned(request: Request, limit: int, offset: int) -> memoryview:
+    length = _declared_length(request, limit)
+    if length is None:  # chunked transfer: size unknown up front
+        return memoryview(await _read_joined(request, limit))
+    buffer = np.empty(length + ALIGNMENT, dtype=np.uint8)
+    start = -(buffer.ctypes.data + offset) % ALIGNMENT
+    body = memoryview(buffer)[start:start + length]
+    size = 0
+    async for chunk in request.stream():
+        end = size + len(chunk)
+        if end > length:
+            raise ApiError(400, f"request body is longer than its Content-Length of {length} bytes")
+        body[size:end] = chunk
+        size = end
+    if size != length:
+        raise ApiError(400, f"request body of {size} bytes is shorter than its Content-Length of {length} bytes")
+    return body
 
 
 def get_engine(request: Request) -> Engine:

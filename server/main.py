@@ -44,6 +44,8 @@ def run_server(settings: Settings) -> int:
         app,
         host=settings.host,
         port=settings.port,
+        loop=settings.event_loop,
+        http=settings.http_parser,
         log_level=settings.log_level,
         timeout_keep_alive=5,
         timeout_graceful_shutdown=30,

@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="largest request body (413 beyond)")
     max_header_bytes: int = Field(16 * 1024, ge=1024, description="largest total size of request headers (431 beyond)")
     body_timeout_s: float = Field(30.0, gt=0, description="a request body not received within this time gets 408")
+    event_loop: Literal["auto", "asyncio", "uvloop"] = Field(
+        "auto", description="uvicorn event loop (auto: uvloop when installed)"
+    )
+    http_parser: Literal["auto", "httptools", "h11"] = Field("auto", description="uvicorn HTTP parser")
     max_image_pixels: int = Field(16_777_216, ge=1, description="largest decoded image (width x height)")
     threads: int | None = Field(
         None, ge=1, description="intra-op threads (default: ONNX Runtime all cores but one; torch its own choice)"

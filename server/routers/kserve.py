@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 from ..codecs import decode_v2_tensor, parse_budget_ms, parse_width, split_binary_body
 from ..engine import Engine
 from ..errors import ApiError
-from ..http_util import get_engine, read_body, timing_headers
+from ..http_util import get_engine, read_body_aligned, timing_headers
 from ..logs import log_fields
 from ..observe import count_outcome
 from ..schemas import INFER_OPENAPI, V2InferResponse, error_responses
@@ -107,8 +107,9 @@ async def infer(request: Request, name: str, model_version: str | None = None) -
     engine = _model(request, name, model_version)
     settings = request.app.state.settings
     async with count_outcome(engine, request) as record:
-        body = await read_body(request, settings.max_body_bytes)
-        header, tail = split_binary_body(body, request.headers.get("inference-header-content-length"))
+        header_length = request.headers.get("inference-header-content-length")
+        body = await read_body_aligned(request, settings.max_body_bytes, _int_or_zero(header_length))
+        header, tail = split_binary_body(body, header_length)
         params = header.get("parameters") or {}
         if not isinstance(params, dict):
             raise ApiError(400, "parameters must be a JSON object")
@@ -153,7 +154,7 @@ def _budget_ms(params: dict, request: Request) -> float | None:
     return parse_budget_ms(request.headers.get("x-latency-budget-ms"))
 
 
-def _input_tensor(header: dict, tail: bytes, engine: Engine) -> torch.Tensor:
+def _input_tensor(header: dict, tail: bytes | memoryview, engine: Engine) -> torch.Tensor:
     inputs = header.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise ApiError(400, f"request needs 'inputs' with one tensor named {INPUT_NAME!r}")
@@ -165,10 +166,20 @@ def _input_tensor(header: dict, tail: bytes, engine: Engine) -> torch.Tensor:
         mean = np.asarray(engine.metadata.get("mean", (0.5,) * c), dtype=np.float32).reshape(1, c, 1, 1)
         std = np.asarray(engine.metadata.get("std", (0.5,) * c), dtype=np.float32).reshape(1, c, 1, 1)
         array = (array.astype(np.float32) / 255.0 - mean) / std
-    array = np.array(array, dtype=np.float32)  # own, aligned, native-endian copy
+    elif not (array.dtype == np.float32 and array.flags.aligned and array.flags.writeable):
+        array = np.array(array, dtype=np.float32)  # own, aligned, native-endian copy
+    # else: native FP32 viewing the aligned request buffer (read_body_aligned) is used in place
     if not np.isfinite(array).all():
         raise ApiError(400, "input contains NaN or infinity")
     return torch.from_numpy(array)
+
+
+def _int_or_zero(value: str | None) -> int:
+    """Where the binary tail starts, for aligning it; a bad value is reported by split_binary_body."""
+    try:
+        return max(0, int(value)) if value is not None else 0
+    except ValueError:
+        return 0
 
 
 def _wants_binary(header: dict) -> bool:

@@ -71,6 +71,24 @@ def test_binary_in_and_out(client, reference_net):
         np.testing.assert_allclose(logits, reference_net(torch.from_numpy(x), width=0.5).numpy(), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("padding", [0, 1, 2, 3])
+@pytest.mark.parametrize("chunked", [False, True])
+def test_binary_input_at_any_offset_and_chunked(client, reference_net, padding, chunked):
+    """The tensor is used in place when the body lands aligned; every header length (and a
+    chunked body, whose size is unknown up front) must give the same logits."""
+    x = _tensor(3)
+    header = {"inputs": [{"name": "input", "shape": SHAPE, "datatype": "FP32", "parameters": {"binary_data_size": x.nbytes}}],
+              "parameters": {"width": 1.0}}
+    head = json.dumps(header).encode() + b" " * padding
+    body = head + x.tobytes()
+    content = iter([body[:100], body[100:777], body[777:]]) if chunked else body
+    r = client.post("/v2/models/tiny/infer", content=content, headers={"Inference-Header-Content-Length": str(len(head))})
+    assert r.status_code == 200, r.text
+    with torch.inference_mode():
+        expected = reference_net(torch.from_numpy(x), width=1.0).numpy()
+    np.testing.assert_allclose(np.array(r.json()["outputs"][0]["data"]).reshape(2, 10), expected, rtol=1e-4, atol=1e-5)
+
+
 def test_uint8_and_fp16_inputs(client, reference_net):
     pixels = np.random.default_rng(2).integers(0, 256, SHAPE, dtype=np.uint8)
     r = _infer(client, {"inputs": [{"name": "input", "shape": SHAPE, "datatype": "UINT8", "data": pixels.ravel().tolist()}],

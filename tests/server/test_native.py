@@ -200,3 +200,20 @@ def test_a_huge_learnt_reserve_cannot_lock_the_server_into_refusing(make_client,
         client.engine.note_overhead(10.0)
     r = client.post("/v1/classify", content=png_bytes(), headers={"content-type": "image/png", "X-Latency-Budget-Ms": "100"})
     assert r.status_code == 200 and r.json()["width"] == 0.5  # planned with 75 ms: 0.5 needs 55 ms
+
+
+def test_inference_routes_are_matched_first_without_fastapi_resolution(make_client):
+    """The hot routes are plain Starlette routes in front (see app._route_inference_first), yet
+    stay documented, keep 405 for other methods, and errors still go through the JSON handlers."""
+    from starlette.routing import Route
+
+    client = make_client()
+    front = client.app.router.routes[:3]
+    assert all(type(r) is Route for r in front)
+    assert {r.path for r in front} == {"/v1/classify", "/v2/models/{name}/infer",
+                                       "/v2/models/{name}/versions/{model_version}/infer"}
+    paths = client.get("/openapi.json").json()["paths"]
+    assert "post" in paths["/v1/classify"] and "post" in paths["/v2/models/{name}/versions/{model_version}/infer"]
+    assert client.get("/v1/classify").status_code == 405
+    r = client.post("/v2/models/tiny/versions/7/infer", json={})
+    assert r.status_code == 404 and r.json() == {"error": "model 'tiny' has no version '7'"}
