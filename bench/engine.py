@@ -23,16 +23,17 @@ import numpy as np
 import torch
 
 import models
-from server.runtime import Runtime, export_onnx, ort_session_options, shared_initializers
+from server.channel_padding import nchwc_block
+from server.runtime import Runtime, export_switch_onnx, ort_session_options, shared_initializers
 
 BLOCK, DISCARD = 5, 2  # calls per block; the first ones pay for switching from another session
 
 
-def raw_session(module, input_shape):
+def raw_session(model: bytes):
     """A bare ONNX Runtime session with the options the runtime uses (the reference to match)."""
     import onnxruntime as ort
 
-    return ort.InferenceSession(export_onnx(module, input_shape), ort_session_options(), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model, ort_session_options(), providers=["CPUExecutionProvider"])
 
 
 def main() -> None:
@@ -52,13 +53,15 @@ def main() -> None:
     shape = (net.in_channels, args.input_size, args.input_size)
     runtime = Runtime(net, "cpu", "onnxruntime", args.threads)
     variants = {}
+    block = nchwc_block()
     for width in net.widths:
-        folded = net.switch(width, fold_bn=True)
-        session = raw_session(folded, shape)
+        plain = raw_session(export_switch_onnx(net, width))
+        padded = raw_session(export_switch_onnx(net, width, block))
         folded_cl = net.switch(width, fold_bn=True).to(memory_format=torch.channels_last)
         variants[width] = {
             "served": lambda x, w=width: runtime.run(w, x),
-            "raw_ort": lambda x, s=session: s.run(None, {"input": x.numpy()}),
+            "raw_ort": lambda x, s=plain: s.run(None, {"input": x.numpy()}),
+            "raw_ort_padded": lambda x, s=padded: s.run(None, {"input": x.numpy()}),
             "torch_eager": lambda x, w=width: net(x, width=w),
             "torch_folded_cl": lambda x, m=folded_cl: m(x.contiguous(memory_format=torch.channels_last)),
         }
@@ -84,34 +87,37 @@ def main() -> None:
     names = list(variants[net.widths[0]])
     rows = []
     print(f"{args.arch} @ {args.input_size}px, {args.threads} threads, median ms of {args.repeats * (BLOCK - DISCARD)} "
-          f"interleaved runs")
-    print(f"{'width':>6} {'batch':>5} " + " ".join(f"{n:>16}" for n in names) + f" {'served/raw':>11}")
+          f"interleaved runs; raw_ort: plain export, raw_ort_padded and served: channels padded to {block}")
+    print(f"{'width':>6} {'batch':>5} " + " ".join(f"{n:>16}" for n in names) + f" {'served/raw':>11} {'/raw_padded':>11}")
     for b in batches:
         for w in net.widths:
             row = {"width": w, "batch": b, **{n: med[(w, b, n)] for n in names}}
             row["served_over_raw"] = row["served"] / row["raw_ort"]
+            row["served_over_raw_padded"] = row["served"] / row["raw_ort_padded"]
             rows.append(row)
-            print(f"{w:>6.2f} {b:>5d} " + " ".join(f"{row[n]:>16.3f}" for n in names) + f" {row['served_over_raw']:>11.3f}")
+            print(f"{w:>6.2f} {b:>5d} " + " ".join(f"{row[n]:>16.3f}" for n in names)
+                  + f" {row['served_over_raw']:>11.3f} {row['served_over_raw_padded']:>11.3f}")
     ladder = {n: med[(net.widths[0], 1, n)] / med[(net.widths[-1], 1, n)] for n in names}
     print("width ladder t(narrowest)/t(widest), batch 1: " + ", ".join(f"{n} {v:.3f}" for n, v in ladder.items()))
 
-    memory = memory_report(net, shape)
+    memory = memory_report(net, block)
     print(f"memory (weight bytes): all switches resident {memory['served_bytes'] / 1e6:.1f} MB = {memory['served_ratio']:.2f}x "
           f"the widest switch alone ({memory['widest_bytes'] / 1e6:.1f} MB); without sharing identical initializers "
           f"{memory['unshared_ratio']:.2f}x; shared-weight torch path {memory['torch_shared_ratio']:.2f}x")
     report = {"machine": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%d"),
-              "arch": args.arch, "threads": args.threads, "repeats": args.repeats, "rows": rows, "ladder": ladder,
+              "arch": args.arch, "threads": args.threads, "repeats": args.repeats, "channel_block": block, "rows": rows,
+              "ladder": ladder,
               "memory": memory}
     (args.out / "engine.json").write_text(json.dumps(report, indent=2))
     print(f"wrote {args.out / 'engine.json'}")
 
 
-def memory_report(net, shape) -> dict:
+def memory_report(net, block) -> dict:
     """Weight bytes of every switch as served (identical initializers stored once) vs the widest switch alone."""
     import onnx
     from onnx import numpy_helper
 
-    models_by_width = {w: export_onnx(net.switch(w, fold_bn=True), shape) for w in net.widths}
+    models_by_width = {w: export_switch_onnx(net, w, block) for w in net.widths}
     shared, _ = shared_initializers(models_by_width)
     per_switch, served, counted = {}, 0, set()
     for width, model in models_by_width.items():

@@ -4,7 +4,8 @@ Each width is exported once at load time (BN folded, eval mode) and wrapped
 in an executor for the chosen backend:
 
 - ``onnxruntime`` (CPU default when installed): each switch exported to ONNX
-  in memory and run by its own ONNX Runtime session.
+  in memory (conv channels zero-padded to ORT's channel block) and run by its
+  own ONNX Runtime session.
 - ``torch``: the exported module; on CUDA with channels_last, optional
   fp16/bf16, pinned host memory, a dedicated stream and CUDA graphs captured
   per (width, batch bucket).
@@ -28,7 +29,10 @@ from torch import nn
 
 from models import SlimmableNet
 
-__all__ = ["Runtime", "resolve_device", "resolve_backend", "profile_runtime", "export_onnx", "ort_session_options",
+from .channel_padding import nchwc_block, pad_channels
+
+__all__ = ["Runtime", "resolve_device", "resolve_backend", "profile_runtime", "export_onnx", "export_switch_onnx",
+           "ort_session_options",
            "shared_initializers", "use_global_thread_pool", "BACKENDS", "PRECISIONS"]
 
 log = logging.getLogger("widthwise.runtime")
@@ -97,6 +101,19 @@ def export_onnx(module: nn.Module, input_shape: tuple[int, ...]) -> bytes:
         dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False, opset_version=17,
     )
     return buffer.getvalue()
+
+
+def export_switch_onnx(net: SlimmableNet, width: float, channel_block: int | None = None) -> bytes:
+    """Switch ``width`` as ONNX, BN folded; with ``channel_block``, conv channel counts padded with
+    zeros to that multiple (exact; keeps narrow switches in ORT's blocked layout, see channel_padding)."""
+    model = export_onnx(net.switch(width, fold_bn=True), (net.in_channels, net.input_size, net.input_size))
+    if channel_block:
+        import onnx
+
+        proto = onnx.load_from_string(model)
+        if pad_channels(proto, channel_block):
+            model = proto.SerializeToString()
+    return model
 
 
 _GLOBAL_POOL_THREADS: int | None = None
@@ -240,6 +257,7 @@ class Runtime:
         precision: str = "fp32",
         cuda_graphs: bool = False,
         batch_buckets: list[int] | None = None,
+        channel_padding: bool = True,
     ) -> None:
         self.device = resolve_device(device)
         self.backend = resolve_backend(backend, self.device)
@@ -253,7 +271,8 @@ class Runtime:
         self._keep_alive: list = []
         if self.backend == "onnxruntime":
             self.threads = use_global_thread_pool(threads or default_ort_threads())
-            onnx_models = {w: export_onnx(net.switch(w, fold_bn=True), self.input_shape) for w in net.widths}
+            block = nchwc_block() if channel_padding else None
+            onnx_models = {w: export_switch_onnx(net, w, block) for w in net.widths}
             shared, self._keep_alive = shared_initializers(onnx_models)
             for width in net.widths:
                 self._executors[width] = OnnxRuntimeExecutor(onnx_models[width], shared[width])
