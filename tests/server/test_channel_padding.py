@@ -9,11 +9,13 @@ from onnx import TensorProto, helper, numpy_helper
 
 import models
 from server.channel_padding import nchwc_block, pad_channels
-from server.runtime import export_switch_onnx
+from server.runtime import export_switch_onnx, ort_session_options, use_global_thread_pool
 
 
 def run(model: bytes, x: np.ndarray) -> np.ndarray:
-    return ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    use_global_thread_pool(1)  # sessions in this process share one pool (the first caller sets its size)
+    session = ort.InferenceSession(model, ort_session_options(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"input": x})[0]
 
 
 def conv_out_channels(model: onnx.ModelProto) -> list[int]:
