@@ -1,0 +1,134 @@
+"""Serving overhead, A/B: this tree against another commit, both servers live at once, requests interleaved.
+
+Changes to the request path move end-to-end latency by tenths of a
+millisecond, less than this machine drifts between runs; so both servers run
+side by side and take turns in short shuffled blocks. Reports client-side
+total latency (what users see) and the server's ``inference`` time per
+request kind. The baseline commit is checked out into a temporary git
+worktree.
+
+    python -m bench.overhead_ab --baseline c467a23 --out out/overhead_ab [--rounds 120]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import io
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx2
+import numpy as np
+from PIL import Image
+
+from bench.common import REPO, free_port, imagenet_checkpoint, server_timing
+
+BLOCK, DISCARD = 12, 2  # requests per block; the first ones of a block pay for switching servers
+
+
+@contextlib.contextmanager
+def server(tree: Path, checkpoint: Path, extra: list[str]):
+    port = free_port()
+    cmd = [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level",
+           "warning", "--checkpoint", str(checkpoint), "--model-name", "v2", "--profile-repeats", "5", *extra]
+    proc = subprocess.Popen(cmd, cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server from {tree} exited with {proc.returncode}")
+            with contextlib.suppress(httpx2.HTTPError):
+                if httpx2.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server from {tree} not ready in time")
+            time.sleep(0.2)
+        yield http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+@contextlib.contextmanager
+def worktree(commit: str):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "baseline"
+        subprocess.run(["git", "worktree", "add", "--detach", str(path), commit], cwd=REPO, check=True,
+                       capture_output=True)
+        try:
+            yield path
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=REPO, capture_output=True)
+
+
+def requests_to_send(width: str) -> dict[str, tuple[str, bytes, dict]]:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 3, 224, 224)).astype(np.float32)
+    head = json.dumps({"inputs": [{"name": "input", "shape": [1, 3, 224, 224], "datatype": "FP32",
+                                   "parameters": {"binary_data_size": x.nbytes}}],
+                       "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
+                       "parameters": {"width": float(width)}}).encode()
+    jpeg = io.BytesIO()
+    Image.fromarray((rng.random((224, 224, 3)) * 255).astype(np.uint8)).save(jpeg, "JPEG", quality=90)
+    return {
+        "v2_binary_tensor": ("/v2/models/v2/infer", head + x.tobytes(), {"Inference-Header-Content-Length": str(len(head))}),
+        "v1_classify_jpeg_224": ("/v1/classify", jpeg.getvalue(), {"content-type": "image/jpeg", "X-Width": width}),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline", required=True, help="commit (or ref) to compare this tree against")
+    parser.add_argument("--rounds", type=int, default=120)
+    parser.add_argument("--width", default="0.35")
+    parser.add_argument("--out", type=Path, default=Path("out/overhead_ab"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    checkpoint = imagenet_checkpoint("s_mobilenet_v2")
+    requests = requests_to_send(args.width)
+    samples: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    with worktree(args.baseline) as base, contextlib.ExitStack() as stack:
+        conns = {"this tree": stack.enter_context(server(REPO, checkpoint, [])),
+                 args.baseline: stack.enter_context(server(base, checkpoint, []))}
+        keys = [(tree, kind) for tree in conns for kind in requests]
+        rng = random.Random(0)
+        for round_ in range(args.rounds):
+            rng.shuffle(keys)
+            for tree, kind in keys:
+                path, body, headers = requests[kind]
+                for i in range(BLOCK):
+                    start = time.perf_counter()
+                    conns[tree].request("POST", path, body=body, headers=headers)
+                    response = conns[tree].getresponse()
+                    response.read()
+                    total = (time.perf_counter() - start) * 1e3
+                    if response.status != 200:
+                        raise RuntimeError(f"{tree} {kind}: HTTP {response.status}")
+                    if round_ >= 2 and i >= DISCARD:
+                        engine = server_timing(response.getheader("server-timing"))["inference"]
+                        samples.setdefault((kind, tree), []).append((total, engine))
+    rows = []
+    print(f"median of {len(next(iter(samples.values())))} interleaved requests per cell, width {args.width}")
+    print(f"{'request':>22} {'server':>12} {'total ms':>9} {'inference ms':>13} {'total - inference':>18}")
+    for (kind, tree), values in sorted(samples.items()):
+        a = np.array(values)
+        row = {"request": kind, "server": tree, "total_ms": float(np.median(a[:, 0])),
+               "inference_ms": float(np.median(a[:, 1])), "total_minus_inference_ms": float(np.median(a[:, 0] - a[:, 1]))}
+        rows.append(row)
+        print(f"{kind:>22} {tree:>12} {row['total_ms']:>9.3f} {row['inference_ms']:>13.3f} "
+              f"{row['total_minus_inference_ms']:>18.3f}")
+    (args.out / "overhead_ab.json").write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "baseline": args.baseline,
+                                                           "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
