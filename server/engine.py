@@ -73,7 +73,7 @@ class Engine:
         self._watchdog = BatchWatchdog(settings.batch_timeout_s, self._on_hung_batch)
         self.fault_hook = None  # Callable[[width, samples], None]: raises to simulate device faults in tests
         self.monitor: DeviceMonitor | None = None
-        self._costs = self._static_costs()
+        self._costs: dict[float, dict[str, int]] = {}  # MACs and params per width, counted at start-up
 
     # -- lifecycle --------------------------------------------------------
 
@@ -90,6 +90,7 @@ class Engine:
             if self.settings.threads:
                 torch.set_num_threads(self.settings.threads)
             batch_sizes = batch_sizes_up_to(self.settings.max_batch_size)
+            self._costs = self._static_costs()  # a forward per width: not before uvicorn listens
             self.runtime = Runtime(
                 self.net, self.settings.device, self.settings.backend, self.settings.threads,
                 self.settings.precision, self.settings.cuda_graphs == "on", batch_sizes,
@@ -366,8 +367,8 @@ class Engine:
             "widths": [
                 {
                     "width": w,
-                    "macs": self._costs[w]["macs"],
-                    "params": self._costs[w]["params"],
+                    "macs": self._costs.get(w, {}).get("macs"),
+                    "params": self._costs.get(w, {}).get("params"),
                     "expected_accuracy": self.accuracy.get(w),
                     "latency_ms": {b: s * 1e3 for b, s in profile[str(w)].items()} if profile else None,
                 }
