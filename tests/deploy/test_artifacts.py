@@ -141,8 +141,36 @@ def test_dockerfile_is_clean_under_hadolint_and_has_the_essentials():
     result = run(tool("hadolint"), "Dockerfile")
     assert result.returncode == 0, result.stdout + result.stderr
     text = (REPO / "Dockerfile").read_text()
-    for needed in ("HEALTHCHECK", "/healthz", "EXPOSE 8000", "USER 10001", '"--host", "0.0.0.0"', "cuda"):
+    for needed in ("HEALTHCHECK", "/healthz", "EXPOSE 8000", "USER 10001", '"--host", "0.0.0.0"',
+                   "ARG FLAVOUR=cpu", "requirements-${FLAVOUR}.txt"):
         assert needed in text, needed
+
+
+def _pins(path: Path) -> dict[str, str]:
+    """name -> version of a requirements file, following ``-r`` includes."""
+    pins = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line.startswith("-r "):
+            pins.update(_pins(path.parent / line[3:].strip()))
+        elif line and not line.startswith(("#", "-")):
+            name, sep, version = line.partition("==")
+            assert sep, f"{path.name}: {line!r} is not pinned with =="
+            pins[re.sub(r"[-_.]+", "-", name).lower()] = version
+    return pins
+
+
+def test_each_image_flavour_pins_every_runtime_dependency():
+    """Every dependency in pyproject is pinned in each image, except what a flavour does not use."""
+    import tomllib
+
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = {re.sub(r"[-_.]+", "-", re.split(r"[<>=!~;\[ ]", d, maxsplit=1)[0]).lower() for d in declared}
+    cpu, gpu = (_pins(DEPLOY / f"docker/requirements-{flavour}.txt") for flavour in ("cpu", "gpu"))
+    assert names <= set(cpu), names - set(cpu)
+    # The GPU image takes torch from its base image and runs the torch backend (no ONNX Runtime).
+    assert names - {"torch", "onnxruntime", "onnx"} <= set(gpu), names - set(gpu)
+    assert cpu["torch"].endswith("+cpu") and "nvidia-ml-py" in gpu
 
 
 def test_compose_config_validates_with_and_without_the_gpu_override():
@@ -153,6 +181,11 @@ def test_compose_config_validates_with_and_without_the_gpu_override():
     merged = yaml.safe_load(result.stdout)
     devices = merged["services"]["widthwise"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["capabilities"] == ["gpu"]
+    build = merged["services"]["widthwise"]["build"]["args"]
+    assert build["FLAVOUR"] == "gpu" and "cuda" in build["BASE"]
+    assert (DEPLOY / f"docker/requirements-{build['FLAVOUR']}.txt").exists()
+    cpu = yaml.safe_load(run(compose, "-f", "docker-compose.yml", "config").stdout)["services"]["widthwise"]
+    assert cpu["image"] == "widthwise:cpu" and "args" not in cpu["build"]  # the Dockerfile's defaults: CPU
     assert set(merged["services"]) == {"widthwise", "prometheus", "grafana"}
 
 
