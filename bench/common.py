@@ -45,31 +45,63 @@ class ServerUrl(str):
         return obj
 
 
-@contextlib.contextmanager
-def live_server(*args: str, ready_timeout: float = 300.0):
-    """``widthwise serve ARGS`` on a free port; yields its base URL (with ``.pid``); SIGTERM on exit."""
-    port = free_port()
-    log = tempfile.TemporaryFile("w+")
-    cmd = [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", *args]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + ready_timeout
-        while True:
-            if proc.poll() is not None:
-                log.seek(0)
-                raise RuntimeError(f"server exited: {log.read()}")
+class LiveServer:
+    """``widthwise serve ARGS`` in a subprocess on 127.0.0.1 and a free port; used by tests and benchmarks.
+
+    ``tree`` is the source tree to run (another checkout, for A/B benchmarks).
+    Output goes to a temporary file, not a pipe: a pipe nobody reads would
+    block the server once full.
+    """
+
+    def __init__(self, *args: str, env: dict | None = None, tree: Path = REPO) -> None:
+        self.port = free_port()
+        self.url = ServerUrl(f"http://127.0.0.1:{self.port}", 0)
+        cmd = [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port), *args]
+        self.log = tempfile.TemporaryFile("w+")
+        environ = {**os.environ, **(env or {})}
+        if tree != REPO:
+            environ["PYTHONPATH"] = str(tree)
+        self.proc = subprocess.Popen(cmd, cwd=tree, env=environ, stdout=self.log, stderr=subprocess.STDOUT, text=True)
+        self.url.pid = self.proc.pid
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read()
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.output()}")
             with contextlib.suppress(httpx2.HTTPError):
-                if httpx2.get(url + "/readyz", timeout=1).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError("server not ready in time")
-            time.sleep(0.2)
-        yield ServerUrl(url, proc.pid)
+                if httpx2.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return
+            time.sleep(0.1)
+        raise RuntimeError(f"server not ready within {timeout:g} s: {self.output()[-2000:]}")
+
+    def terminate(self) -> int:
+        """SIGTERM (the server drains, then exits); returns the exit code."""
+        self.proc.terminate()
+        return self.proc.wait(timeout=60)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.log.close()
+
+
+@contextlib.contextmanager
+def live_server(*args: str, ready_timeout: float = 300.0, tree: Path = REPO):
+    """``widthwise serve ARGS`` on a free port; yields its base URL (with ``.pid``); SIGTERM on exit."""
+    server = LiveServer("--log-level", "warning", *args, tree=tree)
+    try:
+        server.wait_ready(ready_timeout)
+        yield server.url
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
-        log.close()
+        if server.proc.poll() is None:
+            server.terminate()
+        server.stop()
 
 
 def server_timing(header: str) -> dict[str, float]:

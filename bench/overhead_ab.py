@@ -17,45 +17,24 @@ import contextlib
 import http.client
 import io
 import json
-import os
 import random
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx2
 import numpy as np
 from PIL import Image
 
-from bench.common import REPO, free_port, imagenet_checkpoint, server_timing
+from bench.common import REPO, imagenet_checkpoint, live_server, server_timing
 
 BLOCK, DISCARD = 12, 2  # requests per block; the first ones of a block pay for switching servers
 
 
 @contextlib.contextmanager
-def server(tree: Path, checkpoint: Path, extra: list[str]):
-    port = free_port()
-    cmd = [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level",
-           "warning", "--checkpoint", str(checkpoint), "--model-name", "v2", "--profile-repeats", "5", *extra]
-    proc = subprocess.Popen(cmd, cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server from {tree} exited with {proc.returncode}")
-            with contextlib.suppress(httpx2.HTTPError):
-                if httpx2.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server from {tree} not ready in time")
-            time.sleep(0.2)
-        yield http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+def server(tree: Path, checkpoint: Path):
+    with live_server("--checkpoint", str(checkpoint), "--model-name", "v2", "--profile-repeats", "5", tree=tree) as url:
+        yield http.client.HTTPConnection("127.0.0.1", int(url.rsplit(":", 1)[1]), timeout=30)
 
 
 @contextlib.contextmanager
@@ -97,8 +76,8 @@ def main() -> None:
     requests = requests_to_send(args.width)
     samples: dict[tuple[str, str], list[tuple[float, float]]] = {}
     with worktree(args.baseline) as base, contextlib.ExitStack() as stack:
-        conns = {"this tree": stack.enter_context(server(REPO, checkpoint, [])),
-                 args.baseline: stack.enter_context(server(base, checkpoint, []))}
+        conns = {"this tree": stack.enter_context(server(REPO, checkpoint)),
+                 args.baseline: stack.enter_context(server(base, checkpoint))}
         keys = [(tree, kind) for tree in conns for kind in requests]
         rng = random.Random(0)
         for round_ in range(args.rounds):

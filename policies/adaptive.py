@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import collections
 import threading
-from typing import Sequence
 
 from .base import Decision, DispatchView, QueuedItem
 from .builtin import MaxWidthPolicy, budget_width, pinned_decision, take_batch, widest_alone

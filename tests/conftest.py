@@ -49,20 +49,14 @@ def make_net(arch: str, seed: int = 0, **kwargs) -> models.SlimmableNet:
 
 import contextlib  # noqa: E402
 import io  # noqa: E402
-import os  # noqa: E402
-import signal  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 
-import httpx2  # noqa: E402
 import numpy as np  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
 from prometheus_client import CollectorRegistry  # noqa: E402
 
-from bench.common import free_port  # noqa: E402,F401  (re-exported for the tests)
+from bench.common import LiveServer, free_port  # noqa: E402,F401  (re-exported for the tests)
 from server.app import build_app  # noqa: E402
 from server.settings import Settings  # noqa: E402
 
@@ -133,43 +127,6 @@ def png_bytes(size=(20, 20), seed: int = 0, fmt: str = "PNG", mode: str = "RGB")
     buf = io.BytesIO()
     image.save(buf, fmt)
     return buf.getvalue()
-
-
-class LiveServer:
-    """``widthwise serve`` in a subprocess on 127.0.0.1."""
-
-    def __init__(self, *args: str, env: dict | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port), *args]
-        # A file, not a pipe: a pipe nobody reads would block the server once full.
-        self.log = tempfile.TemporaryFile("w+")
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **(env or {})}, stdout=self.log, stderr=subprocess.STDOUT, text=True)
-
-    def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read()
-
-    def wait_ready(self, timeout: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}: {self.output()}")
-            with contextlib.suppress(httpx2.HTTPError):
-                if httpx2.get(self.url + "/readyz", timeout=1).status_code == 200:
-                    return
-            time.sleep(0.1)
-        raise AssertionError("live server did not become ready")
-
-    def terminate(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        self.log.close()
 
 
 @pytest.fixture

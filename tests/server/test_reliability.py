@@ -6,7 +6,6 @@ import re
 import threading
 import time
 
-import pytest
 import torch
 
 from server.logs import JsonFormatter
