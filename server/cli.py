@@ -13,7 +13,7 @@ from typing import Sequence
 __all__ = ["main", "build_parser"]
 
 
-BENCHMARKS = ("engine", "overhead", "policy_sim", "load", "soak")
+BENCHMARKS = ("engine", "ladder", "overhead", "overhead_ab", "policy_sim", "load", "soak")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--widths", type=parse_widths, default=None)
 
     p = sub.add_parser("bench", help="run a benchmark from bench/ (from a checkout of the repository)")
-    p.add_argument("name", choices=BENCHMARKS, help="engine, overhead, policy_sim, load or soak")
+    p.add_argument("name", choices=BENCHMARKS, help=", ".join(BENCHMARKS))
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments of that benchmark (see its --help)")
 
     from models.training.cli import add_training_commands

@@ -32,3 +32,15 @@ def test_flags_override_environment(monkeypatch):
     settings = settings_from_args(parser.parse_args(["--max-batch-size", "16"]))
     assert settings.max_batch_size == 16 and settings.policy == "slack"
     assert settings_from_args(parser.parse_args([])).max_batch_size == 4
+
+
+def test_every_listed_benchmark_exists_and_every_cpu_benchmark_is_listed():
+    import importlib
+
+    from bench.common import REPO
+    from server.cli import BENCHMARKS
+
+    for name in BENCHMARKS:
+        assert callable(importlib.import_module(f"bench.{name}").main), name
+    with_main = {p.stem for p in (REPO / "bench").glob("*.py") if "\ndef main(" in p.read_text()}
+    assert with_main - set(BENCHMARKS) <= {"gpu", "gpu_server_check"}  # run by bench/gpu.sh on a GPU host
