@@ -13,7 +13,7 @@ from typing import Sequence
 __all__ = ["main", "build_parser"]
 
 
-BENCHMARKS = ("engine", "ladder", "overhead", "overhead_ab", "policy_sim", "load", "soak")
+BENCHMARKS = ("engine", "ladder", "overhead", "overhead_ab", "decode", "policy_sim", "load", "soak")
 
 
 def build_parser() -> argparse.ArgumentParser:

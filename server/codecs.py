@@ -28,9 +28,16 @@ V2_DATATYPES = {"FP32": np.float32, "FP16": np.float16, "UINT8": np.uint8}
 
 
 def decode_image(
-    data: bytes, media_type: str, max_pixels: int, size: int, mean: Sequence[float], std: Sequence[float], channels: int
+    data: bytes, media_type: str, max_pixels: int, size: int, mean: Sequence[float], std: Sequence[float], channels: int,
+    jpeg_draft: bool = False,
 ) -> torch.Tensor:
-    """Decode, check and preprocess one image into ``[1, C, size, size]``."""
+    """Decode, check and preprocess one image into ``[1, C, size, size]``.
+
+    With ``jpeg_draft`` a JPEG larger than needed is decoded by libjpeg at 1/2, 1/4
+    or 1/8 scale (DCT-domain downscaling, never below ``size`` on either side)
+    before the usual resize: a 1080p photo decodes 2-3x faster, at the price of
+    pixels that differ slightly from a full-size decode.
+    """
     fmt = IMAGE_MEDIA_TYPES.get(media_type)
     if fmt is None:
         raise ApiError(415, f"unsupported media type {media_type!r}; send one of {', '.join(IMAGE_MEDIA_TYPES)}")
@@ -45,6 +52,8 @@ def decode_image(
             raise ApiError(400, f"image has zero size ({width}x{height})")
         if width * height > max_pixels:
             raise ApiError(413, f"image of {width}x{height} pixels exceeds the limit of {max_pixels} pixels")
+        if jpeg_draft and image.format == "JPEG":
+            image.draft("RGB" if channels == 3 else "L", (size, size))
         image.load()
     except ApiError:
         raise

@@ -45,6 +45,7 @@ async def classify(request: Request) -> JSONResponse:
         decode = functools.partial(
             decode_image, data, media_type, settings.max_image_pixels, engine.net.input_size,
             meta.get("mean", (0.5,) * 3), meta.get("std", (0.5,) * 3), engine.net.in_channels,
+            settings.jpeg_draft == "on",
         )
         # Small images decode faster than a thread hand-off costs; large ones must not block the event loop.
         tensor = decode() if len(data) <= INLINE_DECODE_BYTES else await run_in_threadpool(decode)

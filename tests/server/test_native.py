@@ -217,3 +217,36 @@ def test_inference_routes_are_matched_first_without_fastapi_resolution(make_clie
     assert client.get("/v1/classify").status_code == 405
     r = client.post("/v2/models/tiny/versions/7/infer", json={})
     assert r.status_code == 404 and r.json() == {"error": "model 'tiny' has no version '7'"}
+
+
+def _photo_jpeg(width=1024, height=768) -> bytes:
+    """A smooth, photo-like JPEG (low-frequency content, as DCT scaling expects)."""
+    rng = np.random.default_rng(5)
+    small = Image.fromarray((rng.random((height // 32, width // 32, 3)) * 255).astype(np.uint8))
+    buf = io.BytesIO()
+    small.resize((width, height), Image.BICUBIC).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def test_jpeg_draft_decodes_close_to_a_full_decode_and_leaves_png_alone():
+    from server.codecs import decode_image
+
+    args = (1 << 24, 16, (0.5,) * 3, (0.5,) * 3, 3)
+    jpeg = _photo_jpeg()
+    full, draft = decode_image(jpeg, "image/jpeg", *args), decode_image(jpeg, "image/jpeg", *args, jpeg_draft=True)
+    assert full.shape == draft.shape == (1, 3, 16, 16)
+    assert not torch.equal(full, draft)  # really decoded at a reduced scale
+    assert (full - draft).abs().mean() < 0.05  # values span [-1, 1]
+    png = png_bytes()
+    assert torch.equal(decode_image(png, "image/png", *args), decode_image(png, "image/png", *args, jpeg_draft=True))
+
+
+def test_jpeg_draft_setting_reaches_the_decoder(make_client):
+    jpeg = _photo_jpeg()
+    scores = {}
+    for flag in ("off", "on"):
+        r = make_client(jpeg_draft=flag).post("/v1/classify?top_k=10", content=jpeg, headers={"content-type": "image/jpeg"})
+        assert r.status_code == 200
+        scores[flag] = {p["index"]: p["score"] for p in r.json()["predictions"]}
+    assert scores["on"] != scores["off"]
+    assert max(abs(scores["on"][i] - scores["off"][i]) for i in scores["off"]) < 0.1
