@@ -51,9 +51,10 @@ class LatencyProfile:
         """Predicted seconds to run ``batch`` samples at ``width``."""
         with self._lock:
             row = self._table[width]
+            exact = row.get(batch)
+            if exact is not None:  # the common case: a measured batch size
+                return exact
             sizes = sorted(row)
-            if batch in row:
-                return row[batch]
             if batch <= sizes[0]:
                 return row[sizes[0]]
             for lo, hi in zip(sizes, sizes[1:]):

@@ -220,7 +220,7 @@ class Engine:
         if width is not None:
             width = self.net.widths[self.net.width_index(width)]
         if budget_s is not None:
-            self.metrics.latency_budget.labels(self.model_name).observe(budget_s)
+            self.metrics.latency_budget_of.observe(budget_s)
         now = time.monotonic()
         start = received_at if received_at is not None else now
         deadline = start + budget_s - self.reserve_s(budget_s) if budget_s is not None else math.inf
@@ -234,8 +234,8 @@ class Engine:
             loop.call_soon_threadsafe(_settle, future, value)
 
         self.scheduler.admit(Pending(request, resolve))  # raises Rejected
-        self.metrics.queue_depth.labels(self.model_name).set(self.scheduler.depth())
-        inflight = self.metrics.inflight.labels(self.model_name)
+        self.metrics.queue_depth_now.set(self.scheduler.depth())
+        inflight = self.metrics.inflight_now
         inflight.inc()
         try:
             return await future
@@ -253,7 +253,7 @@ class Engine:
             batch = self.scheduler.next_batch()
             if batch is None:
                 return
-            self.metrics.queue_depth.labels(self.model_name).set(self.scheduler.depth())
+            self.metrics.queue_depth_now.set(self.scheduler.depth())
             for pending in batch.expired:
                 pending.resolve(Rejected(504, "deadline can no longer be met at any width"))
             if batch.items:
@@ -329,7 +329,7 @@ class Engine:
         self.metrics.batch(width, samples, elapsed, reason)
         for pending in items:
             req = pending.request
-            self.metrics.queue_wait.labels(self.model_name).observe(start - req.arrival)
+            self.metrics.queue_wait_of.observe(start - req.arrival)
             self.policy.observe(width, end - req.arrival, req.budget_s, end <= req.deadline)
 
     def _fail(self, items: list[Pending], message: str) -> None:

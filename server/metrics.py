@@ -69,19 +69,34 @@ class Metrics:
         )
         self.gpu_memory = Gauge("widthwise_gpu_memory_used_bytes", "GPU memory in use from NVML.", ["device"], registry=registry)
 
+        # Per-request series of this model, bound once: labels() costs a lock and a lookup per call.
+        self.queue_depth_now = self.queue_depth.labels(model)
+        self.inflight_now = self.inflight.labels(model)
+        self.queue_wait_of = self.queue_wait.labels(model)
+        self.latency_budget_of = self.latency_budget.labels(model)
+        self._expected_correct = self.expected_correct.labels(model)
+        self._children: dict[tuple, object] = {}
+
+    def _child(self, metric, *labels: str):
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(self.model, *labels)
+        return child
+
     def request(self, width: float | None, outcome: str, duration_s: float | None = None, accuracy: float | None = None) -> None:
         label = width_label(width)
-        self.requests.labels(self.model, label, outcome).inc()
+        self._child(self.requests, label, outcome).inc()
         if duration_s is not None:
-            self.request_duration.labels(self.model, label).observe(duration_s)
+            self._child(self.request_duration, label).observe(duration_s)
         if accuracy is not None and outcome == "ok":  # matches the ok-only denominator of the accuracy ratio
-            self.expected_correct.labels(self.model).inc(accuracy)
+            self._expected_correct.inc(accuracy)
 
     def batch(self, width: float, samples: int, seconds: float, reason: str) -> None:
         label = width_label(width)
-        self.inference_duration.labels(self.model, label).observe(seconds)
-        self.batch_size.labels(self.model, label).observe(samples)
-        self.width_selections.labels(self.model, label, reason).inc()
+        self._child(self.inference_duration, label).observe(seconds)
+        self._child(self.batch_size, label).observe(samples)
+        self._child(self.width_selections, label, reason).inc()
 
 
 def width_position(width: float, widths: tuple[float, ...]) -> str:
