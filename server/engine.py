@@ -320,7 +320,7 @@ class Engine:
         if self._watchdog.claimed(token):
             return  # already answered with a 500; a hung batch's time must not enter the profile
         offset = 0
-        for pending in items:  # answer first: the bookkeeping below is not on the requests' path
+        for pending in items:  # answer first, then the bookkeeping
             req = pending.request
             pending.resolve(InferenceResult(logits[offset:offset + req.samples], width, reason, start - req.arrival,
                                             elapsed, samples))

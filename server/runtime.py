@@ -29,8 +29,6 @@ from torch import nn
 
 from models import SlimmableNet
 
-from .channel_padding import nchwc_block, pad_channels
-
 __all__ = ["Runtime", "resolve_device", "resolve_backend", "profile_runtime", "export_onnx", "export_switch_onnx",
            "ort_session_options",
            "shared_initializers", "use_global_thread_pool", "BACKENDS", "PRECISIONS"]
@@ -109,6 +107,8 @@ def export_switch_onnx(net: SlimmableNet, width: float, channel_block: int | Non
     model = export_onnx(net.switch(width, fold_bn=True), (net.in_channels, net.input_size, net.input_size))
     if channel_block:
         import onnx
+
+        from .channel_padding import pad_channels  # needs onnx, which the GPU image does not ship
 
         proto = onnx.load_from_string(model)
         if pad_channels(proto, channel_block):
@@ -271,6 +271,8 @@ class Runtime:
         self._keep_alive: list = []
         if self.backend == "onnxruntime":
             self.threads = use_global_thread_pool(threads or default_ort_threads())
+            from .channel_padding import nchwc_block
+
             block = nchwc_block() if channel_padding else None
             onnx_models = {w: export_switch_onnx(net, w, block) for w in net.widths}
             shared, self._keep_alive = shared_initializers(onnx_models)

@@ -47,3 +47,30 @@ def test_server_reports_its_backend(make_client):
     assert client.get("/v1/models").json()["models"][0]["backend"] == "onnxruntime"
     torch_client = make_client(backend="torch")
     assert torch_client.get("/v1/models").json()["models"][0]["backend"] == "torch"
+
+
+def test_serves_without_onnx_and_onnxruntime_installed(tiny_checkpoint):
+    """The GPU image ships neither: importing and serving must not need them (auto -> torch)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    code = f"""
+import sys
+sys.modules["onnx"] = None  # an import of either now fails as if not installed
+sys.modules["onnxruntime"] = None
+from fastapi.testclient import TestClient
+from server.app import build_app
+from server.settings import Settings
+app = build_app(Settings(checkpoint={str(tiny_checkpoint)!r}, device="cpu", profile_repeats=3))
+with TestClient(app) as client:
+    app.state.engine.wait_ready(60)
+    assert app.state.engine.runtime.backend == "torch", app.state.engine.runtime.backend
+    body = {{"inputs": [{{"name": "input", "shape": [1, 3, 16, 16], "datatype": "FP32", "data": [0.0] * 768}}]}}
+    r = client.post("/v2/models/tiny/infer", json=body)
+    assert r.status_code == 200, r.text
+print("served")
+"""
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "served" in result.stdout, result.stderr[-2000:]
