@@ -81,8 +81,8 @@ def _route_inference_first(app: FastAPI) -> None:
     """Put plain Starlette routes for the inference endpoints in front of everything.
 
     FastAPI nests included routers and resolves every endpoint's parameters per
-    request; these endpoints need neither, and skipping both saves ~0.14 ms of
-    the ~1.5 ms a request spends outside the model (bench/overhead.py). The
+    request; these endpoints need neither, and skipping both saves ~0.14 ms per
+    request (measured in-process; BENCHMARKS.md, "Serving overhead"). The
     FastAPI routes behind them still describe the API in OpenAPI; errors raised
     here reach the same exception handlers.
     """
