@@ -44,3 +44,14 @@ def test_every_listed_benchmark_exists_and_every_cpu_benchmark_is_listed():
         assert callable(importlib.import_module(f"bench.{name}").main), name
     with_main = {p.stem for p in (REPO / "bench").glob("*.py") if "\ndef main(" in p.read_text()}
     assert with_main - set(BENCHMARKS) <= {"gpu", "gpu_server_check"}  # run by bench/gpu.sh on a GPU host
+
+
+def test_event_loop_and_http_parser_reach_uvicorn(monkeypatch, tiny_checkpoint):
+    from server import main
+    from server.settings import Settings
+
+    seen = {}
+    monkeypatch.setattr(main.DrainingServer, "run", lambda self: seen.update(loop=self.config.loop, http=self.config.http))
+    settings = Settings(checkpoint=tiny_checkpoint, event_loop="asyncio", http_parser="h11")
+    assert main.run_server(settings) == 0
+    assert seen == {"loop": "asyncio", "http": "h11"}
