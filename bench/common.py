@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import socket
 import subprocess
@@ -12,6 +13,8 @@ import time
 from pathlib import Path
 
 import httpx2
+import numpy as np
+from PIL import Image
 
 import models
 
@@ -34,6 +37,13 @@ def imagenet_checkpoint(arch: str = "s_mobilenet_v2", folder: Path | None = None
                 "accuracy": models.checkpoint.OFFICIAL_TOP1[arch]}
         models.save_checkpoint(torch_net, path, meta)
     return path
+
+
+def noise_jpeg(rng: np.random.Generator, size: int = 224) -> bytes:
+    """A ``size`` x ``size`` JPEG (quality 90) of uniform noise: a worst case for the decoder."""
+    buffer = io.BytesIO()
+    Image.fromarray((rng.random((size, size, 3)) * 255).astype(np.uint8)).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
 
 
 class ServerUrl(str):

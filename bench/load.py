@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import statistics
 import time
@@ -21,9 +20,8 @@ from pathlib import Path
 
 import httpx2
 import numpy as np
-from PIL import Image
 
-from bench.common import imagenet_checkpoint, live_server
+from bench.common import imagenet_checkpoint, live_server, noise_jpeg
 from policies.simulator import arrival_times
 
 MAX_REQUESTS = 5000  # hard bound per point
@@ -82,10 +80,7 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     checkpoint = imagenet_checkpoint(args.arch)
-    rng = np.random.default_rng(0)
-    jpeg = io.BytesIO()
-    Image.fromarray((rng.random((224, 224, 3)) * 255).astype(np.uint8)).save(jpeg, "JPEG", quality=90)
-    body = jpeg.getvalue()
+    body = noise_jpeg(np.random.default_rng(0))
     profile_path = args.out / "profile.json"
     common = ["--checkpoint", str(checkpoint), "--model-name", "v2", "--max-batch-size", str(args.max_batch_size)]
     # Measure the profile once, then every policy's server reuses it (same decisions basis, faster start).

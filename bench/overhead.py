@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import io
 import json
 import statistics
 import time
@@ -22,9 +21,8 @@ from pathlib import Path
 
 import httpx2
 import numpy as np
-from PIL import Image
 
-from bench.common import imagenet_checkpoint, live_server, server_timing
+from bench.common import imagenet_checkpoint, live_server, noise_jpeg, server_timing
 
 
 class StdlibClient:
@@ -75,6 +73,22 @@ def measure(client, path: str, body: bytes, headers: dict, n: int) -> dict:
             "overhead_ms": statistics.median(overhead), "overhead_p90_ms": float(np.percentile(overhead, 90))}
 
 
+def serving_requests(width: str) -> dict[str, tuple[str, bytes, dict]]:
+    """The two requests the overhead benchmarks time: name -> (path, body, headers), served as model "v2"."""
+    rng = np.random.default_rng(0)
+    jpeg = noise_jpeg(rng)
+    x = rng.standard_normal((1, 3, 224, 224)).astype(np.float32)
+    header = json.dumps({"inputs": [{"name": "input", "shape": [1, 3, 224, 224], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": x.nbytes}}],
+                         "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
+                         "parameters": {"width": float(width)}}).encode()
+    return {
+        "v2_binary_tensor": ("/v2/models/v2/infer", header + x.tobytes(),
+                             {"Inference-Header-Content-Length": str(len(header)), "content-type": "application/octet-stream"}),
+        "v1_classify_jpeg_224": ("/v1/classify", jpeg, {"content-type": "image/jpeg", "X-Width": width}),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=300)
@@ -84,21 +98,9 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     checkpoint = imagenet_checkpoint("s_mobilenet_v2")
-    rng = np.random.default_rng(0)
-    jpeg = io.BytesIO()
-    Image.fromarray((rng.random((224, 224, 3)) * 255).astype(np.uint8)).save(jpeg, "JPEG", quality=90)
-    x = rng.standard_normal((1, 3, 224, 224)).astype(np.float32)
-    header = json.dumps({"inputs": [{"name": "input", "shape": [1, 3, 224, 224], "datatype": "FP32",
-                                     "parameters": {"binary_data_size": x.nbytes}}],
-                         "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
-                         "parameters": {"width": float(args.width)}}).encode()
     results = {}
     targets = {"v2_binary_tensor": 1.0, "v1_classify_jpeg_224": 2.0}
-    requests = {
-        "v2_binary_tensor": ("/v2/models/v2/infer", header + x.tobytes(),
-                             {"Inference-Header-Content-Length": str(len(header)), "content-type": "application/octet-stream"}),
-        "v1_classify_jpeg_224": ("/v1/classify", jpeg.getvalue(), {"content-type": "image/jpeg", "X-Width": args.width}),
-    }
+    requests = serving_requests(args.width)
     for loop in args.loops.split(","):
         with live_server("--checkpoint", str(checkpoint), "--model-name", "v2", "--profile-repeats", "5",
                          "--event-loop", loop) as url:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
-import io
 import json
 import random
 import subprocess
@@ -24,9 +23,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from bench.common import REPO, imagenet_checkpoint, live_server, server_timing
+from bench.overhead import serving_requests
 
 BLOCK, DISCARD = 12, 2  # requests per block; the first ones of a block pay for switching servers
 
@@ -49,21 +48,6 @@ def worktree(commit: str):
             subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=REPO, capture_output=True)
 
 
-def requests_to_send(width: str) -> dict[str, tuple[str, bytes, dict]]:
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((1, 3, 224, 224)).astype(np.float32)
-    head = json.dumps({"inputs": [{"name": "input", "shape": [1, 3, 224, 224], "datatype": "FP32",
-                                   "parameters": {"binary_data_size": x.nbytes}}],
-                       "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
-                       "parameters": {"width": float(width)}}).encode()
-    jpeg = io.BytesIO()
-    Image.fromarray((rng.random((224, 224, 3)) * 255).astype(np.uint8)).save(jpeg, "JPEG", quality=90)
-    return {
-        "v2_binary_tensor": ("/v2/models/v2/infer", head + x.tobytes(), {"Inference-Header-Content-Length": str(len(head))}),
-        "v1_classify_jpeg_224": ("/v1/classify", jpeg.getvalue(), {"content-type": "image/jpeg", "X-Width": width}),
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", required=True, help="commit (or ref) to compare this tree against")
@@ -73,7 +57,7 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     checkpoint = imagenet_checkpoint("s_mobilenet_v2")
-    requests = requests_to_send(args.width)
+    requests = serving_requests(args.width)
     samples: dict[tuple[str, str], list[tuple[float, float]]] = {}
     with worktree(args.baseline) as base, contextlib.ExitStack() as stack:
         conns = {"this tree": stack.enter_context(server(REPO, checkpoint)),

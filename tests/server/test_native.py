@@ -7,6 +7,7 @@ from PIL import Image
 
 import models
 from models.transforms import image_to_tensor
+from bench.decode import photo_jpeg
 from tests.conftest import TINY_ACCURACY, png_bytes
 
 
@@ -219,20 +220,11 @@ def test_inference_routes_are_matched_first_without_fastapi_resolution(make_clie
     assert r.status_code == 404 and r.json() == {"error": "model 'tiny' has no version '7'"}
 
 
-def _photo_jpeg(width=1024, height=768) -> bytes:
-    """A smooth, photo-like JPEG (low-frequency content, as DCT scaling expects)."""
-    rng = np.random.default_rng(5)
-    small = Image.fromarray((rng.random((height // 32, width // 32, 3)) * 255).astype(np.uint8))
-    buf = io.BytesIO()
-    small.resize((width, height), Image.BICUBIC).save(buf, "JPEG", quality=90)
-    return buf.getvalue()
-
-
 def test_jpeg_draft_decodes_close_to_a_full_decode_and_leaves_png_alone():
     from server.codecs import decode_image
 
     args = (1 << 24, 16, (0.5,) * 3, (0.5,) * 3, 3)
-    jpeg = _photo_jpeg()
+    jpeg = photo_jpeg(1024, 768)
     full, draft = decode_image(jpeg, "image/jpeg", *args), decode_image(jpeg, "image/jpeg", *args, jpeg_draft=True)
     assert full.shape == draft.shape == (1, 3, 16, 16)
     assert not torch.equal(full, draft)  # really decoded at a reduced scale
@@ -242,7 +234,7 @@ def test_jpeg_draft_decodes_close_to_a_full_decode_and_leaves_png_alone():
 
 
 def test_jpeg_draft_setting_reaches_the_decoder(make_client):
-    jpeg = _photo_jpeg()
+    jpeg = photo_jpeg(1024, 768)
     scores = {}
     for flag in ("off", "on"):
         r = make_client(jpeg_draft=flag).post("/v1/classify?top_k=10", content=jpeg, headers={"content-type": "image/jpeg"})
