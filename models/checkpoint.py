@@ -15,6 +15,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .labels import imagenet1k_labels
 from .net import SlimmableNet
 from .registry import create, list_models
 
@@ -24,7 +25,8 @@ METADATA_KEY = "widthwise"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# Official ImageNet top-1 accuracy (1 - error) per width, as fractions (DESIGN.md fact 5).
+# Official ImageNet top-1 accuracy (1 - error) per width, as fractions (DESIGN.md fact 5). Never assumed
+# for a checkpoint: `convert --accuracy official` writes them only when the operator says so.
 OFFICIAL_TOP1: dict[str, dict[float, float]] = {
     "s_mobilenet_v1": {0.25: 0.531, 0.5: 0.648, 0.75: 0.695, 1.0: 0.715},
     "s_mobilenet_v2": {0.35: 0.597, 0.5: 0.644, 0.75: 0.689, 1.0: 0.705},
@@ -114,6 +116,12 @@ def _validate_metadata(meta: Any, path: Path) -> dict:
         raise CheckpointError(f"{path}: metadata 'widths' must be strictly ascending, got {widths}")
     if meta["arch"] not in list_models():
         raise CheckpointError(f"{path}: unknown arch {meta['arch']!r}")
+    labels = meta.get("labels")
+    if labels is not None:
+        if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+            raise CheckpointError(f"{path}: metadata 'labels' must be a list of strings")
+        if len(labels) != meta["num_classes"]:
+            raise CheckpointError(f"{path}: metadata has {len(labels)} labels for {meta['num_classes']} classes")
     return meta
 
 
@@ -134,13 +142,11 @@ def _load_official(path: Path, arch: str | None, widths: tuple[float, ...] | Non
     state = read_official_state_dict(path)
     net = _infer_official_net(state, arch, widths, path)
     _load_state_strict(net, state, path)
-    net.metadata = {
-        **net.config(),
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
-        "accuracy": dict(OFFICIAL_TOP1.get(net.arch, {})),
-        "source": "official",
-    }
+    # No accuracy: these weights may be fine-tuned or another data set's, so the paper's figures would be
+    # a guess (convert --accuracy official states it explicitly; evaluate --out measures it).
+    net.metadata = {**net.config(), "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "source": "official"}
+    if net.num_classes == len(imagenet1k_labels()):
+        net.metadata["labels"] = list(imagenet1k_labels())
     return net
 
 

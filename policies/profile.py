@@ -33,7 +33,11 @@ class LatencyProfile:
     extrapolates with the per-sample cost of the largest one.
     """
 
-    def __init__(self, table: Mapping[float, Mapping[int, float]], ewma_alpha: float = 0.1) -> None:
+    def __init__(
+        self, table: Mapping[float, Mapping[int, float]], ewma_alpha: float = 0.1, fingerprint: Mapping | None = None
+    ) -> None:
+        """``fingerprint`` names what was measured (model, device, backend, threads; see
+        ``server.runtime.runtime_fingerprint``); a server refuses a profile whose fingerprint is not its own."""
         if not table:
             raise ValueError("a latency profile needs at least one width")
         self._table = {float(w): {int(b): float(s) for b, s in row.items()} for w, row in table.items()}
@@ -41,6 +45,7 @@ class LatencyProfile:
             if not row or any(s <= 0 for s in row.values()):
                 raise ValueError(f"width {w}: latencies must be positive")
         self.ewma_alpha = ewma_alpha
+        self.fingerprint = dict(fingerprint) if fingerprint is not None else None
         self._lock = threading.Lock()
 
     @property
@@ -77,7 +82,11 @@ class LatencyProfile:
     def as_dict(self) -> dict:
         """``{"widths": {"0.5": {"1": 0.0012, ...}}}`` in seconds."""
         with self._lock:
-            return {"unit": "seconds", "widths": {str(w): {str(b): s for b, s in sorted(row.items())} for w, row in sorted(self._table.items())}}
+            widths = {str(w): {str(b): s for b, s in sorted(row.items())} for w, row in sorted(self._table.items())}
+        data: dict = {"unit": "seconds", "widths": widths}
+        if self.fingerprint is not None:
+            data["fingerprint"] = self.fingerprint
+        return data
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.as_dict(), indent=2))
@@ -87,18 +96,39 @@ class LatencyProfile:
         widths = data.get("widths") if isinstance(data, Mapping) else None
         if not isinstance(widths, Mapping):
             raise ValueError("profile JSON needs an object 'widths': {width: {batch: seconds}}")
-        return cls({float(w): {int(b): float(s) for b, s in row.items()} for w, row in widths.items()}, ewma_alpha)
+        fingerprint = data.get("fingerprint")
+        if fingerprint is not None and not isinstance(fingerprint, Mapping):
+            raise ValueError("profile JSON 'fingerprint' must be an object")
+        try:
+            table = {float(w): {int(b): float(s) for b, s in row.items()} for w, row in widths.items()}
+        except (AttributeError, TypeError, ValueError):
+            raise ValueError("profile JSON 'widths' must map widths to {batch size: seconds}") from None
+        return cls(table, ewma_alpha, fingerprint)
 
     @classmethod
     def load(cls, path: str | Path, ewma_alpha: float = 0.1) -> "LatencyProfile":
-        return cls.from_dict(json.loads(Path(path).read_text()), ewma_alpha)
+        try:
+            data = json.loads(Path(path).read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"profile {path} is not JSON: {exc}") from None
+        return cls.from_dict(data, ewma_alpha)
+
+    def mismatches(self, expected: Mapping) -> list[str]:
+        """Fields of ``expected`` that this profile's fingerprint lacks or measured differently."""
+        if self.fingerprint is None:
+            return ["fingerprint (the profile does not say what it measured)"]
+        return [f"{key} (profile {self.fingerprint.get(key)!r}, server {value!r})"
+                for key, value in expected.items() if self.fingerprint.get(key) != value]
 
 
 def measure_profile(
-    run: Callable[[float, int], None], widths: Iterable[float], batch_sizes: Iterable[int], warmup: int = 3, repeats: int = 15
+    run: Callable[[float, int], None], widths: Iterable[float], batch_sizes: Iterable[int], warmup: int = 3,
+    repeats: int = 15, progress: Callable[[float], None] | None = None,
 ) -> LatencyProfile:
-    """Median seconds of ``run(width, batch)`` for every pair, after ``warmup`` untimed runs."""
+    """Median seconds of ``run(width, batch)`` for every pair, after ``warmup`` untimed runs;
+    ``progress(width)`` is called as each width is done."""
     table: dict[float, dict[int, float]] = {}
+    batch_sizes = list(batch_sizes)
     for width in widths:
         table[width] = {}
         for batch in batch_sizes:
@@ -110,6 +140,8 @@ def measure_profile(
                 run(width, batch)
                 times.append(time.perf_counter() - start)
             table[width][batch] = statistics.median(times)
+        if progress is not None:
+            progress(width)
     return LatencyProfile(monotone(table))
 
 

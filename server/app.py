@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 from pathlib import Path
 from typing import AsyncIterator
@@ -16,6 +17,7 @@ from starlette.routing import Route
 from models import SlimmableNet, load_checkpoint
 from models.checkpoint import DEFAULT_CHECKPOINT
 
+from .docs import install_offline_docs
 from .engine import Engine
 from .errors import install_error_handlers
 from .limits import InflightLimitMiddleware
@@ -24,8 +26,9 @@ from .security import BearerTokenMiddleware
 from .metrics import Metrics
 from .routers import kserve, native, ops
 from .settings import Settings
+from .warmup import warm_request_path
 
-__all__ = ["build_app", "model_name_for"]
+__all__ = ["build_app", "model_name_for", "preflight"]
 
 # The inference routes: their endpoints take only the request and path strings.
 HOT_ROUTES = (
@@ -41,9 +44,42 @@ def model_name_for(settings: Settings, checkpoint: Path) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "-", checkpoint.stem) or "model"
 
 
+def preflight(settings: Settings) -> None:
+    """Refuse, before anything loads or listens, settings that would make start-up fail later.
+
+    Raises:
+        ValueError: with what is wrong and what to do (``serve`` prints it and exits 2).
+    """
+    import torch
+
+    if settings.device == "cuda" and not torch.cuda.is_available():
+        built = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        raise ValueError(f"--device cuda: no CUDA device is available (torch {torch.__version__}, {built}); "
+                         "use --device cpu or --device auto")
+    if settings.precision != "fp32" and (settings.device == "cpu" or not torch.cuda.is_available()):
+        raise ValueError(f"--precision {settings.precision} needs a CUDA device; use --precision fp32 on CPU")
+    if settings.profile is not None:
+        _require_readable_file(settings.profile, "--profile",
+                               "save one with `widthwise serve --save-profile PATH` or leave --profile out "
+                               "to measure at start-up")
+
+
+def _require_readable_file(path: Path, flag: str, hint: str) -> None:
+    if not path.exists():
+        raise ValueError(f"{flag} {path}: no such file; {hint}")
+    if not path.is_file():
+        raise ValueError(f"{flag} {path}: not a regular file; {hint}")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"{flag} {path}: cannot be read ({exc.strerror}); {hint}") from None
+
+
 def build_app(settings: Settings | None = None, registry: CollectorRegistry | None = None, net: SlimmableNet | None = None) -> FastAPI:
     """The application for one model; the engine starts in the lifespan (use ``TestClient`` as a context manager)."""
     settings = settings or Settings()
+    preflight(settings)
     checkpoint = Path(settings.checkpoint) if settings.checkpoint else DEFAULT_CHECKPOINT
     net = net if net is not None else load_checkpoint(checkpoint)
     registry = registry if registry is not None else CollectorRegistry()
@@ -55,7 +91,8 @@ def build_app(settings: Settings | None = None, registry: CollectorRegistry | No
         async with engine:
             yield
 
-    app = FastAPI(title="widthwise", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="widthwise", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
+    install_offline_docs(app)
     if settings.cors_origins:  # off unless configured
         app.add_middleware(
             CORSMiddleware, allow_origins=[o.strip() for o in settings.cors_origins.split(",")],
@@ -69,6 +106,7 @@ def build_app(settings: Settings | None = None, registry: CollectorRegistry | No
     app.state.settings = settings
     app.state.registry = registry
     app.state.engine = engine
+    engine.before_ready.append(functools.partial(warm_request_path, app))
     install_error_handlers(app)
     app.include_router(native.router)
     app.include_router(kserve.router)

@@ -13,6 +13,7 @@ from typing import Sequence
 __all__ = ["main", "build_parser"]
 
 
+HELP_FORMAT = argparse.ArgumentDefaultsHelpFormatter  # every flag's help ends with its default
 BENCHMARKS = ("engine", "ladder", "overhead", "overhead_ab", "decode", "policy_sim", "load", "soak")
 
 
@@ -26,40 +27,53 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_serve_arguments(sub.add_parser("serve", help="start the HTTP server (default: the embedded digits model)"))
 
-    p = sub.add_parser("profile", help="MACs, params and measured latency per width")
-    p.add_argument("--arch", default="s_mobilenet_v2")
+    p = sub.add_parser("profile", help="MACs, params and measured latency per width, as the server would run them",
+                       formatter_class=HELP_FORMAT)
+    p.add_argument("--arch", default="s_mobilenet_v2", help="architecture to profile (random weights)")
     p.add_argument("--checkpoint", help="profile this checkpoint instead of a randomly initialised --arch")
     p.add_argument("--input-size", type=int, default=None, help="square input side (default: the model's)")
     p.add_argument("--widths", type=parse_widths, default=None, help="comma-separated widths (default: the arch's)")
-    p.add_argument("--repeats", type=int, default=20, help="timed runs per width (median reported)")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="as serve's --device")
+    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime"], default="auto", help="as serve's --backend")
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32", help="as serve's --precision")
+    p.add_argument("--threads", type=int, default=None,
+                   help="intra-op threads (default: as serve, ONNX Runtime all cores but one)")
+    p.add_argument("--repeats", type=int, default=15, help="timed runs per (width, batch size); the median is kept")
+    p.add_argument("--max-batch-size", type=int, default=8, help="largest batch size measured")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--save-profile", metavar="PATH", help="also measure every (width, batch) and write a latency profile JSON")
-    p.add_argument("--max-batch-size", type=int, default=8, help="largest batch in the saved profile")
+    p.add_argument("--save-profile", metavar="PATH",
+                   help="write the measured latency profile (with its fingerprint) for serve --profile and simulate")
 
-    p = sub.add_parser("simulate", help="discrete-event simulation of a policy under a load trace")
-    p.add_argument("--profile", required=True, help="latency profile JSON (widthwise profile --save-profile)")
-    p.add_argument("--policy", default="max-width")
+    p = sub.add_parser("simulate", help="discrete-event simulation of a policy under a load trace", formatter_class=HELP_FORMAT)
+    p.add_argument("--profile", required=True, help="latency profile JSON (widthwise profile --save-profile or serve --save-profile)")
+    p.add_argument("--policy", default="max-width", help="width-selection policy, as serve's --policy")
     p.add_argument("--trace", default="poisson", help="poisson, bursty, step, or a file of arrival times")
     p.add_argument("--rate", type=float, default=100.0, help="mean arrival rate (requests/s)")
     p.add_argument("--budget-ms", type=float, required=True, help="latency budget of every request")
     p.add_argument("--duration", type=float, default=30.0, help="simulated seconds")
-    p.add_argument("--checkpoint", help="read expected accuracy per width from this checkpoint's metadata")
-    p.add_argument("--max-batch-size", type=int, default=8)
-    p.add_argument("--max-queue-delay-ms", type=float, default=2.0)
-    p.add_argument("--queue-limit", type=int, default=256)
-    p.add_argument("--admission", choices=["reject", "best_effort"], default="reject")
+    p.add_argument("--checkpoint", help="read expected accuracy per width from this checkpoint's metadata (default: the profile's)")
+    p.add_argument("--max-batch-size", type=int, default=8, help="largest batch one width runs at once")
+    p.add_argument("--max-queue-delay-ms", type=float, default=2.0, help="how long a batch may wait to fill up")
+    p.add_argument("--queue-limit", type=int, default=256, help="queued requests beyond which new ones are refused")
+    p.add_argument("--admission", choices=["reject", "best_effort"], default="reject", help="as serve's --admission")
     p.add_argument("--noise", type=float, default=0.05, help="log-normal sigma of batch times")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help="seed of arrivals and noise")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
-    p = sub.add_parser("convert", help="official .pt -> widthwise .safetensors")
-    p.add_argument("src")
-    p.add_argument("dst")
+    p = sub.add_parser("convert", help="official .pt -> widthwise .safetensors", formatter_class=HELP_FORMAT)
+    p.add_argument("src", help="official checkpoint (.pt: a state dict or {'model': state dict})")
+    p.add_argument("dst", help="output .safetensors")
     p.add_argument("--arch", default=None, help="architecture (default: inferred from the layout)")
-    p.add_argument("--widths", type=parse_widths, default=None)
+    p.add_argument("--widths", type=parse_widths, default=None, help="comma-separated widths (default: the arch's)")
+    p.add_argument("--labels", metavar="FILE", default=None,
+                   help="class labels, one per line in class order (default: the ImageNet-1k names for a "
+                        "1000-class model, else none)")
+    p.add_argument("--accuracy", default=None, type=parse_accuracy,
+                   help="expected top-1 per width, as '0.35=0.597,1.0=0.705', or 'official' for the paper's "
+                        "ImageNet figures (only true of the unmodified released weights). Default: none; measure "
+                        "it with `widthwise evaluate --out`")
 
-    p = sub.add_parser("bench", help="run a benchmark from bench/ (from a checkout of the repository)")
+    p = sub.add_parser("bench", help="run a benchmark from bench/ (needs a checkout of the repository)")
     p.add_argument("name", choices=BENCHMARKS, help=", ".join(BENCHMARKS))
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments of that benchmark (see its --help)")
 
@@ -70,12 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_profile(args: argparse.Namespace) -> int:
-    import torch
+    """Measure through the same runtime the server uses, so the table is what --save-profile writes."""
+    from tqdm import tqdm
 
     import models
+    from policies import batch_sizes_up_to
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    from .runtime import Runtime, profile_runtime
+
     if args.checkpoint:
         net = models.load_checkpoint(args.checkpoint)
     else:
@@ -83,38 +99,39 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         if args.input_size:
             kwargs["input_size"] = args.input_size
         net = models.create(args.arch, **kwargs)
-    costs = models.profile_net(net, input_size=args.input_size, repeats=args.repeats)
+    shape = (net.in_channels, net.input_size, net.input_size)
+    batch_sizes = batch_sizes_up_to(args.max_batch_size)
+    with tqdm(total=2 * len(net.widths), desc="exporting", unit="width", leave=False) as bar:
+        def advance(_width: float) -> None:
+            bar.update()
+
+        runtime = Runtime(net, args.device, args.backend, args.threads, args.precision, progress=advance)
+        bar.set_description("profiling")
+        profile = profile_runtime(runtime, batch_sizes, args.repeats, progress=advance)
+    accuracy = (getattr(net, "metadata", None) or {}).get("accuracy") or {}
+    data = {**profile.as_dict(), **({"accuracy": {str(w): a for w, a in accuracy.items()}} if accuracy else {})}
     if args.save_profile:
-        _save_profile(net, args)
-    rows = [{"width": c.width, "macs": c.macs, "params": c.params, "latency_ms": c.latency_ms} for c in costs]
+        with open(args.save_profile, "w") as f:
+            json.dump(data, f, indent=2)
+    table = profile.as_dict()["widths"]
+    rows = []
+    for width in net.widths:
+        module = net.switch(width)
+        rows.append({"width": width, "macs": models.count_macs(module, shape), "params": models.profiling.count_params(module),
+                     "latency_ms": {int(b): s * 1e3 for b, s in table[str(width)].items()}})
+    fp = profile.fingerprint
     if args.json:
-        print(json.dumps({"arch": net.arch, "input_size": args.input_size or net.input_size, "widths": rows}))
+        print(json.dumps({"arch": net.arch, "input_size": net.input_size, "fingerprint": fp, "widths": rows}))
         return 0
-    print(f"{net.arch} @ {args.input_size or net.input_size}px, batch 1, {torch.get_num_threads()} threads")
-    print(f"{'width':>6} {'MACs':>14} {'params':>12} {'latency ms':>11}")
+    print(f"{net.arch} @ {net.input_size}px on {fp['device']}, {fp['backend']} backend, {fp['precision']}, "
+          f"{fp['threads']} threads; median of {args.repeats} runs per batch size")
+    print(f"{'width':>6} {'MACs':>14} {'params':>12}" + "".join(f"{f'b={b} ms':>10}" for b in batch_sizes))
     for r in rows:
-        print(f"{r['width']:>6.2f} {r['macs']:>14,} {r['params']:>12,} {r['latency_ms']:>11.3f}")
+        print(f"{r['width']:>6.2f} {r['macs']:>14,} {r['params']:>12,}"
+              + "".join(f"{r['latency_ms'][b]:>10.3f}" for b in batch_sizes))
+    if args.save_profile:
+        print(f"wrote {args.save_profile} (these latencies, with their fingerprint)")
     return 0
-
-
-def _save_profile(net, args: argparse.Namespace) -> None:
-    from models.checkpoint import OFFICIAL_TOP1
-    from policies import batch_sizes_up_to
-
-    from .runtime import Runtime, profile_runtime
-
-    runtime = Runtime(net, "cpu")
-    profile = profile_runtime(runtime, batch_sizes_up_to(args.max_batch_size), args.repeats)
-    accuracy = getattr(net, "metadata", {}).get("accuracy") or OFFICIAL_TOP1.get(net.arch, {})
-    data = {
-        **profile.as_dict(),
-        "arch": net.arch,
-        "input_size": net.input_size,
-        "device": str(runtime.device),
-        "accuracy": {str(w): a for w, a in accuracy.items()},
-    }
-    with open(args.save_profile, "w") as f:
-        json.dump(data, f, indent=2)
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -149,12 +166,19 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     import importlib
+    from pathlib import Path
 
-    try:
-        module = importlib.import_module(f"bench.{args.name}")
-    except ModuleNotFoundError:
-        print("widthwise bench: error: the bench/ programs ship with the repository; run from its root", file=sys.stderr)
+    # bench/ is not part of the installed package: find the checkout (the current directory, or the
+    # one an editable install points at) and import from there, as `python -m bench.NAME` would.
+    checkouts = [Path.cwd(), Path(__file__).resolve().parents[1]]
+    root = next((str(c) for c in checkouts if (c / "bench" / "__init__.py").is_file()), None)
+    if root is None:
+        print("widthwise bench: error: the bench/ programs ship with the repository, not the package; "
+              "run this from a checkout of widthwise", file=sys.stderr)
         return 2
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    module = importlib.import_module(f"bench.{args.name}")
     saved = sys.argv
     sys.argv = [f"bench.{args.name}", *args.args]
     try:
@@ -166,11 +190,45 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     import models
+    from models.checkpoint import OFFICIAL_TOP1
+    from models.labels import check_label_count, read_labels
 
     net = models.load_checkpoint(args.src, arch=args.arch, widths=args.widths)
-    models.save_checkpoint(net, args.dst, net.metadata)
-    print(f"wrote {args.dst}: {net.arch}, widths {list(net.widths)}, {net.num_classes} classes")
+    metadata = dict(net.metadata)
+    if args.labels:
+        labels = read_labels(args.labels)
+        check_label_count(labels, net.num_classes, f"labels file {args.labels}")
+        metadata["labels"] = labels
+    if args.accuracy == "official":
+        if net.arch not in OFFICIAL_TOP1 or tuple(OFFICIAL_TOP1[net.arch]) != net.widths:
+            raise ValueError(f"no official accuracy for {net.arch} at widths {list(net.widths)}")
+        metadata.update(accuracy=OFFICIAL_TOP1[net.arch], accuracy_source="official ImageNet top-1 (paper)")
+    elif args.accuracy:
+        undeclared = sorted(set(args.accuracy) - set(net.widths))
+        if undeclared:
+            raise ValueError(f"--accuracy names widths {undeclared} that the model does not declare {list(net.widths)}")
+        metadata.update(accuracy=args.accuracy, accuracy_source="given to convert --accuracy")
+    models.save_checkpoint(net, args.dst, metadata)
+    accuracy = "expected accuracy: " + ("given" if args.accuracy else "unknown (measure it: widthwise evaluate --out)")
+    labels = f"{len(metadata['labels'])} labels" if metadata.get("labels") else "no labels"
+    print(f"wrote {args.dst}: {net.arch}, widths {list(net.widths)}, {net.num_classes} classes, {labels}, {accuracy}")
     return 0
+
+
+def parse_accuracy(text: str) -> dict[float, float] | str:
+    """``official`` or ``0.35=0.597,1.0=0.705`` -> {0.35: 0.597, 1.0: 0.705} (top-1 fractions)."""
+    if text == "official":
+        return text
+    out = {}
+    for part in text.split(","):
+        width, sep, value = part.partition("=")
+        try:
+            out[float(width)] = accuracy = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part!r} is not WIDTH=TOP1") from None
+        if not sep or not 0.0 <= accuracy <= 1.0:
+            raise argparse.ArgumentTypeError(f"{part!r}: top-1 must be a fraction between 0 and 1")
+    return out
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:

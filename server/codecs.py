@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 import json
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ from .errors import ApiError
 
 __all__ = [
     "IMAGE_MEDIA_TYPES", "decode_image", "parse_budget_ms", "parse_width", "parse_top_k",
-    "V2_DATATYPES", "decode_v2_tensor", "split_binary_body",
+    "V2_DATATYPES", "decode_v2_tensor", "split_binary_body", "top_predictions",
 ]
 
 IMAGE_MEDIA_TYPES = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP"}
@@ -62,6 +62,12 @@ def decode_image(
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError... for corrupt data
         raise ApiError(400, f"cannot decode image: {type(exc).__name__}: {exc}") from None
     return image_to_tensor(image, size, mean, std, channels).unsqueeze(0)
+
+
+def top_predictions(logits: torch.Tensor, k: int, label: Callable[[int], str]) -> list[dict]:
+    """The ``k`` most probable classes of one sample's logits as ``{index, label, score}`` (softmax scores)."""
+    values, indices = torch.softmax(logits.float(), dim=0).topk(k)
+    return [{"index": int(i), "label": label(int(i)), "score": float(v)} for v, i in zip(values, indices)]
 
 
 def parse_budget_ms(value: Any, source: str = "X-Latency-Budget-Ms") -> float | None:

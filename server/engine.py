@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import math
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -74,6 +75,10 @@ class Engine:
         self.fault_hook = None  # Callable[[width, samples], None]: raises to simulate device faults in tests
         self.monitor: DeviceMonitor | None = None
         self._costs: dict[float, dict[str, int]] = {}  # MACs and params per width, counted at start-up
+        # Called with the error when start-up fails (from the start-up thread); `serve` sets it to shut down.
+        self.on_startup_failure: Callable[[str], None] | None = None
+        # Run in the start-up thread after the model is warm, before readiness turns 200; raising fails start-up.
+        self.before_ready: list[Callable[[], None]] = []
 
     # -- lifecycle --------------------------------------------------------
 
@@ -87,15 +92,23 @@ class Engine:
 
     def _start_up(self) -> None:
         try:
+            began = time.monotonic()
             if self.settings.threads:
                 torch.set_num_threads(self.settings.threads)
             batch_sizes = batch_sizes_up_to(self.settings.max_batch_size)
             self._costs = self._static_costs()  # a forward per width: not before uvicorn listens
+            widths = self.net.widths
+            log.info("start-up: exporting %d widths of %s (%s)", len(widths), self.model_name, self.net.arch)
             self.runtime = Runtime(
                 self.net, self.settings.device, self.settings.backend, self.settings.threads,
                 self.settings.precision, self.settings.cuda_graphs == "on", batch_sizes,
+                progress=_progress_logger("exported", widths, began),
             )
             self.profile = self._latency_profile(batch_sizes)
+            if self.settings.save_profile:
+                self._save_profile(self.settings.save_profile)
+            for hook in self.before_ready:  # e.g. warming the HTTP request path (server/warmup.py)
+                hook()
             self.monitor = DeviceMonitor(self.runtime.device.type, self.runtime.device.index or 0)
             self.scheduler = Scheduler(
                 self.policy, self.profile, self.net.widths, self.settings.max_batch_size,
@@ -110,23 +123,45 @@ class Engine:
             self._start_worker()
             self._publish_static_metrics()
             self.ready = not self.draining
-            log.info("ready: %s on %s, widths %s", self.model_name, self.runtime.device, self.net.widths)
-        except Exception as exc:  # surfaced through /readyz and the log; the process stays up
+            log.info("ready in %.1f s: %s on %s (%s backend), widths %s", time.monotonic() - began, self.model_name,
+                     self.runtime.device, self.runtime.backend, ", ".join(width_label(w) for w in widths))
+        except Exception as exc:
             self.startup_error = f"{type(exc).__name__}: {exc}"
-            log.exception("start-up failed")
+            log.debug("start-up failed", exc_info=True)
+            if self.on_startup_failure is not None:  # `widthwise serve` exits non-zero, so an orchestrator restarts it
+                self.on_startup_failure(self.startup_error)
+            else:
+                log.error("start-up failed: %s", self.startup_error)
 
     def _latency_profile(self, batch_sizes: list[int]) -> LatencyProfile:
-        """The ``--profile`` file if given, else measured now through the runtime."""
-        if self.settings.profile:
+        """The ``--profile`` file if given (and measured on this model, device, backend and threads),
+        else measured now through the runtime."""
+        path = self.settings.profile
+        if path:
+            profile = LatencyProfile.load(path, self.settings.profile_ewma_alpha)
+            wrong = profile.mismatches(self.runtime.fingerprint)
+            if wrong:
+                raise ValueError(f"--profile {path} was not measured for this server: {'; '.join(wrong)}. "
+                                 "Measure one here with `widthwise serve --save-profile PATH` (or `widthwise "
+                                 "profile --save-profile PATH` with the same flags), or leave --profile out")
+            log.info("start-up: latency profile from %s; warming up %d widths", path, len(self.net.widths))
             self.runtime.warm_up(batch_sizes)  # measuring would have warmed every (width, batch) up
-            profile = LatencyProfile.load(self.settings.profile, self.settings.profile_ewma_alpha)
-            missing = set(self.net.widths) - set(profile.widths)
-            if missing:
-                raise ValueError(f"profile {self.settings.profile} lacks widths {sorted(missing)}")
             return profile
-        profile = profile_runtime(self.runtime, batch_sizes, self.settings.profile_repeats)
+        log.info("start-up: measuring the latency profile (%d widths x batch sizes %s, %d runs each)",
+                 len(self.net.widths), batch_sizes, self.settings.profile_repeats)
+        profile = profile_runtime(self.runtime, batch_sizes, self.settings.profile_repeats,
+                                  progress=_progress_logger("profiled", self.net.widths, time.monotonic()))
         profile.ewma_alpha = self.settings.profile_ewma_alpha
         return profile
+
+    def _save_profile(self, path) -> None:
+        """``--save-profile``: the profile as measured, with its fingerprint and the expected accuracy (for simulate)."""
+        data = self.profile.as_dict()
+        if self.accuracy:
+            data["accuracy"] = {str(w): a for w, a in self.accuracy.items()}
+        with open(path, "w") as f:
+            json.dump(data, f, indent=2)
+        log.info("start-up: latency profile written to %s", path)
 
     def _publish_static_metrics(self) -> None:
         for width in self.net.widths:
@@ -379,6 +414,17 @@ class Engine:
     def label(self, index: int) -> str:
         labels = self.metadata.get("labels")
         return str(labels[index]) if labels and index < len(labels) else str(index)
+
+
+def _progress_logger(what: str, widths: tuple[float, ...], began: float) -> Callable[[float], None]:
+    """A ``progress(width)`` callback logging 'width 0.5 exported (2/4, 1.3 s)'."""
+    done = itertools.count(1)
+
+    def report(width: float) -> None:
+        log.info("start-up: width %s %s (%d/%d, %.1f s)", width_label(width), what, next(done), len(widths),
+                 time.monotonic() - began)
+
+    return report
 
 
 def _settle(future: asyncio.Future, value: Any) -> None:

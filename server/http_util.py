@@ -10,7 +10,7 @@ from fastapi import Request
 from .engine import Engine, InferenceResult
 from .errors import ApiError
 
-__all__ = ["read_body", "read_body_aligned", "get_engine", "timing_headers"]
+__all__ = ["read_body", "read_body_aligned", "parse_multipart", "get_engine", "timing_headers"]
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -78,6 +78,21 @@ async def _read_aligned(request: Request, limit: int, offset: int) -> memoryview
     if size != length:
         raise ApiError(400, f"request body of {size} bytes is shorter than its Content-Length of {length} bytes")
     return body
+
+
+async def parse_multipart(scope: dict, body: bytes, limit: int):
+    """The form of a multipart ``body`` already read (and size-checked); 400 when malformed.
+    The caller closes the form (it may hold spooled temporary files)."""
+    from starlette.requests import Request as StarletteRequest
+
+    async def replay():
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    clone = StarletteRequest(scope, replay)
+    try:
+        return await clone.form(max_files=1, max_fields=8, max_part_size=limit)
+    except Exception as exc:  # malformed multipart
+        raise ApiError(400, f"malformed multipart body: {exc}") from None
 
 
 def get_engine(request: Request) -> Engine:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 
@@ -13,7 +14,10 @@ from .app import build_app
 from .logs import configure_logging
 from .settings import Settings
 
-__all__ = ["run_server", "DrainingServer"]
+__all__ = ["run_server", "DrainingServer", "EXIT_STARTUP_FAILED"]
+
+log = logging.getLogger("widthwise.server")
+EXIT_STARTUP_FAILED = 3  # 2 is a bad flag or checkpoint, found before listening
 
 
 class DrainingServer(uvicorn.Server):
@@ -23,6 +27,15 @@ class DrainingServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, engine) -> None:
         super().__init__(config)
         self.engine = engine
+        self.startup_failed = False
+        engine.on_startup_failure = self.fail_startup
+
+    def fail_startup(self, error: str) -> None:
+        """The model could not be made ready: stop serving and exit non-zero (Triton does the same on a
+        failed model load), so Kubernetes or Docker restart the process instead of probing a dead one."""
+        log.error("start-up failed, exiting: %s", error)
+        self.startup_failed = True
+        self.should_exit = True  # uvicorn's main loop polls this flag; safe to set from another thread
 
     def handle_exit(self, sig, frame) -> None:
         self.engine.begin_drain()
@@ -53,5 +66,6 @@ def run_server(settings: Settings) -> int:
         access_log=False,  # widthwise.access logs each request with its request id, width and outcome
         log_config=None,  # keep our handlers (JSON lines when asked)
     )
-    DrainingServer(config, app.state.engine).run()
-    return 0
+    server = DrainingServer(config, app.state.engine)
+    server.run()
+    return EXIT_STARTUP_FAILED if server.startup_failed else 0

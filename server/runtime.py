@@ -29,7 +29,7 @@ from torch import nn
 
 from models import SlimmableNet
 
-__all__ = ["Runtime", "resolve_device", "resolve_backend", "profile_runtime", "export_onnx", "export_switch_onnx",
+__all__ = ["Runtime", "resolve_device", "resolve_backend", "profile_runtime", "runtime_fingerprint", "export_onnx", "export_switch_onnx",
            "ort_session_options",
            "shared_initializers", "use_global_thread_pool", "BACKENDS", "PRECISIONS"]
 
@@ -258,7 +258,9 @@ class Runtime:
         cuda_graphs: bool = False,
         batch_buckets: list[int] | None = None,
         channel_padding: bool = True,
+        progress=None,
     ) -> None:
+        """``progress(width)`` is called as each width's executor is ready (start-up progress lines)."""
         self.device = resolve_device(device)
         self.backend = resolve_backend(backend, self.device)
         if precision != "fp32" and self.device.type != "cuda":
@@ -274,11 +276,16 @@ class Runtime:
             from .channel_padding import nchwc_block
 
             block = nchwc_block() if channel_padding else None
-            onnx_models = {w: export_switch_onnx(net, w, block) for w in net.widths}
+            onnx_models = {}
+            for width in net.widths:
+                onnx_models[width] = export_switch_onnx(net, width, block)
+                if progress is not None:
+                    progress(width)
             shared, self._keep_alive = shared_initializers(onnx_models)
             for width in net.widths:
                 self._executors[width] = OnnxRuntimeExecutor(onnx_models[width], shared[width])
         else:
+            self.threads = torch.get_num_threads()
             for width in net.widths:
                 module = net.switch(width, fold_bn=True)
                 if self.device.type == "cuda":
@@ -286,6 +293,9 @@ class Runtime:
                         module, self.input_shape, self.device, precision, cuda_graphs, batch_buckets or [1])
                 else:
                     self._executors[width] = TorchCpuExecutor(module)
+                if progress is not None:
+                    progress(width)
+        self.fingerprint = runtime_fingerprint(net, device, backend, self.threads, precision)
         log.info("runtime: %s backend on %s (%s)", self.backend, self.device, precision)
 
     def run(self, width: float, batch: torch.Tensor) -> torch.Tensor:
@@ -299,11 +309,42 @@ class Runtime:
                     self.run(width, torch.zeros(b, *self.input_shape))
 
 
-def profile_runtime(runtime: Runtime, batch_sizes, repeats: int = 15):
-    """Latency profile of every (width, batch size) as the runtime executes it."""
+def runtime_fingerprint(
+    net: SlimmableNet, device: str = "auto", backend: str = "auto", threads: int | None = None, precision: str = "fp32"
+) -> dict:
+    """What a latency profile measures: this model on this device, backend, precision and thread count,
+    as a :class:`Runtime` built with the same arguments in this process would run it.
+
+    A profile taken under any other fingerprint predicts the wrong latencies (a 224px
+    S-MobileNet v2 profile loaded into the 32px digits server was 10x off).
+    """
+    resolved = resolve_device(device)
+    backend = resolve_backend(backend, resolved)
+    if backend == "onnxruntime":  # one pool per process, sized by the first session (use_global_thread_pool)
+        threads = _GLOBAL_POOL_THREADS or threads or default_ort_threads()
+    else:
+        threads = threads or torch.get_num_threads()
+    return {
+        "arch": net.arch,
+        "widths": [float(w) for w in net.widths],
+        "input_size": net.input_size,
+        "in_channels": net.in_channels,
+        "device": str(resolved),
+        "backend": backend,
+        "precision": precision,
+        "threads": threads,
+    }
+
+
+def profile_runtime(runtime: Runtime, batch_sizes, repeats: int = 15, progress=None):
+    """Latency profile of every (width, batch size) as the runtime executes it, with the runtime's
+    fingerprint; ``progress(width)`` is called as each width is done."""
     from policies import measure_profile
 
     example = torch.zeros(1, *runtime.input_shape)
-    return measure_profile(
-        lambda w, b: runtime.run(w, example.expand(b, -1, -1, -1).contiguous()), runtime.widths, batch_sizes, repeats=repeats
+    profile = measure_profile(
+        lambda w, b: runtime.run(w, example.expand(b, -1, -1, -1).contiguous()), runtime.widths, batch_sizes,
+        repeats=repeats, progress=progress,
     )
+    profile.fingerprint = dict(runtime.fingerprint)
+    return profile

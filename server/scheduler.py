@@ -79,6 +79,18 @@ class Batch:
         return sum(p.request.samples for p in self.items)
 
 
+def _infeasible_message(budget_s: float | None, remaining_s: float, service_s: float, width: float) -> str:
+    """Why a deadline cannot be met: the budget itself is too small, or what is left of it after the
+    time already spent (receiving and decoding the request, the reserve kept for the reply) is."""
+    fastest = f"{service_s * 1e3:.3g} ms at width {width:g}"
+    if budget_s is None or service_s > budget_s:
+        budget = f"{budget_s * 1e3:.3g} ms" if budget_s is not None else "of the request"
+        return f"latency budget {budget} is below the fastest possible service time, {fastest}"
+    return (f"only {max(remaining_s, 0.0) * 1e3:.3g} ms of the {budget_s * 1e3:.3g} ms budget remained at admission "
+            f"(the rest went to receiving and decoding the request and the reserve kept for the reply); "
+            f"the fastest possible service time is {fastest}")
+
+
 class Scheduler:
     def __init__(
         self,
@@ -156,13 +168,9 @@ class Scheduler:
         samples = samples if samples is not None else req.samples
         service = self.profile.predict(width, samples)
         now = self.clock()
-        if service > req.deadline - now:  # even an idle server could not make it
-            budget = f"{req.budget_s * 1e3:.3g} ms" if req.budget_s is not None else "budget"
-            raise Rejected(
-                504,
-                f"latency budget {budget} leaves less than the fastest possible service time "
-                f"{service * 1e3:.3g} ms at width {width:g}",
-            )
+        remaining = req.deadline - now
+        if service > remaining:  # even an idle server could not make it
+            raise Rejected(504, _infeasible_message(req.budget_s, remaining, service, width))
         ahead = sum(p.request.samples for d, _, p in self._heap if d <= req.deadline)
         wait = max(0.0, self._busy_until - now)
         if ahead:

@@ -30,7 +30,11 @@ class Settings(BaseSettings):
     precision: Literal["fp32", "fp16", "bf16"] = Field("fp32", description="CUDA compute precision")
     cuda_graphs: Literal["on", "off"] = Field("on", description="capture CUDA graphs per (width, batch bucket) on CUDA")
     policy: str = Field("max-width", description="width-selection policy: max-width, fixed:<width>, ...")
-    profile: Path | None = Field(None, description="latency profile JSON to load instead of measuring at startup")
+    profile: Path | None = Field(
+        None, description="latency profile JSON to load instead of measuring at startup (must have been measured "
+        "for the same model, device, backend, precision and threads)"
+    )
+    save_profile: Path | None = Field(None, description="write the latency profile measured at startup to this JSON file")
     default_budget_ms: float | None = Field(None, gt=0, description="budget for requests without one (default: none)")
     max_batch_size: int = Field(8, ge=1, le=1024, description="largest batch one width runs at once")
     max_queue_delay_ms: float = Field(

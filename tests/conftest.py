@@ -11,7 +11,9 @@ import torch
 import models
 
 REPO = Path(__file__).resolve().parents[1]
-REFERENCE = REPO.parent / "shared" / "reference" / "official_state_dict_layout.json"
+# A copy of the project's reference data (shared/reference/official_state_dict_layout.json, made
+# from the official slimmable_networks checkpoints); see tests/data/README.md. No test reads outside the repo.
+REFERENCE = REPO / "tests" / "data" / "official_state_dict_layout.json"
 OFFICIAL_ARCHS = ("s_mobilenet_v1", "s_mobilenet_v2", "s_resnet50")
 # Small inputs keep the per-arch tests fast; the layouts do not depend on the input size.
 TEST_INPUT_SIZE = {"s_mobilenet_v1": 64, "s_mobilenet_v2": 64, "s_resnet50": 64}
@@ -20,7 +22,7 @@ TEST_INPUT_SIZE = {"s_mobilenet_v1": 64, "s_mobilenet_v2": 64, "s_resnet50": 64}
 @pytest.fixture(scope="session")
 def reference_layout() -> dict:
     if not REFERENCE.is_file():
-        pytest.fail(f"reference layout missing at {REFERENCE} (shared/ must sit beside the checkout)")
+        pytest.fail(f"reference layout missing at {REFERENCE}")
     return json.loads(REFERENCE.read_text())
 
 
@@ -83,9 +85,13 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def synthetic_profile(tmp_path_factory) -> Path:
+def synthetic_profile(tmp_path_factory, tiny_checkpoint) -> Path:
+    """SYNTHETIC_PROFILE for the tiny model as served with default settings (its fingerprint matches)."""
+    from server.runtime import runtime_fingerprint
+
     path = tmp_path_factory.mktemp("profile") / "profile.json"
-    path.write_text(json.dumps(SYNTHETIC_PROFILE))
+    fingerprint = runtime_fingerprint(models.load_checkpoint(tiny_checkpoint))
+    path.write_text(json.dumps({**SYNTHETIC_PROFILE, "fingerprint": fingerprint}))
     return path
 
 

@@ -14,37 +14,46 @@ def parse_widths(text: str) -> tuple[float, ...]:
 
 
 def add_training_commands(sub) -> None:
-    p = sub.add_parser("train", help="slimmable training (Algorithm 1); writes a checkpoint")
-    p.add_argument("--arch", default="s_mobilenet_v2_cifar")
-    p.add_argument("--dataset", default="digits", help="'digits' (scikit-learn) or an ImageFolder-style directory")
-    p.add_argument("--epochs", type=int, default=30)
+    fmt = argparse.ArgumentDefaultsHelpFormatter  # every flag's help ends with its default
+    p = sub.add_parser("train", help="slimmable training (Algorithm 1); writes a checkpoint", formatter_class=fmt)
+    p.add_argument("--arch", default="s_mobilenet_v2_cifar", help="registered architecture")
+    p.add_argument("--dataset", default="digits",
+                   help="'digits' (scikit-learn's, 8x8), 'digits-hard' (digits shifted, scaled and noised at 16x16) "
+                        "or an ImageFolder-style directory")
+    p.add_argument("--epochs", type=int, default=30, help="passes over the training split")
     p.add_argument("--out", required=True, help="output .safetensors")
     p.add_argument("--widths", type=parse_widths, default=None, help="comma-separated (default: the arch's)")
-    p.add_argument("--input-size", type=int, default=None, help="default: the arch's")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--input-size", type=int, default=None, help="square input side (default: the arch's)")
+    p.add_argument("--batch-size", type=int, default=64, help="samples per step")
     p.add_argument("--lr", type=float, default=0.02, help="SGD learning rate (losses of all widths are summed)")
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--schedule", choices=["cosine", "step"], default="cosine")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD (Nesterov) momentum")
+    p.add_argument("--weight-decay", type=float, default=5e-4, help="L2 weight decay")
+    p.add_argument("--schedule", choices=["cosine", "step"], default="cosine", help="learning-rate schedule")
     p.add_argument("--inplace-distill", action="store_true", help="narrow widths learn from the widest's soft output")
-    p.add_argument("--bn-mode", choices=["switchable", "shared"], default="switchable")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--bn-mode", choices=["switchable", "shared"], default="switchable",
+                   help="one BN per width (the paper's S-BN) or one shared BN (the naive baseline)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial weights and the data order")
+    p.add_argument("--device", default="cpu", help="torch device to train on")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_cmd_train)
 
-    p = sub.add_parser("evaluate", help="top-1 (top-5) per width on a data set's held-out split")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--dataset", default="digits")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("evaluate", help="top-1 (top-5) per width on a data set's held-out split", formatter_class=fmt)
+    p.add_argument("--checkpoint", required=True, help="checkpoint to evaluate")
+    p.add_argument("--dataset", default="digits", help="as train's --dataset; its held-out split is used")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--out", default=None,
+                   help="also write a copy of the checkpoint whose metadata holds the measured top-1 per width "
+                        "(the expected accuracy the server reports)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_cmd_evaluate)
 
-    p = sub.add_parser("calibrate", help="recompute each width's BN statistics; writes a new checkpoint")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--dataset", default="digits")
-    p.add_argument("--batches", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--out", required=True)
+    p = sub.add_parser("calibrate", help="recompute each width's BN statistics; writes a new checkpoint", formatter_class=fmt)
+    p.add_argument("--checkpoint", required=True, help="checkpoint to calibrate")
+    p.add_argument("--dataset", default="digits", help="as train's --dataset; its training split is used")
+    p.add_argument("--batches", type=int, default=20, help="batches of training data per width")
+    p.add_argument("--batch-size", type=int, default=64, help="samples per batch")
+    p.add_argument("--out", required=True, help="output .safetensors (with the held-out top-1 after calibration)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_cmd_calibrate)
 
 
@@ -96,14 +105,22 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from models.training import evaluate
 
     net, data = _load_for_data(args)
-    results = evaluate(net, data.x_val, data.y_val)
+    results = evaluate(net, data.x_val, data.y_val, progress=not args.no_progress)
     rows = [{"width": w, **m} for w, m in results.items()]
+    if args.out:
+        import models
+
+        accuracy = {w: m["top1"] for w, m in results.items()}
+        models.save_checkpoint(net, args.out, {**net.metadata, "accuracy": accuracy,
+                                               "accuracy_source": f"widthwise evaluate on {data.name} (held-out split)"})
     if args.json:
         print(json.dumps({"checkpoint": args.checkpoint, "dataset": data.name, "widths": rows}))
     else:
         for r in rows:
             extra = f"  top-5 {r['top5']:.4f}" if "top5" in r else ""
             print(f"width {r['width']:g}: top-1 {r['top1']:.4f}{extra}")
+        if args.out:
+            print(f"wrote {args.out} (expected accuracy per width = the top-1 above)")
     return 0
 
 
@@ -112,9 +129,10 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     from models.training import calibrate_bn, evaluate
 
     net, data = _load_for_data(args)
-    calibrate_bn(net, data.x_train, args.batches, args.batch_size)
-    accuracy = {w: m["top1"] for w, m in evaluate(net, data.x_val, data.y_val).items()}
-    models.save_checkpoint(net, args.out, {**net.metadata, "accuracy": accuracy})
+    calibrate_bn(net, data.x_train, args.batches, args.batch_size, progress=not args.no_progress)
+    accuracy = {w: m["top1"] for w, m in evaluate(net, data.x_val, data.y_val, progress=not args.no_progress).items()}
+    models.save_checkpoint(net, args.out, {**net.metadata, "accuracy": accuracy,
+                                           "accuracy_source": f"widthwise calibrate on {data.name} (held-out split)"})
     for w, acc in accuracy.items():
         print(f"width {w:g}: held-out top-1 {acc:.4f} after calibration")
     print(f"wrote {args.out}")

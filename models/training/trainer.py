@@ -97,12 +97,14 @@ def train(net: SlimmableNet, data: Dataset, config: TrainConfig) -> TrainResult:
 
 
 @torch.inference_mode()
-def evaluate(net: SlimmableNet, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> dict[float, dict[str, float]]:
+def evaluate(
+    net: SlimmableNet, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256, progress: bool = False
+) -> dict[float, dict[str, float]]:
     """Top-1 (and top-5 when there are more than 5 classes) per width, as fractions."""
     net.eval()
     device = next(net.parameters()).device
     results = {}
-    for width in net.widths:
+    for width in tqdm(net.widths, desc="evaluating widths", unit="width", disable=not progress, leave=False):
         top1 = top5 = 0
         for start in range(0, len(y), batch_size):
             xb, yb = x[start:start + batch_size].to(device), y[start:start + batch_size].to(device)
@@ -118,7 +120,9 @@ def evaluate(net: SlimmableNet, x: torch.Tensor, y: torch.Tensor, batch_size: in
 
 
 @torch.no_grad()
-def calibrate_bn(net: SlimmableNet, x: torch.Tensor, batches: int, batch_size: int = 64, seed: int = 0) -> None:
+def calibrate_bn(
+    net: SlimmableNet, x: torch.Tensor, batches: int, batch_size: int = 64, seed: int = 0, progress: bool = False
+) -> None:
     """Recompute every switch's BN statistics: reset, then a cumulative average over ``batches`` batches.
 
     This is the post-training statistics calibration of US-Nets; it needs
@@ -129,7 +133,8 @@ def calibrate_bn(net: SlimmableNet, x: torch.Tensor, batches: int, batch_size: i
     device = next(net.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(x), generator=generator)
-    for idx, width in enumerate(net.widths):
+    widths = tqdm(net.widths, desc="calibrating BN per width", unit="width", disable=not progress, leave=False)
+    for idx, width in enumerate(widths):
         switch_bns = [m.bn[idx] for m in net.modules() if isinstance(m, SwitchableBatchNorm2d)]
         for bn in switch_bns:
             bn.reset_running_stats()

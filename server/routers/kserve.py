@@ -118,7 +118,7 @@ async def infer(request: Request, name: str, model_version: str | None = None) -
         log_fields(request, budget_ms=budget_ms, pinned_width=width)
         budget_s = engine.budget_s(budget_ms)
         engine.precheck(width, budget_s)
-        tensor = _input_tensor(header, tail, engine)
+        tensor = input_tensor(header, tail, engine)
         if tensor.shape[0] > settings.max_batch_size:
             raise ApiError(400, f"batch of {tensor.shape[0]} exceeds max_batch_size {settings.max_batch_size}")
         result = await engine.submit(tensor, width, budget_s, received_at=started)
@@ -154,7 +154,8 @@ def _budget_ms(params: dict, request: Request) -> float | None:
     return parse_budget_ms(request.headers.get("x-latency-budget-ms"))
 
 
-def _input_tensor(header: dict, tail: bytes | memoryview, engine: Engine) -> torch.Tensor:
+def input_tensor(header: dict, tail: bytes | memoryview, engine: Engine) -> torch.Tensor:
+    """The request's one input as a float32 ``[N, C, H, W]`` tensor (UINT8 pixels normalised here)."""
     inputs = header.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise ApiError(400, f"request needs 'inputs' with one tensor named {INPUT_NAME!r}")

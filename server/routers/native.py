@@ -5,14 +5,13 @@ from __future__ import annotations
 import functools
 import time
 
-import torch
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from ..codecs import decode_image, parse_budget_ms, parse_top_k, parse_width
+from ..codecs import decode_image, parse_budget_ms, parse_top_k, parse_width, top_predictions
 from ..errors import ApiError
-from ..http_util import get_engine, read_body, timing_headers
+from ..http_util import get_engine, parse_multipart, read_body, timing_headers
 from ..logs import log_fields
 from ..observe import count_outcome
 from ..schemas import CLASSIFY_OPENAPI, ClassifyResponse, error_responses
@@ -40,26 +39,17 @@ async def classify(request: Request) -> JSONResponse:
         log_fields(request, budget_ms=budget_ms, pinned_width=width)
         budget_s = engine.budget_s(budget_ms)
         engine.precheck(width, budget_s)  # refuse before decoding when overloaded
-        data, media_type = await _image_payload(request, settings.max_body_bytes)
-        meta = engine.metadata
-        decode = functools.partial(
-            decode_image, data, media_type, settings.max_image_pixels, engine.net.input_size,
-            meta.get("mean", (0.5,) * 3), meta.get("std", (0.5,) * 3), engine.net.in_channels,
-            settings.jpeg_draft == "on",
-        )
+        data, media_type = await image_payload(request, settings.max_body_bytes)
+        decode = functools.partial(decode_request_image, engine, settings, data, media_type)
         # Small images decode faster than a thread hand-off costs; large ones must not block the event loop.
         tensor = decode() if len(data) <= INLINE_DECODE_BYTES else await run_in_threadpool(decode)
         result = await engine.submit(tensor, width, budget_s, received_at=started)
         total = time.monotonic() - started
         met = record(result, total, budget_s)
-        scores = torch.softmax(result.logits[0].float(), dim=0)
-        values, indices = scores.topk(top_k)
         body = {
             "model": engine.model_name,
             "width": result.width,
-            "predictions": [
-                {"index": int(i), "label": engine.label(int(i)), "score": float(v)} for v, i in zip(values, indices)
-            ],
+            "predictions": top_predictions(result.logits[0], top_k, engine.label),
             "timing_ms": {"queue": result.queue_s * 1e3, "inference": result.inference_s * 1e3, "total": total * 1e3},
             "budget_ms": budget_ms,
             "deadline_met": met,
@@ -67,12 +57,22 @@ async def classify(request: Request) -> JSONResponse:
         return JSONResponse(body, headers=timing_headers(result, total))
 
 
-async def _image_payload(request: Request, limit: int) -> tuple[bytes, str]:
+def decode_request_image(engine, settings, data: bytes, media_type: str):
+    """One image body as the model's ``[1, C, H, W]`` input, with the checkpoint's normalisation."""
+    meta = engine.metadata
+    return decode_image(
+        data, media_type, settings.max_image_pixels, engine.net.input_size, meta.get("mean", (0.5,) * 3),
+        meta.get("std", (0.5,) * 3), engine.net.in_channels, settings.jpeg_draft == "on",
+    )
+
+
+async def image_payload(request: Request, limit: int) -> tuple[bytes, str]:
+    """The image bytes and media type of a raw or multipart body."""
     content_type = request.headers.get("content-type", "")
     media_type = content_type.split(";")[0].strip().lower()
     if media_type == "multipart/form-data":
         body = await read_body(request, limit)  # enforce the limit before parsing
-        form = await _parse_multipart(request, body, limit)
+        form = await parse_multipart(request.scope, body, limit)
         try:
             upload = form.get("image")
             if upload is None or isinstance(upload, str):
@@ -86,18 +86,6 @@ async def _image_payload(request: Request, limit: int) -> tuple[bytes, str]:
         raise ApiError(415, "missing Content-Type; send image/jpeg, image/png, image/webp or multipart/form-data")
     return await read_body(request, limit), media_type
 
-
-async def _parse_multipart(request: Request, body: bytes, limit: int):
-    from starlette.requests import Request as StarletteRequest
-
-    async def replay():
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    clone = StarletteRequest(request.scope, replay)
-    try:
-        return await clone.form(max_files=1, max_fields=8, max_part_size=limit)
-    except Exception as exc:  # malformed multipart
-        raise ApiError(400, f"malformed multipart body: {exc}") from None
 
 
 @router.get("/v1/models", responses=error_responses(401))

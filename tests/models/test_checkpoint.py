@@ -37,7 +37,9 @@ def test_official_checkpoint_loads_strictly_and_arch_is_inferred(tmp_path, refer
     loaded = net.state_dict()
     for key, value in state.items():
         assert torch.equal(loaded[key.removeprefix("module.")], value), key
-    assert net.metadata["accuracy"][1.0] == models.checkpoint.OFFICIAL_TOP1[arch][1.0]
+    # Honest metadata: the weights could be anyone's, so no accuracy is assumed; ImageNet class names are known.
+    assert "accuracy" not in net.metadata
+    assert len(net.metadata["labels"]) == 1000 and net.metadata["labels"][:2] == ["tench", "goldfish"]
 
 
 def test_official_checkpoint_with_wrong_shape_names_the_key(tmp_path, reference_layout):
@@ -124,8 +126,32 @@ def test_convert_cli_writes_equivalent_safetensors(tmp_path, reference_layout, c
     assert "s_mobilenet_v2" in capsys.readouterr().out
     a, b = models.load_checkpoint(src), models.load_checkpoint(dst)
     assert b.metadata["source"] == "official"
+    assert b.metadata["accuracy"] == {} and b.metadata["labels"][999] == "toilet tissue"
     for (k, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(x, y), k
+
+
+def test_convert_accuracy_and_labels_only_when_given(tmp_path, reference_layout, capsys):
+    state = official_state_dict(reference_layout, "s_mobilenet_v2")
+    src = tmp_path / "official.pt"
+    torch.save({"model": state}, src)
+    assert main(["convert", str(src), str(tmp_path / "paper.safetensors"), "--accuracy", "official"]) == 0
+    paper = models.load_checkpoint(tmp_path / "paper.safetensors").metadata
+    assert paper["accuracy"] == {0.35: 0.597, 0.5: 0.644, 0.75: 0.689, 1.0: 0.705}
+    assert paper["accuracy_source"] == "official ImageNet top-1 (paper)"
+    assert main(["convert", str(src), str(tmp_path / "mine.safetensors"), "--accuracy", "0.35=0.5,1.0=0.61"]) == 0
+    assert models.load_checkpoint(tmp_path / "mine.safetensors").metadata["accuracy"] == {0.35: 0.5, 1.0: 0.61}
+    labels = tmp_path / "labels.txt"
+    labels.write_text("".join(f"thing {i}\n" for i in range(1000)))
+    assert main(["convert", str(src), str(tmp_path / "named.safetensors"), "--labels", str(labels)]) == 0
+    assert models.load_checkpoint(tmp_path / "named.safetensors").metadata["labels"][3] == "thing 3"
+    capsys.readouterr()
+    labels.write_text("a\nb\nc\n")
+    assert main(["convert", str(src), str(tmp_path / "bad.safetensors"), "--labels", str(labels)]) == 2
+    assert "has 3 labels but the model has 1000 classes" in capsys.readouterr().err
+    assert main(["convert", str(src), str(tmp_path / "bad.safetensors"), "--accuracy", "0.6=0.5"]) == 2
+    assert "does not declare" in capsys.readouterr().err
+    assert not (tmp_path / "bad.safetensors").exists()
 
 
 def test_convert_cli_reports_errors_without_traceback(tmp_path, capsys):
@@ -134,14 +160,28 @@ def test_convert_cli_reports_errors_without_traceback(tmp_path, capsys):
 
 
 def test_profile_cli_json(capsys):
-    assert main(["profile", "--arch", "s_convnet6", "--json", "--repeats", "3"]) == 0
+    assert main(["profile", "--arch", "s_convnet6", "--json", "--repeats", "3", "--max-batch-size", "2"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert [r["width"] for r in report["widths"]] == [0.25, 0.5, 0.75, 1.0]
     for row in report["widths"]:
         assert set(row) == {"width", "macs", "params", "latency_ms"}
-        assert row["latency_ms"] > 0
+        assert set(row["latency_ms"]) == {"1", "2"} and all(v > 0 for v in row["latency_ms"].values())
     macs = [r["macs"] for r in report["widths"]]
     assert macs == sorted(macs) and macs[0] < macs[-1] / 4
+    assert report["fingerprint"]["arch"] == "s_convnet6" and report["fingerprint"]["device"] == "cpu"
+
+
+def test_profile_cli_prints_what_it_saves(tmp_path, capsys):
+    path = tmp_path / "profile.json"
+    assert main(["profile", "--arch", "s_convnet6", "--repeats", "3", "--max-batch-size", "2",
+                 "--save-profile", str(path)]) == 0
+    out = capsys.readouterr().out
+    saved = json.loads(path.read_text())
+    assert saved["fingerprint"]["backend"] in out.splitlines()[0]
+    for line, (width, row) in zip(out.splitlines()[2:], saved["widths"].items()):
+        cells = line.split()
+        assert float(cells[0]) == float(width)
+        assert [float(c) for c in cells[3:5]] == [round(row[b] * 1e3, 3) for b in ("1", "2")]
 
 
 def test_profile_cli_table(capsys):

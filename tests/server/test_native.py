@@ -1,4 +1,5 @@
 import io
+import json
 
 import numpy as np
 import pytest
@@ -77,7 +78,7 @@ def test_budget_below_narrowest_width_is_504_and_counted_rejected(make_client, s
     client = make_client(profile=synthetic_profile)
     r = client.post("/v1/classify", content=png_bytes(), headers={"content-type": "image/png", "X-Latency-Budget-Ms": "5"})
     assert r.status_code == 504
-    assert "less than the fastest possible service time" in r.json()["error"]
+    assert r.json()["error"] == "latency budget 5 ms is below the fastest possible service time, 10 ms at width 0.25"
     assert client.registry.get_sample_value("widthwise_requests_total", {"model": "tiny", "width": "none", "outcome": "rejected"}) == 1
 
 
@@ -118,11 +119,14 @@ def test_health_and_readiness(make_client):
     assert client.get("/v2/health/ready").status_code == 200
 
 
-def test_readiness_reports_a_failed_start_up(make_client, tmp_path):
-    client = make_client(wait=False, profile=tmp_path / "missing.json")
+def test_readiness_reports_a_failed_start_up(make_client, synthetic_profile, tmp_path):
+    foreign = json.loads(synthetic_profile.read_text())
+    foreign["fingerprint"]["input_size"] = 224  # measured for another model
+    (tmp_path / "foreign.json").write_text(json.dumps(foreign))
+    client = make_client(wait=False, profile=tmp_path / "foreign.json")
     client.engine.wait_ready(30)
     r = client.get("/readyz")
-    assert r.status_code == 503 and r.json()["status"] == "failed" and "missing.json" in r.json()["error"]
+    assert r.status_code == 503 and r.json()["status"] == "failed" and "foreign.json" in r.json()["error"]
     assert client.get("/v2/health/ready").status_code == 503
     r = client.post("/v1/classify", content=png_bytes(), headers={"content-type": "image/png"})
     assert r.status_code == 503 and r.headers["retry-after"] == "1"

@@ -38,6 +38,19 @@ def test_budget_below_fastest_width_is_504():
     assert info.value.status == 504
 
 
+def test_budget_spent_before_admission_is_504_saying_what_ran_out():
+    # A 25 ms budget is ample for a 1 ms service time, but 24.5 ms of it went by before the request
+    # reached admission (a slow first decode): the message must say that, not blame the budget.
+    clock = Clock()
+    request = pending(1, clock, budget_s=0.025)
+    clock.now += 0.0245
+    with pytest.raises(Rejected) as info:
+        make(clock).admit(request)
+    assert info.value.status == 504
+    assert info.value.message.startswith("only 0.5 ms of the 25 ms budget remained at admission")
+    assert info.value.message.endswith("the fastest possible service time is 1 ms at width 0.25")
+
+
 def test_queue_ahead_makes_admission_503_with_retry_after():
     clock = Clock()
     s = make(clock)
