@@ -34,7 +34,8 @@ def panel(pid: int, title: str, targets: list[dict], x: int, y: int, unit: str =
 
 def quantiles(metric: str, by: str, legend: str) -> list[dict]:
     return [
-        q(f"histogram_quantile({p}, sum by ({by}le) (rate({metric}_bucket{{{M}}}[{RATE}])))", legend.format(p=name))
+        # replace, not str.format: format would turn the legend's {{width}} into {width}
+        q(f"histogram_quantile({p}, sum by ({by}le) (rate({metric}_bucket{{{M}}}[{RATE}])))", legend.replace("{p}", name))
         for p, name in ((0.5, "p50"), (0.95, "p95"), (0.99, "p99"))
     ]
 

@@ -115,6 +115,57 @@ def test_every_promql_metric_is_exported_or_recorded():
         assert not unknown, f"{where} uses {unknown}"
 
 
+TARGET_LABELS = {"instance", "job"}  # added by every scrape
+
+
+def exported_label_names() -> dict[str, set[str]]:
+    """Sample name -> the labels its series carry when scraped."""
+    registry = CollectorRegistry()
+    Metrics(registry, "m")
+    labels = {}
+    for collector in set(registry._collector_to_names):
+        for name in registry._collector_to_names[collector]:
+            labels[name] = set(collector._labelnames) | TARGET_LABELS | ({"le"} if name.endswith("_bucket") else set())
+    return labels
+
+
+def output_labels(expr: str) -> set[str]:
+    """Labels of the series a (dashboard-style) PromQL expression returns: its outermost aggregation's
+    ``by`` list, a recording rule's own output labels, or a plain metric's labels."""
+    expr = expr.strip()
+    quantile = re.match(r"histogram_quantile\(\s*[\d.]+\s*,\s*(.*)\)$", expr, re.S)
+    if quantile:
+        return output_labels(quantile.group(1)) - {"le"}
+    aggregation = re.match(r"(sum|max|min|avg|count)\s*(?:by\s*\(([^)]*)\))?\s*\(", expr)
+    if aggregation:
+        return {label.strip() for label in (aggregation.group(2) or "").split(",") if label.strip()}
+    name = re.match(r"[A-Za-z_:][A-Za-z0-9_:]*", expr).group(0)
+    rules = {r["record"]: r["expr"] for g in yaml.safe_load((DEPLOY / "prometheus/rules/recording.yml").read_text())["groups"]
+             for r in g["rules"]}
+    return output_labels(rules[name]) if name in rules else exported_label_names()[name]
+
+
+def test_output_labels_follow_the_aggregation():
+    assert output_labels('histogram_quantile(0.5, sum by (width, le) (rate(x_bucket{a="b"}[1m])))') == {"width"}
+    assert output_labels("sum(widthwise_queue_depth)") == set()
+    assert output_labels("widthwise:served_accuracy:ratio_rate5m{model=~\"$model\"}") == {"model"}
+    assert output_labels("widthwise_gpu_utilization_ratio") == {"device", "instance", "job"}
+
+
+def test_every_legend_names_a_label_its_query_returns():
+    dashboard = json.loads((DEPLOY / "grafana/dashboards/widthwise.json").read_text())
+    checked = 0
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            assert "{" not in re.sub(r"\{\{\s*\w+\s*\}\}", "", target["legendFormat"]), (
+                f"{panel['title']}: legend {target['legendFormat']!r} has a malformed template")
+            named = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", target["legendFormat"]))
+            missing = named - output_labels(target["expr"])
+            assert not missing, f"{panel['title']}: legend {target['legendFormat']!r} names {missing}, not returned"
+            checked += len(named)
+    assert checked >= 8
+
+
 def test_dashboard_has_the_required_panels_and_matches_its_generator():
     sys.path.insert(0, str(DEPLOY / "grafana"))
     try:

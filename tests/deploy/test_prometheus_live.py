@@ -1,5 +1,7 @@
-"""A real Prometheus scrapes a live widthwise on 127.0.0.1 and evaluates our recording rules."""
+"""A real Prometheus scrapes two live widthwise replicas on 127.0.0.1 and evaluates our rules and dashboard."""
 
+import json
+import re
 import subprocess
 import time
 
@@ -20,7 +22,7 @@ def query(base: str, expr: str) -> list[dict]:
 @pytest.fixture
 def prometheus(tmp_path, live_server):
     binary = tool("prometheus")
-    server = live_server()
+    servers = [live_server(), live_server()]  # two replicas: rules must not match one series per instance
     rules_dir = tmp_path / "rules"
     rules_dir.mkdir()
     for path in (REPO / "deploy/prometheus/rules").glob("*.yml"):
@@ -31,7 +33,7 @@ def prometheus(tmp_path, live_server):
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(rules_dir / "*.yml")],
-        "scrape_configs": [{"job_name": "widthwise", "static_configs": [{"targets": [f"127.0.0.1:{server.port}"]}]}],
+        "scrape_configs": [{"job_name": "widthwise", "static_configs": [{"targets": [f"127.0.0.1:{server.port}" for server in servers]}]}],
     }
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
@@ -54,30 +56,41 @@ def prometheus(tmp_path, live_server):
         message = proc.stderr.read()
         proc.stderr.close()
         pytest.fail(f"prometheus did not start: {message}")
-    yield base, server
+    yield base, servers
     proc.terminate()
     proc.wait(timeout=10)
     proc.stderr.close()
 
 
 def test_prometheus_sees_traffic_at_two_widths_and_records_rules(prometheus):
-    base, server = prometheus
+    base, servers = prometheus
     data = png_bytes()
     deadline = time.monotonic() + 45
     by_width: dict[str, float] = {}
     recorded: list[dict] = []
     while time.monotonic() < deadline:
-        for width in ("0.25", "1"):
-            r = httpx2.post(server.url + "/v1/classify", content=data, headers={"content-type": "image/png", "X-Width": width})
-            assert r.status_code == 200
+        for server in servers:
+            for width in ("0.25", "1"):
+                r = httpx2.post(server.url + "/v1/classify", content=data,
+                                headers={"content-type": "image/png", "X-Width": width})
+                assert r.status_code == 200
         result = query(base, "sum by (width) (increase(widthwise_requests_total[1m]))")
         by_width = {s["metric"]["width"]: float(s["value"][1]) for s in result}
         recorded = query(base, 'widthwise:requests:rate1m{outcome="ok"}')
-        if by_width.get("0.25", 0) > 0 and by_width.get("1.0", 0) > 0 and len(recorded) >= 2:
+        share = query(base, "widthwise:narrowest_share:ratio_rate5m")
+        if by_width.get("0.25", 0) > 0 and by_width.get("1.0", 0) > 0 and len(recorded) >= 2 and share:
             break
         time.sleep(0.5)
     assert by_width.get("0.25", 0) > 0 and by_width.get("1.0", 0) > 0, by_width
     assert {s["metric"]["width"] for s in recorded} >= {"0.25", "1.0"}
-    assert query(base, 'up{job="widthwise"}')[0]["value"][1] == "1"
+    assert [s["value"][1] for s in query(base, 'up{job="widthwise"}')] == ["1", "1"]
     share = query(base, "widthwise:narrowest_share:ratio_rate5m")
-    assert share and 0.3 < float(share[0]["value"][1]) < 0.7  # half the traffic ran at 0.25
+    assert len(share) == 1 and 0.3 < float(share[0]["value"][1]) < 0.7  # half the traffic of both ran at 0.25
+    # Every dashboard query evaluates over the two replicas (no matching errors) and its legend's labels exist.
+    dashboard = json.loads((REPO / "deploy/grafana/dashboards/widthwise.json").read_text())
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            expr = target["expr"].replace("$model", ".*").replace("$__rate_interval", "1m")
+            for sample in query(base, expr):
+                for label in re.findall(r"\{\{\s*(\w+)\s*\}\}", target["legendFormat"]):
+                    assert label in sample["metric"], (panel["title"], target["legendFormat"], sample["metric"])
