@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import re
 from pathlib import Path
 from typing import AsyncIterator
@@ -16,6 +17,7 @@ from starlette.routing import Route
 
 from models import SlimmableNet, load_checkpoint
 from models.checkpoint import DEFAULT_CHECKPOINT
+from models.labels import check_label_count, read_labels
 
 from .docs import install_offline_docs
 from .engine import Engine
@@ -29,6 +31,8 @@ from .settings import Settings
 from .warmup import warm_request_path
 
 __all__ = ["build_app", "model_name_for", "preflight"]
+
+log = logging.getLogger("widthwise.server")
 
 # The inference routes: their endpoints take only the request and path strings.
 HOT_ROUTES = (
@@ -82,9 +86,19 @@ def build_app(settings: Settings | None = None, registry: CollectorRegistry | No
     preflight(settings)
     checkpoint = Path(settings.checkpoint) if settings.checkpoint else DEFAULT_CHECKPOINT
     net = net if net is not None else load_checkpoint(checkpoint)
+    if settings.labels is not None:
+        labels = read_labels(settings.labels)
+        check_label_count(labels, net.num_classes, f"--labels {settings.labels}")
+        net.metadata = {**getattr(net, "metadata", {}), "labels": labels}
     registry = registry if registry is not None else CollectorRegistry()
     name = model_name_for(settings, checkpoint)
-    engine = Engine(net, settings, Metrics(registry, name), name)
+    accuracy = (getattr(net, "metadata", None) or {}).get("accuracy") or {}
+    known = set(accuracy) >= set(net.widths)
+    if not known:
+        log.warning("no expected accuracy for widths %s in the checkpoint: widthwise_expected_correct_total is not "
+                    "exported (measure it with `widthwise evaluate --out`)",
+                    ", ".join(f"{w:g}" for w in net.widths if w not in accuracy))
+    engine = Engine(net, settings, Metrics(registry, name, accuracy_known=known), name)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

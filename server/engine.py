@@ -399,6 +399,8 @@ class Engine:
                       "mean": self.metadata.get("mean"), "std": self.metadata.get("std")},
             "num_classes": self.net.num_classes,
             "labels": self.metadata.get("labels"),
+            # Where expected_accuracy comes from; null when the checkpoint does not say (then it is null too).
+            "accuracy_source": (self.metadata.get("accuracy_source") or "checkpoint metadata") if self.accuracy else None,
             "widths": [
                 {
                     "width": w,

@@ -21,7 +21,10 @@ def width_label(width: float | None) -> str:
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry, model: str) -> None:
+    def __init__(self, registry: CollectorRegistry, model: str, accuracy_known: bool = True) -> None:
+        """``accuracy_known=False`` (a checkpoint without expected accuracy per width): no
+        ``widthwise_expected_correct_total`` series, so the served-accuracy ratio has no data
+        instead of reading 0%."""
         self.model = model
         self.requests = Counter(
             "widthwise_requests", "Requests by served width and outcome.", ["model", "width", "outcome"], registry=registry
@@ -74,7 +77,7 @@ class Metrics:
         self.inflight_now = self.inflight.labels(model)
         self.queue_wait_of = self.queue_wait.labels(model)
         self.latency_budget_of = self.latency_budget.labels(model)
-        self._expected_correct = self.expected_correct.labels(model)
+        self._expected_correct = self.expected_correct.labels(model) if accuracy_known else None
         self._children: dict[tuple, object] = {}
 
     def _child(self, metric, *labels: str):
@@ -89,7 +92,8 @@ class Metrics:
         self._child(self.requests, label, outcome).inc()
         if duration_s is not None:
             self._child(self.request_duration, label).observe(duration_s)
-        if accuracy is not None and outcome == "ok":  # matches the ok-only denominator of the accuracy ratio
+        if accuracy is not None and outcome == "ok" and self._expected_correct is not None:
+            # matches the ok-only denominator of the accuracy ratio
             self._expected_correct.inc(accuracy)
 
     def batch(self, width: float, samples: int, seconds: float, reason: str) -> None:

@@ -21,6 +21,9 @@ class Settings(BaseSettings):
 
     checkpoint: Path | None = Field(None, description="checkpoint (.safetensors or official .pt); default: embedded digits model")
     model_name: str | None = Field(None, description="name in URLs and metrics (default: derived from the checkpoint)")
+    labels: Path | None = Field(
+        None, description="class labels file, one per line in class order (default: the checkpoint's labels)"
+    )
     host: str = Field("127.0.0.1", description="listen address")
     port: int = Field(8000, ge=0, le=65535, description="listen port")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the model runs")

@@ -82,6 +82,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     metadata = {
         "mean": list(data.mean), "std": list(data.std), "labels": list(data.labels),
         "accuracy": result.val_top1, "dataset": data.name,
+        "accuracy_source": f"widthwise train: held-out split of {data.name}",
         "training": {**config.__dict__, "final_loss": result.losses[-1] if result.losses else None},
     }
     models.save_checkpoint(net, args.out, metadata)

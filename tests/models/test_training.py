@@ -125,7 +125,7 @@ def test_image_folder_without_split_holds_out_a_fixed_fraction(tmp_path):
 
 
 def test_unknown_dataset_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="neither 'digits' nor a directory"):
+    with pytest.raises(ValueError, match="neither 'digits', 'digits-hard' nor a directory"):
         load_dataset(str(tmp_path / "nope"), 16)
 
 

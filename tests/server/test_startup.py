@@ -119,3 +119,44 @@ def test_saved_profile_loads_into_the_same_server(make_client, tmp_path):
     assert second.engine.profile.as_dict()["widths"] == saved["widths"]
     r = second.post("/v1/classify", content=png_bytes(), headers={"content-type": "image/png"})
     assert r.status_code == 200
+
+
+def test_labels_file_names_the_predictions(make_client, tmp_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("".join(f"animal {i}\n" for i in range(10)))
+    client = make_client(labels=labels)
+    r = client.post("/v1/classify?top_k=10", content=png_bytes(), headers={"content-type": "image/png"})
+    assert sorted(p["label"] for p in r.json()["predictions"]) == sorted(f"animal {i}" for i in range(10))
+    assert client.get("/v1/models").json()["models"][0]["labels"][3] == "animal 3"
+
+
+def test_labels_file_with_the_wrong_count_exits_2(tiny_checkpoint, tmp_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("cat\ndog\n")
+    out = serve("--checkpoint", str(tiny_checkpoint), "--labels", str(labels))
+    assert out.returncode == 2
+    assert f"--labels {labels} has 2 labels but the model has 10 classes" in out.stderr
+
+
+def test_unknown_accuracy_is_reported_as_unknown(make_client, tmp_path):
+    import models
+
+    from tests.conftest import make_net
+
+    path = tmp_path / "no-accuracy.safetensors"
+    models.save_checkpoint(make_net("s_convnet6"), path, {"mean": [0.5] * 3, "std": [0.5] * 3})
+    client = make_client(checkpoint=path)
+    model = client.get("/v1/models").json()["models"][0]
+    assert model["accuracy_source"] is None and all(w["expected_accuracy"] is None for w in model["widths"])
+    assert client.post("/v1/classify", content=png_bytes(), headers={"content-type": "image/png"}).status_code == 200
+    assert client.registry.get_sample_value("widthwise_requests_total", {"model": "tiny", "width": "1.0", "outcome": "ok"}) == 1
+    # No series at all (a 0 would read as "serving 0% accuracy").
+    assert client.registry.get_sample_value("widthwise_expected_correct_total", {"model": "tiny"}) is None
+    assert "widthwise_expected_correct_total{" not in client.get("/metrics").text
+
+
+def test_known_accuracy_is_counted(make_client):
+    client = make_client()
+    client.post("/v1/classify", content=png_bytes(), headers={"content-type": "image/png", "X-Width": "0.5"})
+    assert client.registry.get_sample_value("widthwise_expected_correct_total", {"model": "tiny"}) == pytest.approx(0.95)
+    assert client.get("/v1/models").json()["models"][0]["accuracy_source"] == "checkpoint metadata"
