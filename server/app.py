@@ -107,15 +107,19 @@ def build_app(settings: Settings | None = None, registry: CollectorRegistry | No
 
     app = FastAPI(title="widthwise", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     install_offline_docs(app)
-    if settings.cors_origins:  # off unless configured
-        app.add_middleware(
-            CORSMiddleware, allow_origins=[o.strip() for o in settings.cors_origins.split(",")],
-            allow_methods=["GET", "POST"], allow_headers=["*"], expose_headers=["X-Served-Width", "Server-Timing", "X-Request-Id"],
-        )
+    # Starlette runs the last added middleware first. Order of a request: request id and access log,
+    # CORS (preflights answered before auth; every response, errors included, gets CORS headers),
+    # the in-flight limit, then the bearer token.
     if settings.api_token:
         app.add_middleware(BearerTokenMiddleware, token=settings.api_token, protect_metrics=settings.auth_metrics == "on")
     app.add_middleware(InflightLimitMiddleware, limit=settings.max_inflight_http, retry_after_s=settings.retry_after_s,
                        max_header_bytes=settings.max_header_bytes)
+    if settings.cors_origins:  # off unless configured
+        app.add_middleware(
+            CORSMiddleware, allow_origins=[o.strip() for o in settings.cors_origins.split(",")],
+            allow_methods=["GET", "POST"], allow_headers=["*"],
+            expose_headers=["X-Served-Width", "Server-Timing", "X-Request-Id", "Retry-After"],
+        )
     app.add_middleware(RequestIdMiddleware)
     app.state.settings = settings
     app.state.registry = registry

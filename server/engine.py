@@ -65,7 +65,7 @@ class Engine:
         self.scheduler: Scheduler | None = None
         self.ready = False
         self.draining = False
-        self.startup_error: str | None = None
+        self.failure: str | None = None  # why the engine cannot serve: failed start-up or a dead worker
         self._ids = itertools.count(1)
         self._worker: threading.Thread | None = None
         self._startup: threading.Thread | None = None
@@ -75,8 +75,9 @@ class Engine:
         self.fault_hook = None  # Callable[[width, samples], None]: raises to simulate device faults in tests
         self.monitor: DeviceMonitor | None = None
         self._costs: dict[float, dict[str, int]] = {}  # MACs and params per width, counted at start-up
-        # Called with the error when start-up fails (from the start-up thread); `serve` sets it to shut down.
-        self.on_startup_failure: Callable[[str], None] | None = None
+        # Called with the error when the engine cannot serve (start-up failed, the worker died), from the
+        # failing thread; `serve` sets it to shut down and exit non-zero so the process gets restarted.
+        self.on_fatal: Callable[[str], None] | None = None
         # Run in the start-up thread after the model is warm, before readiness turns 200; raising fails start-up.
         self.before_ready: list[Callable[[], None]] = []
 
@@ -126,12 +127,17 @@ class Engine:
             log.info("ready in %.1f s: %s on %s (%s backend), widths %s", time.monotonic() - began, self.model_name,
                      self.runtime.device, self.runtime.backend, ", ".join(width_label(w) for w in widths))
         except Exception as exc:
-            self.startup_error = f"{type(exc).__name__}: {exc}"
             log.debug("start-up failed", exc_info=True)
-            if self.on_startup_failure is not None:  # `widthwise serve` exits non-zero, so an orchestrator restarts it
-                self.on_startup_failure(self.startup_error)
-            else:
-                log.error("start-up failed: %s", self.startup_error)
+            self._fatal(f"start-up failed: {type(exc).__name__}: {exc}")
+
+    def _fatal(self, failure: str) -> None:
+        """The engine can no longer serve: readiness 503 from now on, then ``on_fatal`` (or a log line)."""
+        self.failure = failure
+        self.ready = False
+        if self.on_fatal is not None:
+            self.on_fatal(failure)
+        else:
+            log.error("%s", failure)
 
     def _latency_profile(self, batch_sizes: list[int]) -> LatencyProfile:
         """The ``--profile`` file if given (and measured on this model, device, backend and threads),
@@ -282,6 +288,19 @@ class Engine:
         self._worker.start()
 
     def _work(self) -> None:
+        """The worker thread: serves batches until the scheduler closes. If the loop itself dies (a bug,
+        not a failed batch: those are answered in ``_serve``), nothing would ever answer the queue again,
+        so readiness turns 503, every queued request is refused and the process is told to exit."""
+        try:
+            self._serve_batches()
+        except BaseException as exc:
+            log.critical("inference worker died", exc_info=True)
+            self._fatal(f"inference worker died: {type(exc).__name__}: {exc}")
+            self.scheduler.close()
+            for pending in self.scheduler.drain():
+                pending.resolve(Rejected(503, "inference worker stopped; retry on another replica", self.settings.retry_after_s))
+
+    def _serve_batches(self) -> None:
         """The worker loop: runs batches inline (no hand-off per batch; see server/watchdog.py)."""
         assert self.scheduler is not None and self.runtime is not None and self.profile is not None
         while True:
@@ -296,6 +315,10 @@ class Engine:
                 owned = False
                 try:
                     self._serve(batch.items, batch.decision.width, batch.decision.reason, token)
+                except BaseException as exc:  # the worker is dying: answer this batch before it goes
+                    if not self._watchdog.claimed(token):
+                        self._fail(batch.items, f"inference failed: {type(exc).__name__}")
+                    raise
                 finally:
                     owned = self._watchdog.disarm(token)
                     if owned:

@@ -14,10 +14,10 @@ from .app import build_app
 from .logs import configure_logging
 from .settings import Settings
 
-__all__ = ["run_server", "DrainingServer", "EXIT_STARTUP_FAILED"]
+__all__ = ["run_server", "DrainingServer", "EXIT_FAILED"]
 
 log = logging.getLogger("widthwise.server")
-EXIT_STARTUP_FAILED = 3  # 2 is a bad flag or checkpoint, found before listening
+EXIT_FAILED = 3  # the engine failed while serving or starting; 2 is a bad flag or file, found before listening
 
 
 class DrainingServer(uvicorn.Server):
@@ -27,14 +27,15 @@ class DrainingServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, engine) -> None:
         super().__init__(config)
         self.engine = engine
-        self.startup_failed = False
-        engine.on_startup_failure = self.fail_startup
+        self.failed = False
+        engine.on_fatal = self.fail
 
-    def fail_startup(self, error: str) -> None:
-        """The model could not be made ready: stop serving and exit non-zero (Triton does the same on a
-        failed model load), so Kubernetes or Docker restart the process instead of probing a dead one."""
-        log.error("start-up failed, exiting: %s", error)
-        self.startup_failed = True
+    def fail(self, error: str) -> None:
+        """The engine cannot serve (the model could not be made ready, or its worker died): stop and
+        exit non-zero (Triton does the same on a failed model load), so Kubernetes or Docker restart
+        the process instead of probing one that will never be ready again."""
+        log.error("%s; exiting", error)
+        self.failed = True
         self.should_exit = True  # uvicorn's main loop polls this flag; safe to set from another thread
 
     def handle_exit(self, sig, frame) -> None:
@@ -68,4 +69,4 @@ def run_server(settings: Settings) -> int:
     )
     server = DrainingServer(config, app.state.engine)
     server.run()
-    return EXIT_STARTUP_FAILED if server.startup_failed else 0
+    return EXIT_FAILED if server.failed else 0

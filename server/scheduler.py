@@ -189,6 +189,13 @@ class Scheduler:
             self._closed = True
             self._cond.notify_all()
 
+    def drain(self) -> list[Pending]:
+        """Remove and return every queued request (to refuse them when no worker is left)."""
+        with self._cond:
+            items = [entry[2] for entry in sorted(self._heap)]
+            self._heap = []
+            return items
+
     # -- worker side ------------------------------------------------------
 
     def batch_done(self) -> None:

@@ -10,14 +10,16 @@ import argparse
 from pathlib import Path
 from typing import Literal, get_args, get_origin
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "add_serve_arguments", "settings_from_args"]
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="WIDTHWISE_", extra="ignore")
+    # No inf/NaN anywhere, and every number has an upper bound: `--max-queue-delay-ms inf` once passed
+    # validation and killed the worker on the first request.
+    model_config = SettingsConfigDict(env_prefix="WIDTHWISE_", extra="ignore", allow_inf_nan=False)
 
     checkpoint: Path | None = Field(None, description="checkpoint (.safetensors or official .pt); default: embedded digits model")
     model_name: str | None = Field(None, description="name in URLs and metrics (default: derived from the checkpoint)")
@@ -38,34 +40,34 @@ class Settings(BaseSettings):
         "for the same model, device, backend, precision and threads)"
     )
     save_profile: Path | None = Field(None, description="write the latency profile measured at startup to this JSON file")
-    default_budget_ms: float | None = Field(None, gt=0, description="budget for requests without one (default: none)")
+    default_budget_ms: float | None = Field(None, gt=0, le=3_600_000, description="budget for requests without one (default: none)")
     max_batch_size: int = Field(8, ge=1, le=1024, description="largest batch one width runs at once")
     max_queue_delay_ms: float = Field(
-        0.0, ge=0, description="how long a batch may wait to fill up (0: batch only what is already queued, as Triton)"
+        0.0, ge=0, le=10_000, description="how long a batch may wait to fill up (0: batch only what is already queued, as Triton)"
     )
-    queue_limit: int = Field(256, ge=1, description="queued requests beyond which new ones get 503")
-    max_inflight_http: int = Field(1024, ge=1, description="HTTP requests in flight beyond which new ones get 503 at once")
+    queue_limit: int = Field(256, ge=1, le=1_000_000, description="queued requests beyond which new ones get 503")
+    max_inflight_http: int = Field(1024, ge=1, le=1_000_000, description="HTTP requests in flight beyond which new ones get 503 at once")
     admission: Literal["reject", "best_effort"] = Field(
         "reject", description="reject: 503/504 when no width meets the deadline; best_effort: serve narrowest late"
     )
-    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="largest request body (413 beyond)")
-    max_header_bytes: int = Field(16 * 1024, ge=1024, description="largest total size of request headers (431 beyond)")
-    body_timeout_s: float = Field(30.0, gt=0, description="a request body not received within this time gets 408")
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, le=1024**3, description="largest request body (413 beyond)")
+    max_header_bytes: int = Field(16 * 1024, ge=1024, le=1024**2, description="largest total size of request headers (431 beyond)")
+    body_timeout_s: float = Field(30.0, gt=0, le=3600, description="a request body not received within this time gets 408")
     event_loop: Literal["auto", "asyncio", "uvloop"] = Field(
         "auto", description="uvicorn event loop (auto: uvloop when installed)"
     )
     http_parser: Literal["auto", "httptools", "h11"] = Field("auto", description="uvicorn HTTP parser")
-    max_image_pixels: int = Field(16_777_216, ge=1, description="largest decoded image (width x height)")
+    max_image_pixels: int = Field(16_777_216, ge=1, le=178_956_970, description="largest decoded image (width x height)")
     jpeg_draft: Literal["on", "off"] = Field(
         "off", description="decode large JPEGs at a reduced scale, never below the input size (2-3x less CPU for "
         "photos; pixels differ slightly from a full decode)"
     )
     threads: int | None = Field(
-        None, ge=1, description="intra-op threads (default: ONNX Runtime all cores but one; torch its own choice)"
+        None, ge=1, le=1024, description="intra-op threads (default: ONNX Runtime all cores but one; torch its own choice)"
     )
-    profile_repeats: int = Field(15, ge=3, description="timed runs per (width, batch) when profiling at startup")
+    profile_repeats: int = Field(15, ge=3, le=10_000, description="timed runs per (width, batch) when profiling at startup")
     reserve_ms: float | None = Field(
-        None, ge=0, description="budget kept for HTTP and the reply (default: learnt, 1 ms + the handler's own time)"
+        None, ge=0, le=60_000, description="budget kept for HTTP and the reply (default: learnt, 1 ms + the handler's own time)"
     )
     latency_margin: float = Field(
         0.1, ge=0, le=2, description="policies plan for batches this much slower than the profile (0.1 = 10%)"
@@ -73,13 +75,22 @@ class Settings(BaseSettings):
     profile_ewma_alpha: float = Field(
         0.1, ge=0, le=1, description="weight of each observed batch time in the online profile update (0: never update)"
     )
-    retry_after_s: int = Field(1, ge=1, description="Retry-After seconds on 503")
-    batch_timeout_s: float = Field(30.0, gt=0, description="a batch running longer fails its requests (500)")
+    retry_after_s: int = Field(1, ge=1, le=3600, description="Retry-After seconds on 503")
+    batch_timeout_s: float = Field(30.0, gt=0, le=3600, description="a batch running longer fails its requests (500)")
     api_token: str | None = Field(None, description="bearer token required by inference and model endpoints", repr=False)
     auth_metrics: Literal["on", "off"] = Field("off", description="also require the token on /metrics")
     cors_origins: str | None = Field(None, description="comma-separated allowed CORS origins (default: CORS off)")
     log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per line")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info")
+
+    @field_validator("api_token")
+    @classmethod
+    def _token_not_blank(cls, value: str | None) -> str | None:
+        # An empty token (say, an unset shell variable) must not silently turn authentication off.
+        if value is not None and (not value.strip() or any(c.isspace() for c in value)):
+            raise ValueError("the API token is empty or contains white space; set a real token, or unset "
+                             "WIDTHWISE_API_TOKEN / drop --api-token to run without authentication")
+        return value
 
     @field_validator("policy")
     @classmethod
@@ -111,5 +122,25 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Settings from parsed ``serve`` flags over the environment.
+
+    Raises:
+        ValueError: one line per invalid setting, naming the flag and its variable.
+    """
     overrides = {k: v for k, v in vars(args).items() if k in Settings.model_fields and v is not None}
-    return Settings(**overrides)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ValueError(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """``--max-batch-size (WIDTHWISE_MAX_BATCH_SIZE): Input should be ... (got 0)``, one per problem."""
+    problems = []
+    for error in exc.errors():
+        name = str(error["loc"][0]) if error["loc"] else ""
+        where = f"{_flag(name)} ({'WIDTHWISE_' + name.upper()})" if name else "settings"
+        message = error["msg"].removeprefix("Value error, ")
+        got = f" (got {error['input']!r})" if name and name != "api_token" and "input" in error else ""
+        problems.append(f"{where}: {message}{got}")
+    return "; ".join(problems)

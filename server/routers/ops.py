@@ -21,10 +21,10 @@ async def readyz(request: Request) -> JSONResponse:
     engine = request.app.state.engine
     if engine.ready:
         return JSONResponse({"status": "ready"})
-    status = "draining" if engine.draining else "failed" if engine.startup_error else "starting"
+    status = "failed" if engine.failure else "draining" if engine.draining else "starting"
     body = {"status": status}
-    if engine.startup_error:
-        body["error"] = engine.startup_error
+    if engine.failure:
+        body["error"] = engine.failure
     return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
 
 

@@ -1,16 +1,19 @@
 """Faults, access control, request ids, CORS and logs."""
 
 import json
+import os
 import logging
 import re
 import threading
 import time
 
+import pytest
 import torch
 
 from server.logs import JsonFormatter
 from server.scheduler import InferenceRequest, Pending
 from tests.conftest import png_bytes
+from tests.helpers import eventually
 
 PNG = {"content": png_bytes(), "headers": {"content-type": "image/png"}}
 
@@ -47,8 +50,8 @@ def test_out_of_memory_steps_down_to_a_narrower_width(make_client):
     client.engine.fault_hook = hook
     r = classify(client)
     assert r.status_code == 200 and r.json()["width"] == 0.5
-    assert client.registry.get_sample_value(
-        "widthwise_width_selections_total", {"model": "tiny", "width": "0.5", "reason": "fallback"}) == 1
+    labels = {"model": "tiny", "width": "0.5", "reason": "fallback"}
+    assert eventually(lambda: client.registry.get_sample_value("widthwise_width_selections_total", labels), 1) == 1
 
 
 def test_out_of_memory_at_every_width_is_a_500(make_client):
@@ -187,3 +190,79 @@ def test_slow_body_is_cut_off_with_408(live_server):
             reply += chunk
     assert reply.decode().startswith("HTTP/1.1 408") and b"not received in time" in reply, reply
     assert time.monotonic() - start < 5
+
+
+def test_worker_death_fails_queued_requests_and_turns_readiness(make_client):
+    import concurrent.futures
+
+    client = make_client()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")  # a bug in the loop itself, not a failing batch
+
+    client.engine._serve = broken
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        replies = list(pool.map(lambda _: classify(client), range(4)))
+    assert sorted(r.status_code for r in replies) in ([500, 503, 503, 503], [500, 500, 503, 503],
+                                                      [500, 500, 500, 503], [500, 500, 500, 500])
+    assert all("error" in r.json() for r in replies)
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and ready.json() == {"status": "failed",
+                                                          "error": "inference worker died: RuntimeError: boom"}
+    r = classify(client)
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+
+
+def test_empty_api_token_is_a_start_up_error():
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    for token in ("", "   ", "two words"):
+        out = subprocess.run([sys.executable, "-m", "server.cli", "serve"], cwd=REPO, capture_output=True, text=True,
+                             env={**os.environ, "WIDTHWISE_API_TOKEN": token}, timeout=60)
+        assert out.returncode == 2, token
+        assert out.stderr.strip().startswith("widthwise serve: error: --api-token (WIDTHWISE_API_TOKEN): the API "
+                                             "token is empty"), out.stderr
+
+
+def test_cors_preflight_is_answered_before_auth_and_errors_carry_cors_headers(make_client):
+    client = make_client(api_token="s3cret", cors_origins="https://app.example")
+    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization, content-type"}
+    r = client.options("/v1/classify", headers=preflight)
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://app.example"
+    assert "authorization" in r.headers["access-control-allow-headers"].lower()
+    denied = classify(client, Origin="https://app.example")
+    assert denied.status_code == 401 and denied.headers["access-control-allow-origin"] == "https://app.example"
+    allowed = classify(client, Origin="https://app.example", Authorization="Bearer s3cret")
+    assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == "https://app.example"
+    assert "x-served-width" in allowed.headers["access-control-expose-headers"].lower()
+
+
+@pytest.mark.parametrize("flag,value", [("--max-queue-delay-ms", "inf"), ("--max-queue-delay-ms", "1e300"),
+                                        ("--max-queue-delay-ms", "nan"), ("--default-budget-ms", "inf"),
+                                        ("--batch-timeout-s", "1e300"), ("--body-timeout-s", "nan"),
+                                        ("--reserve-ms", "inf"), ("--queue-limit", "10000000000")])
+def test_non_finite_or_absurd_settings_are_refused(flag, value):
+    import argparse
+
+    from server.settings import add_serve_arguments, settings_from_args
+
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    with pytest.raises(ValueError, match="^" + re.escape(flag)):
+        settings_from_args(parser.parse_args([flag, value]))
+
+
+def test_non_finite_env_setting_is_refused(monkeypatch):
+    import argparse
+
+    from server.settings import add_serve_arguments, settings_from_args
+
+    monkeypatch.setenv("WIDTHWISE_MAX_QUEUE_DELAY_MS", "inf")
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    with pytest.raises(ValueError, match="WIDTHWISE_MAX_QUEUE_DELAY_MS"):
+        settings_from_args(parser.parse_args([]))

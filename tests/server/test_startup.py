@@ -42,7 +42,7 @@ from server.app import build_app
 from server.settings import Settings
 app = build_app(Settings(profile_repeats=3))
 with TestClient(app):
-    assert app.state.engine.wait_ready(120), app.state.engine.startup_error
+    assert app.state.engine.wait_ready(120), app.state.engine.failure
     loaded = [m for m in ("PIL.PngImagePlugin", "PIL.JpegImagePlugin", "PIL.WebPImagePlugin", "python_multipart")
               if m in sys.modules]
     print(",".join(loaded))
@@ -82,7 +82,7 @@ def test_failed_start_up_ends_the_process_non_zero(tiny_checkpoint, synthetic_pr
     path.write_text(json.dumps(foreign))
     out = serve("--checkpoint", str(tiny_checkpoint), "--profile", str(path))
     assert out.returncode == 3
-    failures = [line for line in out.stderr.splitlines() if "start-up failed" in line]
+    failures = [line for line in out.stderr.splitlines() if "start-up failed" in line and "exiting" in line]
     assert len(failures) == 1 and "ERROR" in failures[0]
     assert "was not measured for this server: arch (profile 's_mobilenet_v2', server 's_convnet6')" in failures[0]
     assert "Traceback" not in out.stderr
