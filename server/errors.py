@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .logs import text_value
 from .scheduler import InferenceFailed, Rejected
 
 __all__ = ["ApiError", "install_error_handlers", "error_response"]
@@ -59,5 +60,5 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        log.exception("unhandled error on %s %s", text_value(request.method), text_value(request.url.path))
         return error_response(500, "internal server error")

@@ -73,11 +73,22 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(payload, default=str)
 
 
+_PLAIN = re.compile(r"[A-Za-z0-9._:/@%+,()\[\]-]*")
+
+
+def text_value(value: Any) -> str:
+    """A field value safe for one text log line: plain tokens as they are, anything else (spaces,
+    quotes, '=', control characters, line or paragraph separators, escape sequences) JSON-quoted, so
+    a client-controlled path, header or id can never start a new line or forge a field."""
+    text = value if isinstance(value, str) else str(value)
+    return text if _PLAIN.fullmatch(text) else json.dumps(text)
+
+
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         base = super().format(record)
         fields = getattr(record, "fields", None)
-        return base + (" " + " ".join(f"{k}={v}" for k, v in fields.items()) if fields else "")
+        return base + (" " + " ".join(f"{k}={text_value(v)}" for k, v in fields.items()) if fields else "")
 
 
 def configure_logging(level: str, fmt: str) -> None:

@@ -266,3 +266,20 @@ def test_non_finite_env_setting_is_refused(monkeypatch):
     add_serve_arguments(parser)
     with pytest.raises(ValueError, match="WIDTHWISE_MAX_QUEUE_DELAY_MS"):
         settings_from_args(parser.parse_args([]))
+
+
+def test_text_access_log_escapes_client_controlled_values(make_client, caplog):
+    from server.logs import TextFormatter
+
+    client = make_client()
+    caplog.set_level(logging.INFO, logger="widthwise.access")
+    forged = "/v1/x%0D%0A2026-11-28 12:00:00,000 INFO widthwise.access: request status=200%1B[2J%E2%80%A8"
+    client.get(forged)
+    classify(client, **{"X-Latency-Budget-Ms": "abc\x1b[2Jdef".encode("latin-1")})  # a 400 quoting the header
+    lines = [TextFormatter("%(levelname)s %(name)s: %(message)s").format(r)
+             for r in caplog.records if r.name == "widthwise.access"]
+    assert len(lines) == 2
+    for line in lines:
+        assert "\n" not in line and "\r" not in line and "\x1b" not in line and "\u2028" not in line, line
+    assert 'path="/v1/x\\r\\n2026-11-28 12:00:00,000 INFO widthwise.access: request status=200\\u001b[2J\\u2028"' in lines[0]
+    assert "path=/v1/classify status=400" in lines[1]
