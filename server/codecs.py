@@ -8,35 +8,36 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from models.transforms import image_to_tensor
 
 from .errors import ApiError
+from .v2_request import V2InputTensor
 
 __all__ = [
-    "IMAGE_MEDIA_TYPES", "decode_image", "parse_budget_ms", "parse_width", "parse_top_k",
-    "V2_DATATYPES", "decode_v2_tensor", "split_binary_body", "top_predictions",
+    "IMAGE_MEDIA_TYPES", "MAX_ASPECT_RATIO", "CHEAP_DECODE_PIXELS", "open_image", "decode_opened", "decode_image", "parse_budget_ms", "parse_width", "parse_top_k",
+    "V2_DATATYPES", "decode_v2_tensor", "parse_number", "split_binary_body", "top_predictions",
 ]
 
 IMAGE_MEDIA_TYPES = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP"}
 V2_DATATYPES = {"FP32": np.float32, "FP16": np.float16, "UINT8": np.uint8}
 
 
-def decode_image(
-    data: bytes, media_type: str, max_pixels: int, size: int, mean: Sequence[float], std: Sequence[float], channels: int,
-    jpeg_draft: bool = False,
-) -> torch.Tensor:
-    """Decode, check and preprocess one image into ``[1, C, size, size]``.
+MAX_ASPECT_RATIO = 32  # wider or taller images are refused: no photo or scan needs more
+CHEAP_DECODE_PIXELS = 256 * 256  # decoded on the event loop below this (~0.2 ms); larger ones in a thread
 
-    With ``jpeg_draft`` a JPEG larger than needed is decoded by libjpeg at 1/2, 1/4
-    or 1/8 scale (DCT-domain downscaling, never below ``size`` on either side)
-    before the usual resize: a 1080p photo decodes 2-3x faster, at the price of
-    pixels that differ slightly from a full-size decode.
+
+def open_image(data: bytes, media_type: str, max_pixels: int) -> Image.Image:
+    """Read an image's header (no pixels yet) and check format, size and shape.
+
+    Cheap and bounded whatever the body claims, so it runs on the event loop; the pixel work
+    happens in :func:`decode_opened`, which a handler may move off the loop by ``image.size``.
     """
     fmt = IMAGE_MEDIA_TYPES.get(media_type)
     if fmt is None:
@@ -47,21 +48,55 @@ def decode_image(
     # Our own pixel limit (checked before decoding) is far below Pillow's bomb threshold.
     try:
         image = Image.open(io.BytesIO(data), formats=list(IMAGE_MEDIA_TYPES.values()))
-        width, height = image.size
-        if width <= 0 or height <= 0:
-            raise ApiError(400, f"image has zero size ({width}x{height})")
-        if width * height > max_pixels:
-            raise ApiError(413, f"image of {width}x{height} pixels exceeds the limit of {max_pixels} pixels")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ApiError(413, f"image rejected as a decompression bomb: {exc}") from None
+    except UnidentifiedImageError:
+        raise ApiError(400, f"cannot decode image: not a JPEG, PNG or WebP image (declared {media_type})") from None
+    except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError... for corrupt headers
+        raise ApiError(400, f"cannot decode image: {_describe(exc)}") from None
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise ApiError(400, f"image has zero size ({width}x{height})")
+    if width * height > max_pixels:
+        raise ApiError(413, f"image of {width}x{height} pixels exceeds the limit of {max_pixels} pixels")
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise ApiError(413, f"image of {width}x{height} pixels is more than {MAX_ASPECT_RATIO} times wider "
+                            "than high or higher than wide")
+    return image
+
+
+def decode_opened(
+    image: Image.Image, size: int, mean: Sequence[float], std: Sequence[float], channels: int, jpeg_draft: bool = False,
+) -> torch.Tensor:
+    """Decode an image from :func:`open_image` and preprocess it into ``[1, C, size, size]``.
+
+    With ``jpeg_draft`` a JPEG larger than needed is decoded by libjpeg at 1/2, 1/4
+    or 1/8 scale (DCT-domain downscaling, never below ``size`` on either side)
+    before the usual resize: a 1080p photo decodes 2-3x faster, at the price of
+    pixels that differ slightly from a full-size decode.
+    """
+    try:
         if jpeg_draft and image.format == "JPEG":
             image.draft("RGB" if channels == 3 else "L", (size, size))
         image.load()
-    except ApiError:
-        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ApiError(413, f"image rejected as a decompression bomb: {exc}") from None
-    except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError... for corrupt data
-        raise ApiError(400, f"cannot decode image: {type(exc).__name__}: {exc}") from None
+    except Exception as exc:  # truncated or corrupt pixel data
+        raise ApiError(400, f"cannot decode image: {_describe(exc)}") from None
     return image_to_tensor(image, size, mean, std, channels).unsqueeze(0)
+
+
+def decode_image(
+    data: bytes, media_type: str, max_pixels: int, size: int, mean: Sequence[float], std: Sequence[float], channels: int,
+    jpeg_draft: bool = False,
+) -> torch.Tensor:
+    """:func:`open_image` then :func:`decode_opened`: one image body as ``[1, C, size, size]``."""
+    return decode_opened(open_image(data, media_type, max_pixels), size, mean, std, channels, jpeg_draft)
+
+
+def _describe(exc: Exception) -> str:
+    """An exception as a client may see it: type and message, without object reprs (heap addresses)."""
+    return f"{type(exc).__name__}: {re.sub(r'<[^<>]* at 0x[0-9a-fA-F]+>', 'the image', str(exc))}"
 
 
 def top_predictions(logits: torch.Tensor, k: int, label: Callable[[int], str]) -> list[dict]:
@@ -70,16 +105,40 @@ def top_predictions(logits: torch.Tensor, k: int, label: Callable[[int], str]) -
     return [{"index": int(i), "label": label(int(i)), "score": float(v)} for v, i in zip(values, indices)]
 
 
+_DECIMAL = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")  # no '_', no inf/nan, no hex
+_NON_FINITE = re.compile(r"[+-]?(?:nan|inf|infinity)", re.IGNORECASE)  # numbers, but out of range (422)
+_INTEGER = re.compile(r"[+-]?\d{1,9}")
+
+
+def _shown(value: Any) -> str:
+    """A client value quoted in an error message, cut short."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def parse_number(value: Any, source: str, unit: str = "a number") -> float:
+    """A JSON number or a plain decimal string as float; 400 for anything else (bools, '5_0', hex,
+    non-ASCII digits), 422 for NaN, infinity or a number too large to represent."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ApiError(400, f"{source} must be {unit}, got {_shown(value)}")
+    if isinstance(value, str) and not (_DECIMAL.fullmatch(value.strip()) or _NON_FINITE.fullmatch(value.strip())):
+        raise ApiError(400, f"{source} must be {unit}, got {_shown(value)}")
+    try:
+        number = float(value)
+    except OverflowError:  # an int with hundreds of digits
+        raise ApiError(422, f"{source} is out of range, got {_shown(value)}") from None
+    if not math.isfinite(number):
+        raise ApiError(422, f"{source} is out of range, got {_shown(value)}")
+    return number
+
+
 def parse_budget_ms(value: Any, source: str = "X-Latency-Budget-Ms") -> float | None:
     """A positive, finite number of milliseconds, or None when absent."""
     if value is None or value == "":
         return None
-    try:
-        budget = float(value)
-    except (TypeError, ValueError):
-        raise ApiError(400, f"{source} must be a number of milliseconds, got {value!r}") from None
-    if not math.isfinite(budget) or budget <= 0:
-        raise ApiError(422, f"{source} must be a positive finite number, got {value!r}")
+    budget = parse_number(value, source, "a number of milliseconds")
+    if budget <= 0:
+        raise ApiError(422, f"{source} must be a positive finite number, got {_shown(value)}")
     return budget
 
 
@@ -87,21 +146,20 @@ def parse_width(value: Any, widths: Sequence[float], source: str = "X-Width") ->
     """A width the model declares, or None when absent."""
     if value is None or value == "":
         return None
-    try:
-        width = float(value)
-    except (TypeError, ValueError):
-        raise ApiError(400, f"{source} must be a number, got {value!r}") from None
+    width = parse_number(value, source)
     for w in widths:
         if abs(w - width) < 1e-9:
             return w
-    raise ApiError(422, f"{source} {value!r} is not a declared width; choose one of {list(widths)}")
+    raise ApiError(422, f"{source} {_shown(value)} is not a declared width; choose one of {list(widths)}")
 
 
 def parse_top_k(value: Any, num_classes: int) -> int:
-    try:
+    if isinstance(value, int) and not isinstance(value, bool):
+        k = value
+    elif isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
         k = int(value)
-    except (TypeError, ValueError):
-        raise ApiError(400, f"top_k must be an integer, got {value!r}") from None
+    else:
+        raise ApiError(400, f"top_k must be an integer, got {_shown(value)}")
     if k < 1:
         raise ApiError(422, f"top_k must be at least 1, got {k}")
     return min(k, num_classes)
@@ -124,45 +182,43 @@ def split_binary_body(body: bytes | memoryview, header_length: str | None) -> tu
         header = json.loads(bytes(json_bytes))
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "request body is not valid JSON: nested too deeply") from None
     if not isinstance(header, dict):
         raise ApiError(400, "inference request must be a JSON object")
     return header, tail
 
 
-def decode_v2_tensor(spec: Any, tail: bytes, offset: int, expected_chw: tuple[int, int, int]) -> tuple[np.ndarray, int]:
-    """One v2 input tensor as a numpy array of shape ``[N, C, H, W]``; returns it and the new tail offset."""
-    if not isinstance(spec, dict):
-        raise ApiError(400, "each input must be a JSON object")
-    name = spec.get("name", "?")
-    datatype = spec.get("datatype")
+def decode_v2_tensor(
+    spec: V2InputTensor, tail: bytes | memoryview, offset: int, expected_chw: tuple[int, int, int]
+) -> tuple[np.ndarray, int]:
+    """One v2 input tensor as a numpy array of shape ``[N, C, H, W]``; returns it and the new tail offset.
+
+    ``data`` may be flat (row-major) or nested exactly as ``shape``; anything else is refused rather
+    than reshaped.
+    """
+    name, datatype, shape = spec.name, spec.datatype, spec.shape
     if datatype not in V2_DATATYPES:
         raise ApiError(400, f"input {name!r}: datatype {datatype!r} is not supported; use one of {list(V2_DATATYPES)}")
-    shape = spec.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
-        raise ApiError(400, f"input {name!r}: shape must be a list of integers")
     if len(shape) != 4 or shape[0] < 1 or tuple(shape[1:]) != expected_chw:
         raise ApiError(400, f"input {name!r}: shape {shape} must be [N, {', '.join(map(str, expected_chw))}] with N >= 1")
     dtype = np.dtype(V2_DATATYPES[datatype]).newbyteorder("<")
     count = math.prod(shape)
-    params = spec.get("parameters") or {}
-    if not isinstance(params, dict):
-        raise ApiError(400, f"input {name!r}: parameters must be an object")
-    if "binary_data_size" in params:
-        size = params["binary_data_size"]
-        if not isinstance(size, int) or size < 0:
-            raise ApiError(400, f"input {name!r}: binary_data_size must be a non-negative integer")
+    size = spec.parameters.binary_data_size if spec.parameters is not None else None
+    if size is not None:
         if size != count * dtype.itemsize:
             raise ApiError(400, f"input {name!r}: binary_data_size {size} does not match shape {shape} of {datatype} ({count * dtype.itemsize} bytes)")
         if offset + size > len(tail):
             raise ApiError(400, f"input {name!r}: binary data ends after the request body")
         array = np.frombuffer(tail, dtype=dtype, count=count, offset=offset).reshape(shape)
         return array, offset + size
-    if "data" not in spec:
+    if spec.data is None:
         raise ApiError(400, f"input {name!r}: needs 'data' or parameters.binary_data_size")
     try:
-        array = np.asarray(spec["data"], dtype=dtype.newbyteorder("="))
-    except (TypeError, ValueError, OverflowError):
-        raise ApiError(400, f"input {name!r}: data must be numbers of type {datatype}") from None
-    if array.size != count:
-        raise ApiError(400, f"input {name!r}: {array.size} values do not match shape {shape} ({count} values)")
+        array = np.asarray(spec.data, dtype=dtype.newbyteorder("="))
+    except (TypeError, ValueError, OverflowError, RecursionError):
+        raise ApiError(400, f"input {name!r}: data must be numbers of type {datatype}, flat or nested as the shape") from None
+    if array.shape not in ((count,), tuple(shape)):
+        raise ApiError(400, f"input {name!r}: data of shape {list(array.shape)} matches neither shape {shape} "
+                            f"nor {count} values in a flat list")
     return array.reshape(shape), offset

@@ -23,8 +23,9 @@ from fastapi.responses import JSONResponse
 from PIL import Image
 from starlette.requests import Request
 
-from .codecs import IMAGE_MEDIA_TYPES, split_binary_body, top_predictions
+from .codecs import IMAGE_MEDIA_TYPES, open_image, split_binary_body, top_predictions
 from .routers import kserve, native
+from .v2_request import parse_v2_request
 
 __all__ = ["warm_request_path"]
 
@@ -51,7 +52,8 @@ async def _warm(app: FastAPI) -> None:
         data = buffer.getvalue()
         for content_type, body in ((media_type, data), _multipart(data, media_type)):
             payload, payload_type = await native.image_payload(_request(app, content_type, body), settings.max_body_bytes)
-            tensor = native.decode_request_image(engine, settings, payload, payload_type)
+            image = open_image(payload, payload_type, settings.max_image_pixels)
+            tensor = native.decode_request_image(engine, settings, image)
     logits = engine.runtime.run(net.widths[-1], tensor)
     JSONResponse({"predictions": top_predictions(logits[0], 5, engine.label), "timing_ms": {"total": 1.0}})
     # v2: JSON FP32 and binary UINT8 inputs, JSON and binary outputs.
@@ -59,13 +61,13 @@ async def _warm(app: FastAPI) -> None:
     header = {"inputs": [{"name": kserve.INPUT_NAME, "datatype": "FP32", "shape": shape,
                           "data": [0.0] * int(np.prod(shape))}]}
     parsed, tail = split_binary_body(json.dumps(header).encode(), None)
-    kserve.input_tensor(parsed, tail, engine)
+    kserve.input_tensor(parse_v2_request(parsed), tail, engine)
     raw = np.zeros(shape, np.uint8).tobytes()
     header = {"inputs": [{"name": kserve.INPUT_NAME, "datatype": "UINT8", "shape": shape,
                           "parameters": {"binary_data_size": len(raw)}}]}
     head = json.dumps(header).encode()
     parsed, tail = split_binary_body(memoryview(head + raw), str(len(head)))
-    kserve.input_tensor(parsed, tail, engine)
+    kserve.input_tensor(parse_v2_request(parsed), tail, engine)
     values = np.ascontiguousarray(logits.float().numpy())
     JSONResponse({"outputs": [{"data": values.ravel().tolist()}]})
     values.astype("<f4").tobytes()

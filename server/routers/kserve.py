@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from ..codecs import decode_v2_tensor, parse_budget_ms, parse_width, split_binary_body
 from ..engine import Engine
@@ -26,12 +27,14 @@ from ..http_util import get_engine, read_body_aligned, timing_headers
 from ..logs import log_fields
 from ..observe import count_outcome
 from ..schemas import INFER_OPENAPI, V2InferResponse, error_responses
+from ..v2_request import V2InferRequest, V2RequestParameters, parse_v2_request
 
 router = APIRouter(tags=["kserve-v2"])
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 MODEL_VERSION = "1"
+INLINE_PARSE_BYTES = 64 * 1024  # larger bodies are parsed in a worker thread
 
 
 def _server_version() -> str:
@@ -109,16 +112,21 @@ async def infer(request: Request, name: str, model_version: str | None = None) -
     async with count_outcome(engine, request) as record:
         header_length = request.headers.get("inference-header-content-length")
         body = await read_body_aligned(request, settings.max_body_bytes, _int_or_zero(header_length))
-        header, tail = split_binary_body(body, header_length)
-        params = header.get("parameters") or {}
-        if not isinstance(params, dict):
-            raise ApiError(400, "parameters must be a JSON object")
-        width = parse_width(params.get("width", request.headers.get("x-width")), engine.net.widths, "width")
+        # Parsing megabytes of JSON takes 100+ ms: never on the event loop.
+        large = len(body) > INLINE_PARSE_BYTES
+        header, tail = await run_in_threadpool(split_binary_body, body, header_length) if large else \
+            split_binary_body(body, header_length)
+        parsed = parse_v2_request(header)
+        _check_outputs(parsed)
+        params = parsed.parameters or V2RequestParameters()
+        width = parse_width(params.width if params.width is not None else request.headers.get("x-width"),
+                            engine.net.widths, "width")
         budget_ms = _budget_ms(params, request)
         log_fields(request, budget_ms=budget_ms, pinned_width=width)
         budget_s = engine.budget_s(budget_ms)
         engine.precheck(width, budget_s)
-        tensor = input_tensor(header, tail, engine)
+        tensor = await run_in_threadpool(input_tensor, parsed, tail, engine) if large else \
+            input_tensor(parsed, tail, engine)
         if tensor.shape[0] > settings.max_batch_size:
             raise ApiError(400, f"batch of {tensor.shape[0]} exceeds max_batch_size {settings.max_batch_size}")
         result = await engine.submit(tensor, width, budget_s, received_at=started)
@@ -132,10 +140,10 @@ async def infer(request: Request, name: str, model_version: str | None = None) -
             "parameters": {"width": result.width, "deadline_met": met, "budget_ms": budget_ms},
             "outputs": [output],
         }
-        if "id" in header:
-            response["id"] = header["id"]
+        if parsed.id is not None:
+            response["id"] = parsed.id
         headers = timing_headers(result, total)
-        if not _wants_binary(header):
+        if not parsed.wants_binary_output():
             output["data"] = logits.ravel().tolist()
             return JSONResponse(response, headers=headers)
         raw = logits.astype("<f4").tobytes()
@@ -145,24 +153,27 @@ async def infer(request: Request, name: str, model_version: str | None = None) -
         return Response(head + raw, media_type="application/octet-stream", headers=headers)
 
 
-def _budget_ms(params: dict, request: Request) -> float | None:
-    if "latency_budget_ms" in params:
-        return parse_budget_ms(params["latency_budget_ms"], "latency_budget_ms")
-    if "timeout" in params:  # Triton: microseconds
-        timeout_us = parse_budget_ms(params["timeout"], "timeout")
-        return timeout_us / 1e3 if timeout_us is not None else None
+def _budget_ms(params: V2RequestParameters, request: Request) -> float | None:
+    if params.latency_budget_ms is not None:
+        return parse_budget_ms(params.latency_budget_ms, "latency_budget_ms")
+    if params.timeout is not None:  # Triton: microseconds
+        return parse_budget_ms(params.timeout, "timeout") / 1e3
     return parse_budget_ms(request.headers.get("x-latency-budget-ms"))
 
 
-def input_tensor(header: dict, tail: bytes | memoryview, engine: Engine) -> torch.Tensor:
+def _check_outputs(parsed: V2InferRequest) -> None:
+    """Unknown requested outputs are refused before the model runs."""
+    for out in parsed.outputs or ():
+        if out.name != OUTPUT_NAME:
+            raise ApiError(400, f"unknown output {out.name!r}; this model outputs {OUTPUT_NAME!r}")
+
+
+def input_tensor(request: V2InferRequest, tail: bytes | memoryview, engine: Engine) -> torch.Tensor:
     """The request's one input as a float32 ``[N, C, H, W]`` tensor (UINT8 pixels normalised here)."""
-    inputs = header.get("inputs")
-    if not isinstance(inputs, list) or not inputs:
-        raise ApiError(400, f"request needs 'inputs' with one tensor named {INPUT_NAME!r}")
-    if len(inputs) != 1:
-        raise ApiError(400, f"expected exactly one input, got {len(inputs)}")
+    if len(request.inputs) != 1:
+        raise ApiError(400, f"expected exactly one input named {INPUT_NAME!r}, got {len(request.inputs)}")
     c, s = engine.net.in_channels, engine.net.input_size
-    array, _ = decode_v2_tensor(inputs[0], tail, 0, (c, s, s))
+    array, _ = decode_v2_tensor(request.inputs[0], tail, 0, (c, s, s))
     if array.dtype == np.uint8:
         mean = np.asarray(engine.metadata.get("mean", (0.5,) * c), dtype=np.float32).reshape(1, c, 1, 1)
         std = np.asarray(engine.metadata.get("std", (0.5,) * c), dtype=np.float32).reshape(1, c, 1, 1)
@@ -181,16 +192,3 @@ def _int_or_zero(value: str | None) -> int:
         return max(0, int(value)) if value is not None else 0
     except ValueError:
         return 0
-
-
-def _wants_binary(header: dict) -> bool:
-    params = header.get("parameters") or {}
-    if params.get("binary_data_output"):
-        return True
-    for out in header.get("outputs") or []:
-        if isinstance(out, dict):
-            if out.get("name") not in (None, OUTPUT_NAME):
-                raise ApiError(400, f"unknown output {out.get('name')!r}; this model outputs {OUTPUT_NAME!r}")
-            if (out.get("parameters") or {}).get("binary_data"):
-                return True
-    return False

@@ -9,7 +9,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from ..codecs import decode_image, parse_budget_ms, parse_top_k, parse_width, top_predictions
+from ..codecs import (
+    CHEAP_DECODE_PIXELS, decode_opened, open_image, parse_budget_ms, parse_top_k, parse_width, top_predictions,
+)
 from ..errors import ApiError
 from ..http_util import get_engine, parse_multipart, read_body, timing_headers
 from ..logs import log_fields
@@ -40,9 +42,12 @@ async def classify(request: Request) -> JSONResponse:
         budget_s = engine.budget_s(budget_ms)
         engine.precheck(width, budget_s)  # refuse before decoding when overloaded
         data, media_type = await image_payload(request, settings.max_body_bytes)
-        decode = functools.partial(decode_request_image, engine, settings, data, media_type)
-        # Small images decode faster than a thread hand-off costs; large ones must not block the event loop.
-        tensor = decode() if len(data) <= INLINE_DECODE_BYTES else await run_in_threadpool(decode)
+        image = open_image(data, media_type, settings.max_image_pixels)  # header only: size checks, 4xx
+        decode = functools.partial(decode_request_image, engine, settings, image)
+        # Small images decode faster than a thread hand-off costs; anything whose decoding cost is not
+        # small and bounded (many pixels, even in a tiny compressed body) must not block the event loop.
+        cheap = len(data) <= INLINE_DECODE_BYTES and image.width * image.height <= CHEAP_DECODE_PIXELS
+        tensor = decode() if cheap else await run_in_threadpool(decode)
         result = await engine.submit(tensor, width, budget_s, received_at=started)
         total = time.monotonic() - started
         met = record(result, total, budget_s)
@@ -57,12 +62,12 @@ async def classify(request: Request) -> JSONResponse:
         return JSONResponse(body, headers=timing_headers(result, total))
 
 
-def decode_request_image(engine, settings, data: bytes, media_type: str):
-    """One image body as the model's ``[1, C, H, W]`` input, with the checkpoint's normalisation."""
+def decode_request_image(engine, settings, image):
+    """An image from :func:`open_image` as the model's ``[1, C, H, W]`` input, with the checkpoint's normalisation."""
     meta = engine.metadata
-    return decode_image(
-        data, media_type, settings.max_image_pixels, engine.net.input_size, meta.get("mean", (0.5,) * 3),
-        meta.get("std", (0.5,) * 3), engine.net.in_channels, settings.jpeg_draft == "on",
+    return decode_opened(
+        image, engine.net.input_size, meta.get("mean", (0.5,) * 3), meta.get("std", (0.5,) * 3),
+        engine.net.in_channels, settings.jpeg_draft == "on",
     )
 
 

@@ -35,6 +35,11 @@ CASES = {
     "text budget": (GOOD, {"content-type": "image/png", "X-Latency-Budget-Ms": "soon"}, 400),
     "undeclared width": (GOOD, {"content-type": "image/png", "X-Width": "0.6"}, 422),
     "text width": (GOOD, {"content-type": "image/png", "X-Width": "wide"}, 400),
+    "extreme aspect ratio": (_png_with_size(4000, 10), {"content-type": "image/png"}, 413),
+    "underscore budget": (GOOD, {"content-type": "image/png", "X-Latency-Budget-Ms": "5_0"}, 400),
+    "underscore width": (GOOD, {"content-type": "image/png", "X-Width": "0.2_5"}, 400),
+    "non-ASCII digits budget": (GOOD, {"content-type": "image/png", "X-Latency-Budget-Ms": "\u0665\u0660".encode()}, 400),
+    "huge budget": (GOOD, {"content-type": "image/png", "X-Latency-Budget-Ms": "9" * 401}, 422),
     "multipart without image": (b"--b\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\n1\r\n--b--\r\n",
                                 {"content-type": "multipart/form-data; boundary=b"}, 400),
 }
@@ -51,6 +56,7 @@ def test_bad_image_request_is_a_counted_4xx_and_server_keeps_serving(client, nam
     r = client.post("/v1/classify", content=body, headers=headers)
     assert r.status_code == status, r.text
     assert isinstance(r.json()["error"], str) and r.json()["error"]
+    assert " at 0x" not in r.json()["error"]  # no object reprs (heap addresses) in messages
     assert client.registry.get_sample_value(
         "widthwise_requests_total", {"model": "tiny", "width": "none", "outcome": "bad_request"}
     ) == 1
@@ -80,3 +86,65 @@ def test_unknown_route_and_method_are_json_errors(client):
     assert r.status_code == 404 and "error" in r.json()
     r = client.get("/v1/classify")
     assert r.status_code == 405 and "error" in r.json()
+
+
+def test_unidentifiable_image_message_names_no_heap_address(client):
+    r = client.post("/v1/classify", content=b"GIF89a" + b"\x00" * 64, headers={"content-type": "image/png"})
+    assert r.status_code == 400
+    assert r.json()["error"] == "cannot decode image: not a JPEG, PNG or WebP image (declared image/png)"
+
+
+def test_very_wide_image_is_refused_without_building_a_huge_intermediate(make_client):
+    # 300000x1 pixels is within the default pixel limit; resizing its short side to the input size
+    # used to build a 9.6M x 32 intermediate (1.5 GB of RSS and a 3 s stall).
+    client = make_client()
+    r = client.post("/v1/classify", content=_png_with_size(300_000, 1), headers={"content-type": "image/png"})
+    assert r.status_code == 413 and "times wider than high" in r.json()["error"]
+
+
+def test_resizing_resamples_only_the_crop():
+    import resource
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    code = """
+import resource
+from PIL import Image
+from models.transforms import resize_center_crop
+image = Image.new("L", (300_000, 2), 128)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+out = resize_center_crop(image, 32)
+grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+assert out.size == (32, 32), out.size
+print(round(grown_mb))
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) < 20  # resizing all of it first (4.8M x 32 pixels) grew RSS by ~150 MB
+
+
+def test_many_pixels_in_a_small_body_are_decoded_off_the_event_loop(make_client, monkeypatch):
+    import io
+
+    from PIL import Image
+
+    from server.routers import native
+
+    client = make_client()
+    calls = []
+    original = native.run_in_threadpool
+
+    async def recording(fn, *args, **kwargs):
+        calls.append(fn)
+        return await original(fn, *args, **kwargs)
+
+    monkeypatch.setattr(native, "run_in_threadpool", recording)
+    assert client.post("/v1/classify", content=GOOD, headers={"content-type": "image/png"}).status_code == 200
+    assert calls == []  # 20x20: decoded inline
+    buffer = io.BytesIO()
+    Image.new("RGB", (2048, 2048)).save(buffer, "PNG")
+    assert len(buffer.getvalue()) < native.INLINE_DECODE_BYTES  # a small body ...
+    r = client.post("/v1/classify", content=buffer.getvalue(), headers={"content-type": "image/png"})
+    assert r.status_code == 200 and len(calls) == 1  # ... of 4 M pixels: decoded in a thread

@@ -135,6 +135,32 @@ BAD = {
 }
 
 
+GOOD_INPUT = {"name": "input", "shape": [1, 3, 16, 16], "datatype": "FP32", "data": [0.0] * 768}
+# Malformed in ways that used to reach the model or raise TypeError/OverflowError (500): (body, status, error).
+MALFORMED = {
+    "outputs not a list": ({"inputs": [GOOD_INPUT], "outputs": 5}, 400, "invalid inference request: outputs:"),
+    "output parameters not an object": ({"inputs": [GOOD_INPUT], "outputs": [{"name": "logits", "parameters": 3}]},
+                                        400, "invalid inference request: outputs.0.parameters:"),
+    "binary_data_output a string": ({"inputs": [GOOD_INPUT], "parameters": {"binary_data_output": "false"}},
+                                    400, "invalid inference request: parameters.binary_data_output:"),
+    "width true": ({"inputs": [GOOD_INPUT], "parameters": {"width": True}}, 400, "width must be a number, got True"),
+    "huge integer width": ('{"inputs": [INPUT], "parameters": {"width": ' + "9" * 401 + "}}", 422, "width is out of range"),
+    "huge integer budget": ('{"inputs": [INPUT], "parameters": {"latency_budget_ms": ' + "9" * 401 + "}}", 422,
+                            "latency_budget_ms is out of range"),
+    "huge integer timeout": ('{"inputs": [INPUT], "parameters": {"timeout": ' + "9" * 401 + "}}", 422, "timeout is out of range"),
+    "underscore width": ({"inputs": [GOOD_INPUT], "parameters": {"width": "0.2_5"}}, 400, "width must be a number"),
+    "underscore budget": ({"inputs": [GOOD_INPUT], "parameters": {"latency_budget_ms": "5_0"}}, 400,
+                          "latency_budget_ms must be a number of milliseconds"),
+    "deeply nested": ("[" * 50_000 + "]" * 50_000, 400, "nested too deeply"),
+    "nested data of the wrong shape": ({"inputs": [dict(GOOD_INPUT, data=[[0.0] * 256] * 3)]}, 400,
+                                       "data of shape [3, 256] matches neither shape [1, 3, 16, 16]"),
+    "shape not integers": ({"inputs": [dict(GOOD_INPUT, shape=[1, 3, 16, "16"])]}, 400, "invalid inference request: inputs.0.shape.3:"),
+    "id not a string": ({"inputs": [GOOD_INPUT], "id": {"x": 1}}, 400, "invalid inference request: id:"),
+    "parameters not an object": ({"inputs": [GOOD_INPUT], "parameters": [1]}, 400, "invalid inference request: parameters:"),
+    "unknown output": ({"inputs": [GOOD_INPUT], "outputs": [{"name": "probs"}]}, 400, "unknown output 'probs'"),
+}
+
+
 @pytest.mark.parametrize("name", list(BAD))
 def test_bad_v2_requests_are_4xx(client, name):
     body, status = BAD[name]
@@ -144,6 +170,51 @@ def test_bad_v2_requests_are_4xx(client, name):
     assert r.json()["error"]
     good = {"inputs": [{"name": "input", "shape": [1, 3, 16, 16], "datatype": "FP32", "data": [0.0] * 768}]}
     assert _infer(client, good).status_code == 200
+
+
+@pytest.mark.parametrize("name", list(MALFORMED))
+def test_malformed_v2_request_is_refused_before_the_model_runs_and_counted_once(client, name):
+    body, status, error = MALFORMED[name]
+    raw = body.replace("INPUT", json.dumps(GOOD_INPUT)) if isinstance(body, str) else json.dumps(body)
+    r = client.post("/v2/models/tiny/infer", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text
+    assert error in r.json()["error"], r.json()["error"]
+    get = client.registry.get_sample_value
+    assert get("widthwise_requests_total", {"model": "tiny", "width": "none", "outcome": "bad_request"}) == 1
+    for outcome in ("ok", "error", "rejected", "deadline_missed"):
+        for width in ("none", "0.25", "0.5", "0.75", "1.0"):
+            assert get("widthwise_requests_total", {"model": "tiny", "width": width, "outcome": outcome}) is None
+    assert get("widthwise_batch_size_count", {"model": "tiny", "width": "1.0"}) is None  # the model never ran
+    assert _infer(client, {"inputs": [GOOD_INPUT]}).status_code == 200
+
+
+def test_nested_data_in_the_request_shape_is_accepted(client, reference_net):
+    x = _tensor()
+    r = _infer(client, {"inputs": [{"name": "input", "shape": SHAPE, "datatype": "FP32", "data": x.tolist()}],
+                        "parameters": {"width": "0.5"}})
+    assert r.status_code == 200
+    with torch.inference_mode():
+        expected = reference_net(torch.from_numpy(x), width=0.5)
+    assert np.allclose(r.json()["outputs"][0]["data"], expected.numpy().ravel(), atol=1e-4)
+
+
+def test_large_json_body_is_parsed_off_the_event_loop(client, monkeypatch):
+    from server.routers import kserve
+
+    calls = []
+    original = kserve.run_in_threadpool
+
+    async def recording(fn, *args, **kwargs):
+        calls.append(fn.__name__)
+        return await original(fn, *args, **kwargs)
+
+    monkeypatch.setattr(kserve, "run_in_threadpool", recording)
+    small = {"inputs": [GOOD_INPUT]}
+    assert _infer(client, small).status_code == 200 and calls == []
+    big = {"inputs": [dict(GOOD_INPUT, shape=[8, 3, 16, 16], data=[0.123456789] * 8 * 768)]}
+    assert len(json.dumps(big)) > kserve.INLINE_PARSE_BYTES
+    assert _infer(client, big).status_code == 200
+    assert calls == ["split_binary_body", "input_tensor"]
 
 
 def test_binary_length_mismatches_are_400(client):
