@@ -6,6 +6,7 @@ import asyncio
 
 import numpy as np
 from fastapi import Request
+from starlette.requests import ClientDisconnect
 
 from .engine import Engine, InferenceResult
 from .errors import ApiError
@@ -29,12 +30,17 @@ async def read_body_aligned(request: Request, limit: int, offset: int) -> memory
 ALIGNMENT = 64
 
 
+CLIENT_CLOSED = 499  # nginx's status for a client that went away; nobody receives it, the log and metrics do
+
+
 async def _bounded_in_time(request: Request, reading):
     try:
         async with asyncio.timeout(request.app.state.settings.body_timeout_s):
             return await reading
     except TimeoutError:
         raise ApiError(408, "request body not received in time") from None
+    except ClientDisconnect:  # the client's doing, not a server error: counted bad_request, no traceback
+        raise ApiError(CLIENT_CLOSED, "client closed the connection before sending the whole body") from None
 
 
 def _declared_length(request: Request, limit: int) -> int | None:

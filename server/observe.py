@@ -18,25 +18,22 @@ log = logging.getLogger("widthwise.http")
 
 @contextlib.asynccontextmanager
 async def count_outcome(engine: Engine, request) -> AsyncIterator[Callable[[InferenceResult, float, float | None], bool]]:
-    """Counts exactly one outcome per request in ``widthwise_requests_total``.
+    """Counts exactly one outcome per request in ``widthwise_requests_total``, matching its status.
 
-    The handler calls the yielded ``record(result, total_s, budget_s)`` on success,
-    which returns whether the budget was met end to end (handler start to reply); an
-    :class:`ApiError` counts as ``bad_request``, :class:`Rejected` as
-    ``rejected``, anything else as ``error``. Exceptions propagate unchanged.
-    The outcome also goes into the request's access-log line.
+    The handler calls the yielded ``record(result, total_s, budget_s)`` once the engine has
+    answered; it returns whether the budget was met end to end (handler start to reply). The
+    outcome is committed when the handler finishes: ``ok``/``deadline_missed`` if it returns
+    normally, ``bad_request`` for an :class:`ApiError` (4xx), ``rejected`` for :class:`Rejected`
+    (503/504) and ``error`` for anything else (500) -- also when it fails after ``record`` (a
+    request answered 500 is never counted ``ok``). Exceptions propagate unchanged. The outcome also
+    goes into the request's access-log line.
     """
-    recorded = False
+    served: list = []
 
     def record(result: InferenceResult, total_s: float, budget_s: float | None) -> bool:
-        nonlocal recorded
-        recorded = True
         met = budget_s is None or total_s <= budget_s
-        outcome = "ok" if met else "deadline_missed"
+        served[:] = [result, total_s, "ok" if met else "deadline_missed"]
         engine.note_overhead(total_s - result.queue_s - result.inference_s)
-        engine.metrics.request(result.width, outcome, total_s, engine.accuracy.get(result.width))
-        log_fields(request, outcome=outcome, width=result.width, reason=result.reason, batch=result.batch_samples,
-                   queue_ms=round(result.queue_s * 1e3, 3), inference_ms=round(result.inference_s * 1e3, 3))
         return met
 
     try:
@@ -50,7 +47,11 @@ async def count_outcome(engine: Engine, request) -> AsyncIterator[Callable[[Infe
         log_fields(request, outcome="rejected", error=exc.message)
         raise
     except Exception as exc:
-        if not recorded:
-            engine.metrics.request(None, "error")
-            log_fields(request, outcome="error", error=str(exc))
+        engine.metrics.request(None, "error")
+        log_fields(request, outcome="error", error=str(exc))
         raise
+    if served:
+        result, total_s, outcome = served
+        engine.metrics.request(result.width, outcome, total_s, engine.accuracy.get(result.width))
+        log_fields(request, outcome=outcome, width=result.width, reason=result.reason, batch=result.batch_samples,
+                   queue_ms=round(result.queue_s * 1e3, 3), inference_ms=round(result.inference_s * 1e3, 3))
