@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+from pydantic import ValidationError
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .labels import imagenet1k_labels
+from .metadata import CheckpointMetadata, metadata_error
 from .net import SlimmableNet
 from .registry import create, list_models
 
@@ -63,8 +65,11 @@ def load_checkpoint(path: str | Path, arch: str | None = None, widths: tuple[flo
     inferred from the state-dict layout unless ``arch``/``widths`` are given.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if not path.is_file():
+        kind = "a directory" if path.is_dir() else "not a regular file (a FIFO, socket or device)"
+        raise CheckpointError(f"checkpoint {path} is {kind}; pass a .safetensors or .pt file")
     with open(path, "rb") as f:
         head = f.read(8)
     if _looks_like_safetensors(path, head):
@@ -88,15 +93,22 @@ def _load_safetensors(path: Path) -> SlimmableNet:
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
     if raw_meta is None:
         raise CheckpointError(f"{path}: safetensors file has no {METADATA_KEY!r} metadata")
-    meta = _validate_metadata(json.loads(raw_meta), path)
-    net = create(
-        meta["arch"],
-        widths=tuple(meta["widths"]),
-        num_classes=meta["num_classes"],
-        input_size=meta["input_size"],
-        in_channels=meta.get("in_channels", 3),
-        bn_mode=meta.get("bn_mode", "switchable"),
-    )
+    try:
+        meta = json.loads(raw_meta)
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: metadata is not JSON ({exc})") from None
+    meta = _validate_metadata(meta, path)
+    try:
+        net = create(
+            meta["arch"],
+            widths=tuple(meta["widths"]),
+            num_classes=meta["num_classes"],
+            input_size=meta["input_size"],
+            in_channels=meta.get("in_channels", 3),
+            bn_mode=meta.get("bn_mode", "switchable"),
+        )
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: cannot build {meta['arch']} from its metadata: {exc}") from None
     _load_state_strict(net, state, path)
     meta["accuracy"] = {float(w): a for w, a in meta.get("accuracy", {}).items()}
     net.metadata = meta
@@ -106,22 +118,12 @@ def _load_safetensors(path: Path) -> SlimmableNet:
 def _validate_metadata(meta: Any, path: Path) -> dict:
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path}: metadata must be a JSON object")
-    for key in ("arch", "widths", "num_classes", "input_size"):
-        if key not in meta:
-            raise CheckpointError(f"{path}: metadata lacks {key!r}")
-    widths = meta["widths"]
-    if not isinstance(widths, list) or not widths or any(not isinstance(w, (int, float)) or w <= 0 for w in widths):
-        raise CheckpointError(f"{path}: metadata 'widths' must be a list of positive numbers")
-    if widths != sorted(set(widths)):
-        raise CheckpointError(f"{path}: metadata 'widths' must be strictly ascending, got {widths}")
+    try:
+        CheckpointMetadata.model_validate(meta)
+    except ValidationError as exc:
+        raise CheckpointError(f"{path}: invalid metadata: {metadata_error(exc)}") from None
     if meta["arch"] not in list_models():
-        raise CheckpointError(f"{path}: unknown arch {meta['arch']!r}")
-    labels = meta.get("labels")
-    if labels is not None:
-        if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
-            raise CheckpointError(f"{path}: metadata 'labels' must be a list of strings")
-        if len(labels) != meta["num_classes"]:
-            raise CheckpointError(f"{path}: metadata has {len(labels)} labels for {meta['num_classes']} classes")
+        raise CheckpointError(f"{path}: unknown arch {meta['arch']!r}; registered: {', '.join(list_models())}")
     return meta
 
 
@@ -184,10 +186,16 @@ def _load_state_strict(net: SlimmableNet, state: Mapping[str, torch.Tensor], pat
             if key.endswith("num_batches_tracked"):
                 continue
             raise CheckpointError(f"{path}: missing key {key!r}")
-        if tuple(state[key].shape) != tuple(ref.shape):
+        tensor = state[key]
+        if tuple(tensor.shape) != tuple(ref.shape):
             raise CheckpointError(
-                f"{path}: shape mismatch for key {key!r}: checkpoint {list(state[key].shape)}, model {list(ref.shape)}"
+                f"{path}: shape mismatch for key {key!r}: checkpoint {list(tensor.shape)}, model {list(ref.shape)}"
             )
+        if tensor.dtype != ref.dtype:
+            raise CheckpointError(f"{path}: key {key!r} is {str(tensor.dtype).removeprefix('torch.')}, "
+                                  f"the model needs {str(ref.dtype).removeprefix('torch.')}")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{path}: key {key!r} holds NaN or infinite values")
     unexpected = sorted(set(state) - set(expected))
     if unexpected:
         raise CheckpointError(f"{path}: unexpected key {unexpected[0]!r} (and {len(unexpected) - 1} more)")

@@ -95,7 +95,20 @@ def test_safetensors_round_trip_is_bit_exact(tmp_path):
 
 @pytest.mark.parametrize(
     "patch,message",
-    [({"widths": [1.0, 0.5]}, "ascending"), ({"widths": []}, "widths"), ({"arch": "nope"}, "unknown arch")],
+    [({"widths": [1.0, 0.5]}, "ascending"), ({"widths": []}, "widths"), ({"arch": "nope"}, "unknown arch"),
+     ({"num_classes": "10"}, "num_classes: Input should be a valid integer"),
+     ({"num_classes": -1}, "num_classes: Input should be greater than or equal to 1"),
+     ({"widths": [float("nan")]}, "widths.0: Input should be a finite number"),
+     ({"widths": [0.5, 100]}, r"widths: Value error, every width must be in \(0, 4\]|widths: every width must be in"),
+     ({"input_size": 100000}, "input_size: Input should be less than or equal to 4096"),
+     ({"input_size": 0}, "input_size: Input should be greater than or equal to 8"),
+     ({"mean": "abc"}, "mean: Input should be a valid list"),
+     ({"std": [0, 0, 0]}, "std: .*every std must be positive"),
+     ({"labels": 7}, "labels: Input should be a valid list"),
+     ({"labels": ["a"]}, "1 labels for 10 classes"),
+     ({"bn_mode": "magic"}, "bn_mode: Input should be 'switchable' or 'shared'"),
+     ({"accuracy": {"0.3": 0.5}}, "accuracy names width '0.3', which is not declared"),
+     ({"accuracy": {"0.5": 70}}, r"accuracy of width 0.5 must be a fraction")],
 )
 def test_invalid_metadata_is_refused(tmp_path, patch, message):
     from safetensors.torch import load_file, save_file
@@ -188,3 +201,62 @@ def test_profile_cli_table(capsys):
     assert main(["profile", "--arch", "s_mobilenet_v2", "--input-size", "224", "--repeats", "3"]) == 0
     out = capsys.readouterr().out
     assert "300,774,272" in out and "59,285,808" in out
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.int8, torch.bool])
+def test_tensor_of_the_wrong_dtype_is_refused(tmp_path, dtype):
+    from safetensors.torch import load_file, save_file
+
+    net = models.create("s_convnet6")
+    path = tmp_path / "net.safetensors"
+    models.save_checkpoint(net, path)
+    tensors = load_file(str(path))
+    key = next(k for k in tensors if k.endswith("weight"))
+    tensors[key] = tensors[key].to(dtype)
+    with open(path, "rb") as f:
+        from safetensors import safe_open
+
+        meta = safe_open(str(path), "pt").metadata()
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(CheckpointError, match=f"key '{key}' is {str(dtype).removeprefix('torch.')}, the model needs float32"):
+        models.load_checkpoint(path)
+
+
+def test_non_finite_weights_are_refused(tmp_path):
+    net = models.create("s_convnet6")
+    with torch.no_grad():
+        next(net.parameters())[0].fill_(float("nan"))
+    path = tmp_path / "nan.safetensors"
+    models.save_checkpoint(net, path)
+    with pytest.raises(CheckpointError, match="holds NaN or infinite values"):
+        models.load_checkpoint(path)
+
+
+def test_path_that_is_not_a_file_says_what_it_is(tmp_path):
+    import os
+
+    with pytest.raises(CheckpointError, match="is a directory"):
+        models.load_checkpoint(tmp_path)
+    fifo = tmp_path / "pipe.safetensors"
+    os.mkfifo(fifo)
+    with pytest.raises(CheckpointError, match="not a regular file"):
+        models.load_checkpoint(fifo)
+
+
+def test_bad_checkpoint_metadata_exits_2_with_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file, save_file
+
+    from tests.conftest import REPO
+
+    net = models.create("s_convnet6")
+    path = tmp_path / "net.safetensors"
+    models.save_checkpoint(net, path)
+    save_file(load_file(str(path)), str(path), metadata={"widthwise": json.dumps({**net.config(), "std": [0, 0, 0]})})
+    out = subprocess.run([sys.executable, "-m", "server.cli", "serve", "--checkpoint", str(path)], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [f"widthwise serve: error: {path}: invalid metadata: std: every std "
+                                               "must be positive, got [0.0, 0.0, 0.0]"]
