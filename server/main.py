@@ -12,6 +12,7 @@ from models.checkpoint import CheckpointError
 
 from .app import build_app
 from .logs import configure_logging
+from .protocols import protocol_class
 from .settings import Settings
 
 __all__ = ["run_server", "DrainingServer", "EXIT_FAILED"]
@@ -59,7 +60,7 @@ def run_server(settings: Settings) -> int:
         host=settings.host,
         port=settings.port,
         loop=settings.event_loop,
-        http=settings.http_parser,
+        http=protocol_class(settings.http_parser, settings.header_timeout_s),
         log_level=settings.log_level,
         timeout_keep_alive=5,
         timeout_graceful_shutdown=30,

@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, le=1024**3, description="largest request body (413 beyond)")
     max_header_bytes: int = Field(16 * 1024, ge=1024, le=1024**2, description="largest total size of request headers (431 beyond)")
+    header_timeout_s: float = Field(
+        10.0, gt=0, le=3600, description="a connection whose request headers are not complete within this time "
+        "(of connecting, or of its previous response) gets 408 and is closed"
+    )
     body_timeout_s: float = Field(30.0, gt=0, le=3600, description="a request body not received within this time gets 408")
     event_loop: Literal["auto", "asyncio", "uvloop"] = Field(
         "auto", description="uvicorn event loop (auto: uvloop when installed)"

@@ -54,4 +54,6 @@ def test_event_loop_and_http_parser_reach_uvicorn(monkeypatch, tiny_checkpoint):
     monkeypatch.setattr(main.DrainingServer, "run", lambda self: seen.update(loop=self.config.loop, http=self.config.http))
     settings = Settings(checkpoint=tiny_checkpoint, event_loop="asyncio", http_parser="h11")
     assert main.run_server(settings) == 0
-    assert seen == {"loop": "asyncio", "http": "h11"}
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    assert seen["loop"] == "asyncio" and issubclass(seen["http"], H11Protocol)

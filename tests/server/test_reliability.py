@@ -283,3 +283,51 @@ def test_text_access_log_escapes_client_controlled_values(make_client, caplog):
         assert "\n" not in line and "\r" not in line and "\x1b" not in line and "\u2028" not in line, line
     assert 'path="/v1/x\\r\\n2026-11-28 12:00:00,000 INFO widthwise.access: request status=200\\u001b[2J\\u2028"' in lines[0]
     assert "path=/v1/classify status=400" in lines[1]
+
+
+@pytest.mark.parametrize("parser", ["httptools", "h11"])
+def test_silent_or_trickling_connections_get_408_and_are_closed(live_server, parser):
+    import socket
+
+    server = live_server("--header-timeout-s", "1", "--http-parser", parser)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as silent, \
+            socket.create_connection(("127.0.0.1", server.port), timeout=10) as trickle:
+        start = time.monotonic()
+        trickle.sendall(b"GET /healthz HTTP/1.1\r\n")
+        for _ in range(3):  # a header line every 0.4 s: never complete within 1 s
+            time.sleep(0.4)
+            try:
+                trickle.sendall(b"X-Slow: 1\r\n")
+            except OSError:
+                break
+        for sock in (silent, trickle):
+            reply = b""
+            while chunk := sock.recv(4096):
+                reply += chunk
+            assert reply.startswith(b"HTTP/1.1 408"), reply
+            assert b"content-type: application/json" in reply.lower()
+            assert json.loads(reply.split(b"\r\n\r\n", 1)[1]) == {"error": "request headers not received within 1 s"}
+        assert time.monotonic() - start < 5
+    # A prompt client on a keep-alive connection is unaffected, also after waiting less than the deadline.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        for _ in range(2):
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            reply = b""
+            while not reply.endswith(b'{"status":"alive"}'):  # head and body may come in separate packets
+                reply += sock.recv(4096)
+            assert reply.startswith(b"HTTP/1.1 200")
+            time.sleep(0.6)
+
+
+@pytest.mark.parametrize("parser", ["httptools", "h11"])
+def test_malformed_http_gets_a_json_400(live_server, parser):
+    import socket
+
+    server = live_server("--http-parser", parser)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"GARBAGE\x00\x01 / NOT-HTTP\r\n\r\n")
+        reply = b""
+        while chunk := sock.recv(4096):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 400") and b"content-type: application/json" in reply.lower()
+    assert json.loads(reply.split(b"\r\n\r\n", 1)[1]) == {"error": "Invalid HTTP request received."}

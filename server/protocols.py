@@ -1,0 +1,73 @@
+"""uvicorn's HTTP protocols with two things it lacks: a deadline for request headers and JSON errors.
+
+uvicorn bounds idle keep-alive connections and we bound bodies (``--body-timeout-s``), but a
+connection that sends nothing, or trickles one header line every few seconds, was held open
+forever. Each connection here must deliver a request's headers within ``--header-timeout-s`` of
+connecting (or of its previous response); otherwise it gets a JSON 408 and is closed -- the same
+bound as Envoy's ``request_headers_timeout`` or nginx's ``client_header_timeout``. uvicorn's own
+400 for malformed HTTP is JSON too, like every other error of the API.
+"""
+
+from __future__ import annotations
+
+import json
+
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+__all__ = ["protocol_class", "HeaderDeadline"]
+
+
+def _json_error(status: int, reason: str, message: str) -> bytes:
+    body = json.dumps({"error": message}).encode()
+    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+            "connection: close\r\n\r\n").encode() + body
+
+
+class HeaderDeadline:
+    """Mixin for uvicorn's protocols. A request has begun once the protocol made a new cycle for it
+    (both protocols do so when the headers are complete), which the timer checks when it fires."""
+
+    header_timeout_s = 10.0  # set per server by protocol_class()
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._arm_header_deadline()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm_header_deadline()  # for the next request on this keep-alive connection
+
+    def connection_lost(self, exc) -> None:
+        self._disarm_header_deadline()
+        super().connection_lost(exc)
+
+    def _arm_header_deadline(self) -> None:
+        self._disarm_header_deadline()
+        self._armed_cycle = self.cycle
+        self._header_timer = self.loop.call_later(self.header_timeout_s, self._header_deadline_passed)
+
+    def _disarm_header_deadline(self) -> None:
+        timer = getattr(self, "_header_timer", None)
+        if timer is not None:
+            timer.cancel()
+            self._header_timer = None
+
+    def _header_deadline_passed(self) -> None:
+        self._header_timer = None
+        if self.cycle is not self._armed_cycle or self.transport.is_closing():
+            return  # a request's headers arrived in time; its body has --body-timeout-s
+        self.transport.write(_json_error(408, "Request Timeout",
+                                         f"request headers not received within {self.header_timeout_s:g} s"))
+        self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        self.transport.write(_json_error(400, "Bad Request", msg))
+        self.transport.close()
+
+
+def protocol_class(parser: str, header_timeout_s: float) -> type:
+    """The protocol class for ``--http-parser`` (auto: httptools, installed with widthwise)."""
+    base = H11Protocol if parser == "h11" else HttpToolsProtocol
+    return type(f"WidthWise{base.__name__}", (HeaderDeadline, base), {"header_timeout_s": header_timeout_s})
