@@ -67,6 +67,7 @@ class Engine:
         self.draining = False
         self.failure: str | None = None  # why the engine cannot serve: failed start-up or a dead worker
         self._ids = itertools.count(1)
+        self._admitted = 0  # requests admitted and not yet answered (event loop only)
         self._worker: threading.Thread | None = None
         self._startup: threading.Thread | None = None
         self._stopped = threading.Event()
@@ -278,10 +279,16 @@ class Engine:
         self.metrics.queue_depth_now.set(self.scheduler.depth())
         inflight = self.metrics.inflight_now
         inflight.inc()
+        self._admitted += 1
         try:
             return await future
         finally:
+            self._admitted -= 1
             inflight.dec()
+
+    def idle(self) -> bool:
+        """Nothing queued and no admitted request still waiting for its answer (shutdown waits for this)."""
+        return self._admitted == 0 and (self.scheduler is None or self.scheduler.depth() == 0)
 
     def _start_worker(self) -> None:
         self._worker = threading.Thread(target=self._work, name="widthwise-runtime", daemon=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import threading
+import time
 
 import uvicorn
 
@@ -22,13 +24,25 @@ EXIT_FAILED = 3  # the engine failed while serving or starting; 2 is a bad flag 
 
 
 class DrainingServer(uvicorn.Server):
-    """On SIGTERM, readiness turns 503 and new requests get 503 at once; queued and
-    in-flight requests finish before uvicorn closes the lifespan and the process exits 0."""
+    """A graceful drain on SIGTERM/SIGINT that loses no answer.
+
+    Readiness turns 503 at once and new requests get 503 + Retry-After, but the listening socket
+    stays open: closing it at once (uvicorn's default) reset every connection still waiting in the
+    kernel's accept backlog -- 24-145 of 900 requests at 300 req/s got no answer under host load.
+    Only when the queue has drained, no connection holds an unanswered request (or none yet) and
+    no connection has arrived and no response completed for ``QUIET_S`` (the load balancer has
+    stopped sending) does uvicorn's own shutdown run; the process then exits 0. A second signal,
+    or ``timeout_graceful_shutdown``, cuts the wait short.
+    """
+
+    QUIET_S = 0.5
+    POLL_S = 0.02
 
     def __init__(self, config: uvicorn.Config, engine) -> None:
         super().__init__(config)
         self.engine = engine
         self.failed = False
+        self._draining = False
         engine.on_fatal = self.fail
 
     def fail(self, error: str) -> None:
@@ -41,6 +55,34 @@ class DrainingServer(uvicorn.Server):
 
     def handle_exit(self, sig, frame) -> None:
         self.engine.begin_drain()
+        if self._draining or self.should_exit:
+            self._stop(sig, frame)  # a second signal: stop waiting
+            return
+        self._draining = True
+        log.info("signal %s: draining (new requests get 503) before closing the listener", sig)
+        threading.Thread(target=self._stop_when_drained, args=(sig, frame), name="widthwise-drain", daemon=True).start()
+
+    def _stop_when_drained(self, sig, frame) -> None:
+        deadline = time.monotonic() + self.config.timeout_graceful_shutdown
+        activity, quiet_since = self._activity(), time.monotonic()
+        while time.monotonic() < deadline and not self.should_exit:
+            now = time.monotonic()
+            if self._activity() != activity:
+                activity, quiet_since = self._activity(), now
+            elif now - quiet_since >= self.QUIET_S and self.engine.idle() and not self._requests_in_progress():
+                break
+            time.sleep(self.POLL_S)
+        self._stop(sig, frame)
+
+    def _activity(self) -> tuple[int, int]:
+        """Responses completed and connections accepted so far."""
+        return self.server_state.total_requests, getattr(self.config.http, "connections_accepted", 0)
+
+    def _requests_in_progress(self) -> bool:
+        """A connection with no request yet (just accepted) or one not answered yet."""
+        return any(c.cycle is None or not c.cycle.response_complete for c in list(self.server_state.connections))
+
+    def _stop(self, sig, frame) -> None:
         super().handle_exit(sig, frame)
         if sig == signal.SIGTERM:
             # uvicorn re-raises captured signals after shutdown; a completed drain is a clean exit (0),

@@ -29,9 +29,11 @@ class HeaderDeadline:
     (both protocols do so when the headers are complete), which the timer checks when it fires."""
 
     header_timeout_s = 10.0  # set per server by protocol_class()
+    connections_accepted = 0  # per server class; the drain on shutdown waits until this stops growing
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
+        type(self).connections_accepted += 1
         self._arm_header_deadline()
 
     def on_response_complete(self) -> None:
@@ -70,4 +72,5 @@ class HeaderDeadline:
 def protocol_class(parser: str, header_timeout_s: float) -> type:
     """The protocol class for ``--http-parser`` (auto: httptools, installed with widthwise)."""
     base = H11Protocol if parser == "h11" else HttpToolsProtocol
-    return type(f"WidthWise{base.__name__}", (HeaderDeadline, base), {"header_timeout_s": header_timeout_s})
+    return type(f"WidthWise{base.__name__}", (HeaderDeadline, base),
+                {"header_timeout_s": header_timeout_s, "connections_accepted": 0})
