@@ -57,3 +57,21 @@ def test_event_loop_and_http_parser_reach_uvicorn(monkeypatch, tiny_checkpoint):
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     assert seen["loop"] == "asyncio" and issubclass(seen["http"], H11Protocol)
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "calibrate", "convert", "profile", "simulate"])
+def test_help_documents_every_flag_with_its_default(command, capsys):
+    from server.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    for action in sub._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        assert action.help, f"{command} {action.option_strings[0]} has no help"
+        if not action.required:
+            shown = sub.formatter_class(prog="x")._get_help_string(action)
+            assert "%(default)" in shown, f"{command} {action.option_strings[0]} does not show its default"
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert out.count("(default:") >= sum(1 for a in sub._actions if a.option_strings and not a.required and a.dest != "help")
