@@ -105,9 +105,10 @@ def top_predictions(logits: torch.Tensor, k: int, label: Callable[[int], str]) -
     return [{"index": int(i), "label": label(int(i)), "score": float(v)} for v, i in zip(values, indices)]
 
 
-_DECIMAL = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")  # no '_', no inf/nan, no hex
+# ASCII only: \d would also match other scripts' digits, which float() and int() accept.
+_DECIMAL = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)  # no '_', inf/nan or hex
 _NON_FINITE = re.compile(r"[+-]?(?:nan|inf|infinity)", re.IGNORECASE)  # numbers, but out of range (422)
-_INTEGER = re.compile(r"[+-]?\d{1,9}")
+_INTEGER = re.compile(r"[+-]?\d{1,18}", re.ASCII)
 
 
 def _shown(value: Any) -> str:
@@ -215,7 +216,10 @@ def decode_v2_tensor(
     if spec.data is None:
         raise ApiError(400, f"input {name!r}: needs 'data' or parameters.binary_data_size")
     try:
-        array = np.asarray(spec.data, dtype=dtype.newbyteorder("="))
+        with np.errstate(over="raise"):  # 1e10 as FP16 is an error, not a silent inf
+            array = np.asarray(spec.data, dtype=dtype.newbyteorder("="))
+    except FloatingPointError:
+        raise ApiError(400, f"input {name!r}: data out of range for {datatype}") from None
     except (TypeError, ValueError, OverflowError, RecursionError):
         raise ApiError(400, f"input {name!r}: data must be numbers of type {datatype}, flat or nested as the shape") from None
     if array.shape not in ((count,), tuple(shape)):

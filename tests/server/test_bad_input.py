@@ -70,7 +70,8 @@ def test_body_over_limit_is_413(client):
     assert client.post("/v1/classify", content=GOOD, headers={"content-type": "image/png"}).status_code == 200
 
 
-@pytest.mark.parametrize("top_k,status", [("0", 422), ("-3", 422), ("many", 400)])
+@pytest.mark.parametrize("top_k,status", [("0", 422), ("-3", 422), ("many", 400), ("1e3", 400), ("1_0", 400),
+                                          ("\u0665", 400), ("99999999999", 200)])
 def test_bad_top_k(client, top_k, status):
     r = client.post(f"/v1/classify?top_k={top_k}", content=GOOD, headers={"content-type": "image/png"})
     assert r.status_code == status

@@ -158,6 +158,11 @@ MALFORMED = {
     "id not a string": ({"inputs": [GOOD_INPUT], "id": {"x": 1}}, 400, "invalid inference request: id:"),
     "parameters not an object": ({"inputs": [GOOD_INPUT], "parameters": [1]}, 400, "invalid inference request: parameters:"),
     "unknown output": ({"inputs": [GOOD_INPUT], "outputs": [{"name": "probs"}]}, 400, "unknown output 'probs'"),
+    "non-ASCII digit width": ({"inputs": [GOOD_INPUT], "parameters": {"width": "\u0661"}}, 400, "width must be a number"),
+    "FP16 out of range": ({"inputs": [dict(GOOD_INPUT, datatype="FP16", data=[1e10] * 768)]}, 400,
+                          "data out of range for FP16"),
+    "UINT8 out of range": ({"inputs": [dict(GOOD_INPUT, datatype="UINT8", data=[300] * 768)]}, 400,
+                           "data must be numbers of type UINT8"),
 }
 
 
