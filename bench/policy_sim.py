@@ -20,7 +20,7 @@ from pathlib import Path
 
 import models
 from models.checkpoint import OFFICIAL_TOP1
-from policies import LatencyProfile, batch_sizes_up_to, make_policy
+from policies import LatencyProfile, SchedulerConfig, batch_sizes_up_to, make_policy
 from policies.simulator import arrival_times, simulate
 from server.runtime import Runtime, profile_runtime
 
@@ -73,8 +73,8 @@ def main() -> None:
         rate = m * cap_wide
         arrivals = arrival_times("poisson", rate, args.duration, seed=7)
         for name in policies:
-            result = simulate(profile, make_policy(name, widths), arrivals, budget, accuracy,
-                              args.max_batch_size, 0.002, 256, "reject", args.noise, seed=7)
+            config = SchedulerConfig(max_batch_size=args.max_batch_size, max_queue_delay_s=0.002)
+            result = simulate(profile, make_policy(name, widths), arrivals, budget, accuracy, config, args.noise, seed=7)
             rows.append({"load": m, "rate": rate, "policy": name, **result.as_dict()})
 
     header = f"{'load':>5} " + " ".join(f"{p:>15}" for p in policies)

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
-from .profile import LatencyProfile
+from .profile import LatencyProfile, service_time
 
 __all__ = ["QueuedItem", "LoadSignals", "DispatchView", "Decision", "Policy", "REASONS"]
 
@@ -58,12 +58,8 @@ class DispatchView:
     margin: float = 0.0  # safety margin on predicted service times (0.1 = plan for 10% slower)
 
     def service(self, width: float, samples: int) -> float:
-        """Seconds to plan for running ``samples`` at ``width``: the profile plus the margin.
-
-        Without a margin, a width that fits the remaining budget exactly misses it
-        whenever the batch runs a little slower than its median.
-        """
-        return self.profile.predict(width, samples) * (1.0 + self.margin)
+        """Seconds to plan for running ``samples`` at ``width`` (:func:`~policies.profile.service_time`)."""
+        return service_time(self.profile, width, samples, self.margin)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
-__all__ = ["LatencyProfile", "batch_sizes_up_to", "measure_profile", "monotone"]
+__all__ = ["LatencyProfile", "batch_sizes_up_to", "measure_profile", "monotone", "service_time"]
 
 
 def batch_sizes_up_to(max_batch: int) -> list[int]:
@@ -24,6 +24,17 @@ def batch_sizes_up_to(max_batch: int) -> list[int]:
         sizes.append(b)
         b *= 2
     return sizes + [max_batch]
+
+
+def service_time(profile: "LatencyProfile", width: float, samples: int, margin: float) -> float:
+    """Seconds to plan for running ``samples`` at ``width``: the profile plus the margin.
+
+    The one estimate admission, dispatch timing, expiry and every policy use: without a margin, a
+    width that fits the remaining budget exactly misses it whenever the batch runs a little slower
+    than its median; with the margin in some places and not others, a budget between the two was
+    admitted and then served as ``fallback``.
+    """
+    return profile.predict(width, samples) * (1.0 + margin)
 
 
 class LatencyProfile:

@@ -1,6 +1,6 @@
 """Discrete-event simulation of the server's queue, batching and policy.
 
-It drives the real :class:`server.scheduler.Scheduler` and the real policies
+It drives the real :class:`policies.scheduler.Scheduler` and the real policies
 with a virtual clock, and a single worker whose batch times come from the
 latency profile (with optional log-normal noise). It answers "what would this
 policy do at that load on that device" without the device.
@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
-import torch
 
 from .base import Policy
 from .profile import LatencyProfile
+from .scheduler import Batch, Pending, Refused, ScheduledRequest, Scheduler, SchedulerConfig
 
 __all__ = ["SimResult", "arrival_times", "simulate", "TRACES"]
 
@@ -94,23 +94,16 @@ def simulate(
     arrivals: Sequence[float],
     budget_s: float,
     accuracy: Mapping[float, float] | None = None,
-    max_batch_size: int = 8,
-    max_queue_delay_s: float = 0.002,
-    queue_limit: int = 256,
-    admission: str = "reject",
+    config: SchedulerConfig = SchedulerConfig(),
     noise: float = 0.0,
     seed: int = 0,
-    margin: float = 0.1,
 ) -> SimResult:
-    """Run ``arrivals`` through the scheduler and ``policy``; every request has ``budget_s``."""
-    from server.scheduler import Batch, InferenceRequest, Pending, Rejected, Scheduler
-
+    """Run ``arrivals`` through the scheduler (``config``, as ``serve`` builds it from its settings)
+    and ``policy``; every request has ``budget_s``."""
     widths = profile.widths
     clock = _Clock()
-    scheduler = Scheduler(policy, profile, widths, max_batch_size, max_queue_delay_s, queue_limit, admission, 1, clock,
-                          margin=margin)
+    scheduler = Scheduler(policy, profile, widths, config, clock)
     rng = np.random.default_rng(seed + 1)
-    sample = torch.empty(1, 0)
     latencies: list[float] = []
     served_widths: list[float] = []
     on_time = rejected = 0
@@ -151,11 +144,11 @@ def simulate(
             busy_until = None
             scheduler.batch_done()
         elif t_next == t_arrival:
-            request = InferenceRequest(next_arrival, sample, None, clock.now + budget_s, clock.now, budget_s)
+            request = ScheduledRequest(next_arrival, 1, None, clock.now + budget_s, clock.now, budget_s)
             next_arrival += 1
             try:
                 scheduler.admit(Pending(request, lambda value: None))
-            except Rejected:
+            except Refused:
                 rejected += 1
 
     sent = len(arrivals)

@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from models.training.cli import parse_widths
 
-    from .settings import add_serve_arguments
+    from .settings import SCHEDULING_FIELDS, add_serve_arguments
 
     add_serve_arguments(sub.add_parser("serve", help="start the HTTP server (default: the embedded digits model)"))
 
@@ -46,16 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("simulate", help="discrete-event simulation of a policy under a load trace", formatter_class=HELP_FORMAT)
     p.add_argument("--profile", required=True, help="latency profile JSON (widthwise profile --save-profile or serve --save-profile)")
-    p.add_argument("--policy", default="max-width", help="width-selection policy, as serve's --policy")
     p.add_argument("--trace", default="poisson", help="poisson, bursty, step, or a file of arrival times")
     p.add_argument("--rate", type=float, default=100.0, help="mean arrival rate (requests/s)")
     p.add_argument("--budget-ms", type=float, required=True, help="latency budget of every request")
     p.add_argument("--duration", type=float, default=30.0, help="simulated seconds")
     p.add_argument("--checkpoint", help="read expected accuracy per width from this checkpoint's metadata (default: the profile's)")
-    p.add_argument("--max-batch-size", type=int, default=8, help="largest batch one width runs at once")
-    p.add_argument("--max-queue-delay-ms", type=float, default=2.0, help="how long a batch may wait to fill up")
-    p.add_argument("--queue-limit", type=int, default=256, help="queued requests beyond which new ones are refused")
-    p.add_argument("--admission", choices=["reject", "best_effort"], default="reject", help="as serve's --admission")
+    add_serve_arguments(p, SCHEDULING_FIELDS)  # the scheduler and policy exactly as `serve` configures them
     p.add_argument("--noise", type=float, default=0.05, help="log-normal sigma of batch times")
     p.add_argument("--seed", type=int, default=0, help="seed of arrivals and noise")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -138,6 +134,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from policies import LatencyProfile, make_policy
     from policies.simulator import arrival_times, simulate
 
+    from .settings import settings_from_args
+
     with open(args.profile) as f:
         raw = json.load(f)
     profile = LatencyProfile.from_dict(raw)
@@ -146,12 +144,11 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         import models
 
         accuracy = dict(models.load_checkpoint(args.checkpoint).metadata.get("accuracy", {}))
-    policy = make_policy(args.policy, profile.widths)
+    settings = settings_from_args(args)
+    policy = make_policy(settings.policy, profile.widths)
     arrivals = arrival_times(args.trace, args.rate, args.duration, args.seed)
-    result = simulate(
-        profile, policy, arrivals, args.budget_ms / 1e3, accuracy or None, args.max_batch_size,
-        args.max_queue_delay_ms / 1e3, args.queue_limit, args.admission, args.noise, args.seed,
-    )
+    result = simulate(profile, policy, arrivals, args.budget_ms / 1e3, accuracy or None, settings.scheduler_config(),
+                      args.noise, args.seed)
     report = {"policy": policy.name, "trace": args.trace, "rate": args.rate, "budget_ms": args.budget_ms, **result.as_dict()}
     if args.json:
         print(json.dumps(report))

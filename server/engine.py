@@ -22,16 +22,18 @@ import torch
 
 from models import SlimmableNet
 from models.profiling import count_macs, count_params
-from policies import LatencyProfile, Policy, batch_sizes_up_to, make_policy
+from policies import (
+    LatencyProfile, Pending, Policy, Refused, RefusalReason, ScheduledRequest, Scheduler, batch_sizes_up_to, make_policy,
+)
 from policies.load import DeviceMonitor
 
+from .errors import InferenceFailed
 from .metrics import Metrics, width_label, width_position
 from .runtime import Runtime, profile_runtime
-from .scheduler import InferenceFailed, InferenceRequest, Pending, Rejected, Scheduler
 from .settings import Settings
 from .watchdog import BatchWatchdog
 
-__all__ = ["Engine", "InferenceResult", "Rejected"]
+__all__ = ["Engine", "InferenceResult"]
 
 log = logging.getLogger("widthwise.engine")
 
@@ -113,11 +115,8 @@ class Engine:
                 hook()
             self.monitor = DeviceMonitor(self.runtime.device.type, self.runtime.device.index or 0)
             self.scheduler = Scheduler(
-                self.policy, self.profile, self.net.widths, self.settings.max_batch_size,
-                self.settings.max_queue_delay_ms / 1e3, self.settings.queue_limit,
-                self.settings.admission, self.settings.retry_after_s,
+                self.policy, self.profile, self.net.widths, self.settings.scheduler_config(),
                 utilization=lambda: self.monitor.latest.utilization,
-                margin=self.settings.latency_margin,
             )
             self._sampler = threading.Thread(target=self._sample_load, name="widthwise-load", daemon=True)
             self._sampler.start()
@@ -219,10 +218,12 @@ class Engine:
 
     def _require_ready(self) -> None:
         if not self.ready or self.scheduler is None:
-            raise Rejected(503, "model is not ready" if not self.draining else "server is shutting down", self.settings.retry_after_s)
+            if self.draining:
+                raise Refused(RefusalReason.CLOSED, "server is shutting down")
+            raise Refused(RefusalReason.NOT_READY, "model is not ready" if not self.failure else "model failed; see /readyz")
 
     def precheck(self, width: float | None, budget_s: float | None) -> None:
-        """Cheap admission before decoding: raises :class:`Rejected` when the request would be refused anyway."""
+        """Cheap admission before decoding: raises :class:`Refused` when the request would be refused anyway."""
         self._require_ready()
         self.scheduler.precheck(width, budget_s)
 
@@ -256,7 +257,7 @@ class Engine:
         time for the reply.
 
         Raises:
-            Rejected: not ready, draining, queue full, or the deadline cannot be met.
+            Refused: not ready, draining, queue full, or the deadline cannot be met.
         """
         self._require_ready()
         if width is not None:
@@ -266,8 +267,9 @@ class Engine:
         now = time.monotonic()
         start = received_at if received_at is not None else now
         deadline = start + budget_s - self.reserve_s(budget_s) if budget_s is not None else math.inf
-        request = InferenceRequest(
-            id=next(self._ids), tensor=tensor, width=width, deadline=deadline, arrival=now, budget_s=budget_s,
+        request = ScheduledRequest(
+            id=next(self._ids), samples=int(tensor.shape[0]), width=width, deadline=deadline, arrival=now,
+            budget_s=budget_s, payload=tensor,
         )
         loop = asyncio.get_running_loop()
         future: asyncio.Future = loop.create_future()
@@ -275,7 +277,7 @@ class Engine:
         def resolve(value: Any) -> None:
             loop.call_soon_threadsafe(_settle, future, value)
 
-        self.scheduler.admit(Pending(request, resolve))  # raises Rejected
+        self.scheduler.admit(Pending(request, resolve))  # raises Refused
         self.metrics.queue_depth_now.set(self.scheduler.depth())
         inflight = self.metrics.inflight_now
         inflight.inc()
@@ -305,7 +307,7 @@ class Engine:
             self._fatal(f"inference worker died: {type(exc).__name__}: {exc}")
             self.scheduler.close()
             for pending in self.scheduler.drain():
-                pending.resolve(Rejected(503, "inference worker stopped; retry on another replica", self.settings.retry_after_s))
+                pending.resolve(Refused(RefusalReason.CLOSED, "inference worker stopped; retry on another replica"))
 
     def _serve_batches(self) -> None:
         """The worker loop: runs batches inline (no hand-off per batch; see server/watchdog.py)."""
@@ -316,7 +318,7 @@ class Engine:
                 return
             self.metrics.queue_depth_now.set(self.scheduler.depth())
             for pending in batch.expired:
-                pending.resolve(Rejected(504, "deadline can no longer be met at any width"))
+                pending.resolve(Refused(RefusalReason.EXPIRED, "deadline can no longer be met at any width"))
             if batch.items:
                 token = self._watchdog.arm(batch.items)
                 owned = False
@@ -343,7 +345,7 @@ class Engine:
         self._start_worker()
 
     def _execute(self, width: float, items: list[Pending]) -> torch.Tensor:
-        tensors = [p.request.tensor for p in items]
+        tensors = [p.request.payload for p in items]
         x = torch.cat(tensors) if len(tensors) > 1 else tensors[0]
         if self.fault_hook is not None:  # tests inject failures here
             self.fault_hook(width, int(x.shape[0]))

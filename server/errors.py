@@ -9,10 +9,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .logs import text_value
-from .scheduler import InferenceFailed, Rejected
+from policies import Refused, RefusalReason
 
-__all__ = ["ApiError", "install_error_handlers", "error_response"]
+from .logs import text_value
+
+__all__ = ["ApiError", "InferenceFailed", "REFUSAL_STATUS", "install_error_handlers", "error_response", "refusal_response"]
 
 log = logging.getLogger("widthwise.http")
 
@@ -31,8 +32,25 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-def _rejected_headers(exc: Rejected) -> dict[str, str]:
-    return {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else {}
+class InferenceFailed(Exception):
+    """The batch holding this request failed on the device (HTTP 500); the server keeps serving."""
+
+
+# The one place refusals become HTTP: 503 (+ Retry-After) when trying again later or elsewhere can
+# succeed, 504 when this request's deadline cannot be met.
+REFUSAL_STATUS = {
+    RefusalReason.NOT_READY: 503,
+    RefusalReason.CLOSED: 503,
+    RefusalReason.FULL: 503,
+    RefusalReason.OVERLOADED: 503,
+    RefusalReason.INFEASIBLE: 504,
+    RefusalReason.EXPIRED: 504,
+}
+
+
+def refusal_response(exc: Refused, retry_after_s: int) -> JSONResponse:
+    status = REFUSAL_STATUS[exc.reason]
+    return error_response(status, exc.message, {"Retry-After": str(retry_after_s)} if status == 503 else None)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -40,9 +58,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
         return error_response(exc.status, exc.message, exc.headers)
 
-    @app.exception_handler(Rejected)
-    async def _rejected(_request: Request, exc: Rejected) -> JSONResponse:
-        return error_response(exc.status, exc.message, _rejected_headers(exc))
+    @app.exception_handler(Refused)
+    async def _refused(request: Request, exc: Refused) -> JSONResponse:
+        return refusal_response(exc, request.app.state.settings.retry_after_s)
 
     @app.exception_handler(InferenceFailed)
     async def _failed(_request: Request, exc: InferenceFailed) -> JSONResponse:

@@ -6,10 +6,11 @@ import contextlib
 import logging
 from typing import AsyncIterator, Callable
 
+from policies import Refused
+
 from .engine import Engine, InferenceResult
 from .errors import ApiError
 from .logs import log_fields
-from .scheduler import Rejected
 
 __all__ = ["count_outcome"]
 
@@ -23,7 +24,7 @@ async def count_outcome(engine: Engine, request) -> AsyncIterator[Callable[[Infe
     The handler calls the yielded ``record(result, total_s, budget_s)`` once the engine has
     answered; it returns whether the budget was met end to end (handler start to reply). The
     outcome is committed when the handler finishes: ``ok``/``deadline_missed`` if it returns
-    normally, ``bad_request`` for an :class:`ApiError` (4xx), ``rejected`` for :class:`Rejected`
+    normally, ``bad_request`` for an :class:`ApiError` (4xx), ``rejected`` for :class:`~policies.Refused`
     (503/504) and ``error`` for anything else (500) -- also when it fails after ``record`` (a
     request answered 500 is never counted ``ok``). Exceptions propagate unchanged. The outcome also
     goes into the request's access-log line.
@@ -42,7 +43,7 @@ async def count_outcome(engine: Engine, request) -> AsyncIterator[Callable[[Infe
         engine.metrics.request(None, "bad_request")
         log_fields(request, outcome="bad_request", error=exc.message)
         raise
-    except Rejected as exc:
+    except Refused as exc:
         engine.metrics.request(None, "rejected")
         log_fields(request, outcome="rejected", error=exc.message)
         raise

@@ -13,7 +13,9 @@ from typing import Literal, get_args, get_origin
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "add_serve_arguments", "settings_from_args"]
+from policies.scheduler import SchedulerConfig
+
+__all__ = ["Settings", "SCHEDULING_FIELDS", "add_serve_arguments", "settings_from_args"]
 
 
 class Settings(BaseSettings):
@@ -87,6 +89,13 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per line")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info")
 
+    def scheduler_config(self) -> SchedulerConfig:
+        """The scheduler's part of these settings (serve and simulate build it the same way)."""
+        return SchedulerConfig(
+            max_batch_size=self.max_batch_size, max_queue_delay_s=self.max_queue_delay_ms / 1e3,
+            queue_limit=self.queue_limit, admission=self.admission, margin=self.latency_margin,
+        )
+
     @field_validator("api_token")
     @classmethod
     def _token_not_blank(cls, value: str | None) -> str | None:
@@ -108,9 +117,17 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per settings field; unset flags stay ``None`` so env and defaults apply."""
+# The settings `simulate` shares with `serve`: same flags, variables and defaults, so a simulation
+# runs the scheduler and policy exactly as configured for the server.
+SCHEDULING_FIELDS = ("policy", "max_batch_size", "max_queue_delay_ms", "queue_limit", "admission", "latency_margin")
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:
+    """One flag per settings field (or per field in ``names``); unset flags stay ``None`` so env and
+    defaults apply."""
     for name, field in Settings.model_fields.items():
+        if names is not None and name not in names:
+            continue
         annotation = field.annotation
         choices = None
         kind: type = str

@@ -90,3 +90,20 @@ def test_bench_cli_runs_the_policy_headline_on_a_saved_profile(tmp_path, capsys)
     assert {r["policy"] for r in report["rows"]} >= {"fixed:1", "max-width", "slack", "feedback"}
     assert (out / "policy_sim.png").stat().st_size > 0
     assert "fixed:1 past 1x" in capsys.readouterr().out
+
+
+def test_simulate_flags_and_defaults_are_serves(tmp_path, monkeypatch):
+    from server.cli import build_parser
+    from server.settings import SCHEDULING_FIELDS, Settings, settings_from_args
+
+    args = build_parser().parse_args(["simulate", "--profile", "p.json", "--budget-ms", "10"])
+    assert settings_from_args(args).scheduler_config() == Settings().scheduler_config()
+    args = build_parser().parse_args(["simulate", "--profile", "p.json", "--budget-ms", "10", "--max-queue-delay-ms", "3",
+                                      "--latency-margin", "0.2", "--policy", "slack"])
+    settings = settings_from_args(args)
+    assert settings.scheduler_config().max_queue_delay_s == 0.003 and settings.scheduler_config().margin == 0.2
+    assert settings.policy == "slack"
+    monkeypatch.setenv("WIDTHWISE_MAX_BATCH_SIZE", "4")  # the same environment twins as serve
+    args = build_parser().parse_args(["simulate", "--profile", "p.json", "--budget-ms", "10"])
+    assert settings_from_args(args).scheduler_config().max_batch_size == 4
+    assert set(SCHEDULING_FIELDS) <= set(Settings.model_fields)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from server.logs import JsonFormatter
-from server.scheduler import InferenceRequest, Pending
+from policies.scheduler import Pending, ScheduledRequest
 from tests.conftest import png_bytes
 from tests.helpers import eventually
 
@@ -81,7 +81,7 @@ def test_out_of_memory_splits_a_batch_before_narrowing(make_client):
     answers = {}
     items = []
     for i in range(4):
-        req = InferenceRequest(100 + i, torch.randn(1, 3, 16, 16), None, float("inf"), time.monotonic(), None)
+        req = ScheduledRequest(100 + i, 1, None, float("inf"), time.monotonic(), None, torch.randn(1, 3, 16, 16))
         items.append(Pending(req, lambda value, i=i: answers.__setitem__(i, value)))
     engine._serve(items, 1.0, "budget")
     assert seen == [(1.0, 4), (1.0, 2), (1.0, 2)]

@@ -1,14 +1,18 @@
-"""Earliest-deadline-first queue, admission control and batch formation.
+"""Earliest-deadline-first queue, admission control and batch formation: decision code, no torch, no HTTP.
 
 The event loop calls :meth:`Scheduler.admit` (fast, under a lock); the
 runtime worker thread calls :meth:`Scheduler.next_batch`, which blocks until
-a batch is due, asks the policy for (width, requests) and hands it over.
-Torch never runs here and never on the event loop.
+a batch is due, asks the policy for (width, requests) and hands it over. The
+simulator drives the same class with a virtual clock through :meth:`Scheduler.poll`.
+Refusals carry a :class:`RefusalReason`; the server maps reasons to HTTP statuses.
+Every prediction goes through :func:`service_time`, with the planning margin, so
+admission, dispatch timing, expiry and the policies agree on what a batch costs.
 """
 
 from __future__ import annotations
 
 import collections
+import enum
 import heapq
 import itertools
 import math
@@ -17,29 +21,23 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import torch
+from .base import Decision, DispatchView, LoadSignals, Policy, QueuedItem
+from .profile import LatencyProfile, service_time
 
-from policies import Decision, DispatchView, LatencyProfile, LoadSignals, Policy, QueuedItem
-
-_EMPTY = torch.empty(1, 0)  # stands in for a tensor not decoded yet
-
-__all__ = ["InferenceRequest", "Pending", "Rejected", "InferenceFailed", "Batch", "Scheduler"]
+__all__ = ["ScheduledRequest", "Pending", "RefusalReason", "Refused", "Batch", "SchedulerConfig", "Scheduler"]
 
 
 @dataclass(frozen=True)
-class InferenceRequest:
-    """One client request as queued: immutable once admitted."""
+class ScheduledRequest:
+    """One request as queued: immutable once admitted. ``payload`` (the input tensor) is opaque here."""
 
     id: int
-    tensor: torch.Tensor  # [samples, C, H, W], float32, CPU
+    samples: int
     width: float | None  # pinned width, or None to let the policy choose
-    deadline: float  # absolute time.monotonic(); math.inf without a budget
+    deadline: float  # absolute seconds on the scheduler's clock; math.inf without a budget
     arrival: float
     budget_s: float | None
-
-    @property
-    def samples(self) -> int:
-        return int(self.tensor.shape[0])
+    payload: Any = None
 
     def queued_item(self) -> QueuedItem:
         return QueuedItem(self.id, self.samples, self.deadline, self.arrival, self.width)
@@ -49,34 +47,50 @@ class InferenceRequest:
 class Pending:
     """A queued request and how to answer it (``resolve`` is called from the worker thread)."""
 
-    request: InferenceRequest
+    request: ScheduledRequest
     resolve: Callable[[Any], None]
 
 
-class Rejected(Exception):
-    """Admission or dispatch refused the request; maps to an HTTP status."""
+class RefusalReason(enum.Enum):
+    """Why a request was refused; the server maps each to a status (503 or 504)."""
 
-    def __init__(self, status: int, message: str, retry_after_s: int | None = None) -> None:
+    NOT_READY = "not_ready"  # the engine is starting, or failed
+    CLOSED = "closed"  # shutting down
+    FULL = "full"  # the queue is at its limit
+    OVERLOADED = "overloaded"  # the queue ahead would make it late
+    INFEASIBLE = "infeasible"  # even an idle server could not meet the deadline
+    EXPIRED = "expired"  # queued, but the deadline can no longer be met at any width
+
+
+class Refused(Exception):
+    """Admission or dispatch refused the request."""
+
+    def __init__(self, reason: RefusalReason, message: str) -> None:
         super().__init__(message)
-        self.status = status
+        self.reason = reason
         self.message = message
-        self.retry_after_s = retry_after_s
-
-
-class InferenceFailed(Exception):
-    """The batch holding this request failed on the device (HTTP 500); the server keeps serving."""
 
 
 @dataclass(frozen=True)
 class Batch:
     decision: Decision
     items: list[Pending]
-    expired: list[Pending] = field(default_factory=list)  # to be answered 504 without running
-    dispatched_at: float = 0.0
+    expired: list[Pending] = field(default_factory=list)  # to be refused (EXPIRED) without running
 
     @property
     def samples(self) -> int:
         return sum(p.request.samples for p in self.items)
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """The scheduler's knobs; ``server.settings.Settings.scheduler_config()`` builds it for serve and simulate."""
+
+    max_batch_size: int = 8
+    max_queue_delay_s: float = 0.0
+    queue_limit: int = 256
+    admission: str = "reject"  # or "best_effort"
+    margin: float = 0.1  # plan for batches this much slower than the profile
 
 
 def _infeasible_message(budget_s: float | None, remaining_s: float, service_s: float, width: float) -> str:
@@ -97,26 +111,17 @@ class Scheduler:
         policy: Policy,
         profile: LatencyProfile,
         widths: tuple[float, ...],
-        max_batch_size: int,
-        max_queue_delay_s: float,
-        queue_limit: int,
-        admission: str = "reject",
-        retry_after_s: int = 1,
+        config: SchedulerConfig = SchedulerConfig(),
         clock: Callable[[], float] = time.monotonic,
         utilization: Callable[[], float | None] = lambda: None,
-        margin: float = 0.0,
     ) -> None:
         self.policy = policy
         self.profile = profile
         self.widths = widths
-        self.max_batch_size = max_batch_size
-        self.max_queue_delay_s = max_queue_delay_s
-        self.queue_limit = queue_limit
-        self.admission = admission
-        self.retry_after_s = retry_after_s
+        self.config = config
+        self.max_batch_size = config.max_batch_size
         self.clock = clock
         self.utilization = utilization
-        self.margin = margin
         self._heap: list[tuple[float, int, Pending]] = []
         self._seq = itertools.count()
         self._cond = threading.Condition()
@@ -124,6 +129,11 @@ class Scheduler:
         self._busy_until = 0.0  # predicted end of the batch being executed
         self._inflight_batches = 0
         self._arrivals: collections.deque[float] = collections.deque()  # offered-load window
+
+    def service(self, width: float, samples: int) -> float:
+        """Seconds planned for ``samples`` at ``width`` (profile plus margin): the one estimate used
+        for admission, dispatch timing and expiry, as the policies use it."""
+        return service_time(self.profile, width, samples, self.config.margin)
 
     RATE_WINDOW_S = 1.0
 
@@ -138,12 +148,12 @@ class Scheduler:
     # -- event-loop side -------------------------------------------------
 
     def admit(self, pending: Pending) -> None:
-        """Queue ``pending`` or raise :class:`Rejected` (503 overloaded / 504 budget too small)."""
+        """Queue ``pending`` or raise :class:`Refused` (closed, full, overloaded, infeasible)."""
         req = pending.request
         with self._cond:
             self._arrival_rate(self.clock(), arriving=True)
             self._refuse_if_closed_or_full()
-            if self.admission == "reject" and math.isfinite(req.deadline):
+            if self.config.admission == "reject" and math.isfinite(req.deadline):
                 self._check_deadline_feasible(req)
             heapq.heappush(self._heap, (req.deadline, next(self._seq), pending))
             self._cond.notify()
@@ -151,33 +161,32 @@ class Scheduler:
     def precheck(self, width: float | None, budget_s: float | None, samples: int = 1) -> None:
         """Refuse early, before the handler spends CPU decoding a request that admission would refuse anyway."""
         now = self.clock()
-        probe = InferenceRequest(-1, _EMPTY, width, now + budget_s if budget_s else math.inf, now, budget_s)
+        probe = ScheduledRequest(-1, samples, width, now + budget_s if budget_s else math.inf, now, budget_s)
         with self._cond:
             self._refuse_if_closed_or_full()
-            if self.admission == "reject" and budget_s is not None:
-                self._check_deadline_feasible(probe, samples)
+            if self.config.admission == "reject" and budget_s is not None:
+                self._check_deadline_feasible(probe)
 
     def _refuse_if_closed_or_full(self) -> None:
         if self._closed:
-            raise Rejected(503, "server is shutting down", self.retry_after_s)
-        if len(self._heap) >= self.queue_limit:
-            raise Rejected(503, f"queue is full ({self.queue_limit} requests)", self.retry_after_s)
+            raise Refused(RefusalReason.CLOSED, "server is shutting down")
+        if len(self._heap) >= self.config.queue_limit:
+            raise Refused(RefusalReason.FULL, f"queue is full ({self.config.queue_limit} requests)")
 
-    def _check_deadline_feasible(self, req: InferenceRequest, samples: int | None = None) -> None:
+    def _check_deadline_feasible(self, req: ScheduledRequest) -> None:
         width = req.width if req.width is not None else self.widths[0]
-        samples = samples if samples is not None else req.samples
-        service = self.profile.predict(width, samples)
+        service = self.service(width, req.samples)
         now = self.clock()
         remaining = req.deadline - now
         if service > remaining:  # even an idle server could not make it
-            raise Rejected(504, _infeasible_message(req.budget_s, remaining, service, width))
+            raise Refused(RefusalReason.INFEASIBLE, _infeasible_message(req.budget_s, remaining, service, width))
         ahead = sum(p.request.samples for d, _, p in self._heap if d <= req.deadline)
         wait = max(0.0, self._busy_until - now)
         if ahead:
             full_batches = math.ceil(ahead / self.max_batch_size)
-            wait += full_batches * self.profile.predict(self.widths[0], min(ahead, self.max_batch_size))
+            wait += full_batches * self.service(self.widths[0], min(ahead, self.max_batch_size))
         if now + wait + service > req.deadline:
-            raise Rejected(503, f"overloaded: predicted wait {wait * 1e3:.3g} ms exceeds the budget", self.retry_after_s)
+            raise Refused(RefusalReason.OVERLOADED, f"overloaded: predicted wait {wait * 1e3:.3g} ms exceeds the budget")
 
     def depth(self) -> int:
         with self._cond:
@@ -235,7 +244,7 @@ class Scheduler:
     def _take_batch(self, now: float, load: LoadSignals | None) -> Batch:
         expired = self._pop_expired(now)
         if not self._heap:
-            return Batch(Decision(self.widths[0], (), "fallback"), [], expired, now)
+            return Batch(Decision(self.widths[0], (), "fallback"), [], expired)
         ordered = [p for _, _, p in sorted(self._heap)]
         view = DispatchView(
             now=now,
@@ -243,7 +252,7 @@ class Scheduler:
             widths=self.widths,
             profile=self.profile,
             max_batch_size=self.max_batch_size,
-            margin=self.margin,
+            margin=self.config.margin,
             load=load or LoadSignals(
                 queue_depth=len(ordered), inflight_batches=self._inflight_batches,
                 arrival_rate=self._arrival_rate(now), device_utilization=self.utilization(),
@@ -255,8 +264,8 @@ class Scheduler:
         self._heap = [entry for entry in self._heap if entry[2].request.id not in chosen]
         heapq.heapify(self._heap)
         self._inflight_batches += 1
-        self._busy_until = now + self.profile.predict(decision.width, sum(p.request.samples for p in items))
-        return Batch(decision, items, expired, now)
+        self._busy_until = now + self.service(decision.width, sum(p.request.samples for p in items))
+        return Batch(decision, items, expired)
 
     def _dispatch_due_at(self) -> float:
         """When to dispatch: at once for a full batch, else when the oldest request has waited
@@ -266,24 +275,24 @@ class Scheduler:
         if samples >= self.max_batch_size:
             return 0.0
         oldest = min(p.request.arrival for _, _, p in self._heap)
-        due = oldest + self.max_queue_delay_s
+        due = oldest + self.config.max_queue_delay_s
         head = self._heap[0][2].request
         if math.isfinite(head.deadline):
             budget = head.deadline - head.arrival
-            fitting = [w for w in self.widths if self.profile.predict(w, samples) <= budget] or [self.widths[0]]
+            fitting = [w for w in self.widths if self.service(w, samples) <= budget] or [self.widths[0]]
             width = head.width if head.width is not None else fitting[-1]
-            due = min(due, head.deadline - self.profile.predict(width, samples))
+            due = min(due, head.deadline - self.service(width, samples))
         return due
 
     def _pop_expired(self, now: float) -> list[Pending]:
         """In reject mode, requests that can no longer make their deadline even at the narrowest width."""
-        if self.admission != "reject":
+        if self.config.admission != "reject":
             return []
         keep, expired = [], []
         for entry in self._heap:
             req = entry[2].request
             width = req.width if req.width is not None else self.widths[0]
-            if math.isfinite(req.deadline) and now + self.profile.predict(width, req.samples) > req.deadline:
+            if math.isfinite(req.deadline) and now + self.service(width, req.samples) > req.deadline:
                 expired.append(entry[2])
             else:
                 keep.append(entry)

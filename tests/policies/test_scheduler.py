@@ -4,10 +4,9 @@ import math
 import threading
 
 import pytest
-import torch
 
 from policies import LatencyProfile, MaxWidthPolicy
-from server.scheduler import InferenceRequest, Pending, Rejected, Scheduler
+from policies.scheduler import Pending, Refused, RefusalReason, ScheduledRequest, Scheduler, SchedulerConfig
 
 WIDTHS = (0.25, 1.0)
 PROFILE = LatencyProfile({0.25: {1: 0.001, 4: 0.004}, 1.0: {1: 0.010, 4: 0.020}})
@@ -21,44 +20,46 @@ class Clock:
         return self.now
 
 
-def make(clock, admission="reject", queue_limit=16, delay=0.0):
-    return Scheduler(MaxWidthPolicy(), PROFILE, WIDTHS, 4, delay, queue_limit, admission, 1, clock)
+def make(clock, admission="reject", queue_limit=16, delay=0.0, margin=0.0):
+    config = SchedulerConfig(max_batch_size=4, max_queue_delay_s=delay, queue_limit=queue_limit, admission=admission,
+                             margin=margin)
+    return Scheduler(MaxWidthPolicy(), PROFILE, WIDTHS, config, clock)
 
 
 def pending(i, clock, budget_s=None, width=None, samples=1):
     deadline = clock.now + budget_s if budget_s is not None else math.inf
-    req = InferenceRequest(i, torch.zeros(samples, 3, 2, 2), width, deadline, clock.now, budget_s)
+    req = ScheduledRequest(i, samples, width, deadline, clock.now, budget_s)
     return Pending(req, lambda value: None)
 
 
-def test_budget_below_fastest_width_is_504():
+def test_budget_below_fastest_width_is_infeasible():
     clock = Clock()
-    with pytest.raises(Rejected) as info:
+    with pytest.raises(Refused) as info:
         make(clock).admit(pending(1, clock, budget_s=0.0005))
-    assert info.value.status == 504
+    assert info.value.reason is RefusalReason.INFEASIBLE
 
 
-def test_budget_spent_before_admission_is_504_saying_what_ran_out():
+def test_budget_spent_before_admission_is_infeasible_saying_what_ran_out():
     # A 25 ms budget is ample for a 1 ms service time, but 24.5 ms of it went by before the request
     # reached admission (a slow first decode): the message must say that, not blame the budget.
     clock = Clock()
     request = pending(1, clock, budget_s=0.025)
     clock.now += 0.0245
-    with pytest.raises(Rejected) as info:
+    with pytest.raises(Refused) as info:
         make(clock).admit(request)
-    assert info.value.status == 504
+    assert info.value.reason is RefusalReason.INFEASIBLE
     assert info.value.message.startswith("only 0.5 ms of the 25 ms budget remained at admission")
     assert info.value.message.endswith("the fastest possible service time is 1 ms at width 0.25")
 
 
-def test_queue_ahead_makes_admission_503_with_retry_after():
+def test_queue_ahead_makes_admission_refuse_as_overloaded():
     clock = Clock()
     s = make(clock)
     for i in range(9):  # the 9th waits for 2 batches of 4 ms, then runs in 1 ms: fits 10 ms
         s.admit(pending(i, clock, budget_s=0.010))
-    with pytest.raises(Rejected) as info:  # the 10th would wait for 3 batches
+    with pytest.raises(Refused) as info:  # the 10th would wait for 3 batches
         s.admit(pending(99, clock, budget_s=0.010))
-    assert info.value.status == 503 and info.value.retry_after_s == 1
+    assert info.value.reason is RefusalReason.OVERLOADED
     assert s.depth() == 9
 
 
@@ -67,7 +68,7 @@ def test_best_effort_admits_everything_but_a_full_queue():
     s = make(clock, admission="best_effort", queue_limit=2)
     s.admit(pending(1, clock, budget_s=0.00001))
     s.admit(pending(2, clock, budget_s=0.00001))
-    with pytest.raises(Rejected, match="queue is full"):
+    with pytest.raises(Refused, match="queue is full"):
         s.admit(pending(3, clock))
 
 
@@ -103,7 +104,7 @@ def test_closed_scheduler_refuses_and_drains():
     s = make(clock)
     s.admit(pending(1, clock))
     s.close()
-    with pytest.raises(Rejected, match="shutting down"):
+    with pytest.raises(Refused, match="shutting down"):
         s.admit(pending(2, clock))
     assert [p.request.id for p in s.next_batch().items] == [1]
     s.batch_done()
@@ -111,7 +112,8 @@ def test_closed_scheduler_refuses_and_drains():
 
 
 def test_batching_delay_waits_for_more_requests_then_dispatches_together():
-    s = Scheduler(MaxWidthPolicy(), PROFILE, WIDTHS, 4, 0.2, 16, "reject", 1)  # real clock, 200 ms window
+    config = SchedulerConfig(max_batch_size=4, max_queue_delay_s=0.2, queue_limit=16, margin=0.0)
+    s = Scheduler(MaxWidthPolicy(), PROFILE, WIDTHS, config)  # real clock, 200 ms window
     clock = Clock()
     clock.now = __import__("time").monotonic()
     s.admit(pending(1, clock))
@@ -121,3 +123,26 @@ def test_batching_delay_waits_for_more_requests_then_dispatches_together():
     s.admit(pending(2, clock))
     worker.join(timeout=5)
     assert [p.request.id for p in result["batch"].items] == [1, 2]
+
+
+def test_admission_plans_with_the_margin_as_the_policies_do():
+    # 1.05 ms of budget fits the 1 ms narrowest batch, but not with a 10% margin: admitted without a
+    # margin, refused with one (before, admission used the raw profile and the policies the margin,
+    # so such a request was admitted and then served as `fallback`).
+    clock = Clock()
+    make(clock, margin=0.0).admit(pending(1, clock, budget_s=0.00105))
+    with pytest.raises(Refused) as info:
+        make(clock, margin=0.1).admit(pending(2, clock, budget_s=0.00105))
+    assert info.value.reason is RefusalReason.INFEASIBLE and "1.1 ms at width 0.25" in info.value.message
+
+
+def test_scheduler_needs_neither_torch_nor_the_server():
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    code = ("import sys, policies.scheduler, policies.simulator; "
+            "print(sorted(m for m in ('torch', 'server', 'fastapi') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
