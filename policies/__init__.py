@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from .adaptive import FeedbackPolicy, SlackPolicy
-from .base import REASONS, Decision, DispatchView, LoadSignals, Policy, QueuedItem
+from .base import Decision, DispatchView, LoadSignals, Policy, QueuedItem, Reason
 from .builtin import FixedPolicy, MaxWidthPolicy
 from .profile import LatencyProfile, batch_sizes_up_to, measure_profile, service_time
 from .scheduler import Batch, Pending, Refused, RefusalReason, ScheduledRequest, Scheduler, SchedulerConfig
 
 __all__ = [
-    "REASONS", "Decision", "DispatchView", "FixedPolicy", "LatencyProfile", "LoadSignals",
+    "Reason", "Decision", "DispatchView", "FixedPolicy", "LatencyProfile", "LoadSignals",
     "FeedbackPolicy", "MaxWidthPolicy", "Policy", "SlackPolicy", "QueuedItem", "batch_sizes_up_to", "make_policy", "measure_profile",
     "service_time", "Batch", "Pending", "Refused", "RefusalReason", "ScheduledRequest", "Scheduler", "SchedulerConfig",
 ]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import collections
 import threading
 
-from .base import Decision, DispatchView, QueuedItem
+from .base import Decision, DispatchView, QueuedItem, Reason
 from .builtin import MaxWidthPolicy, budget_width, pinned_decision, take_batch, widest_alone
 
 __all__ = ["SlackPolicy", "FeedbackPolicy"]
@@ -51,18 +51,18 @@ class SlackPolicy:
         head = candidates[0]
         if not head.has_budget:
             batch = take_batch(view.queue, None, view.max_batch_size)
-            return Decision(view.widths[-1], tuple(i.id for i in batch), "no_budget")
+            return Decision(view.widths[-1], tuple(i.id for i in batch), Reason.NO_BUDGET)
         allowed = [w for w in view.widths if w == view.widths[0] or self._sustainable(view, w)]
         for width in reversed(allowed):
             batch = self._batch_at(view, candidates, width)
             if batch and self._rest_feasible(view, candidates, batch, width):
-                reason = "budget" if width >= budget_width(view, head) else "load"
+                reason = Reason.BUDGET if width >= budget_width(view, head) else Reason.LOAD
                 return Decision(width, tuple(i.id for i in self._without_patient(view, batch, width, allowed)), reason)
         # Overloaded: someone will miss. Serve as many of the most urgent as fit the head's slack.
         batch = self._batch_at(view, candidates, view.widths[0])
         if batch:
-            return Decision(view.widths[0], tuple(i.id for i in batch), "load")
-        return Decision(view.widths[0], (head.id,), "fallback")
+            return Decision(view.widths[0], tuple(i.id for i in batch), Reason.LOAD)
+        return Decision(view.widths[0], (head.id,), Reason.FALLBACK)
 
     def observe(self, width: float, latency_s: float, budget_s: float | None, deadline_met: bool) -> None:
         pass  # decisions come from the queue and the profile alone
@@ -136,9 +136,9 @@ class FeedbackPolicy:
         decision = self._inner.select(view)
         with self._lock:
             cap = self.widths[self.ceiling]
-        if decision.reason == "pinned" or decision.width <= cap:
+        if decision.reason == Reason.PINNED or decision.width <= cap:
             return decision
-        return Decision(cap, decision.request_ids, "feedback")
+        return Decision(cap, decision.request_ids, Reason.FEEDBACK)
 
     def observe(self, width: float, latency_s: float, budget_s: float | None, deadline_met: bool) -> None:
         if budget_s is None:

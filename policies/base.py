@@ -9,16 +9,26 @@ the ``reason`` label of ``widthwise_width_selections_total``.
 
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
 from .profile import LatencyProfile, service_time
 
-__all__ = ["QueuedItem", "LoadSignals", "DispatchView", "Decision", "Policy", "REASONS"]
+__all__ = ["QueuedItem", "LoadSignals", "DispatchView", "Decision", "Policy", "Reason"]
 
-# Fixed label set of the reason label.
-REASONS = ("budget", "load", "pinned", "no_budget", "fallback", "fixed", "feedback")
+
+class Reason(enum.StrEnum):
+    """Why a batch runs at its width: the ``reason`` label, header and log field (fixed set)."""
+
+    BUDGET = "budget"  # the widest width the most urgent request's budget allows
+    LOAD = "load"  # narrower than the budget allows, to keep up with the queue
+    PINNED = "pinned"  # the client pinned the width
+    NO_BUDGET = "no_budget"  # no budget: the widest width
+    FALLBACK = "fallback"  # no width fits: the narrowest (or a narrower one after out of memory)
+    FIXED = "fixed"  # fixed:<width> policy
+    FEEDBACK = "feedback"  # capped by the feedback controller
 
 
 @dataclass(frozen=True)
@@ -44,7 +54,6 @@ class LoadSignals:
     inflight_batches: int = 0
     arrival_rate: float | None = None  # offered requests per second, recent window
     device_utilization: float | None = None  # 0..1, GPU via NVML or CPU
-    recent_service_s: dict[float, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -66,7 +75,7 @@ class DispatchView:
 class Decision:
     width: float
     request_ids: tuple[int, ...]
-    reason: str
+    reason: Reason
 
 
 class Policy(Protocol):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .base import Decision, DispatchView, QueuedItem
+from .base import Decision, DispatchView, QueuedItem, Reason
 
 __all__ = ["FixedPolicy", "MaxWidthPolicy", "take_batch", "budget_width", "widest_alone", "pinned_decision"]
 
@@ -58,7 +58,7 @@ def pinned_decision(view: DispatchView) -> Decision | None:
     if head.width is None:
         return None
     batch = take_batch(view.queue, head.width, view.max_batch_size)
-    return Decision(head.width, tuple(i.id for i in batch), "pinned")
+    return Decision(head.width, tuple(i.id for i in batch), Reason.PINNED)
 
 
 class FixedPolicy:
@@ -73,7 +73,7 @@ class FixedPolicy:
         if pinned:
             return pinned
         batch = take_batch(view.queue, None, view.max_batch_size)
-        return Decision(self.width, tuple(i.id for i in batch), "fixed")
+        return Decision(self.width, tuple(i.id for i in batch), Reason.FIXED)
 
     def observe(self, width: float, latency_s: float, budget_s: float | None, deadline_met: bool) -> None:
         pass
@@ -97,12 +97,12 @@ class MaxWidthPolicy:
         head = batch[0]
         ids = tuple(i.id for i in batch)
         if not head.has_budget:
-            return Decision(view.widths[-1], ids, "no_budget")
+            return Decision(view.widths[-1], ids, Reason.NO_BUDGET)
         remaining = head.deadline - view.now
         samples = sum(i.samples for i in batch)
         for width in reversed(view.widths):
             if view.service(width, samples) <= remaining:
-                reason = "budget" if width >= budget_width(view, head) else "load"
+                reason = Reason.BUDGET if width >= budget_width(view, head) else Reason.LOAD
                 ids = _without_patient(view, batch, width, samples)
                 return Decision(width, ids, reason)
         narrowest = view.widths[0]
@@ -110,8 +110,8 @@ class MaxWidthPolicy:
             batch.pop()
             samples = sum(i.samples for i in batch)
             if view.service(narrowest, samples) <= remaining:
-                return Decision(narrowest, tuple(i.id for i in batch), "load")
-        return Decision(narrowest, ids, "fallback")
+                return Decision(narrowest, tuple(i.id for i in batch), Reason.LOAD)
+        return Decision(narrowest, ids, Reason.FALLBACK)
 
     def observe(self, width: float, latency_s: float, budget_s: float | None, deadline_met: bool) -> None:
         pass

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .base import Decision, DispatchView, LoadSignals, Policy, QueuedItem
+from .base import Decision, DispatchView, LoadSignals, Policy, QueuedItem, Reason
 from .profile import LatencyProfile, service_time
 
 __all__ = ["ScheduledRequest", "Pending", "RefusalReason", "Refused", "Batch", "SchedulerConfig", "Scheduler"]
@@ -244,7 +244,7 @@ class Scheduler:
     def _take_batch(self, now: float, load: LoadSignals | None) -> Batch:
         expired = self._pop_expired(now)
         if not self._heap:
-            return Batch(Decision(self.widths[0], (), "fallback"), [], expired)
+            return Batch(Decision(self.widths[0], (), Reason.FALLBACK), [], expired)
         ordered = [p for _, _, p in sorted(self._heap)]
         view = DispatchView(
             now=now,

@@ -23,12 +23,13 @@ import torch
 from models import SlimmableNet
 from models.profiling import count_macs, count_params
 from policies import (
-    LatencyProfile, Pending, Policy, Refused, RefusalReason, ScheduledRequest, Scheduler, batch_sizes_up_to, make_policy,
+    LatencyProfile, Pending, Policy, Reason, Refused, RefusalReason, ScheduledRequest, Scheduler, batch_sizes_up_to,
+    make_policy,
 )
 from policies.load import DeviceMonitor
 
 from .errors import InferenceFailed
-from .metrics import Metrics, width_label, width_position
+from .metrics import BatchRecord, DeviceRecord, Metrics, ModelRecord, QueueRecord, width_label
 from .runtime import Runtime, profile_runtime
 from .settings import Settings
 from .watchdog import BatchWatchdog
@@ -170,20 +171,16 @@ class Engine:
         log.info("start-up: latency profile written to %s", path)
 
     def _publish_static_metrics(self) -> None:
-        for width in self.net.widths:
-            self.metrics.width_info.labels(self.model_name, width_label(width), width_position(width, self.net.widths)).set(1)
-        self.metrics.queue_limit.labels(self.model_name).set(self.settings.queue_limit)
-        widths = ",".join(f"{w:g}" for w in self.net.widths)
-        self.metrics.model_info.labels(self.model_name, self.net.arch, widths, str(self.runtime.device)).set(1)
+        self.metrics.record_model(ModelRecord(self.net.arch, self.net.widths, str(self.runtime.device),
+                                              self.settings.queue_limit))
 
     def _sample_load(self) -> None:
         """Refresh device load once a second; export GPU gauges when NVML has them."""
         device = str(self.runtime.device)
         while not self._stopped.wait(1.0):
             sample = self.monitor.refresh()
-            if self.runtime.device.type == "cuda" and sample.utilization is not None:
-                self.metrics.gpu_utilization.labels(device).set(sample.utilization)
-                self.metrics.gpu_memory.labels(device).set(sample.memory_used_bytes or 0)
+            if self.runtime.device.type == "cuda":
+                self.metrics.record_device(DeviceRecord(device, sample.utilization, sample.memory_used_bytes))
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         if self._startup is not None:
@@ -263,7 +260,7 @@ class Engine:
         if width is not None:
             width = self.net.widths[self.net.width_index(width)]
         if budget_s is not None:
-            self.metrics.latency_budget_of.observe(budget_s)
+            self.metrics.record_budget(budget_s)
         now = time.monotonic()
         start = received_at if received_at is not None else now
         deadline = start + budget_s - self.reserve_s(budget_s) if budget_s is not None else math.inf
@@ -278,15 +275,13 @@ class Engine:
             loop.call_soon_threadsafe(_settle, future, value)
 
         self.scheduler.admit(Pending(request, resolve))  # raises Refused
-        self.metrics.queue_depth_now.set(self.scheduler.depth())
-        inflight = self.metrics.inflight_now
-        inflight.inc()
         self._admitted += 1
+        self.metrics.record_queue(QueueRecord(self.scheduler.depth(), self._admitted))
         try:
             return await future
         finally:
             self._admitted -= 1
-            inflight.dec()
+            self.metrics.record_queue(QueueRecord(self.scheduler.depth(), self._admitted))
 
     def idle(self) -> bool:
         """Nothing queued and no admitted request still waiting for its answer (shutdown waits for this)."""
@@ -316,7 +311,7 @@ class Engine:
             batch = self.scheduler.next_batch()
             if batch is None:
                 return
-            self.metrics.queue_depth_now.set(self.scheduler.depth())
+            self.metrics.record_queue(QueueRecord(self.scheduler.depth()))
             for pending in batch.expired:
                 pending.resolve(Refused(RefusalReason.EXPIRED, "deadline can no longer be met at any width"))
             if batch.items:
@@ -374,7 +369,7 @@ class Engine:
             idx = self.net.width_index(width)
             if idx > 0:
                 log.warning("out of memory at width %s for one request: trying width %s", width, self.net.widths[idx - 1])
-                self._serve(items, self.net.widths[idx - 1], "fallback", token)
+                self._serve(items, self.net.widths[idx - 1], Reason.FALLBACK, token)
                 return
             self._fail(items, f"inference failed: out of memory even at the narrowest width ({type(exc).__name__})")
             return
@@ -393,10 +388,10 @@ class Engine:
                                             elapsed, samples))
             offset += req.samples
         self.profile.observe(width, samples, elapsed)
-        self.metrics.batch(width, samples, elapsed, reason)
+        waits = tuple(start - p.request.arrival for p in items)
+        self.metrics.record_batch(BatchRecord(width, samples, elapsed, reason, waits))
         for pending in items:
             req = pending.request
-            self.metrics.queue_wait_of.observe(start - req.arrival)
             self.policy.observe(width, end - req.arrival, req.budget_s, end <= req.deadline)
 
     def _fail(self, items: list[Pending], message: str) -> None:

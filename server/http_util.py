@@ -10,6 +10,7 @@ from starlette.requests import ClientDisconnect
 
 from .engine import Engine, InferenceResult
 from .errors import ApiError
+from .metrics import width_label
 
 __all__ = ["read_body", "read_body_aligned", "parse_multipart", "get_engine", "timing_headers"]
 
@@ -107,7 +108,7 @@ def get_engine(request: Request) -> Engine:
 
 def timing_headers(result: InferenceResult, total_s: float) -> dict[str, str]:
     return {
-        "X-Served-Width": f"{result.width:g}",
+        "X-Served-Width": width_label(result.width),
         "Server-Timing": (
             f"queue;dur={result.queue_s * 1e3:.3f}, inference;dur={result.inference_s * 1e3:.3f}, "
             f"total;dur={total_s * 1e3:.3f}"

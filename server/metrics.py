@@ -1,23 +1,87 @@
 """Prometheus metrics (names and labels are a contract: see DESIGN.md).
 
-The engine emits plain records; this recorder turns them into metrics. The
-registry is passed in, so every test uses a fresh one.
+The engine and the handlers emit frozen stats records; :class:`Metrics` turns
+them into metrics in its ``record_*`` methods, and nothing outside this module
+touches a Prometheus object. The registry is passed in, so every test uses a
+fresh one.
 """
 
 from __future__ import annotations
 
+import enum
+from dataclasses import dataclass
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["Metrics", "OUTCOMES", "width_label", "width_position"]
+from policies import Reason
 
-OUTCOMES = ("ok", "deadline_missed", "rejected", "bad_request", "error")
+__all__ = ["Metrics", "Outcome", "RequestRecord", "BatchRecord", "QueueRecord", "ModelRecord", "DeviceRecord",
+           "width_label", "width_position"]
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
+class Outcome(enum.StrEnum):
+    """What became of a request: the ``outcome`` label (fixed set)."""
+
+    OK = "ok"
+    DEADLINE_MISSED = "deadline_missed"
+    REJECTED = "rejected"
+    BAD_REQUEST = "bad_request"
+    ERROR = "error"
+
+
 def width_label(width: float | None) -> str:
-    """``0.5`` -> ``"0.5"``, ``1.0`` -> ``"1.0"``; ``None`` (never chosen) -> ``"none"``."""
+    """How a width is spelled everywhere (labels, headers, logs): ``0.5`` -> ``"0.5"``, ``1.0`` -> ``"1.0"``;
+    ``None`` (never chosen) -> ``"none"``."""
     return "none" if width is None else repr(float(width))
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One answered request; ``width`` is None when none served it."""
+
+    outcome: Outcome
+    width: float | None = None
+    duration_s: float | None = None
+    accuracy: float | None = None  # the served width's expected top-1, when known
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """One executed batch and how long each of its requests had queued."""
+
+    width: float
+    samples: int
+    seconds: float
+    reason: Reason
+    queue_waits_s: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class QueueRecord:
+    """The queue now: queued requests and admitted ones not answered yet."""
+
+    depth: int
+    inflight: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """What is served: published once, when the model is ready."""
+
+    arch: str
+    widths: tuple[float, ...]
+    device: str
+    queue_limit: int
+
+
+@dataclass(frozen=True)
+class DeviceRecord:
+    device: str
+    utilization: float | None
+    memory_used_bytes: int | None
 
 
 class Metrics:
@@ -73,10 +137,10 @@ class Metrics:
         self.gpu_memory = Gauge("widthwise_gpu_memory_used_bytes", "GPU memory in use from NVML.", ["device"], registry=registry)
 
         # Per-request series of this model, bound once: labels() costs a lock and a lookup per call.
-        self.queue_depth_now = self.queue_depth.labels(model)
-        self.inflight_now = self.inflight.labels(model)
-        self.queue_wait_of = self.queue_wait.labels(model)
-        self.latency_budget_of = self.latency_budget.labels(model)
+        self._queue_depth = self.queue_depth.labels(model)
+        self._inflight = self.inflight.labels(model)
+        self._queue_wait = self.queue_wait.labels(model)
+        self._latency_budget = self.latency_budget.labels(model)
         self._expected_correct = self.expected_correct.labels(model) if accuracy_known else None
         self._children: dict[tuple, object] = {}
 
@@ -87,20 +151,42 @@ class Metrics:
             child = self._children[key] = metric.labels(self.model, *labels)
         return child
 
-    def request(self, width: float | None, outcome: str, duration_s: float | None = None, accuracy: float | None = None) -> None:
-        label = width_label(width)
-        self._child(self.requests, label, outcome).inc()
-        if duration_s is not None:
-            self._child(self.request_duration, label).observe(duration_s)
-        if accuracy is not None and outcome == "ok" and self._expected_correct is not None:
+    def record_request(self, r: RequestRecord) -> None:
+        label = width_label(r.width)
+        self._child(self.requests, label, r.outcome.value).inc()
+        if r.duration_s is not None:
+            self._child(self.request_duration, label).observe(r.duration_s)
+        if r.accuracy is not None and r.outcome is Outcome.OK and self._expected_correct is not None:
             # matches the ok-only denominator of the accuracy ratio
-            self._expected_correct.inc(accuracy)
+            self._expected_correct.inc(r.accuracy)
 
-    def batch(self, width: float, samples: int, seconds: float, reason: str) -> None:
-        label = width_label(width)
-        self._child(self.inference_duration, label).observe(seconds)
-        self._child(self.batch_size, label).observe(samples)
-        self._child(self.width_selections, label, reason).inc()
+    def record_budget(self, budget_s: float) -> None:
+        """A latency budget a client asked for (at admission)."""
+        self._latency_budget.observe(budget_s)
+
+    def record_batch(self, b: BatchRecord) -> None:
+        label = width_label(b.width)
+        self._child(self.inference_duration, label).observe(b.seconds)
+        self._child(self.batch_size, label).observe(b.samples)
+        self._child(self.width_selections, label, Reason(b.reason).value).inc()
+        for wait in b.queue_waits_s:
+            self._queue_wait.observe(wait)
+
+    def record_queue(self, q: QueueRecord) -> None:
+        self._queue_depth.set(q.depth)
+        if q.inflight is not None:
+            self._inflight.set(q.inflight)
+
+    def record_model(self, m: ModelRecord) -> None:
+        for width in m.widths:
+            self.width_info.labels(self.model, width_label(width), width_position(width, m.widths)).set(1)
+        self.queue_limit.labels(self.model).set(m.queue_limit)
+        self.model_info.labels(self.model, m.arch, ",".join(width_label(w) for w in m.widths), m.device).set(1)
+
+    def record_device(self, d: DeviceRecord) -> None:
+        if d.utilization is not None:
+            self.gpu_utilization.labels(d.device).set(d.utilization)
+            self.gpu_memory.labels(d.device).set(d.memory_used_bytes or 0)
 
 
 def width_position(width: float, widths: tuple[float, ...]) -> str:

@@ -11,6 +11,7 @@ from policies import Refused
 from .engine import Engine, InferenceResult
 from .errors import ApiError
 from .logs import log_fields
+from .metrics import Outcome, RequestRecord
 
 __all__ = ["count_outcome"]
 
@@ -33,26 +34,26 @@ async def count_outcome(engine: Engine, request) -> AsyncIterator[Callable[[Infe
 
     def record(result: InferenceResult, total_s: float, budget_s: float | None) -> bool:
         met = budget_s is None or total_s <= budget_s
-        served[:] = [result, total_s, "ok" if met else "deadline_missed"]
+        served[:] = [result, total_s, Outcome.OK if met else Outcome.DEADLINE_MISSED]
         engine.note_overhead(total_s - result.queue_s - result.inference_s)
         return met
 
     try:
         yield record
     except ApiError as exc:
-        engine.metrics.request(None, "bad_request")
-        log_fields(request, outcome="bad_request", error=exc.message)
+        engine.metrics.record_request(RequestRecord(Outcome.BAD_REQUEST))
+        log_fields(request, outcome=Outcome.BAD_REQUEST, error=exc.message)
         raise
     except Refused as exc:
-        engine.metrics.request(None, "rejected")
-        log_fields(request, outcome="rejected", error=exc.message)
+        engine.metrics.record_request(RequestRecord(Outcome.REJECTED))
+        log_fields(request, outcome=Outcome.REJECTED, error=exc.message)
         raise
     except Exception as exc:
-        engine.metrics.request(None, "error")
-        log_fields(request, outcome="error", error=str(exc))
+        engine.metrics.record_request(RequestRecord(Outcome.ERROR))
+        log_fields(request, outcome=Outcome.ERROR, error=str(exc))
         raise
     if served:
         result, total_s, outcome = served
-        engine.metrics.request(result.width, outcome, total_s, engine.accuracy.get(result.width))
+        engine.metrics.record_request(RequestRecord(outcome, result.width, total_s, engine.accuracy.get(result.width)))
         log_fields(request, outcome=outcome, width=result.width, reason=result.reason, batch=result.batch_samples,
                    queue_ms=round(result.queue_s * 1e3, 3), inference_ms=round(result.inference_s * 1e3, 3))

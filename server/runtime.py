@@ -31,11 +31,9 @@ from models import SlimmableNet
 
 __all__ = ["Runtime", "resolve_device", "resolve_backend", "profile_runtime", "runtime_fingerprint", "export_onnx", "export_switch_onnx",
            "ort_session_options",
-           "shared_initializers", "use_global_thread_pool", "BACKENDS", "PRECISIONS"]
+           "shared_initializers", "use_global_thread_pool"]
 
 log = logging.getLogger("widthwise.runtime")
-BACKENDS = ("auto", "torch", "onnxruntime")
-PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 def resolve_device(name: str) -> torch.device:

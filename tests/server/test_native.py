@@ -10,6 +10,7 @@ import models
 from models.transforms import image_to_tensor
 from bench.decode import photo_jpeg
 from tests.conftest import TINY_ACCURACY, png_bytes
+from tests.helpers import eventually
 
 
 def expected_scores(checkpoint, data: bytes, width: float) -> torch.Tensor:
@@ -27,7 +28,7 @@ def test_classify_raw_png_returns_contract_and_reference_scores(make_client, tin
     body = r.json()
     assert set(body) == {"model", "width", "predictions", "timing_ms", "budget_ms", "deadline_met"}
     assert body["model"] == "tiny" and body["width"] == 1.0 and body["budget_ms"] is None and body["deadline_met"] is True
-    assert r.headers["x-served-width"] == "1"
+    assert r.headers["x-served-width"] == "1.0"  # spelled as in metric labels and logs
     assert r.headers["server-timing"].startswith("queue;dur=")
     assert set(body["timing_ms"]) == {"queue", "inference", "total"}
     assert body["timing_ms"]["total"] >= body["timing_ms"]["inference"]
@@ -62,7 +63,7 @@ def test_pinned_width_is_served(make_client):
     for width in ("0.25", "0.75", "1"):
         r = client.post("/v1/classify", content=png_bytes(), headers={"content-type": "image/png", "X-Width": width})
         assert r.status_code == 200 and r.json()["width"] == float(width)
-        assert r.headers["x-served-width"] == f"{float(width):g}"
+        assert r.headers["x-served-width"] == repr(float(width))
 
 
 @pytest.mark.parametrize("budget_ms,width", [("5000", 1.0), ("600", 1.0), ("300", 0.75), ("100", 0.5), ("30", 0.25)])
@@ -149,10 +150,12 @@ def test_metrics_after_known_traffic(make_client):
     assert get("widthwise_requests_total", {"model": "tiny", "width": "0.5", "outcome": "ok"}) == 2
     assert get("widthwise_requests_total", {"model": "tiny", "width": "none", "outcome": "bad_request"}) == 1
     assert get("widthwise_expected_correct_total", {"model": "tiny"}) == pytest.approx(2 * 0.95)
-    assert get("widthwise_width_selections_total", {"model": "tiny", "width": "0.5", "reason": "pinned"}) >= 1
-    assert get("widthwise_batch_size_count", {"model": "tiny", "width": "0.5"}) >= 1
+    # the worker answers first and records the batch after: wait for the second batch's record
+    assert eventually(lambda: get("widthwise_batch_size_count", {"model": "tiny", "width": "0.5"}), 2) == 2
+    assert get("widthwise_width_selections_total", {"model": "tiny", "width": "0.5", "reason": "pinned"}) == 2
+    assert get("widthwise_queue_wait_seconds_count", {"model": "tiny"}) == 2
     assert get("widthwise_request_duration_seconds_count", {"model": "tiny", "width": "0.5"}) == 2
-    assert get("widthwise_model_info", {"model": "tiny", "arch": "s_convnet6", "widths": "0.25,0.5,0.75,1", "device": "cpu"}) == 1
+    assert get("widthwise_model_info", {"model": "tiny", "arch": "s_convnet6", "widths": "0.25,0.5,0.75,1.0", "device": "cpu"}) == 1
     text = client.get("/metrics").text
     assert 'widthwise_requests_total{model="tiny",outcome="ok",width="0.5"} 2.0' in text
 

@@ -1,0 +1,68 @@
+"""Metrics from records: each record_* method against a fresh registry, and no Prometheus calls elsewhere."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from policies import Reason
+from server.metrics import (
+    BatchRecord, DeviceRecord, Metrics, ModelRecord, Outcome, QueueRecord, RequestRecord, width_label,
+)
+from tests.conftest import REPO
+
+
+@pytest.fixture
+def recorder():
+    registry = CollectorRegistry()
+    return Metrics(registry, "m"), registry.get_sample_value
+
+
+def test_request_records_count_outcomes_and_served_accuracy(recorder):
+    metrics, get = recorder
+    metrics.record_request(RequestRecord(Outcome.OK, 0.5, 0.004, 0.9))
+    metrics.record_request(RequestRecord(Outcome.DEADLINE_MISSED, 0.5, 0.050, 0.9))
+    metrics.record_request(RequestRecord(Outcome.BAD_REQUEST))
+    assert get("widthwise_requests_total", {"model": "m", "width": "0.5", "outcome": "ok"}) == 1
+    assert get("widthwise_requests_total", {"model": "m", "width": "0.5", "outcome": "deadline_missed"}) == 1
+    assert get("widthwise_requests_total", {"model": "m", "width": "none", "outcome": "bad_request"}) == 1
+    assert get("widthwise_request_duration_seconds_count", {"model": "m", "width": "0.5"}) == 2
+    assert get("widthwise_expected_correct_total", {"model": "m"}) == pytest.approx(0.9)  # ok requests only
+
+
+def test_batch_queue_model_and_device_records(recorder):
+    metrics, get = recorder
+    metrics.record_batch(BatchRecord(1.0, 3, 0.002, Reason.LOAD, (0.001, 0.002, 0.003)))
+    assert get("widthwise_batch_size_sum", {"model": "m", "width": "1.0"}) == 3
+    assert get("widthwise_width_selections_total", {"model": "m", "width": "1.0", "reason": "load"}) == 1
+    assert get("widthwise_queue_wait_seconds_count", {"model": "m"}) == 3
+    metrics.record_queue(QueueRecord(5, 7))
+    assert get("widthwise_queue_depth", {"model": "m"}) == 5 and get("widthwise_inflight_requests", {"model": "m"}) == 7
+    metrics.record_queue(QueueRecord(4))
+    assert get("widthwise_queue_depth", {"model": "m"}) == 4 and get("widthwise_inflight_requests", {"model": "m"}) == 7
+    metrics.record_model(ModelRecord("a", (0.35, 1.0), "cpu", 64))
+    assert get("widthwise_width_info", {"model": "m", "width": "0.35", "position": "narrowest"}) == 1
+    assert get("widthwise_model_info", {"model": "m", "arch": "a", "widths": "0.35,1.0", "device": "cpu"}) == 1
+    assert get("widthwise_queue_limit", {"model": "m"}) == 64
+    metrics.record_device(DeviceRecord("cuda:0", 0.5, 1024))
+    assert get("widthwise_gpu_utilization_ratio", {"device": "cuda:0"}) == 0.5
+    metrics.record_device(DeviceRecord("cuda:1", None, None))  # NVML missing: nothing exported
+    assert get("widthwise_gpu_utilization_ratio", {"device": "cuda:1"}) is None
+
+
+def test_one_width_spelling():
+    assert [width_label(w) for w in (0.35, 1, 1.0, 2.0, None)] == ["0.35", "1.0", "1.0", "2.0", "none"]
+
+
+def test_nothing_outside_metrics_py_touches_prometheus_objects():
+    offenders = []
+    for path in (REPO / "server").rglob("*.py"):
+        if path.name == "metrics.py":
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(r"\.labels\(|\.observe\(|\.inc\(|\.dec\(", line) and "profile.observe" not in line \
+                    and "policy.observe" not in line:
+                offenders.append(f"{path.relative_to(REPO)}:{number}: {line.strip()}")
+    assert not offenders, offenders
