@@ -19,7 +19,11 @@ serve: $(STAMP)
 	$(VENV)/bin/widthwise serve
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 # Regenerates the embedded default checkpoint (see README, "Training").
 default-model: $(STAMP)

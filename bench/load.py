@@ -52,7 +52,7 @@ async def run_point(url: str, body: bytes, rate: float, duration: float, budget_
 def summarize(results: list, budget_ms: float, duration: float, accuracy: dict[float, float]) -> dict:
     ok = [(lat, w) for status, lat, w in results if status == 200]
     on_time = [(lat, w) for lat, w in ok if lat <= budget_ms]
-    lat = sorted(l for l, _ in ok)
+    lat = sorted(latency for latency, _ in ok)
     widths = [w for _, w in ok]
     statuses: dict[str, int] = {}
     for status, _, _ in results:

@@ -19,6 +19,18 @@ OFFICIAL_ARCHS = ("s_mobilenet_v1", "s_mobilenet_v2", "s_resnet50")
 TEST_INPUT_SIZE = {"s_mobilenet_v1": 64, "s_mobilenet_v2": 64, "s_resnet50": 64}
 
 
+LIVE_FIXTURES = {"live_server", "docs_server", "prometheus", "live_schema"}
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Markers by what a test needs, so groups can be deselected (`pytest -m "not live and not deploy"`)."""
+    for item in items:
+        if LIVE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.live)
+        if "tests/deploy/" in item.nodeid:
+            item.add_marker(pytest.mark.deploy)
+
+
 @pytest.fixture(scope="session")
 def reference_layout() -> dict:
     if not REFERENCE.is_file():

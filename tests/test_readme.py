@@ -123,6 +123,7 @@ def test_bench_runs_from_the_repository_root_and_elsewhere(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+@pytest.mark.live
 def test_native_api_curls_and_triton_snippet_work_against_make_serve():
     server = LiveServer()  # what `make serve` starts: the embedded model with default settings
     try:

@@ -104,7 +104,6 @@ def test_very_wide_image_is_refused_without_building_a_huge_intermediate(make_cl
 
 
 def test_resizing_resamples_only_the_crop():
-    import resource
     import subprocess
     import sys
 

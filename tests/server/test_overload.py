@@ -47,7 +47,7 @@ def test_burst_at_5x_capacity_answers_every_request_in_time_and_recovers(live_se
     statuses = {}
     for status, _, _ in results:
         statuses[status] = statuses.get(status, 0) + 1
-    lat = {s: np.percentile([l for st, l, _ in results if st == s], [50, 99]).round(1).tolist() for s in statuses}
+    lat = {s: np.percentile([ms for st, ms, _ in results if st == s], [50, 99]).round(1).tolist() for s in statuses}
     print(f"\nburst: capacity {capacity:.0f}/s, sent {len(results)}, by status {statuses}, budget {budget_ms:.1f} ms, "
           f"p50/p99 ms by status {lat}")
     assert len(results) > 20

@@ -213,6 +213,7 @@ def test_worker_death_fails_queued_requests_and_turns_readiness(make_client):
     assert r.status_code == 503 and r.headers["retry-after"] == "1"
 
 
+@pytest.mark.live
 def test_empty_api_token_is_a_start_up_error():
     import subprocess
     import sys

@@ -20,6 +20,7 @@ def serve(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.live
 def test_first_request_of_a_fresh_server_is_served():
     server = LiveServer()  # the embedded default model, as `make serve` starts it
     try:
@@ -32,6 +33,7 @@ def test_first_request_of_a_fresh_server_is_served():
         server.stop()
 
 
+@pytest.mark.live
 def test_request_path_is_warm_before_ready():
     # In a fresh interpreter: once the server is ready, the codecs a first request needs are loaded
     # (without the warm-up, Pillow imports its plugins and python-multipart loads on the first request).
@@ -53,6 +55,7 @@ with TestClient(app):
                                              "python_multipart"]
 
 
+@pytest.mark.live
 def test_missing_profile_exits_2_before_listening(tmp_path):
     out = serve("--profile", str(tmp_path / "missing.json"))
     assert out.returncode == 2
@@ -61,18 +64,21 @@ def test_missing_profile_exits_2_before_listening(tmp_path):
                       "`widthwise serve --save-profile PATH` or leave --profile out to measure at start-up"]
 
 
+@pytest.mark.live
 def test_profile_that_is_a_directory_exits_2(tmp_path):
     out = serve("--profile", str(tmp_path))
     assert out.returncode == 2 and "not a regular file" in out.stderr
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a host without CUDA")
+@pytest.mark.live
 def test_device_cuda_without_cuda_exits_2():
     out = serve("--device", "cuda")
     assert out.returncode == 2
     assert "--device cuda: no CUDA device is available" in out.stderr and "use --device cpu" in out.stderr
 
 
+@pytest.mark.live
 def test_failed_start_up_ends_the_process_non_zero(tiny_checkpoint, synthetic_profile, tmp_path):
     # The profile passes the pre-flight checks but was measured for another model: the failure happens
     # in the start-up thread, after uvicorn listens. The process must exit, not linger unready.
@@ -130,6 +136,7 @@ def test_labels_file_names_the_predictions(make_client, tmp_path):
     assert client.get("/v1/models").json()["models"][0]["labels"][3] == "animal 3"
 
 
+@pytest.mark.live
 def test_labels_file_with_the_wrong_count_exits_2(tiny_checkpoint, tmp_path):
     labels = tmp_path / "labels.txt"
     labels.write_text("cat\ndog\n")
