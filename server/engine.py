@@ -9,6 +9,7 @@ FastAPI lifespan; start-up work (export, warm-up, profiling) runs in a thread so
 from __future__ import annotations
 
 import asyncio
+import enum
 import itertools
 import json
 import logging
@@ -34,12 +35,24 @@ from .runtime import Runtime, profile_runtime
 from .settings import Settings
 from .watchdog import BatchWatchdog
 
-__all__ = ["Engine", "InferenceResult"]
+__all__ = ["Engine", "InferenceResult", "Readiness"]
 
 log = logging.getLogger("widthwise.engine")
 
 # Raised by the device when a batch does not fit; CPU builds of torch define the class too.
 OUT_OF_MEMORY = (torch.cuda.OutOfMemoryError, MemoryError)
+
+
+class Readiness(enum.Enum):
+    """What ``/readyz`` says: 200 only when READY."""
+
+    STARTING = "starting"
+    READY = "ready"
+    DRAINING = "draining"
+    FAILED = "failed"
+
+
+_ORDER = {Readiness.STARTING: 0, Readiness.READY: 1, Readiness.DRAINING: 2, Readiness.FAILED: 3}
 
 
 @dataclass(frozen=True)
@@ -66,9 +79,9 @@ class Engine:
         self.runtime: Runtime | None = None
         self.profile: LatencyProfile | None = None
         self.scheduler: Scheduler | None = None
-        self.ready = False
-        self.draining = False
+        self.state = Readiness.STARTING
         self.failure: str | None = None  # why the engine cannot serve: failed start-up or a dead worker
+        self._state_lock = threading.Lock()
         self._ids = itertools.count(1)
         self._admitted = 0  # requests admitted and not yet answered (event loop only)
         self._worker: threading.Thread | None = None
@@ -124,7 +137,7 @@ class Engine:
             self._watchdog.start()
             self._start_worker()
             self._publish_static_metrics()
-            self.ready = not self.draining
+            self._advance(Readiness.READY)
             log.info("ready in %.1f s: %s on %s (%s backend), widths %s", time.monotonic() - began, self.model_name,
                      self.runtime.device, self.runtime.backend, ", ".join(width_label(w) for w in widths))
         except Exception as exc:
@@ -134,7 +147,7 @@ class Engine:
     def _fatal(self, failure: str) -> None:
         """The engine can no longer serve: readiness 503 from now on, then ``on_fatal`` (or a log line)."""
         self.failure = failure
-        self.ready = False
+        self._advance(Readiness.FAILED)
         if self.on_fatal is not None:
             self.on_fatal(failure)
         else:
@@ -182,6 +195,17 @@ class Engine:
             if self.runtime.device.type == "cuda":
                 self.metrics.record_device(DeviceRecord(device, sample.utilization, sample.memory_used_bytes))
 
+    @property
+    def ready(self) -> bool:
+        return self.state is Readiness.READY
+
+    def _advance(self, state: "Readiness") -> None:
+        """Readiness only moves forward (starting -> ready -> draining; failed from anywhere):
+        a start-up that completes during a drain must not turn the server ready again."""
+        with self._state_lock:
+            if _ORDER[state] > _ORDER[self.state]:
+                self.state = state
+
     def wait_ready(self, timeout: float | None = None) -> bool:
         if self._startup is not None:
             self._startup.join(timeout)
@@ -189,8 +213,7 @@ class Engine:
 
     def begin_drain(self) -> None:
         """Readiness goes 503 and new requests get 503; queued work still finishes."""
-        self.draining = True
-        self.ready = False
+        self._advance(Readiness.DRAINING)
         if self.scheduler is not None:
             self.scheduler.close()
 
@@ -214,10 +237,12 @@ class Engine:
         return budget_ms / 1e3 if budget_ms is not None else None
 
     def _require_ready(self) -> None:
-        if not self.ready or self.scheduler is None:
-            if self.draining:
+        state = self.state
+        if state is not Readiness.READY:
+            if state is Readiness.DRAINING:
                 raise Refused(RefusalReason.CLOSED, "server is shutting down")
-            raise Refused(RefusalReason.NOT_READY, "model is not ready" if not self.failure else "model failed; see /readyz")
+            raise Refused(RefusalReason.NOT_READY, "model failed; see /readyz" if state is Readiness.FAILED
+                          else "model is not ready")
 
     def precheck(self, width: float | None, budget_s: float | None) -> None:
         """Cheap admission before decoding: raises :class:`Refused` when the request would be refused anyway."""
@@ -419,6 +444,7 @@ class Engine:
             "name": self.model_name,
             "arch": self.net.arch,
             "ready": self.ready,
+            "state": self.state.value,
             "device": str(self.runtime.device) if self.runtime else None,
             "backend": self.runtime.backend if self.runtime else None,
             "policy": self.policy.name,

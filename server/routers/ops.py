@@ -19,10 +19,10 @@ async def healthz() -> dict:
 async def readyz(request: Request) -> JSONResponse:
     """200 once weights are loaded, switches exported and warmed up and the profile measured."""
     engine = request.app.state.engine
+    state = engine.state
     if engine.ready:
-        return JSONResponse({"status": "ready"})
-    status = "failed" if engine.failure else "draining" if engine.draining else "starting"
-    body = {"status": status}
+        return JSONResponse({"status": state.value})
+    body = {"status": state.value}
     if engine.failure:
         body["error"] = engine.failure
     return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})

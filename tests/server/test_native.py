@@ -249,3 +249,12 @@ def test_jpeg_draft_setting_reaches_the_decoder(make_client):
         scores[flag] = {p["index"]: p["score"] for p in r.json()["predictions"]}
     assert scores["on"] != scores["off"]
     assert max(abs(scores["on"][i] - scores["off"][i]) for i in scores["off"]) < 0.1
+
+
+def test_start_up_finishing_during_a_drain_does_not_turn_ready(make_client):
+    client = make_client(wait=False)
+    client.engine.begin_drain()  # SIGTERM while still exporting and profiling
+    client.engine.wait_ready(60)
+    r = client.get("/readyz")
+    assert r.status_code == 503 and r.json() == {"status": "draining"}
+    assert client.get("/v1/models").json()["models"][0]["state"] == "draining"
