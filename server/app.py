@@ -7,7 +7,7 @@ import functools
 import logging
 import re
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.routing import APIRoute
@@ -27,6 +27,7 @@ from .logs import RequestIdMiddleware
 from .security import BearerTokenMiddleware
 from .metrics import Metrics
 from .routers import kserve, native, ops
+from .runtime import Runtime
 from .settings import Settings
 from .warmup import warm_request_path
 
@@ -80,8 +81,14 @@ def _require_readable_file(path: Path, flag: str, hint: str) -> None:
         raise ValueError(f"{flag} {path}: cannot be read ({exc.strerror}); {hint}") from None
 
 
-def build_app(settings: Settings | None = None, registry: CollectorRegistry | None = None, net: SlimmableNet | None = None) -> FastAPI:
-    """The application for one model; the engine starts in the lifespan (use ``TestClient`` as a context manager)."""
+def build_app(
+    settings: Settings | None = None, registry: CollectorRegistry | None = None, net: SlimmableNet | None = None,
+    runtime_factory: Callable[..., Runtime] = Runtime,
+) -> FastAPI:
+    """The application for one model; the engine starts in the lifespan (use ``TestClient`` as a context manager).
+
+    ``registry``, ``net`` and ``runtime_factory`` replace what the settings would build (tests inject them).
+    """
     settings = settings or Settings()
     preflight(settings)
     checkpoint = Path(settings.checkpoint) if settings.checkpoint else DEFAULT_CHECKPOINT
@@ -98,7 +105,7 @@ def build_app(settings: Settings | None = None, registry: CollectorRegistry | No
         log.warning("no expected accuracy for widths %s in the checkpoint: widthwise_expected_correct_total is not "
                     "exported (measure it with `widthwise evaluate --out`)",
                     ", ".join(f"{w:g}" for w in net.widths if w not in accuracy))
-    engine = Engine(net, settings, Metrics(registry, name, accuracy_known=known), name)
+    engine = Engine(net, settings, Metrics(registry, name, accuracy_known=known), name, runtime_factory)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

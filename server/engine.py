@@ -68,7 +68,11 @@ class InferenceResult:
 class Engine:
     """Serves one slimmable model. Construct, then ``async with engine:``."""
 
-    def __init__(self, net: SlimmableNet, settings: Settings, metrics: Metrics, model_name: str) -> None:
+    def __init__(
+        self, net: SlimmableNet, settings: Settings, metrics: Metrics, model_name: str,
+        runtime_factory: Callable[..., Runtime] = Runtime,
+    ) -> None:
+        """``runtime_factory`` builds the runtime at start-up (``Runtime``; tests inject one that fails on cue)."""
         self.net = net
         self.settings = settings
         self.metrics = metrics
@@ -89,7 +93,7 @@ class Engine:
         self._stopped = threading.Event()
         self._overhead_s = 0.0005  # learnt handler time outside the engine (see reserve_s)
         self._watchdog = BatchWatchdog(settings.batch_timeout_s, self._on_hung_batch)
-        self.fault_hook = None  # Callable[[width, samples], None]: raises to simulate device faults in tests
+        self._runtime_factory = runtime_factory
         self.monitor: DeviceMonitor | None = None
         self._costs: dict[float, dict[str, int]] = {}  # MACs and params per width, counted at start-up
         # Called with the error when the engine cannot serve (start-up failed, the worker died), from the
@@ -117,7 +121,7 @@ class Engine:
             self._costs = self._static_costs()  # a forward per width: not before uvicorn listens
             widths = self.net.widths
             log.info("start-up: exporting %d widths of %s (%s)", len(widths), self.model_name, self.net.arch)
-            self.runtime = Runtime(
+            self.runtime = self._runtime_factory(
                 self.net, self.settings.device, self.settings.backend, self.settings.threads,
                 self.settings.precision, self.settings.cuda_graphs == "on", batch_sizes,
                 progress=_progress_logger("exported", widths, began),
@@ -367,8 +371,6 @@ class Engine:
     def _execute(self, width: float, items: list[Pending]) -> torch.Tensor:
         tensors = [p.request.payload for p in items]
         x = torch.cat(tensors) if len(tensors) > 1 else tensors[0]
-        if self.fault_hook is not None:  # tests inject failures here
-            self.fault_hook(width, int(x.shape[0]))
         return self.runtime.run(width, x)
 
     def _serve(self, items: list[Pending], width: float, reason: str, token: int | None = None) -> None:

@@ -121,12 +121,14 @@ def make_client(tiny_checkpoint):
     """``make_client(**settings) -> TestClient`` (ready), closed after the test; ``client.registry`` is fresh."""
     stack = contextlib.ExitStack()
 
-    def factory(wait: bool = True, **overrides) -> TestClient:
+    def factory(wait: bool = True, runtime_factory=None, **overrides) -> TestClient:
         if "profile" in overrides:  # a synthetic profile must not learn the real (much faster) batch times
             overrides.setdefault("profile_ewma_alpha", 0.0)
         settings = Settings(**{"checkpoint": tiny_checkpoint, "model_name": "tiny", "profile_repeats": 3, **overrides})
         registry = CollectorRegistry()
-        client = stack.enter_context(TestClient(build_app(settings, registry=registry), raise_server_exceptions=False))
+        extra = {"runtime_factory": runtime_factory} if runtime_factory is not None else {}
+        app = build_app(settings, registry=registry, **extra)
+        client = stack.enter_context(TestClient(app, raise_server_exceptions=False))
         client.registry = registry
         client.engine = client.app.state.engine
         if wait:

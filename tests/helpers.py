@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import Callable, TypeVar
 
+from server.runtime import Runtime
+
 T = TypeVar("T")
 
 
@@ -20,3 +22,15 @@ def eventually(read: Callable[[], T], expected: T, timeout: float = 5.0) -> T:
         time.sleep(0.01)
         value = read()
     return value
+
+
+class FaultInjectingRuntime(Runtime):
+    """The real runtime; ``fault(width, samples)``, when set, runs before each batch and may raise
+    (a device error, out of memory, a hang). Inject with ``make_client(runtime_factory=FaultInjectingRuntime)``."""
+
+    fault: Callable[[float, int], None] | None = None
+
+    def run(self, width, batch):
+        if self.fault is not None:
+            self.fault(width, int(batch.shape[0]))
+        return super().run(width, batch)

@@ -9,7 +9,7 @@ import time
 import httpx2
 
 from tests.conftest import png_bytes
-from tests.helpers import eventually
+from tests.helpers import FaultInjectingRuntime, eventually
 
 STATUS_OUTCOMES = {200: ("ok", "deadline_missed"), 400: ("bad_request",), 413: ("bad_request",),
                    415: ("bad_request",), 422: ("bad_request",), 500: ("error",), 503: ("rejected",), 504: ("rejected",)}
@@ -27,7 +27,7 @@ def outcome_totals(registry) -> dict[str, float]:
 
 
 def test_mixed_workload_counts_one_outcome_per_request(make_client, synthetic_profile):
-    client = make_client(profile=synthetic_profile, max_image_pixels=200 * 200)
+    client = make_client(profile=synthetic_profile, max_image_pixels=200 * 200, runtime_factory=FaultInjectingRuntime)
     calls = []
 
     def fail_every_third_batch(width, samples):
@@ -35,7 +35,7 @@ def test_mixed_workload_counts_one_outcome_per_request(make_client, synthetic_pr
         if len(calls) % 3 == 0:
             raise RuntimeError("injected device fault")
 
-    client.engine.fault_hook = fail_every_third_batch
+    client.engine.runtime.fault = fail_every_third_batch
     png = {"content-type": "image/png"}
     v2_input = {"name": "input", "shape": [1, 3, 16, 16], "datatype": "FP32", "data": [0.0] * 768}
     requests = [

@@ -13,7 +13,7 @@ import torch
 from server.logs import JsonFormatter
 from policies.scheduler import Pending, ScheduledRequest
 from tests.conftest import png_bytes
-from tests.helpers import eventually
+from tests.helpers import FaultInjectingRuntime, eventually
 
 PNG = {"content": png_bytes(), "headers": {"content-type": "image/png"}}
 
@@ -23,7 +23,7 @@ def classify(client, **headers):
 
 
 def test_exception_in_one_batch_fails_only_that_batch(make_client):
-    client = make_client()
+    client = make_client(runtime_factory=FaultInjectingRuntime)
     calls = []
 
     def hook(width, samples):
@@ -31,7 +31,7 @@ def test_exception_in_one_batch_fails_only_that_batch(make_client):
         if len(calls) == 1:
             raise RuntimeError("injected")
 
-    client.engine.fault_hook = hook
+    client.engine.runtime.fault = hook
     r = classify(client)
     assert r.status_code == 500 and r.json() == {"error": "inference failed: RuntimeError"}
     assert classify(client).status_code == 200
@@ -41,13 +41,13 @@ def test_exception_in_one_batch_fails_only_that_batch(make_client):
 
 
 def test_out_of_memory_steps_down_to_a_narrower_width(make_client):
-    client = make_client()
+    client = make_client(runtime_factory=FaultInjectingRuntime)
 
     def hook(width, samples):
         if width > 0.5:
             raise torch.cuda.OutOfMemoryError("simulated")
 
-    client.engine.fault_hook = hook
+    client.engine.runtime.fault = hook
     r = classify(client)
     assert r.status_code == 200 and r.json()["width"] == 0.5
     labels = {"model": "tiny", "width": "0.5", "reason": "fallback"}
@@ -55,20 +55,20 @@ def test_out_of_memory_steps_down_to_a_narrower_width(make_client):
 
 
 def test_out_of_memory_at_every_width_is_a_500(make_client):
-    client = make_client()
+    client = make_client(runtime_factory=FaultInjectingRuntime)
 
     def hook(width, samples):
         raise torch.cuda.OutOfMemoryError("simulated")
 
-    client.engine.fault_hook = hook
+    client.engine.runtime.fault = hook
     r = classify(client)
     assert r.status_code == 500 and "out of memory even at the narrowest width" in r.json()["error"]
-    client.engine.fault_hook = None
+    client.engine.runtime.fault = None
     assert classify(client).status_code == 200
 
 
 def test_out_of_memory_splits_a_batch_before_narrowing(make_client):
-    client = make_client()
+    client = make_client(runtime_factory=FaultInjectingRuntime)
     engine = client.engine
     seen = []
 
@@ -77,7 +77,7 @@ def test_out_of_memory_splits_a_batch_before_narrowing(make_client):
         if samples > 2:
             raise torch.cuda.OutOfMemoryError("simulated")
 
-    engine.fault_hook = hook
+    engine.runtime.fault = hook
     answers = {}
     items = []
     for i in range(4):
@@ -90,7 +90,7 @@ def test_out_of_memory_splits_a_batch_before_narrowing(make_client):
 
 
 def test_hung_batch_is_bounded_by_the_timeout(make_client):
-    client = make_client(batch_timeout_s=0.3)
+    client = make_client(batch_timeout_s=0.3, runtime_factory=FaultInjectingRuntime)
     release, returned = threading.Event(), threading.Event()
 
     def hook(width, samples):
@@ -99,7 +99,7 @@ def test_hung_batch_is_bounded_by_the_timeout(make_client):
             time.sleep(1.0)
             returned.set()
 
-    client.engine.fault_hook = hook
+    client.engine.runtime.fault = hook
     before = client.engine.profile.predict(1.0, 1)
     start = time.monotonic()
     r = classify(client)
