@@ -16,7 +16,6 @@ import logging
 import math
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -24,24 +23,19 @@ import torch
 from models import SlimmableNet
 from models.profiling import count_macs, count_params
 from policies import (
-    LatencyProfile, Pending, Policy, Reason, Refused, RefusalReason, ScheduledRequest, Scheduler, batch_sizes_up_to,
+    LatencyProfile, Pending, Policy, Refused, RefusalReason, ScheduledRequest, Scheduler, batch_sizes_up_to,
     make_policy,
 )
 from policies.load import DeviceMonitor
 
-from .errors import InferenceFailed
-from .metrics import BatchRecord, DeviceRecord, Metrics, ModelRecord, QueueRecord, width_label
+from .metrics import DeviceRecord, Metrics, ModelRecord, QueueRecord, width_label
 from .runtime import Runtime, profile_runtime
 from .settings import Settings
-from .watchdog import BatchWatchdog
+from .worker import BatchWorker, InferenceResult
 
 __all__ = ["Engine", "InferenceResult", "Readiness"]
 
 log = logging.getLogger("widthwise.engine")
-
-# Raised by the device when a batch does not fit; CPU builds of torch define the class too.
-OUT_OF_MEMORY = (torch.cuda.OutOfMemoryError, MemoryError)
-
 
 class Readiness(enum.Enum):
     """What ``/readyz`` says: 200 only when READY."""
@@ -53,16 +47,6 @@ class Readiness(enum.Enum):
 
 
 _ORDER = {Readiness.STARTING: 0, Readiness.READY: 1, Readiness.DRAINING: 2, Readiness.FAILED: 3}
-
-
-@dataclass(frozen=True)
-class InferenceResult:
-    logits: torch.Tensor  # [samples, num_classes]
-    width: float
-    reason: str
-    queue_s: float
-    inference_s: float
-    batch_samples: int
 
 
 class Engine:
@@ -88,11 +72,10 @@ class Engine:
         self._state_lock = threading.Lock()
         self._ids = itertools.count(1)
         self._admitted = 0  # requests admitted and not yet answered (event loop only)
-        self._worker: threading.Thread | None = None
+        self.worker: BatchWorker | None = None
         self._startup: threading.Thread | None = None
         self._stopped = threading.Event()
         self._overhead_s = 0.0005  # learnt handler time outside the engine (see reserve_s)
-        self._watchdog = BatchWatchdog(settings.batch_timeout_s, self._on_hung_batch)
         self._runtime_factory = runtime_factory
         self.monitor: DeviceMonitor | None = None
         self._costs: dict[float, dict[str, int]] = {}  # MACs and params per width, counted at start-up
@@ -138,8 +121,9 @@ class Engine:
             )
             self._sampler = threading.Thread(target=self._sample_load, name="widthwise-load", daemon=True)
             self._sampler.start()
-            self._watchdog.start()
-            self._start_worker()
+            self.worker = BatchWorker(self.scheduler, self.runtime, self.net.widths, self.profile, self.policy,
+                                      self.metrics, self.settings.batch_timeout_s, on_death=self._fatal)
+            self.worker.start()
             self._publish_static_metrics()
             self._advance(Readiness.READY)
             log.info("ready in %.1f s: %s on %s (%s backend), widths %s", time.monotonic() - began, self.model_name,
@@ -227,10 +211,9 @@ class Engine:
             await asyncio.to_thread(self._startup.join, timeout)
         if self.scheduler is not None:
             self.scheduler.close()
-        if self._worker is not None:
-            await asyncio.to_thread(self._worker.join, timeout)
+        if self.worker is not None:
+            await asyncio.to_thread(self.worker.join, timeout)
         self._stopped.set()
-        self._watchdog.stop()
 
     # -- requests -----------------------------------------------------------
 
@@ -315,119 +298,6 @@ class Engine:
     def idle(self) -> bool:
         """Nothing queued and no admitted request still waiting for its answer (shutdown waits for this)."""
         return self._admitted == 0 and (self.scheduler is None or self.scheduler.depth() == 0)
-
-    def _start_worker(self) -> None:
-        self._worker = threading.Thread(target=self._work, name="widthwise-runtime", daemon=True)
-        self._worker.start()
-
-    def _work(self) -> None:
-        """The worker thread: serves batches until the scheduler closes. If the loop itself dies (a bug,
-        not a failed batch: those are answered in ``_serve``), nothing would ever answer the queue again,
-        so readiness turns 503, every queued request is refused and the process is told to exit."""
-        try:
-            self._serve_batches()
-        except BaseException as exc:
-            log.critical("inference worker died", exc_info=True)
-            self._fatal(f"inference worker died: {type(exc).__name__}: {exc}")
-            self.scheduler.close()
-            for pending in self.scheduler.drain():
-                pending.resolve(Refused(RefusalReason.CLOSED, "inference worker stopped; retry on another replica"))
-
-    def _serve_batches(self) -> None:
-        """The worker loop: runs batches inline (no hand-off per batch; see server/watchdog.py)."""
-        assert self.scheduler is not None and self.runtime is not None and self.profile is not None
-        while True:
-            batch = self.scheduler.next_batch()
-            if batch is None:
-                return
-            self.metrics.record_queue(QueueRecord(self.scheduler.depth()))
-            for pending in batch.expired:
-                pending.resolve(Refused(RefusalReason.EXPIRED, "deadline can no longer be met at any width"))
-            if batch.items:
-                token = self._watchdog.arm(batch.items)
-                owned = False
-                try:
-                    self._serve(batch.items, batch.decision.width, batch.decision.reason, token)
-                except BaseException as exc:  # the worker is dying: answer this batch before it goes
-                    if not self._watchdog.claimed(token):
-                        self._fail(batch.items, f"inference failed: {type(exc).__name__}")
-                    raise
-                finally:
-                    owned = self._watchdog.disarm(token)
-                    if owned:
-                        self.scheduler.batch_done()
-                if not owned:
-                    return  # the watchdog answered this batch and started another worker
-
-    def _on_hung_batch(self, items: list[Pending], elapsed_s: float) -> None:
-        """Called by the watchdog thread: the batch outlived ``--batch-timeout-s``."""
-        timeout = self.settings.batch_timeout_s
-        log.error("batch of %d requests still running after %.1f s: failing it and starting a new worker",
-                  len(items), elapsed_s)
-        self._fail(items, f"inference failed: batch did not finish within {timeout:g} s")
-        self.scheduler.batch_done()
-        self._start_worker()
-
-    def _execute(self, width: float, items: list[Pending]) -> torch.Tensor:
-        tensors = [p.request.payload for p in items]
-        x = torch.cat(tensors) if len(tensors) > 1 else tensors[0]
-        return self.runtime.run(width, x)
-
-    def _serve(self, items: list[Pending], width: float, reason: str, token: int | None = None) -> None:
-        """Run ``items`` at ``width`` and answer them.
-
-        Out of memory: split the batch and retry, then step down to a narrower
-        width, before failing. Any other error or a timeout fails only these
-        requests; the worker goes on with the next batch. ``token`` is the watchdog's
-        for this batch: once the watchdog has given up on it, late results are dropped.
-        """
-        samples = sum(p.request.samples for p in items)
-        start = time.monotonic()
-        try:
-            logits = self._execute(width, items)
-        except OUT_OF_MEMORY as exc:
-            self._release_memory()
-            if len(items) > 1:
-                log.warning("out of memory at width %s, batch %d: splitting", width, samples)
-                half = len(items) // 2
-                self._serve(items[:half], width, reason, token)
-                self._serve(items[half:], width, reason, token)
-                return
-            idx = self.net.width_index(width)
-            if idx > 0:
-                log.warning("out of memory at width %s for one request: trying width %s", width, self.net.widths[idx - 1])
-                self._serve(items, self.net.widths[idx - 1], Reason.FALLBACK, token)
-                return
-            self._fail(items, f"inference failed: out of memory even at the narrowest width ({type(exc).__name__})")
-            return
-        except Exception as exc:
-            log.exception("batch at width %s failed", width)
-            self._fail(items, f"inference failed: {type(exc).__name__}")
-            return
-        end = time.monotonic()
-        elapsed = end - start
-        if self._watchdog.claimed(token):
-            return  # already answered with a 500; a hung batch's time must not enter the profile
-        offset = 0
-        for pending in items:  # answer first, then the bookkeeping
-            req = pending.request
-            pending.resolve(InferenceResult(logits[offset:offset + req.samples], width, reason, start - req.arrival,
-                                            elapsed, samples))
-            offset += req.samples
-        self.profile.observe(width, samples, elapsed)
-        waits = tuple(start - p.request.arrival for p in items)
-        self.metrics.record_batch(BatchRecord(width, samples, elapsed, reason, waits))
-        for pending in items:
-            req = pending.request
-            self.policy.observe(width, end - req.arrival, req.budget_s, end <= req.deadline)
-
-    def _fail(self, items: list[Pending], message: str) -> None:
-        for pending in items:
-            pending.resolve(InferenceFailed(message))
-
-    def _release_memory(self) -> None:
-        if self.runtime is not None and self.runtime.device.type == "cuda":
-            torch.cuda.empty_cache()
 
     # -- description ---------------------------------------------------------
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from server.logs import JsonFormatter
+from policies import Reason
 from policies.scheduler import Pending, ScheduledRequest
 from tests.conftest import png_bytes
 from tests.helpers import FaultInjectingRuntime, eventually
@@ -83,7 +84,7 @@ def test_out_of_memory_splits_a_batch_before_narrowing(make_client):
     for i in range(4):
         req = ScheduledRequest(100 + i, 1, None, float("inf"), time.monotonic(), None, torch.randn(1, 3, 16, 16))
         items.append(Pending(req, lambda value, i=i: answers.__setitem__(i, value)))
-    engine._serve(items, 1.0, "budget")
+    engine.worker._serve(items, 1.0, Reason.BUDGET)
     assert seen == [(1.0, 4), (1.0, 2), (1.0, 2)]
     assert sorted(answers) == [0, 1, 2, 3]
     assert all(a.width == 1.0 and a.logits.shape == (1, 10) for a in answers.values())
@@ -200,7 +201,7 @@ def test_worker_death_fails_queued_requests_and_turns_readiness(make_client):
     def broken(*args, **kwargs):
         raise RuntimeError("boom")  # a bug in the loop itself, not a failing batch
 
-    client.engine._serve = broken
+    client.engine.worker._serve = broken
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         replies = list(pool.map(lambda _: classify(client), range(4)))
     assert sorted(r.status_code for r in replies) in ([500, 503, 503, 503], [500, 500, 503, 503],

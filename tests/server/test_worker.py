@@ -1,0 +1,120 @@
+"""The batch worker on its own: a fake runtime, the real scheduler, a fresh metrics registry."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+from prometheus_client import CollectorRegistry
+
+from policies import LatencyProfile, MaxWidthPolicy, Reason, Refused, RefusalReason
+from policies.scheduler import Pending, ScheduledRequest, Scheduler, SchedulerConfig
+from server.errors import InferenceFailed
+from server.metrics import Metrics
+from server.worker import BatchWorker, InferenceResult
+
+WIDTHS = (0.5, 1.0)
+PROFILE = LatencyProfile({0.5: {1: 0.001, 4: 0.002}, 1.0: {1: 0.002, 4: 0.004}}, ewma_alpha=0.0)
+
+
+class FakeRuntime:
+    """Logits are the width repeated, one row per sample; ``fail(width, samples)`` may raise first."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, fail=None) -> None:
+        self.fail = fail
+        self.calls: list[tuple[float, int]] = []
+
+    def run(self, width: float, batch: torch.Tensor) -> torch.Tensor:
+        self.calls.append((width, int(batch.shape[0])))
+        if self.fail is not None:
+            self.fail(width, int(batch.shape[0]))
+        return torch.full((batch.shape[0], 3), width)
+
+
+def request(i: int, samples: int = 1, width: float | None = None) -> ScheduledRequest:
+    return ScheduledRequest(i, samples, width, float("inf"), time.monotonic(), None, torch.zeros(samples, 1))
+
+
+def make_worker(runtime, deaths=None):
+    registry = CollectorRegistry()
+    scheduler = Scheduler(MaxWidthPolicy(), PROFILE, WIDTHS, SchedulerConfig(max_batch_size=4, margin=0.0))
+    worker = BatchWorker(scheduler, runtime, WIDTHS, PROFILE, MaxWidthPolicy(), Metrics(registry, "m"), 5.0,
+                         on_death=(deaths.append if deaths is not None else lambda message: None))
+    return worker, scheduler, registry
+
+
+def answers(items: int):
+    results, done = {}, threading.Event()
+
+    def resolver(i):
+        def resolve(value):
+            results[i] = value
+            if len(results) == items:
+                done.set()
+        return resolve
+
+    return results, done, resolver
+
+
+def test_serves_each_request_its_rows_of_one_batch():
+    runtime = FakeRuntime()
+    worker, scheduler, registry = make_worker(runtime)
+    results, done, resolver = answers(2)
+    scheduler.admit(Pending(request(1, samples=2), resolver(1)))
+    scheduler.admit(Pending(request(2, samples=1), resolver(2)))
+    worker.start()
+    assert done.wait(5)
+    scheduler.close()
+    worker.join(5)
+    assert runtime.calls == [(1.0, 3)]  # no budget: one batch at the widest width
+    assert all(isinstance(r, InferenceResult) and r.reason is Reason.NO_BUDGET for r in results.values())
+    assert results[1].logits.shape == (2, 3) and results[2].logits.shape == (1, 3) and results[1].batch_samples == 3
+    assert registry.get_sample_value("widthwise_batch_size_sum", {"model": "m", "width": "1.0"}) == 3
+
+
+def test_out_of_memory_splits_then_steps_down():
+    def fail(width, samples):
+        if samples > 1 or width > 0.5:
+            raise torch.cuda.OutOfMemoryError("simulated")
+
+    runtime = FakeRuntime(fail)
+    worker, scheduler, _ = make_worker(runtime)
+    results, _, resolver = answers(2)
+    items = [Pending(request(1), resolver(1)), Pending(request(2), resolver(2))]
+    worker._serve(items, 1.0, Reason.BUDGET)
+    assert runtime.calls == [(1.0, 2), (1.0, 1), (0.5, 1), (1.0, 1), (0.5, 1)]
+    assert [results[i].width for i in (1, 2)] == [0.5, 0.5] and results[1].reason is Reason.FALLBACK
+
+
+def test_an_error_fails_only_its_batch():
+    runtime = FakeRuntime(lambda width, samples: (_ for _ in ()).throw(RuntimeError("device fault")))
+    worker, _, _ = make_worker(runtime)
+    results, _, resolver = answers(1)
+    worker._serve([Pending(request(1), resolver(1))], 1.0, Reason.BUDGET)
+    assert isinstance(results[1], InferenceFailed) and str(results[1]) == "inference failed: RuntimeError"
+
+
+def test_a_dying_loop_answers_its_batch_refuses_the_queue_and_reports():
+    deaths: list[str] = []
+    runtime = FakeRuntime()
+    worker, scheduler, _ = make_worker(runtime, deaths)
+
+    def broken(*args, **kwargs):
+        raise KeyError("bug")
+
+    worker._serve = broken
+    results, done, resolver = answers(3)
+    for i in (1, 2, 3):
+        scheduler.admit(Pending(request(i, width=0.5 if i == 1 else 1.0), resolver(i)))
+    worker.start()
+    assert done.wait(5)
+    worker.join(5)
+    assert isinstance(results[1], InferenceFailed)  # the batch it held
+    assert all(isinstance(results[i], Refused) and results[i].reason is RefusalReason.CLOSED for i in (2, 3))
+    assert deaths == ["inference worker died: KeyError: 'bug'"]
+    with pytest.raises(Refused):
+        scheduler.admit(Pending(request(4), lambda value: None))
