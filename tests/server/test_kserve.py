@@ -220,6 +220,14 @@ def test_large_json_body_is_parsed_off_the_event_loop(client, monkeypatch):
     assert len(json.dumps(big)) > kserve.INLINE_PARSE_BYTES
     assert _infer(client, big).status_code == 200
     assert calls == ["split_binary_body", "input_tensor"]
+    # A large binary tensor behind a small JSON header is used in place, inline (no thread hand-offs).
+    x = np.zeros((8, 3, 16, 16), np.float32).tobytes() * 4  # 98 KB of tail, beyond the inline limit
+    header = {"inputs": [{"name": "input", "shape": [32, 3, 16, 16], "datatype": "FP32",
+                          "parameters": {"binary_data_size": len(x)}}]}
+    head = json.dumps(header).encode()
+    r = client.post("/v2/models/tiny/infer", content=head + x, headers={"Inference-Header-Content-Length": str(len(head))})
+    assert r.status_code == 400 and "exceeds max_batch_size" in r.json()["error"]  # parsed, then refused
+    assert calls == ["split_binary_body", "input_tensor"]
 
 
 def test_binary_length_mismatches_are_400(client):
