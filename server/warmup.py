@@ -52,8 +52,8 @@ async def _warm(app: FastAPI) -> None:
         data = buffer.getvalue()
         for content_type, body in ((media_type, data), _multipart(data, media_type)):
             payload, payload_type = await native.image_payload(_request(app, content_type, body), settings.max_body_bytes)
-            image = open_image(payload, payload_type, settings.max_image_pixels)
-            tensor = native.decode_request_image(engine, settings, image)
+            opened = open_image(payload, payload_type, settings.max_image_pixels)
+            tensor = native.decode_request_image(engine, settings, opened)
     logits = engine.runtime.run(net.widths[-1], tensor)
     JSONResponse({"predictions": top_predictions(logits[0], 5, engine.label), "timing_ms": {"total": 1.0}})
     # v2: JSON FP32 and binary UINT8 inputs, JSON and binary outputs.
