@@ -7,6 +7,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from policies.widths import match_width
+
 from .fold import fold_batchnorm
 from .slimmable import SharedBatchNorm2d, SwitchableBatchNorm2d
 
@@ -75,10 +77,10 @@ class SlimmableNet(nn.Module):
 
     def width_index(self, width: float) -> int:
         """Index of ``width`` in ``self.widths``; ``ValueError`` if it is not declared."""
-        for i, w in enumerate(self.widths):
-            if abs(w - width) < 1e-9:
-                return i
-        raise ValueError(f"width {width!r} is not one of the declared widths {self.widths}")
+        matched = match_width(self.widths, width)
+        if matched is None:
+            raise ValueError(f"width {width!r} is not one of the declared widths {self.widths}")
+        return self.widths.index(matched)
 
     def forward_features(self, x: torch.Tensor, idx: int) -> torch.Tensor:
         return torch.flatten(self.features(x, idx), 1)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["image_to_tensor", "resize_center_crop"]
+__all__ = ["image_to_tensor", "normalize_pixels", "resize_center_crop"]
 
 
 def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
@@ -61,3 +61,13 @@ def image_to_tensor(
     for c in range(channels):
         np.take(lut[c], pixels[:, :, c], out=out[c])
     return torch.from_numpy(out)
+
+
+def normalize_pixels(pixels: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """``[N, C, H, W]`` uint8 pixels (a v2 ``UINT8`` tensor) as float32, normalised exactly as
+    :func:`image_to_tensor` normalises an image (same lookup table, bit-identical)."""
+    lut = _normalize_lut(tuple(float(m) for m in mean), tuple(float(s) for s in std))
+    out = np.empty(pixels.shape, dtype=np.float32)
+    for c in range(pixels.shape[1]):
+        np.take(lut[c], pixels[:, c], out=out[:, c])
+    return out

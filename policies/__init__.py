@@ -6,12 +6,13 @@ from .adaptive import FeedbackPolicy, SlackPolicy
 from .base import Decision, DispatchView, LoadSignals, Policy, QueuedItem, Reason
 from .builtin import FixedPolicy, MaxWidthPolicy
 from .profile import LatencyProfile, batch_sizes_up_to, measure_profile, service_time
+from .widths import match_width
 from .scheduler import Batch, Pending, Refused, RefusalReason, ScheduledRequest, Scheduler, SchedulerConfig
 
 __all__ = [
     "Reason", "Decision", "DispatchView", "FixedPolicy", "LatencyProfile", "LoadSignals",
     "FeedbackPolicy", "MaxWidthPolicy", "Policy", "SlackPolicy", "QueuedItem", "batch_sizes_up_to", "make_policy", "measure_profile",
-    "service_time", "Batch", "Pending", "Refused", "RefusalReason", "ScheduledRequest", "Scheduler", "SchedulerConfig",
+    "service_time", "match_width", "Batch", "Pending", "Refused", "RefusalReason", "ScheduledRequest", "Scheduler", "SchedulerConfig",
 ]
 
 
@@ -22,10 +23,10 @@ def make_policy(name: str, widths: tuple[float, ...]) -> Policy:
             width = float(name.split(":", 1)[1])
         except ValueError:
             raise ValueError(f"policy {name!r}: fixed needs a number, e.g. fixed:0.5") from None
-        match = [w for w in widths if abs(w - width) < 1e-9]
-        if not match:
+        matched = match_width(widths, width)
+        if matched is None:
             raise ValueError(f"policy {name!r}: {width:g} is not one of the model's widths {widths}")
-        return FixedPolicy(match[0])
+        return FixedPolicy(matched)
     if name == "max-width":
         return MaxWidthPolicy()
     if name == "slack":

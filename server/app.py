@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from models import SlimmableNet, load_checkpoint
 from models.checkpoint import DEFAULT_CHECKPOINT
+from models.card import ModelCard
 from models.labels import check_label_count, read_labels
 
 from .docs import install_offline_docs
@@ -93,19 +94,19 @@ def build_app(
     preflight(settings)
     checkpoint = Path(settings.checkpoint) if settings.checkpoint else DEFAULT_CHECKPOINT
     net = net if net is not None else load_checkpoint(checkpoint)
+    labels = None
     if settings.labels is not None:
         labels = read_labels(settings.labels)
         check_label_count(labels, net.num_classes, f"--labels {settings.labels}")
-        net.metadata = {**getattr(net, "metadata", {}), "labels": labels}
+    card = ModelCard.from_net(net, labels)
     registry = registry if registry is not None else CollectorRegistry()
     name = model_name_for(settings, checkpoint)
-    accuracy = (getattr(net, "metadata", None) or {}).get("accuracy") or {}
-    known = set(accuracy) >= set(net.widths)
-    if not known:
+    if not card.accuracy_known:
         log.warning("no expected accuracy for widths %s in the checkpoint: widthwise_expected_correct_total is not "
                     "exported (measure it with `widthwise evaluate --out`)",
-                    ", ".join(f"{w:g}" for w in net.widths if w not in accuracy))
-    engine = Engine(net, settings, Metrics(registry, name, accuracy_known=known), name, runtime_factory)
+                    ", ".join(f"{w:g}" for w in card.widths if w not in card.accuracy))
+    metrics = Metrics(registry, name, accuracy_known=card.accuracy_known)
+    engine = Engine(net, settings, metrics, name, runtime_factory, card)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -16,6 +16,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from models.transforms import image_to_tensor
+from policies.widths import match_width
 
 from .errors import ApiError
 from .v2_request import V2InputTensor
@@ -147,10 +148,9 @@ def parse_width(value: Any, widths: Sequence[float], source: str = "X-Width") ->
     """A width the model declares, or None when absent."""
     if value is None or value == "":
         return None
-    width = parse_number(value, source)
-    for w in widths:
-        if abs(w - width) < 1e-9:
-            return w
+    matched = match_width(widths, parse_number(value, source))
+    if matched is not None:
+        return matched
     raise ApiError(422, f"{source} {_shown(value)} is not a declared width; choose one of {list(widths)}")
 
 

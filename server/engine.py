@@ -21,6 +21,7 @@ from typing import Any, Callable
 import torch
 
 from models import SlimmableNet
+from models.card import ModelCard
 from models.profiling import count_macs, count_params
 from policies import (
     LatencyProfile, Pending, Policy, Refused, RefusalReason, ScheduledRequest, Scheduler, batch_sizes_up_to,
@@ -54,15 +55,15 @@ class Engine:
 
     def __init__(
         self, net: SlimmableNet, settings: Settings, metrics: Metrics, model_name: str,
-        runtime_factory: Callable[..., Runtime] = Runtime,
+        runtime_factory: Callable[..., Runtime] = Runtime, card: ModelCard | None = None,
     ) -> None:
-        """``runtime_factory`` builds the runtime at start-up (``Runtime``; tests inject one that fails on cue)."""
+        """``runtime_factory`` builds the runtime at start-up (``Runtime``; tests inject one that fails on cue);
+        ``card`` describes the model (default: from the net's checkpoint metadata)."""
         self.net = net
         self.settings = settings
         self.metrics = metrics
         self.model_name = model_name
-        self.metadata: dict = getattr(net, "metadata", {}) or {}
-        self.accuracy: dict[float, float] = {float(w): float(a) for w, a in self.metadata.get("accuracy", {}).items()}
+        self.card = card if card is not None else ModelCard.from_net(net)
         self.policy: Policy = make_policy(settings.policy, net.widths)  # validate before start-up work
         self.runtime: Runtime | None = None
         self.profile: LatencyProfile | None = None
@@ -165,8 +166,8 @@ class Engine:
     def _save_profile(self, path) -> None:
         """``--save-profile``: the profile as measured, with its fingerprint and the expected accuracy (for simulate)."""
         data = self.profile.as_dict()
-        if self.accuracy:
-            data["accuracy"] = {str(w): a for w, a in self.accuracy.items()}
+        if self.card.accuracy:
+            data["accuracy"] = {str(w): a for w, a in self.card.accuracy.items()}
         with open(path, "w") as f:
             json.dump(data, f, indent=2)
         log.info("start-up: latency profile written to %s", path)
@@ -270,7 +271,9 @@ class Engine:
         """
         self._require_ready()
         if width is not None:
-            width = self.net.widths[self.net.width_index(width)]
+            width = self.card.match_width(width)
+            if width is None:
+                raise ValueError("width is not declared")  # handlers parse widths against the card first
         if budget_s is not None:
             self.metrics.record_budget(budget_s)
         now = time.monotonic()
@@ -311,36 +314,33 @@ class Engine:
 
     def describe(self) -> dict:
         """What ``GET /v1/models`` returns."""
+        card = self.card
         profile = self.profile.as_dict()["widths"] if self.profile else None
         return {
             "name": self.model_name,
-            "arch": self.net.arch,
+            "arch": card.arch,
             "ready": self.ready,
             "state": self.state.value,
             "device": str(self.runtime.device) if self.runtime else None,
             "backend": self.runtime.backend if self.runtime else None,
             "policy": self.policy.name,
-            "input": {"channels": self.net.in_channels, "size": self.net.input_size,
-                      "mean": self.metadata.get("mean"), "std": self.metadata.get("std")},
-            "num_classes": self.net.num_classes,
-            "labels": self.metadata.get("labels"),
+            "input": {"channels": card.input.channels, "size": card.input.size,
+                      "mean": list(card.input.mean), "std": list(card.input.std)},
+            "num_classes": card.num_classes,
+            "labels": list(card.labels) if card.labels is not None else None,
             # Where expected_accuracy comes from; null when the checkpoint does not say (then it is null too).
-            "accuracy_source": (self.metadata.get("accuracy_source") or "checkpoint metadata") if self.accuracy else None,
+            "accuracy_source": card.accuracy_source,
             "widths": [
                 {
                     "width": w,
                     "macs": self._costs.get(w, {}).get("macs"),
                     "params": self._costs.get(w, {}).get("params"),
-                    "expected_accuracy": self.accuracy.get(w),
+                    "expected_accuracy": card.accuracy.get(w),
                     "latency_ms": {b: s * 1e3 for b, s in profile[str(w)].items()} if profile else None,
                 }
-                for w in self.net.widths
+                for w in card.widths
             ],
         }
-
-    def label(self, index: int) -> str:
-        labels = self.metadata.get("labels")
-        return str(labels[index]) if labels and index < len(labels) else str(index)
 
 
 def _progress_logger(what: str, widths: tuple[float, ...], began: float) -> Callable[[float], None]:

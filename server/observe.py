@@ -54,6 +54,6 @@ async def count_outcome(engine: Engine, request) -> AsyncIterator[Callable[[Infe
         raise
     if served:
         result, total_s, outcome = served
-        engine.metrics.record_request(RequestRecord(outcome, result.width, total_s, engine.accuracy.get(result.width)))
+        engine.metrics.record_request(RequestRecord(outcome, result.width, total_s, engine.card.accuracy.get(result.width)))
         log_fields(request, outcome=outcome, width=result.width, reason=result.reason, batch=result.batch_samples,
                    queue_ms=round(result.queue_s * 1e3, 3), inference_ms=round(result.inference_s * 1e3, 3))

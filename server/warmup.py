@@ -42,10 +42,10 @@ def warm_request_path(app: FastAPI) -> None:
     """
     log.info("start-up: warming the request path (image codecs, multipart, v2 tensors, replies)")
     engine, settings = app.state.engine, app.state.settings
-    net = engine.net
-    mode = "RGB" if net.in_channels == 3 else "L"
+    spec = engine.card.input
+    mode = "RGB" if spec.channels == 3 else "L"
     # Not square and not the input size, so resizing and cropping run too.
-    image = Image.fromarray(np.full((net.input_size + 3, 2 * net.input_size + 1, 3), 127, np.uint8)).convert(mode)
+    image = Image.fromarray(np.full((spec.size + 3, 2 * spec.size + 1, 3), 127, np.uint8)).convert(mode)
     tensor = None
     for media_type, fmt in IMAGE_MEDIA_TYPES.items():
         buffer = io.BytesIO()
@@ -54,10 +54,10 @@ def warm_request_path(app: FastAPI) -> None:
         for payload in (data, _parsed_multipart_image(data, media_type)):
             opened = open_image(payload, media_type, settings.max_image_pixels)
             tensor = native.decode_request_image(engine, settings, opened)
-    logits = engine.runtime.run(net.widths[-1], tensor)
-    JSONResponse({"predictions": top_predictions(logits[0], 5, engine.label), "timing_ms": {"total": 1.0}})
+    logits = engine.runtime.run(engine.card.widths[-1], tensor)
+    JSONResponse({"predictions": top_predictions(logits[0], 5, engine.card.label), "timing_ms": {"total": 1.0}})
     # v2: JSON FP32 and binary UINT8 inputs, JSON and binary outputs.
-    shape = [1, net.in_channels, net.input_size, net.input_size]
+    shape = [1, spec.channels, spec.size, spec.size]
     header = {"inputs": [{"name": kserve.INPUT_NAME, "datatype": "FP32", "shape": shape,
                           "data": [0.0] * int(np.prod(shape))}]}
     parsed, tail = split_binary_body(json.dumps(header).encode(), None)

@@ -20,6 +20,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from models.transforms import normalize_pixels
+
 from ..codecs import decode_v2_tensor, parse_budget_ms, parse_width, split_binary_body
 from ..engine import Engine
 from ..errors import ApiError
@@ -76,14 +78,14 @@ async def ready(request: Request) -> Response:
 @router.get("/v2/models/{name}/versions/{model_version}", responses=error_responses(401, 404))
 async def model_metadata(request: Request, name: str, model_version: str | None = None) -> dict:
     engine = _model(request, name, model_version)
-    c, s = engine.net.in_channels, engine.net.input_size
+    c, s = engine.card.input.channels, engine.card.input.size
     return {
         "name": engine.model_name,
         "versions": [MODEL_VERSION],
         "platform": "pytorch_slimmable",
         "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, c, s, s]}],
-        "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, engine.net.num_classes]}],
-        "parameters": {"widths": list(engine.net.widths)},
+        "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, engine.card.num_classes]}],
+        "parameters": {"widths": list(engine.card.widths)},
     }
 
 
@@ -123,7 +125,7 @@ async def infer(request: Request, name: str, model_version: str | None = None) -
         _check_outputs(parsed)
         params = parsed.parameters or V2RequestParameters()
         width = parse_width(params.width if params.width is not None else request.headers.get("x-width"),
-                            engine.net.widths, "width")
+                            engine.card.widths, "width")
         budget_ms = _budget_ms(params, request)
         log_fields(request, budget_ms=budget_ms, pinned_width=width)
         budget_s = engine.budget_s(budget_ms)
@@ -175,12 +177,10 @@ def input_tensor(request: V2InferRequest, tail: bytes | memoryview, engine: Engi
     """The request's one input as a float32 ``[N, C, H, W]`` tensor (UINT8 pixels normalised here)."""
     if len(request.inputs) != 1:
         raise ApiError(400, f"expected exactly one input named {INPUT_NAME!r}, got {len(request.inputs)}")
-    c, s = engine.net.in_channels, engine.net.input_size
+    c, s = engine.card.input.channels, engine.card.input.size
     array, _ = decode_v2_tensor(request.inputs[0], tail, 0, (c, s, s))
-    if array.dtype == np.uint8:
-        mean = np.asarray(engine.metadata.get("mean", (0.5,) * c), dtype=np.float32).reshape(1, c, 1, 1)
-        std = np.asarray(engine.metadata.get("std", (0.5,) * c), dtype=np.float32).reshape(1, c, 1, 1)
-        array = (array.astype(np.float32) / 255.0 - mean) / std
+    if array.dtype == np.uint8:  # raw pixels: normalised exactly as an image would be
+        array = normalize_pixels(array, engine.card.input.mean, engine.card.input.std)
     elif not (array.dtype == np.float32 and array.flags.aligned and array.flags.writeable):
         array = np.array(array, dtype=np.float32)  # own, aligned, native-endian copy
     # else: native FP32 viewing the aligned request buffer (read_body_aligned) is used in place

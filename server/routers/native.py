@@ -35,9 +35,10 @@ async def classify(request: Request) -> JSONResponse:
     engine = get_engine(request)
     settings = request.app.state.settings
     async with count_outcome(engine, request) as record:
-        top_k = parse_top_k(request.query_params.get("top_k", 5), engine.net.num_classes)
+        card = engine.card
+        top_k = parse_top_k(request.query_params.get("top_k", 5), card.num_classes)
         budget_ms = parse_budget_ms(request.headers.get("x-latency-budget-ms"))
-        width = parse_width(request.headers.get("x-width"), engine.net.widths)
+        width = parse_width(request.headers.get("x-width"), card.widths)
         log_fields(request, budget_ms=budget_ms, pinned_width=width)
         budget_s = engine.budget_s(budget_ms)
         engine.precheck(width, budget_s)  # refuse before decoding when overloaded
@@ -54,7 +55,7 @@ async def classify(request: Request) -> JSONResponse:
         body = {
             "model": engine.model_name,
             "width": result.width,
-            "predictions": top_predictions(result.logits[0], top_k, engine.label),
+            "predictions": top_predictions(result.logits[0], top_k, card.label),
             "timing_ms": {"queue": result.queue_s * 1e3, "inference": result.inference_s * 1e3, "total": total * 1e3},
             "budget_ms": budget_ms,
             "deadline_met": met,
@@ -64,11 +65,8 @@ async def classify(request: Request) -> JSONResponse:
 
 def decode_request_image(engine, settings, image):
     """An image from :func:`open_image` as the model's ``[1, C, H, W]`` input, with the checkpoint's normalisation."""
-    meta = engine.metadata
-    return decode_opened(
-        image, engine.net.input_size, meta.get("mean", (0.5,) * 3), meta.get("std", (0.5,) * 3),
-        engine.net.in_channels, settings.jpeg_draft == "on",
-    )
+    spec = engine.card.input
+    return decode_opened(image, spec.size, spec.mean, spec.std, spec.channels, settings.jpeg_draft == "on")
 
 
 async def image_payload(request: Request, limit: int) -> tuple[bytes, str]:
