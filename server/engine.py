@@ -1,9 +1,10 @@
-"""The engine: model + runtime + scheduler + worker thread, behind an async interface.
+"""The engine: model card + runtime + scheduler + batch worker, behind an async interface.
 
-HTTP handlers only call :meth:`Engine.submit` and read :meth:`Engine.describe`;
-they never touch torch. The engine is an async context manager entered in the
-FastAPI lifespan; start-up work (export, warm-up, profiling) runs in a thread so
-``/healthz`` answers while ``/readyz`` still says 503.
+HTTP handlers call :meth:`Engine.budget_s`, :meth:`Engine.precheck` and :meth:`Engine.submit`,
+and read :attr:`Engine.card` and :meth:`Engine.describe`; they never touch torch. The engine is
+an async context manager entered in the FastAPI lifespan; start-up work (export, warm-up,
+profiling) runs in a thread so ``/healthz`` answers while ``/readyz`` still says 503. Batches run
+on the :class:`~server.worker.BatchWorker`'s thread.
 """
 
 from __future__ import annotations
