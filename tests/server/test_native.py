@@ -88,8 +88,10 @@ def test_best_effort_admission_serves_narrowest_and_reports_missed_deadline(make
     r = client.post("/v1/classify", content=png_bytes(), headers={"content-type": "image/png", "X-Latency-Budget-Ms": "5"})
     assert r.status_code == 200
     assert r.json()["width"] == 0.25
-    assert r.json()["deadline_met"] in (True, False)  # wall-clock dependent; the width is the contract
-    outcome = "ok" if r.json()["deadline_met"] else "deadline_missed"
+    body = r.json()
+    # Whether 5 ms was met depends on the wall clock; that the flag tells the truth does not.
+    assert body["deadline_met"] is (body["timing_ms"]["total"] <= body["budget_ms"])
+    outcome = "ok" if body["deadline_met"] else "deadline_missed"
     assert client.registry.get_sample_value("widthwise_requests_total", {"model": "tiny", "width": "0.25", "outcome": outcome}) == 1
 
 
