@@ -158,10 +158,14 @@ class Scheduler:
             heapq.heappush(self._heap, (req.deadline, next(self._seq), pending))
             self._cond.notify()
 
-    def precheck(self, width: float | None, budget_s: float | None, samples: int = 1) -> None:
-        """Refuse early, before the handler spends CPU decoding a request that admission would refuse anyway."""
+    def precheck(self, width: float | None, budget_s: float | None, samples: int = 1,
+                 deadline: float | None = None) -> None:
+        """Refuse early, before the handler spends CPU decoding a request that admission would refuse anyway.
+        ``deadline`` defaults to now + budget; callers that saw the request earlier pass their own."""
         now = self.clock()
-        probe = ScheduledRequest(-1, samples, width, now + budget_s if budget_s else math.inf, now, budget_s)
+        if deadline is None:
+            deadline = now + budget_s if budget_s else math.inf
+        probe = ScheduledRequest(-1, samples, width, deadline, now, budget_s)
         with self._cond:
             self._refuse_if_closed_or_full()
             if self.config.admission == "reject" and budget_s is not None:

@@ -1,6 +1,6 @@
 """The engine: model card + runtime + scheduler + batch worker, behind an async interface.
 
-HTTP handlers call :meth:`Engine.budget_s`, :meth:`Engine.precheck` and :meth:`Engine.submit`,
+HTTP handlers make two calls, :meth:`Engine.admit` (before decoding) and :meth:`Engine.infer`,
 and read :attr:`Engine.card` and :meth:`Engine.describe`; they never touch torch. The engine is
 an async context manager entered in the FastAPI lifespan; start-up work (export, warm-up,
 profiling) runs in a thread so ``/healthz`` answers while ``/readyz`` still says 503. Batches run
@@ -17,6 +17,7 @@ import logging
 import math
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -35,9 +36,19 @@ from .runtime import Runtime, profile_runtime
 from .settings import Settings
 from .worker import BatchWorker, InferenceResult
 
-__all__ = ["Engine", "InferenceResult", "Readiness"]
+__all__ = ["Admission", "Engine", "InferenceResult", "Readiness"]
 
 log = logging.getLogger("widthwise.engine")
+
+@dataclass(frozen=True)
+class Admission:
+    """A request admitted by :meth:`Engine.admit`: its pinned width, the budget it runs under, and
+    when the server first saw it (``time.monotonic()``)."""
+
+    width: float | None
+    budget_s: float | None
+    arrival: float
+
 
 class Readiness(enum.Enum):
     """What ``/readyz`` says: 200 only when READY."""
@@ -219,11 +230,35 @@ class Engine:
 
     # -- requests -----------------------------------------------------------
 
-    def budget_s(self, budget_ms: float | None) -> float | None:
-        """The budget a request runs under: its own, else ``--default-budget-ms``, else none."""
+    def admit(self, width: float | None, budget_ms: float | None, arrival: float) -> Admission:
+        """Step one of a request, before its body is decoded: the budget it runs under (its own, else
+        ``--default-budget-ms``, else none) and a cheap admission check, so a request that would be
+        refused costs no decoding.
+
+        Raises:
+            Refused: not ready, draining, queue full, or the deadline cannot be met.
+        """
         if budget_ms is None:
             budget_ms = self.settings.default_budget_ms
-        return budget_ms / 1e3 if budget_ms is not None else None
+        admission = Admission(width, budget_ms / 1e3 if budget_ms is not None else None, arrival)
+        self._require_ready()
+        self.scheduler.precheck(width, admission.budget_s, deadline=self._deadline(admission.budget_s, arrival))
+        return admission
+
+    def _deadline(self, budget_s: float | None, arrival: float) -> float:
+        """When the engine must be done: ``arrival + budget - reserve`` (no budget: never)."""
+        return arrival + budget_s - self.reserve_s(budget_s) if budget_s is not None else math.inf
+
+    async def infer(self, admission: Admission, tensor: torch.Tensor) -> InferenceResult:
+        """Step two: queue ``tensor`` ([samples, C, H, W]) under ``admission`` and wait for its logits.
+
+        The engine plans for the deadline ``arrival + budget - reserve``: the budget counts from
+        when the server got the request, and the reserve keeps time for the reply.
+
+        Raises:
+            Refused: as :meth:`admit`, now with the queue as it is.
+        """
+        return await self._submit(tensor, admission.width, admission.budget_s, admission.arrival)
 
     def _require_ready(self) -> None:
         state = self.state
@@ -232,11 +267,6 @@ class Engine:
                 raise Refused(RefusalReason.CLOSED, "server is shutting down")
             raise Refused(RefusalReason.NOT_READY, "model failed; see /readyz" if state is Readiness.FAILED
                           else "model is not ready")
-
-    def precheck(self, width: float | None, budget_s: float | None) -> None:
-        """Cheap admission before decoding: raises :class:`Refused` when the request would be refused anyway."""
-        self._require_ready()
-        self.scheduler.precheck(width, budget_s)
 
     MAX_RESERVE_FRACTION = 0.25
 
@@ -258,18 +288,8 @@ class Engine:
         if seconds >= 0:
             self._overhead_s += 0.05 * (seconds - self._overhead_s)
 
-    async def submit(
-        self, tensor: torch.Tensor, width: float | None, budget_s: float | None, received_at: float | None = None
-    ) -> InferenceResult:
-        """Queue ``tensor`` ([samples, C, H, W]) and wait for its logits.
-
-        The engine plans for the deadline ``received_at + budget - reserve``: the
-        budget counts from when the handler got the request, and the reserve keeps
-        time for the reply.
-
-        Raises:
-            Refused: not ready, draining, queue full, or the deadline cannot be met.
-        """
+    async def _submit(self, tensor: torch.Tensor, width: float | None, budget_s: float | None,
+                      received_at: float) -> InferenceResult:
         self._require_ready()
         if width is not None:
             width = self.card.match_width(width)
@@ -278,8 +298,7 @@ class Engine:
         if budget_s is not None:
             self.metrics.record_budget(budget_s)
         now = time.monotonic()
-        start = received_at if received_at is not None else now
-        deadline = start + budget_s - self.reserve_s(budget_s) if budget_s is not None else math.inf
+        deadline = self._deadline(budget_s, received_at)
         request = ScheduledRequest(
             id=next(self._ids), samples=int(tensor.shape[0]), width=width, deadline=deadline, arrival=now,
             budget_s=budget_s, payload=tensor,

@@ -128,15 +128,14 @@ async def infer(request: Request, name: str, model_version: str | None = None) -
                             engine.card.widths, "width")
         budget_ms = _budget_ms(params, request)
         log_fields(request, budget_ms=budget_ms, pinned_width=width)
-        budget_s = engine.budget_s(budget_ms)
-        engine.precheck(width, budget_s)
+        admission = engine.admit(width, budget_ms, arrival=started)
         tensor = await run_in_threadpool(input_tensor, parsed, tail, engine) if large else \
             input_tensor(parsed, tail, engine)
         if tensor.shape[0] > settings.max_batch_size:
             raise ApiError(400, f"batch of {tensor.shape[0]} exceeds max_batch_size {settings.max_batch_size}")
-        result = await engine.submit(tensor, width, budget_s, received_at=started)
+        result = await engine.infer(admission, tensor)
         total = time.monotonic() - started
-        met = record(result, total, budget_s)
+        met = record(result, total, admission.budget_s)
         logits = np.ascontiguousarray(result.logits.float().numpy())
         output = {"name": OUTPUT_NAME, "datatype": "FP32", "shape": list(logits.shape)}
         response = {

@@ -40,8 +40,7 @@ async def classify(request: Request) -> JSONResponse:
         budget_ms = parse_budget_ms(request.headers.get("x-latency-budget-ms"))
         width = parse_width(request.headers.get("x-width"), card.widths)
         log_fields(request, budget_ms=budget_ms, pinned_width=width)
-        budget_s = engine.budget_s(budget_ms)
-        engine.precheck(width, budget_s)  # refuse before decoding when overloaded
+        admission = engine.admit(width, budget_ms, arrival=started)  # refused here costs no decoding
         data, media_type = await image_payload(request, settings.max_body_bytes)
         image = open_image(data, media_type, settings.max_image_pixels)  # header only: size checks, 4xx
         decode = functools.partial(decode_request_image, engine, settings, image)
@@ -49,9 +48,9 @@ async def classify(request: Request) -> JSONResponse:
         # small and bounded (many pixels, even in a tiny compressed body) must not block the event loop.
         cheap = len(data) <= INLINE_DECODE_BYTES and image.width * image.height <= CHEAP_DECODE_PIXELS
         tensor = decode() if cheap else await run_in_threadpool(decode)
-        result = await engine.submit(tensor, width, budget_s, received_at=started)
+        result = await engine.infer(admission, tensor)
         total = time.monotonic() - started
-        met = record(result, total, budget_s)
+        met = record(result, total, admission.budget_s)
         body = {
             "model": engine.model_name,
             "width": result.width,

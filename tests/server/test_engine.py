@@ -1,0 +1,64 @@
+"""The engine's two calls for HTTP: admit (before decoding) and infer."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+import torch
+
+import models
+from policies import Refused, RefusalReason
+
+
+def test_admit_then_infer_returns_the_served_widths_logits(make_client, tiny_checkpoint):
+    engine = make_client().engine
+    admission = engine.admit(0.5, None, arrival=time.monotonic())
+    assert admission.width == 0.5 and admission.budget_s is None
+    x = torch.randn(2, 3, 16, 16)
+    result = asyncio.run(engine.infer(admission, x))
+    with torch.inference_mode():
+        expected = models.load_checkpoint(tiny_checkpoint)(x, width=0.5)
+    assert result.width == 0.5 and torch.allclose(result.logits, expected, atol=1e-4)
+
+
+def test_admit_applies_the_default_budget_and_refuses_before_any_decoding(make_client, synthetic_profile):
+    engine = make_client(profile=synthetic_profile, default_budget_ms=400).engine
+    assert engine.admit(None, None, arrival=time.monotonic()).budget_s == 0.4
+    assert engine.admit(None, 50.0, arrival=time.monotonic()).budget_s == 0.05
+    with pytest.raises(Refused) as info:  # below the narrowest width's 10 ms (+10% margin)
+        engine.admit(None, 5.0, arrival=time.monotonic())
+    assert info.value.reason is RefusalReason.INFEASIBLE
+
+
+def test_admit_refuses_while_starting_and_while_draining(make_client):
+    from server.runtime import Runtime
+
+    release = threading.Event()
+
+    class HeldRuntime(Runtime):  # start-up waits here until the test lets it go on
+        def __init__(self, *args, **kwargs) -> None:
+            release.wait(30)
+            super().__init__(*args, **kwargs)
+
+    engine = make_client(wait=False, runtime_factory=HeldRuntime).engine
+    with pytest.raises(Refused) as info:
+        engine.admit(None, None, arrival=time.monotonic())
+    assert info.value.reason is RefusalReason.NOT_READY
+    release.set()
+    assert engine.wait_ready(60)
+    engine.begin_drain()
+    with pytest.raises(Refused) as info:
+        engine.admit(None, None, arrival=time.monotonic())
+    assert info.value.reason is RefusalReason.CLOSED
+
+
+def test_the_budget_counts_from_arrival(make_client, synthetic_profile):
+    engine = make_client(profile=synthetic_profile).engine
+    long_ago = time.monotonic() - 0.095  # 95 ms of a 100 ms budget already spent before admission
+    with pytest.raises(Refused) as info:
+        engine.admit(None, 100.0, arrival=long_ago)
+    assert info.value.reason is RefusalReason.INFEASIBLE and "remained at admission" in info.value.message
+    engine.admit(None, 100.0, arrival=time.monotonic())  # the same budget, fresh: admitted
