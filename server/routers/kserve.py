@@ -161,7 +161,8 @@ def _budget_ms(params: V2RequestParameters, request: Request) -> float | None:
     if params.latency_budget_ms is not None:
         return parse_budget_ms(params.latency_budget_ms, "latency_budget_ms")
     if params.timeout is not None:  # Triton: microseconds
-        return parse_budget_ms(params.timeout, "timeout") / 1e3
+        timeout_us = parse_budget_ms(params.timeout, "timeout")
+        return timeout_us / 1e3 if timeout_us is not None else None
     return parse_budget_ms(request.headers.get("x-latency-budget-ms"))
 
 

@@ -177,6 +177,12 @@ def test_bad_v2_requests_are_4xx(client, name):
     assert _infer(client, good).status_code == 200
 
 
+@pytest.mark.parametrize("params", [{"timeout": ""}, {"latency_budget_ms": ""}, {"width": ""}])
+def test_empty_parameters_mean_absent(client, params):
+    r = _infer(client, {"inputs": [GOOD_INPUT], "parameters": params})
+    assert r.status_code == 200 and r.json()["parameters"]["budget_ms"] is None
+
+
 @pytest.mark.parametrize("name", list(MALFORMED))
 def test_malformed_v2_request_is_refused_before_the_model_runs_and_counted_once(client, name):
     body, status, error = MALFORMED[name]
