@@ -238,6 +238,11 @@ class Engine:
         Raises:
             Refused: not ready, draining, queue full, or the deadline cannot be met.
         """
+        if width is not None:
+            declared = self.card.match_width(width)
+            if declared is None:  # handlers parse widths against the card first: a caller's bug
+                raise ValueError(f"width {width!r} is not declared")
+            width = declared
         if budget_ms is None:
             budget_ms = self.settings.default_budget_ms
         admission = Admission(width, budget_ms / 1e3 if budget_ms is not None else None, arrival)
@@ -290,11 +295,7 @@ class Engine:
 
     async def _submit(self, tensor: torch.Tensor, width: float | None, budget_s: float | None,
                       received_at: float) -> InferenceResult:
-        self._require_ready()
-        if width is not None:
-            width = self.card.match_width(width)
-            if width is None:
-                raise ValueError("width is not declared")  # handlers parse widths against the card first
+        self._require_ready()  # again: the engine may have started draining since admit
         if budget_s is not None:
             self.metrics.record_budget(budget_s)
         now = time.monotonic()

@@ -66,9 +66,9 @@ class DrainingServer(uvicorn.Server):
         deadline = time.monotonic() + self.config.timeout_graceful_shutdown
         activity, quiet_since = self._activity(), time.monotonic()
         while time.monotonic() < deadline and not self.should_exit:
-            now = time.monotonic()
-            if self._activity() != activity:
-                activity, quiet_since = self._activity(), now
+            now, current = time.monotonic(), self._activity()
+            if current != activity:
+                activity, quiet_since = current, now
             elif now - quiet_since >= self.QUIET_S and self.engine.idle() and not self._requests_in_progress():
                 break
             time.sleep(self.POLL_S)
