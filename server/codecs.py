@@ -15,15 +15,16 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from models.transforms import image_to_tensor
+from models.card import InputSpec
+from models.transforms import image_to_tensor, normalize_pixels
 from policies.widths import match_width
 
 from .errors import ApiError
-from .v2_request import V2InputTensor
+from .v2_request import V2InferRequest, V2InputTensor
 
 __all__ = [
     "IMAGE_MEDIA_TYPES", "MAX_ASPECT_RATIO", "CHEAP_DECODE_PIXELS", "open_image", "decode_opened", "decode_image", "parse_budget_ms", "parse_width", "parse_top_k",
-    "V2_DATATYPES", "decode_v2_tensor", "parse_number", "split_binary_body", "top_predictions",
+    "V2_DATATYPES", "decode_v2_tensor", "v2_input_tensor", "v2_samples", "parse_number", "split_binary_body", "top_predictions",
 ]
 
 IMAGE_MEDIA_TYPES = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP"}
@@ -226,3 +227,26 @@ def decode_v2_tensor(
         raise ApiError(400, f"input {name!r}: data of shape {list(array.shape)} matches neither shape {shape} "
                             f"nor {count} values in a flat list")
     return array.reshape(shape), offset
+
+
+def v2_samples(request: V2InferRequest) -> int:
+    """How many samples the request's input declares (1 when its shape is not even plausible: the
+    decoding step reports that), for admission before the tensor is decoded."""
+    shape = request.inputs[0].shape
+    return shape[0] if len(shape) == 4 and shape[0] >= 1 else 1
+
+
+def v2_input_tensor(request: V2InferRequest, tail: bytes | memoryview, spec: InputSpec) -> torch.Tensor:
+    """The request's one input as the model's float32 ``[N, C, H, W]`` input: FP32/FP16 as sent
+    (already normalised), UINT8 pixels normalised exactly as an image would be."""
+    if len(request.inputs) != 1:
+        raise ApiError(400, f"expected exactly one input, got {len(request.inputs)}")
+    array, _ = decode_v2_tensor(request.inputs[0], tail, 0, (spec.channels, spec.size, spec.size))
+    if array.dtype == np.uint8:
+        array = normalize_pixels(array, spec.mean, spec.std)
+    elif not (array.dtype == np.float32 and array.flags.aligned and array.flags.writeable):
+        array = np.array(array, dtype=np.float32)  # own, aligned, native-endian copy
+    # else: native FP32 viewing an aligned request buffer (read_body_aligned) is used in place
+    if not np.isfinite(array).all():
+        raise ApiError(400, "input contains NaN or infinity")
+    return torch.from_numpy(array)

@@ -31,6 +31,7 @@ from policies import (
 )
 from policies.load import DeviceMonitor
 
+from .errors import InvalidRequest
 from .metrics import DeviceRecord, Metrics, ModelRecord, QueueRecord, width_label
 from .runtime import Runtime, profile_runtime
 from .settings import Settings
@@ -48,6 +49,7 @@ class Admission:
     width: float | None
     budget_s: float | None
     arrival: float
+    samples: int = 1
 
 
 class Readiness(enum.Enum):
@@ -230,14 +232,16 @@ class Engine:
 
     # -- requests -----------------------------------------------------------
 
-    def admit(self, width: float | None, budget_ms: float | None, arrival: float) -> Admission:
+    def admit(self, width: float | None, budget_ms: float | None, arrival: float, samples: int = 1) -> Admission:
         """Step one of a request, before its body is decoded: the budget it runs under (its own, else
         ``--default-budget-ms``, else none) and a cheap admission check, so a request that would be
         refused costs no decoding.
 
         Raises:
+            InvalidRequest: more ``samples`` than ``--max-batch-size``.
             Refused: not ready, draining, queue full, or the deadline cannot be met.
         """
+        self._check_samples(samples)
         if width is not None:
             declared = self.card.match_width(width)
             if declared is None:  # handlers parse widths against the card first: a caller's bug
@@ -245,10 +249,16 @@ class Engine:
             width = declared
         if budget_ms is None:
             budget_ms = self.settings.default_budget_ms
-        admission = Admission(width, budget_ms / 1e3 if budget_ms is not None else None, arrival)
+        admission = Admission(width, budget_ms / 1e3 if budget_ms is not None else None, arrival, samples)
         self._require_ready()
-        self.scheduler.precheck(width, admission.budget_s, deadline=self._deadline(admission.budget_s, arrival))
+        self.scheduler.precheck(width, admission.budget_s, samples,
+                                deadline=self._deadline(admission.budget_s, arrival))
         return admission
+
+    def _check_samples(self, samples: int) -> None:
+        limit = self.settings.max_batch_size
+        if samples > limit:
+            raise InvalidRequest(f"batch of {samples} exceeds max_batch_size {limit}")
 
     def _deadline(self, budget_s: float | None, arrival: float) -> float:
         """When the engine must be done: ``arrival + budget - reserve`` (no budget: never)."""
@@ -261,8 +271,10 @@ class Engine:
         when the server got the request, and the reserve keeps time for the reply.
 
         Raises:
+            InvalidRequest: ``tensor`` has more samples than ``--max-batch-size``.
             Refused: as :meth:`admit`, now with the queue as it is.
         """
+        self._check_samples(int(tensor.shape[0]))
         return await self._submit(tensor, admission.width, admission.budget_s, admission.arrival)
 
     def _require_ready(self) -> None:

@@ -13,7 +13,7 @@ from policies import Refused, RefusalReason
 
 from .logs import text_value
 
-__all__ = ["ApiError", "InferenceFailed", "REFUSAL_STATUS", "install_error_handlers", "error_response", "refusal_response"]
+__all__ = ["ApiError", "InferenceFailed", "InvalidRequest", "REFUSAL_STATUS", "install_error_handlers", "error_response", "refusal_response"]
 
 log = logging.getLogger("widthwise.http")
 
@@ -30,6 +30,11 @@ class ApiError(Exception):
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+class InvalidRequest(Exception):
+    """The engine cannot serve the request as sent, e.g. more samples than ``--max-batch-size``
+    (HTTP 400, gRPC INVALID_ARGUMENT). Raised by the engine, which knows no HTTP."""
 
 
 class InferenceFailed(Exception):
@@ -61,6 +66,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Refused)
     async def _refused(request: Request, exc: Refused) -> JSONResponse:
         return refusal_response(exc, request.app.state.settings.retry_after_s)
+
+    @app.exception_handler(InvalidRequest)
+    async def _invalid(_request: Request, exc: InvalidRequest) -> JSONResponse:
+        return error_response(400, str(exc))
 
     @app.exception_handler(InferenceFailed)
     async def _failed(_request: Request, exc: InferenceFailed) -> JSONResponse:

@@ -9,7 +9,7 @@ from typing import AsyncIterator, Callable
 from policies import Refused
 
 from .engine import Engine, InferenceResult
-from .errors import ApiError
+from .errors import ApiError, InvalidRequest
 from .logs import log_fields
 from .metrics import Outcome, RequestRecord
 
@@ -26,7 +26,7 @@ async def count_outcome(engine: Engine, request) -> AsyncIterator[Callable[[Infe
     answered; it returns whether the budget was met end to end (handler start to reply). The
     outcome is committed when the handler finishes: ``ok``/``deadline_missed`` if it returns
     normally, ``bad_request`` for an :class:`ApiError` (4xx), ``rejected`` for :class:`~policies.Refused`
-    (503/504) and ``error`` for anything else (500) -- also when it fails after ``record`` (a
+    (503/504), ``bad_request`` for :class:`InvalidRequest` and ``error`` for anything else (500) -- also when it fails after ``record`` (a
     request answered 500 is never counted ``ok``). Exceptions propagate unchanged. The outcome also
     goes into the request's access-log line.
     """
@@ -40,9 +40,9 @@ async def count_outcome(engine: Engine, request) -> AsyncIterator[Callable[[Infe
 
     try:
         yield record
-    except ApiError as exc:
+    except (ApiError, InvalidRequest) as exc:
         engine.metrics.record_request(RequestRecord(Outcome.BAD_REQUEST))
-        log_fields(request, outcome=Outcome.BAD_REQUEST, error=exc.message)
+        log_fields(request, outcome=Outcome.BAD_REQUEST, error=str(exc))
         raise
     except Refused as exc:
         engine.metrics.record_request(RequestRecord(Outcome.REJECTED))

@@ -22,9 +22,10 @@ from fastapi.responses import JSONResponse
 import python_multipart
 from PIL import Image
 
-from .codecs import IMAGE_MEDIA_TYPES, open_image, split_binary_body, top_predictions
-from .routers import kserve, native
+from .codecs import IMAGE_MEDIA_TYPES, open_image, split_binary_body, top_predictions, v2_input_tensor
+from .routers import native
 from .v2_request import parse_v2_request
+from .v2_service import INPUT_NAME
 
 __all__ = ["warm_request_path"]
 
@@ -58,16 +59,16 @@ def warm_request_path(app: FastAPI) -> None:
     JSONResponse({"predictions": top_predictions(logits[0], 5, engine.card.label), "timing_ms": {"total": 1.0}})
     # v2: JSON FP32 and binary UINT8 inputs, JSON and binary outputs.
     shape = [1, spec.channels, spec.size, spec.size]
-    header = {"inputs": [{"name": kserve.INPUT_NAME, "datatype": "FP32", "shape": shape,
+    header = {"inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": shape,
                           "data": [0.0] * int(np.prod(shape))}]}
     parsed, tail = split_binary_body(json.dumps(header).encode(), None)
-    kserve.input_tensor(parse_v2_request(parsed), tail, engine)
+    v2_input_tensor(parse_v2_request(parsed), tail, spec)
     raw = np.zeros(shape, np.uint8).tobytes()
-    header = {"inputs": [{"name": kserve.INPUT_NAME, "datatype": "UINT8", "shape": shape,
+    header = {"inputs": [{"name": INPUT_NAME, "datatype": "UINT8", "shape": shape,
                           "parameters": {"binary_data_size": len(raw)}}]}
     head = json.dumps(header).encode()
     parsed, tail = split_binary_body(memoryview(head + raw), str(len(head)))
-    kserve.input_tensor(parse_v2_request(parsed), tail, engine)
+    v2_input_tensor(parse_v2_request(parsed), tail, spec)
     values = np.ascontiguousarray(logits.float().numpy())
     JSONResponse({"outputs": [{"data": values.ravel().tolist()}]})
     values.astype("<f4").tobytes()

@@ -1,13 +1,84 @@
-"""Small helpers shared by tests (fixtures live in conftest.py)."""
+"""Helpers and constants shared by tests (fixtures live in conftest.py, which uses these)."""
 
 from __future__ import annotations
 
+import io
 import time
+from pathlib import Path
 from typing import Callable, TypeVar
 
+import numpy as np
+import torch
+from PIL import Image
+
+import models
+from bench.common import LiveServer, free_port  # noqa: F401  (the one live-server launcher, re-exported)
 from server.runtime import Runtime
 
 T = TypeVar("T")
+
+REPO = Path(__file__).resolve().parents[1]
+# A copy of the project's reference data (shared/reference/official_state_dict_layout.json, made
+# from the official slimmable_networks checkpoints); see tests/data/README.md. No test reads outside the repo.
+REFERENCE = REPO / "tests" / "data" / "official_state_dict_layout.json"
+OFFICIAL_ARCHS = ("s_mobilenet_v1", "s_mobilenet_v2", "s_resnet50")
+# Small inputs keep the per-arch tests fast; the layouts do not depend on the input size.
+TEST_INPUT_SIZE = {"s_mobilenet_v1": 64, "s_mobilenet_v2": 64, "s_resnet50": 64}
+
+
+
+TINY_ACCURACY = {0.25: 0.90, 0.5: 0.95, 0.75: 0.97, 1.0: 0.98}
+# Synthetic latency profile (seconds): decisions in tests follow it, not the noisy machine.
+SYNTHETIC_PROFILE = {
+    "widths": {
+        "0.25": {"1": 0.010, "2": 0.012, "4": 0.015, "8": 0.020},
+        "0.5": {"1": 0.050, "2": 0.060, "4": 0.080, "8": 0.100},
+        "0.75": {"1": 0.200, "2": 0.240, "4": 0.300, "8": 0.400},
+        "1.0": {"1": 0.500, "2": 0.600, "4": 0.700, "8": 0.900},
+    }
+}
+
+
+def randomize_batchnorm(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give every BN non-trivial statistics and affine terms, so export/folding bugs show."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                c = m.num_features
+                m.running_mean.copy_(torch.rand(c, generator=generator) - 0.5)
+                m.running_var.copy_(torch.rand(c, generator=generator) + 0.5)
+                m.weight.copy_(torch.rand(c, generator=generator) + 0.5)
+                m.bias.copy_(torch.rand(c, generator=generator) * 0.4 - 0.2)
+    return net
+
+
+def make_net(arch: str, seed: int = 0, **kwargs) -> models.SlimmableNet:
+    torch.manual_seed(seed)
+    if arch in TEST_INPUT_SIZE and "input_size" not in kwargs:
+        kwargs["input_size"] = TEST_INPUT_SIZE[arch]
+    return randomize_batchnorm(models.create(arch, **kwargs), seed)
+
+
+def wait_ready(client, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.get("/readyz").status_code == 200:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"server not ready: {client.get('/readyz').json()}")
+
+
+def png_bytes(size=(20, 20), seed: int = 0, fmt: str = "PNG", mode: str = "RGB") -> bytes:
+    rng = np.random.default_rng(seed)
+    channels = 3 if mode == "RGB" else 1
+    array = (rng.random((size[1], size[0], channels)) * 255).astype(np.uint8)
+    image = Image.fromarray(array.squeeze(-1) if channels == 1 else array, mode)
+    buf = io.BytesIO()
+    image.save(buf, fmt)
+    return buf.getvalue()
+
+
 
 
 def eventually(read: Callable[[], T], expected: T, timeout: float = 5.0) -> T:

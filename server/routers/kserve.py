@@ -12,52 +12,33 @@ from __future__ import annotations
 
 import json
 import time
-from importlib.metadata import PackageNotFoundError, version
 
-import numpy as np
-import torch
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from models.transforms import normalize_pixels
-
-from ..codecs import decode_v2_tensor, parse_budget_ms, parse_width, split_binary_body
+from .. import v2_service
+from ..codecs import parse_budget_ms, split_binary_body
 from ..engine import Engine
-from ..errors import ApiError
 from ..http_util import get_engine, read_body_aligned, timing_headers
 from ..logs import log_fields
 from ..observe import count_outcome
 from ..schemas import INFER_OPENAPI, V2InferResponse, error_responses
-from ..v2_request import V2InferRequest, V2RequestParameters, parse_v2_request
+from ..v2_request import parse_v2_request
+from ..v2_service import MODEL_VERSION, OUTPUT_NAME
 
 router = APIRouter(tags=["kserve-v2"])
 
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
-MODEL_VERSION = "1"
 INLINE_PARSE_BYTES = 64 * 1024  # larger bodies are parsed in a worker thread
 
 
-def _server_version() -> str:
-    try:
-        return version("widthwise")
-    except PackageNotFoundError:
-        return "0.0.0"
-
-
 def _model(request: Request, name: str, model_version: str | None = None) -> Engine:
-    engine = get_engine(request)
-    if name != engine.model_name:
-        raise ApiError(404, f"unknown model {name!r}; this server serves {engine.model_name!r}")
-    if model_version not in (None, "", MODEL_VERSION):
-        raise ApiError(404, f"model {name!r} has no version {model_version!r}")
-    return engine
+    return v2_service.find_model(get_engine(request), name, model_version)
 
 
 @router.get("/v2")
 async def server_metadata() -> dict:
-    return {"name": "widthwise", "version": _server_version(), "extensions": ["binary_tensor_data", "parameters"]}
+    return v2_service.server_metadata()
 
 
 EMPTY = {"content": {}}  # Triton answers health and readiness with an empty body
@@ -77,16 +58,7 @@ async def ready(request: Request) -> Response:
 @router.get("/v2/models/{name}", responses=error_responses(401, 404))
 @router.get("/v2/models/{name}/versions/{model_version}", responses=error_responses(401, 404))
 async def model_metadata(request: Request, name: str, model_version: str | None = None) -> dict:
-    engine = _model(request, name, model_version)
-    c, s = engine.card.input.channels, engine.card.input.size
-    return {
-        "name": engine.model_name,
-        "versions": [MODEL_VERSION],
-        "platform": "pytorch_slimmable",
-        "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, c, s, s]}],
-        "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, engine.card.num_classes]}],
-        "parameters": {"widths": list(engine.card.widths)},
-    }
+    return v2_service.model_metadata(_model(request, name, model_version))
 
 
 _READY = {"response_class": Response,
@@ -122,71 +94,30 @@ async def infer(request: Request, name: str, model_version: str | None = None) -
         header, tail = await run_in_threadpool(split_binary_body, body, header_length) if large else \
             split_binary_body(body, header_length)
         parsed = parse_v2_request(header)
-        _check_outputs(parsed)
-        params = parsed.parameters or V2RequestParameters()
-        width = parse_width(params.width if params.width is not None else request.headers.get("x-width"),
-                            engine.card.widths, "width")
-        budget_ms = _budget_ms(params, request)
+        width, budget_ms = v2_service.request_options(
+            parsed.parameters, engine, request.headers.get("x-width"),
+            parse_budget_ms(request.headers.get("x-latency-budget-ms")))
         log_fields(request, budget_ms=budget_ms, pinned_width=width)
-        admission = engine.admit(width, budget_ms, arrival=started)
-        tensor = await run_in_threadpool(input_tensor, parsed, tail, engine) if large else \
-            input_tensor(parsed, tail, engine)
-        if tensor.shape[0] > settings.max_batch_size:
-            raise ApiError(400, f"batch of {tensor.shape[0]} exceeds max_batch_size {settings.max_batch_size}")
-        result = await engine.infer(admission, tensor)
-        total = time.monotonic() - started
-        met = record(result, total, admission.budget_s)
-        logits = np.ascontiguousarray(result.logits.float().numpy())
-        output = {"name": OUTPUT_NAME, "datatype": "FP32", "shape": list(logits.shape)}
+        answer = await v2_service.infer(engine, parsed, tail, width=width, budget_ms=budget_ms, arrival=started,
+                                        record=record, offload=large)
+        output = {"name": OUTPUT_NAME, "datatype": "FP32", "shape": list(answer.logits.shape)}
         response = {
             "model_name": engine.model_name,
             "model_version": MODEL_VERSION,
-            "parameters": {"width": result.width, "deadline_met": met, "budget_ms": budget_ms},
+            "parameters": answer.parameters(),
             "outputs": [output],
         }
         if parsed.id is not None:
             response["id"] = parsed.id
-        headers = timing_headers(result, total)
+        headers = timing_headers(answer.result, answer.total_s)
         if not parsed.wants_binary_output():
-            output["data"] = logits.ravel().tolist()
+            output["data"] = answer.logits.ravel().tolist()
             return JSONResponse(response, headers=headers)
-        raw = logits.astype("<f4").tobytes()
+        raw = answer.logits.astype("<f4", copy=False).tobytes()
         output["parameters"] = {"binary_data_size": len(raw)}
         head = json.dumps(response).encode()
         headers["Inference-Header-Content-Length"] = str(len(head))
         return Response(head + raw, media_type="application/octet-stream", headers=headers)
-
-
-def _budget_ms(params: V2RequestParameters, request: Request) -> float | None:
-    if params.latency_budget_ms is not None:
-        return parse_budget_ms(params.latency_budget_ms, "latency_budget_ms")
-    if params.timeout is not None:  # Triton: microseconds
-        timeout_us = parse_budget_ms(params.timeout, "timeout")
-        return timeout_us / 1e3 if timeout_us is not None else None
-    return parse_budget_ms(request.headers.get("x-latency-budget-ms"))
-
-
-def _check_outputs(parsed: V2InferRequest) -> None:
-    """Unknown requested outputs are refused before the model runs."""
-    for out in parsed.outputs or ():
-        if out.name != OUTPUT_NAME:
-            raise ApiError(400, f"unknown output {out.name!r}; this model outputs {OUTPUT_NAME!r}")
-
-
-def input_tensor(request: V2InferRequest, tail: bytes | memoryview, engine: Engine) -> torch.Tensor:
-    """The request's one input as a float32 ``[N, C, H, W]`` tensor (UINT8 pixels normalised here)."""
-    if len(request.inputs) != 1:
-        raise ApiError(400, f"expected exactly one input named {INPUT_NAME!r}, got {len(request.inputs)}")
-    c, s = engine.card.input.channels, engine.card.input.size
-    array, _ = decode_v2_tensor(request.inputs[0], tail, 0, (c, s, s))
-    if array.dtype == np.uint8:  # raw pixels: normalised exactly as an image would be
-        array = normalize_pixels(array, engine.card.input.mean, engine.card.input.std)
-    elif not (array.dtype == np.float32 and array.flags.aligned and array.flags.writeable):
-        array = np.array(array, dtype=np.float32)  # own, aligned, native-endian copy
-    # else: native FP32 viewing the aligned request buffer (read_body_aligned) is used in place
-    if not np.isfinite(array).all():
-        raise ApiError(400, "input contains NaN or infinity")
-    return torch.from_numpy(array)
 
 
 def _int_or_zero(value: str | None) -> int:

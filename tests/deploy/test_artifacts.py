@@ -13,7 +13,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from server.metrics import Metrics
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 DEPLOY = REPO / "deploy"
 IN_CI = os.environ.get("CI") == "true"

@@ -9,7 +9,7 @@ import httpx2
 import pytest
 import yaml
 
-from tests.conftest import REPO, free_port, png_bytes
+from tests.helpers import REPO, free_port, png_bytes
 from tests.deploy.test_artifacts import tool
 
 

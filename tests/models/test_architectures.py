@@ -6,7 +6,7 @@ import torch
 import models
 from models.profiling import count_macs, profile_net
 from models.slimmable import make_divisible
-from tests.conftest import OFFICIAL_ARCHS, make_net
+from tests.helpers import OFFICIAL_ARCHS, make_net
 
 ALL_SWITCHES = [(arch, w) for arch in models.list_models() for w in models.create(arch).widths]
 

@@ -10,7 +10,7 @@ from PIL import Image
 import models
 from models.card import ModelCard
 from models.transforms import image_to_tensor, normalize_pixels
-from tests.conftest import make_net
+from tests.helpers import make_net
 
 
 def test_card_from_metadata_and_defaults():

@@ -8,7 +8,7 @@ import torch
 import models
 from models.checkpoint import CheckpointError
 from server.cli import main
-from tests.conftest import OFFICIAL_ARCHS, make_net
+from tests.helpers import OFFICIAL_ARCHS, make_net
 
 
 def official_state_dict(layout: dict, arch: str, with_num_batches: bool = True, seed: int = 0) -> dict:
@@ -249,7 +249,7 @@ def test_bad_checkpoint_metadata_exits_2_with_one_line(tmp_path):
 
     from safetensors.torch import load_file, save_file
 
-    from tests.conftest import REPO
+    from tests.helpers import REPO
 
     net = models.create("s_convnet6")
     path = tmp_path / "net.safetensors"

@@ -140,7 +140,7 @@ def test_scheduler_needs_neither_torch_nor_the_server():
     import subprocess
     import sys
 
-    from tests.conftest import REPO
+    from tests.helpers import REPO
 
     code = ("import sys, policies.scheduler, policies.simulator; "
             "print(sorted(m for m in ('torch', 'server', 'fastapi') if m in sys.modules))")

@@ -5,7 +5,7 @@ import zlib
 
 import pytest
 
-from tests.conftest import png_bytes
+from tests.helpers import png_bytes
 
 GOOD = png_bytes()
 
@@ -107,7 +107,7 @@ def test_resizing_resamples_only_the_crop():
     import subprocess
     import sys
 
-    from tests.conftest import REPO
+    from tests.helpers import REPO
 
     code = """
 import resource

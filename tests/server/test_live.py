@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import models
-from tests.conftest import png_bytes
+from tests.helpers import png_bytes
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ from policies import Reason
 from server.metrics import (
     BatchRecord, DeviceRecord, Metrics, ModelRecord, Outcome, QueueRecord, RequestRecord, width_label,
 )
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 @pytest.fixture

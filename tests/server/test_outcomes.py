@@ -8,7 +8,7 @@ import time
 
 import httpx2
 
-from tests.conftest import png_bytes
+from tests.helpers import png_bytes
 from tests.helpers import FaultInjectingRuntime, eventually
 
 STATUS_OUTCOMES = {200: ("ok", "deadline_missed"), 400: ("bad_request",), 413: ("bad_request",),

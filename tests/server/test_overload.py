@@ -34,7 +34,7 @@ async def _burst(url: str, body: bytes, rate: float, duration: float, budget_ms:
 
 @pytest.mark.slow
 def test_burst_at_5x_capacity_answers_every_request_in_time_and_recovers(live_server, slow_checkpoint):
-    from tests.conftest import png_bytes
+    from tests.helpers import png_bytes
 
     server = live_server("--checkpoint", str(slow_checkpoint), "--threads", "1", "--queue-limit", "32",
                          "--policy", "slack", "--max-batch-size", "2", "--profile-repeats", "5")

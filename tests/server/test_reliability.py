@@ -13,7 +13,7 @@ import torch
 from server.logs import JsonFormatter
 from policies import Reason
 from policies.scheduler import Pending, ScheduledRequest
-from tests.conftest import png_bytes
+from tests.helpers import png_bytes
 from tests.helpers import FaultInjectingRuntime, eventually
 
 PNG = {"content": png_bytes(), "headers": {"content-type": "image/png"}}
@@ -219,7 +219,7 @@ def test_empty_api_token_is_a_start_up_error():
     import subprocess
     import sys
 
-    from tests.conftest import REPO
+    from tests.helpers import REPO
 
     for token in ("", "   ", "two words"):
         out = subprocess.run([sys.executable, "-m", "server.cli", "serve"], cwd=REPO, capture_output=True, text=True,

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from server.runtime import Runtime, export_onnx, resolve_backend
-from tests.conftest import make_net
+from tests.helpers import make_net
 
 
 @pytest.mark.parametrize("arch", ["s_convnet6", "s_mobilenet_v2_cifar"])
@@ -54,7 +54,7 @@ def test_serves_without_onnx_and_onnxruntime_installed(tiny_checkpoint):
     import subprocess
     import sys
 
-    from tests.conftest import REPO
+    from tests.helpers import REPO
 
     code = f"""
 import sys

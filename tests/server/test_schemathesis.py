@@ -6,7 +6,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import checks
 
-from tests.conftest import LiveServer
+from tests.helpers import LiveServer
 
 
 @pytest.fixture(scope="module")

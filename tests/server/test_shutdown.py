@@ -11,7 +11,7 @@ import time
 import httpx2
 import pytest
 
-from tests.conftest import png_bytes
+from tests.helpers import png_bytes
 
 
 def _burn(seconds: float) -> None:

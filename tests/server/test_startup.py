@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from bench.common import REPO, LiveServer, free_port
-from tests.conftest import png_bytes
+from tests.helpers import png_bytes
 
 
 def serve(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -148,7 +148,7 @@ def test_labels_file_with_the_wrong_count_exits_2(tiny_checkpoint, tmp_path):
 def test_unknown_accuracy_is_reported_as_unknown(make_client, tmp_path):
     import models
 
-    from tests.conftest import make_net
+    from tests.helpers import make_net
 
     path = tmp_path / "no-accuracy.safetensors"
     models.save_checkpoint(make_net("s_convnet6"), path, {"mean": [0.5] * 3, "std": [0.5] * 3})

@@ -9,7 +9,7 @@ from PIL import Image
 import models
 from models.transforms import image_to_tensor
 from bench.decode import photo_jpeg
-from tests.conftest import TINY_ACCURACY, png_bytes
+from tests.helpers import TINY_ACCURACY, png_bytes
 from tests.helpers import eventually
 
 
@@ -170,7 +170,7 @@ def test_default_server_classifies_the_shipped_examples():
 
     from server.app import build_app
     from server.settings import Settings
-    from tests.conftest import REPO, wait_ready
+    from tests.helpers import REPO, wait_ready
 
     examples = sorted(Path(REPO / "examples").glob("digit_*.png"))
     assert len(examples) == 10

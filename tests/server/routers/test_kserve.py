@@ -31,7 +31,9 @@ def test_server_and_model_metadata(client):
     assert client.get("/v2").json()["extensions"] == ["binary_tensor_data", "parameters"]
     meta = client.get("/v2/models/tiny").json()
     assert meta["name"] == "tiny" and meta["versions"] == ["1"]
-    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 3, 16, 16]}]
+    # every datatype the server accepts for the one input, FP32 (the default) first
+    assert meta["inputs"] == [{"name": "input", "datatype": d, "shape": [-1, 3, 16, 16]} for d in ("FP32", "FP16", "UINT8")]
+    assert meta["parameters"] == {"widths": [0.25, 0.5, 0.75, 1.0], "policy": "max-width"}
     assert meta["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}]
     assert client.get("/v2/models/tiny/versions/1").status_code == 200
     assert client.get("/v2/models/tiny/ready").status_code == 200
@@ -210,6 +212,7 @@ def test_nested_data_in_the_request_shape_is_accepted(client, reference_net):
 
 
 def test_large_json_body_is_parsed_off_the_event_loop(client, monkeypatch):
+    from server import v2_service
     from server.routers import kserve
 
     calls = []
@@ -220,12 +223,13 @@ def test_large_json_body_is_parsed_off_the_event_loop(client, monkeypatch):
         return await original(fn, *args, **kwargs)
 
     monkeypatch.setattr(kserve, "run_in_threadpool", recording)
+    monkeypatch.setattr(v2_service, "run_in_threadpool", recording)
     small = {"inputs": [GOOD_INPUT]}
     assert _infer(client, small).status_code == 200 and calls == []
     big = {"inputs": [dict(GOOD_INPUT, shape=[8, 3, 16, 16], data=[0.123456789] * 8 * 768)]}
     assert len(json.dumps(big)) > kserve.INLINE_PARSE_BYTES
     assert _infer(client, big).status_code == 200
-    assert calls == ["split_binary_body", "input_tensor"]
+    assert calls == ["split_binary_body", "v2_input_tensor"]
     # A large binary tensor behind a small JSON header is used in place, inline (no thread hand-offs).
     x = np.zeros((8, 3, 16, 16), np.float32).tobytes() * 4  # 98 KB of tail, beyond the inline limit
     header = {"inputs": [{"name": "input", "shape": [32, 3, 16, 16], "datatype": "FP32",
@@ -233,7 +237,7 @@ def test_large_json_body_is_parsed_off_the_event_loop(client, monkeypatch):
     head = json.dumps(header).encode()
     r = client.post("/v2/models/tiny/infer", content=head + x, headers={"Inference-Header-Content-Length": str(len(head))})
     assert r.status_code == 400 and "exceeds max_batch_size" in r.json()["error"]  # parsed, then refused
-    assert calls == ["split_binary_body", "input_tensor"]
+    assert calls == ["split_binary_body", "v2_input_tensor"]
 
 
 def test_binary_length_mismatches_are_400(client):
