@@ -126,7 +126,7 @@ def build_app(
         app.add_middleware(
             CORSMiddleware, allow_origins=[o.strip() for o in settings.cors_origins.split(",")],
             allow_methods=["GET", "POST"], allow_headers=["*"],
-            expose_headers=["X-Served-Width", "Server-Timing", "X-Request-Id", "Retry-After"],
+            expose_headers=["X-Served-Width", "X-Width-Reason", "Server-Timing", "X-Request-Id", "Retry-After"],
         )
     app.add_middleware(RequestIdMiddleware)
     app.state.settings = settings

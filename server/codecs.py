@@ -5,6 +5,8 @@ Every function raises :class:`ApiError` with a 4xx status on bad input.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 import json
 import math
@@ -23,7 +25,7 @@ from .errors import ApiError
 from .v2_request import V2InferRequest, V2InputTensor
 
 __all__ = [
-    "IMAGE_MEDIA_TYPES", "MAX_ASPECT_RATIO", "CHEAP_DECODE_PIXELS", "open_image", "decode_opened", "decode_image", "parse_budget_ms", "parse_width", "parse_top_k",
+    "IMAGE_MEDIA_TYPES", "decode_base64_image", "sniff_media_type", "MAX_ASPECT_RATIO", "CHEAP_DECODE_PIXELS", "open_image", "decode_opened", "decode_image", "parse_budget_ms", "parse_width", "parse_top_k",
     "V2_DATATYPES", "decode_v2_tensor", "v2_input_tensor", "v2_samples", "parse_number", "split_binary_body", "top_predictions",
 ]
 
@@ -65,6 +67,39 @@ def open_image(data: bytes, media_type: str, max_pixels: int) -> Image.Image:
         raise ApiError(413, f"image of {width}x{height} pixels is more than {MAX_ASPECT_RATIO} times wider "
                             "than high or higher than wide")
     return image
+
+
+_SIGNATURES = ((b"\xff\xd8\xff", "image/jpeg"), (b"\x89PNG\r\n\x1a\n", "image/png"))
+
+
+def sniff_media_type(data: bytes) -> str:
+    """The image media type from the first bytes (JSON bodies carry no Content-Type per image);
+    ``application/octet-stream`` when it is none of JPEG, PNG or WebP (then refused with 415)."""
+    for signature, media_type in _SIGNATURES:
+        if data.startswith(signature):
+            return media_type
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return "application/octet-stream"
+
+
+_DATA_URL = re.compile(r"data:([\w.+-]+/[\w.+-]+)?(?:;[\w.+-]+=[\w.+-]+)*;base64,", re.ASCII)
+
+
+def decode_base64_image(value: Any, where: str) -> tuple[bytes, str]:
+    """A base64 image from a JSON body (plain, or a ``data:image/...;base64,`` URL) and its media type
+    (the URL's, else sniffed from the bytes); 400 when it is not a string of valid base64."""
+    if not isinstance(value, str):
+        raise ApiError(400, f"{where} must be a base64 string, got {type(value).__name__}")
+    declared = None
+    match = _DATA_URL.match(value)
+    if match:
+        declared, value = match.group(1), value[match.end():]
+    try:
+        data = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, f"{where} is not valid base64") from None
+    return data, (declared or sniff_media_type(data)).lower()
 
 
 def decode_opened(

@@ -87,9 +87,9 @@ async def _read_aligned(request: Request, limit: int, offset: int) -> memoryview
     return body
 
 
-async def parse_multipart(scope: dict, body: bytes, limit: int):
-    """The form of a multipart ``body`` already read (and size-checked); 400 when malformed.
-    The caller closes the form (it may hold spooled temporary files)."""
+async def parse_multipart(scope: dict, body: bytes, limit: int, max_files: int = 1):
+    """The form of a multipart ``body`` already read (and size-checked); 400 when malformed, 413
+    with more than ``max_files`` files. The caller closes the form (it may hold spooled temporary files)."""
     from starlette.requests import Request as StarletteRequest
 
     async def replay():
@@ -97,8 +97,10 @@ async def parse_multipart(scope: dict, body: bytes, limit: int):
 
     clone = StarletteRequest(scope, replay)
     try:
-        return await clone.form(max_files=1, max_fields=8, max_part_size=limit)
+        return await clone.form(max_files=max_files, max_fields=8, max_part_size=limit)
     except Exception as exc:  # malformed multipart
+        if "Too many files" in str(exc):  # Starlette's MultiPartException for max_files
+            raise ApiError(413, f"more than {max_files} images in one request") from None
         raise ApiError(400, f"malformed multipart body: {exc}") from None
 
 
@@ -109,6 +111,7 @@ def get_engine(request: Request) -> Engine:
 def timing_headers(result: InferenceResult, total_s: float) -> dict[str, str]:
     return {
         "X-Served-Width": width_label(result.width),
+        "X-Width-Reason": str(result.reason),
         "Server-Timing": (
             f"queue;dur={result.queue_s * 1e3:.3f}, inference;dur={result.inference_s * 1e3:.3f}, "
             f"total;dur={total_s * 1e3:.3f}"

@@ -15,6 +15,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from policies import Reason
 
+from .statistics import ModelStatistics
+
 __all__ = ["Metrics", "Outcome", "RequestRecord", "BatchRecord", "QueueRecord", "ModelRecord", "DeviceRecord",
            "width_label", "width_position"]
 
@@ -46,6 +48,14 @@ class RequestRecord:
     width: float | None = None
     duration_s: float | None = None
     accuracy: float | None = None  # the served width's expected top-1, when known
+    # Phases of a served request (Triton's statistics): receiving and decoding, queue, batch.
+    input_s: float = 0.0
+    queue_s: float = 0.0
+    inference_s: float = 0.0
+
+    @property
+    def served(self) -> bool:
+        return self.outcome in (Outcome.OK, Outcome.DEADLINE_MISSED)
 
 
 @dataclass(frozen=True)
@@ -143,6 +153,7 @@ class Metrics:
         self._latency_budget = self.latency_budget.labels(model)
         self._expected_correct = self.expected_correct.labels(model) if accuracy_known else None
         self._children: dict[tuple, object] = {}
+        self.statistics = ModelStatistics()  # Triton's statistics extension, from the same records
 
     def _child(self, metric, *labels: str):
         key = (id(metric), *labels)
@@ -154,11 +165,15 @@ class Metrics:
     def record_request(self, r: RequestRecord) -> None:
         label = width_label(r.width)
         self._child(self.requests, label, r.outcome.value).inc()
-        if r.duration_s is not None:
+        if r.duration_s is not None and r.served:  # a refusal's time is not a latency
             self._child(self.request_duration, label).observe(r.duration_s)
         if r.accuracy is not None and r.outcome is Outcome.OK and self._expected_correct is not None:
             # matches the ok-only denominator of the accuracy ratio
             self._expected_correct.inc(r.accuracy)
+        if r.served and r.width is not None:
+            self.statistics.request_served(r.width, r.duration_s or 0.0, r.input_s, r.queue_s, r.inference_s)
+        else:
+            self.statistics.request_failed(r.duration_s or 0.0)
 
     def record_budget(self, budget_s: float) -> None:
         """A latency budget a client asked for (at admission)."""
@@ -171,6 +186,7 @@ class Metrics:
         self._child(self.width_selections, label, Reason(b.reason).value).inc()
         for wait in b.queue_waits_s:
             self._queue_wait.observe(wait)
+        self.statistics.batch_executed(b.width, b.samples, b.seconds, Reason(b.reason).value, b.queue_waits_s)
 
     def record_queue(self, q: QueueRecord) -> None:
         self._queue_depth.set(q.depth)

@@ -1,10 +1,11 @@
-"""Per-request outcome accounting shared by the native and v2 handlers."""
+"""Per-request outcome accounting shared by every handler (native, v2 HTTP, gRPC)."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from typing import AsyncIterator, Callable
+import time
+from typing import AsyncIterator, Protocol
 
 from policies import Refused
 
@@ -13,47 +14,70 @@ from .errors import ApiError, InvalidRequest
 from .logs import log_fields
 from .metrics import Outcome, RequestRecord
 
-__all__ = ["count_outcome"]
+__all__ = ["count_outcome", "Recorder"]
 
 log = logging.getLogger("widthwise.http")
 
 
+class Recorder(Protocol):
+    def __call__(self, result: InferenceResult, total_s: float, budget_s: float | None, input_s: float = 0.0) -> bool:
+        ...
+
+
 @contextlib.asynccontextmanager
-async def count_outcome(engine: Engine, request) -> AsyncIterator[Callable[[InferenceResult, float, float | None], bool]]:
-    """Counts exactly one outcome per request in ``widthwise_requests_total``, matching its status.
+async def count_outcome(engine: Engine, request) -> AsyncIterator[Recorder]:
+    """Counts the outcome of a request in ``widthwise_requests_total``, matching its status.
 
-    The handler calls the yielded ``record(result, total_s, budget_s)`` once the engine has
-    answered; it returns whether the budget was met end to end (handler start to reply). The
-    outcome is committed when the handler finishes: ``ok``/``deadline_missed`` if it returns
-    normally, ``bad_request`` for an :class:`ApiError` (4xx), ``rejected`` for :class:`~policies.Refused`
-    (503/504), ``bad_request`` for :class:`InvalidRequest` and ``error`` for anything else (500) -- also when it fails after ``record`` (a
+    The handler calls the yielded ``record(result, total_s, budget_s, input_s)`` once the engine has
+    answered (once per image of a several-image request); it returns whether the budget was met end
+    to end (arrival to reply). The outcome is committed when the handler finishes:
+    ``ok``/``deadline_missed`` per recorded answer if it returns normally, ``bad_request`` for an
+    :class:`ApiError` (4xx) or :class:`InvalidRequest`, ``rejected`` for :class:`~policies.Refused`
+    (503/504) and ``error`` for anything else (500) -- also when it fails after ``record`` (a
     request answered 500 is never counted ``ok``). Exceptions propagate unchanged. The outcome also
-    goes into the request's access-log line.
+    goes into the request's access-log line (``request`` has a ``scope`` dict: a Starlette request,
+    or the gRPC servicer's stand-in).
     """
-    served: list = []
+    began = time.monotonic()
+    served: list[RequestRecord] = []
+    results: list[InferenceResult] = []
+    accuracy = engine.card.accuracy
 
-    def record(result: InferenceResult, total_s: float, budget_s: float | None) -> bool:
+    def record(result: InferenceResult, total_s: float, budget_s: float | None, input_s: float = 0.0) -> bool:
         met = budget_s is None or total_s <= budget_s
-        served[:] = [result, total_s, Outcome.OK if met else Outcome.DEADLINE_MISSED]
+        results.append(result)
+        served.append(RequestRecord(Outcome.OK if met else Outcome.DEADLINE_MISSED, result.width, total_s,
+                                    accuracy.get(result.width), input_s, result.queue_s, result.inference_s))
         engine.note_overhead(total_s - result.queue_s - result.inference_s)
         return met
 
     try:
         yield record
     except (ApiError, InvalidRequest) as exc:
-        engine.metrics.record_request(RequestRecord(Outcome.BAD_REQUEST))
-        log_fields(request, outcome=Outcome.BAD_REQUEST, error=str(exc))
+        _failed(engine, request, Outcome.BAD_REQUEST, str(exc), began)
         raise
     except Refused as exc:
-        engine.metrics.record_request(RequestRecord(Outcome.REJECTED))
-        log_fields(request, outcome=Outcome.REJECTED, error=exc.message)
+        _failed(engine, request, Outcome.REJECTED, exc.message, began)
         raise
     except Exception as exc:
-        engine.metrics.record_request(RequestRecord(Outcome.ERROR))
-        log_fields(request, outcome=Outcome.ERROR, error=str(exc))
+        _failed(engine, request, Outcome.ERROR, str(exc) or type(exc).__name__, began)
         raise
-    if served:
-        result, total_s, outcome = served
-        engine.metrics.record_request(RequestRecord(outcome, result.width, total_s, engine.card.accuracy.get(result.width)))
-        log_fields(request, outcome=outcome, width=result.width, reason=result.reason, batch=result.batch_samples,
-                   queue_ms=round(result.queue_s * 1e3, 3), inference_ms=round(result.inference_s * 1e3, 3))
+    for r in served:
+        engine.metrics.record_request(r)
+    if len(served) == 1:
+        result = results[0]
+        log_fields(request, outcome=served[0].outcome, width=result.width, reason=result.reason,
+                   batch=result.batch_samples, queue_ms=round(result.queue_s * 1e3, 3),
+                   inference_ms=round(result.inference_s * 1e3, 3))
+    elif served:
+        log_fields(request, outcome=_worst(served), widths=[r.width for r in results],
+                   reasons=[str(r.reason) for r in results])
+
+
+def _failed(engine: Engine, request, outcome: Outcome, message: str, began: float) -> None:
+    engine.metrics.record_request(RequestRecord(outcome, duration_s=time.monotonic() - began))
+    log_fields(request, outcome=outcome, error=message)
+
+
+def _worst(records: list[RequestRecord]) -> Outcome:
+    return Outcome.DEADLINE_MISSED if any(r.outcome is Outcome.DEADLINE_MISSED for r in records) else Outcome.OK

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-__all__ = ["ErrorBody", "ClassifyResponse", "error_responses", "CLASSIFY_OPENAPI", "INFER_OPENAPI"]
+__all__ = ["ErrorBody", "ClassifyResponse", "ClassifyManyResponse", "error_responses", "CLASSIFY_OPENAPI", "INFER_OPENAPI"]
 
 
 class ErrorBody(BaseModel):
@@ -30,13 +30,41 @@ class Timing(BaseModel):
     total: float
 
 
+REASON = "why the policy chose this width: budget, load, pinned, no_budget, fallback, fixed, feedback"
+
+
 class ClassifyResponse(BaseModel):
     model: str
     width: float = Field(description="the width that served the request")
+    reason: str = Field(description=REASON)
     predictions: list[Prediction]
     timing_ms: Timing
     budget_ms: float | None
     deadline_met: bool
+
+
+class ImageResult(BaseModel):
+    width: float = Field(description="the width that served this image")
+    reason: str = Field(description=REASON)
+    predictions: list[Prediction]
+    timing_ms: Timing
+    deadline_met: bool
+
+
+class TotalTiming(BaseModel):
+    total: float
+
+
+class ClassifyManyResponse(BaseModel):
+    """The answer to several images (repeated multipart ``image`` fields, or JSON ``images``): one
+    result per image, in the order sent; each image is batched as a request of its own with the
+    request's budget."""
+
+    model: str
+    results: list[ImageResult]
+    timing_ms: TotalTiming
+    budget_ms: float | None
+    deadline_met: bool = Field(description="every image was answered within the budget")
 
 
 class V2Output(BaseModel):
@@ -84,7 +112,13 @@ CLASSIFY_OPENAPI = {
             "image/png": {"schema": {"type": "string", "format": "binary"}},
             "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
             "image/webp": {"schema": {"type": "string", "format": "binary"}},
-            "multipart/form-data": {"schema": {"type": "object", "properties": {"image": {"type": "string", "format": "binary"}}}},
+            "multipart/form-data": {"schema": {"type": "object", "properties": {
+                "image": {"type": "array", "items": {"type": "string", "format": "binary"},
+                          "description": "one image, or several: repeat the field (answered as a list)"}}}},
+            "application/json": {"schema": {"type": "object", "properties": {
+                "image": {"type": "string", "description": "one base64 image (or a data: URL)"},
+                "images": {"type": "array", "items": {"type": "string"},
+                           "description": "several base64 images, answered as a list in order"}}}},
         },
     },
 }

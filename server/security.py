@@ -1,7 +1,7 @@
 """Optional bearer-token access control (``WIDTHWISE_API_TOKEN``), as ASGI middleware.
 
 Protected: the native API (``/v1/...``) and the v2 model endpoints
-(``/v2/models/...``). Open: liveness/readiness, ``/v2`` server metadata, the
+(``/v2/models/...``, ``/v2/repository/...``). Open: liveness/readiness, ``/v2`` server metadata, the
 OpenAPI docs, and ``/metrics`` unless ``--auth-metrics on``. A middleware
 costs a few microseconds per request; FastAPI dependencies cost ~100x more.
 """
@@ -14,7 +14,7 @@ from .limits import send_json_error
 
 __all__ = ["BearerTokenMiddleware", "is_protected"]
 
-PROTECTED_PREFIXES = ("/v1/", "/v2/models/")
+PROTECTED_PREFIXES = ("/v1/", "/v2/models/", "/v2/repository/")
 
 
 def is_protected(path: str, protect_metrics: bool) -> bool:

@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="listen address")
     port: int = Field(8000, ge=0, le=65535, description="listen port")
+    grpc_port: int = Field(
+        0, ge=0, le=65535, description="KServe v2 gRPC port on the same host (Triton's is 8001; 0: no gRPC)"
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the model runs")
     backend: Literal["auto", "torch", "onnxruntime"] = Field(
         "auto", description="auto: onnxruntime on CPU when installed, torch on CUDA"
@@ -63,6 +66,9 @@ class Settings(BaseSettings):
         "auto", description="uvicorn event loop (auto: uvloop when installed)"
     )
     http_parser: Literal["auto", "httptools", "h11"] = Field("auto", description="uvicorn HTTP parser")
+    max_images_per_request: int = Field(
+        16, ge=1, le=1024, description="images one /v1/classify request may carry (413 beyond)"
+    )
     max_image_pixels: int = Field(16_777_216, ge=1, le=178_956_970, description="largest decoded image (width x height)")
     jpeg_draft: Literal["on", "off"] = Field(
         "off", description="decode large JPEGs at a reduced scale, never below the input size (2-3x less CPU for "

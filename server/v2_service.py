@@ -11,24 +11,27 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
-from typing import Callable
-
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from .codecs import V2_DATATYPES, parse_budget_ms, parse_width, v2_input_tensor, v2_samples
 from .engine import Engine, InferenceResult
 from .errors import ApiError
+from .metrics import width_label
+from .observe import Recorder
 from .v2_request import V2InferRequest, V2RequestParameters
 
 __all__ = ["INPUT_NAME", "OUTPUT_NAME", "MODEL_VERSION", "PLATFORM", "V2Answer", "find_model", "server_metadata",
-           "model_metadata", "request_options", "infer", "server_version"]
+           "model_metadata", "model_config", "model_statistics", "repository_index", "request_options", "infer",
+    "server_version"]
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 MODEL_VERSION = "1"
 PLATFORM = "pytorch_slimmable"
-EXTENSIONS = ("binary_tensor_data", "parameters")
+EXTENSIONS = ("binary_tensor_data", "parameters", "model_configuration", "statistics", "model_repository")
+# Triton's model-config data types of what the input accepts (the v2 datatype FP32 is TYPE_FP32, ...).
+CONFIG_TYPES = {datatype: f"TYPE_{datatype}" for datatype in V2_DATATYPES}
 
 
 def server_version() -> str:
@@ -65,6 +68,53 @@ def model_metadata(engine: Engine) -> dict:
         "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, card.num_classes]}],
         "parameters": {"widths": list(card.widths), "policy": engine.policy.name},
     }
+
+
+def model_config(engine: Engine) -> dict:
+    """Triton's model configuration (the JSON form of ``model_config.proto``): batching, the input
+    once per accepted datatype, the output, and widthwise's own settings as ``parameters``."""
+    card, settings = engine.card, engine.settings
+    dims = [card.input.channels, card.input.size, card.input.size]
+    device = engine.runtime.device.type if engine.runtime is not None else settings.device
+    parameters = {
+        "widths": ",".join(width_label(w) for w in card.widths),
+        "policy": engine.policy.name,
+        "admission": settings.admission,
+        "default_budget_ms": "" if settings.default_budget_ms is None else repr(settings.default_budget_ms),
+        "latency_margin": repr(settings.latency_margin),
+        "queue_limit": str(settings.queue_limit),
+        "arch": card.arch,
+    }
+    return {
+        "name": engine.model_name,
+        "platform": PLATFORM,
+        "backend": "widthwise",
+        "version_policy": {"latest": {"num_versions": 1}},
+        "max_batch_size": settings.max_batch_size,
+        "input": [{"name": INPUT_NAME, "data_type": config_type, "format": "FORMAT_NCHW", "dims": dims}
+                  for config_type in CONFIG_TYPES.values()],
+        "output": [{"name": OUTPUT_NAME, "data_type": "TYPE_FP32", "dims": [card.num_classes]}],
+        "dynamic_batching": {"max_queue_delay_microseconds": round(settings.max_queue_delay_ms * 1e3)},
+        "instance_group": [{"name": engine.model_name, "kind": "KIND_GPU" if device == "cuda" else "KIND_CPU",
+                            "count": 1}],
+        "parameters": {key: {"string_value": value} for key, value in parameters.items()},
+    }
+
+
+def model_statistics(engine: Engine) -> dict:
+    """Triton's statistics response for the one model (see :mod:`server.statistics`)."""
+    entry = engine.metrics.statistics.as_triton(engine.model_name, MODEL_VERSION, engine.card.widths)
+    return {"model_stats": [entry]}
+
+
+def repository_index(engine: Engine, ready_only: bool = False) -> list[dict]:
+    """Triton's repository index: the one model, ``READY`` or ``UNAVAILABLE`` with the reason."""
+    ready = engine.ready
+    if ready_only and not ready:
+        return []
+    reason = "" if ready else (engine.failure or f"model is {engine.state.value}")
+    return [{"name": engine.model_name, "version": MODEL_VERSION, "state": "READY" if ready else "UNAVAILABLE",
+             "reason": reason}]
 
 
 def check_outputs(request: V2InferRequest) -> None:
@@ -108,8 +158,7 @@ class V2Answer:
 
 
 async def infer(engine: Engine, request: V2InferRequest, tail: bytes | memoryview, *, width: float | None,
-                budget_ms: float | None, arrival: float, record: Callable[[InferenceResult, float, float | None], bool],
-                offload: bool = False) -> V2Answer:
+                budget_ms: float | None, arrival: float, record: Recorder, offload: bool = False) -> V2Answer:
     """Admit, build the input tensor (in a worker thread when ``offload``: large JSON data) and run it.
 
     ``record`` is :func:`~server.observe.count_outcome`'s; ``arrival`` is when the server saw the request.
@@ -119,8 +168,9 @@ async def infer(engine: Engine, request: V2InferRequest, tail: bytes | memoryvie
     spec = engine.card.input
     tensor = await run_in_threadpool(v2_input_tensor, request, tail, spec) if offload else \
         v2_input_tensor(request, tail, spec)
+    input_s = time.monotonic() - arrival
     result = await engine.infer(admission, tensor)
     total = time.monotonic() - arrival
-    met = record(result, total, admission.budget_s)
+    met = record(result, total, admission.budget_s, input_s)
     logits = np.ascontiguousarray(result.logits.float().numpy())
     return V2Answer(logits, result, budget_ms, met, total)

@@ -20,7 +20,8 @@ from starlette.concurrency import run_in_threadpool
 from .. import v2_service
 from ..codecs import parse_budget_ms, split_binary_body
 from ..engine import Engine
-from ..http_util import get_engine, read_body_aligned, timing_headers
+from ..errors import ApiError
+from ..http_util import get_engine, read_body, read_body_aligned, timing_headers
 from ..logs import log_fields
 from ..observe import count_outcome
 from ..schemas import INFER_OPENAPI, V2InferResponse, error_responses
@@ -55,6 +56,12 @@ async def ready(request: Request) -> Response:
     return Response(status_code=200 if get_engine(request).ready else 503)
 
 
+@router.get("/v2/models/stats", responses=error_responses(401))
+async def all_model_statistics(request: Request) -> dict:
+    """Triton's statistics for every model (here: the one served)."""
+    return v2_service.model_statistics(get_engine(request))
+
+
 @router.get("/v2/models/{name}", responses=error_responses(401, 404))
 @router.get("/v2/models/{name}/versions/{model_version}", responses=error_responses(401, 404))
 async def model_metadata(request: Request, name: str, model_version: str | None = None) -> dict:
@@ -71,6 +78,51 @@ _READY = {"response_class": Response,
 async def model_ready(request: Request, name: str, model_version: str | None = None) -> Response:
     engine = _model(request, name, model_version)
     return Response(status_code=200 if engine.ready else 503)
+
+
+@router.get("/v2/models/{name}/config", responses=error_responses(401, 404))
+@router.get("/v2/models/{name}/versions/{model_version}/config", responses=error_responses(401, 404))
+async def model_config(request: Request, name: str, model_version: str | None = None) -> dict:
+    """Triton's model configuration: max batch size, inputs (one per accepted datatype), output,
+    dynamic batching, and the widths and policy as parameters."""
+    return v2_service.model_config(_model(request, name, model_version))
+
+
+@router.get("/v2/models/{name}/stats", responses=error_responses(401, 404))
+@router.get("/v2/models/{name}/versions/{model_version}/stats", responses=error_responses(401, 404))
+async def model_statistics(request: Request, name: str, model_version: str | None = None) -> dict:
+    """Triton's statistics: inference/queue/compute durations and counts, batch statistics, and per width
+    the requests answered, samples and batches executed and the policy's reasons."""
+    return v2_service.model_statistics(_model(request, name, model_version))
+
+
+@router.post("/v2/repository/index", responses=error_responses(400, 401))
+async def repository_index(request: Request) -> list[dict]:
+    """Triton's repository index; body ``{"ready": true}`` (optional) lists only ready models."""
+    body = await read_body(request, 64 * 1024)
+    ready_only = False
+    if body.strip():
+        try:
+            document = json.loads(body)
+        except ValueError as exc:
+            raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+        if not isinstance(document, dict) or not isinstance(document.get("ready", False), bool):
+            raise ApiError(400, 'repository index request must be a JSON object with an optional boolean "ready"')
+        ready_only = document.get("ready", False)
+    return v2_service.repository_index(get_engine(request), ready_only)
+
+
+@router.post("/v2/repository/models/{name}/load", responses=error_responses(400, 401, 404))
+async def load_model(request: Request, name: str) -> Response:
+    """The served model is loaded for the life of the process: 200 for it, 404 for any other."""
+    _model(request, name)
+    return Response(status_code=200)
+
+
+@router.post("/v2/repository/models/{name}/unload", responses=error_responses(400, 401, 404))
+async def unload_model(request: Request, name: str) -> Response:
+    _model(request, name)
+    raise ApiError(400, "widthwise serves one model for the life of the process; stop the server to unload it")
 
 
 _INFER = {"response_model": V2InferResponse, "openapi_extra": INFER_OPENAPI,

@@ -26,9 +26,11 @@ def test_classify_raw_png_returns_contract_and_reference_scores(make_client, tin
     r = client.post("/v1/classify?top_k=3", content=data, headers={"content-type": "image/png"})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert set(body) == {"model", "width", "predictions", "timing_ms", "budget_ms", "deadline_met"}
+    assert set(body) == {"model", "width", "reason", "predictions", "timing_ms", "budget_ms", "deadline_met"}
     assert body["model"] == "tiny" and body["width"] == 1.0 and body["budget_ms"] is None and body["deadline_met"] is True
+    assert body["reason"] == "no_budget"  # the policy's reason, as in the reason metric label
     assert r.headers["x-served-width"] == "1.0"  # spelled as in metric labels and logs
+    assert r.headers["x-width-reason"] == "no_budget"
     assert r.headers["server-timing"].startswith("queue;dur=")
     assert set(body["timing_ms"]) == {"queue", "inference", "total"}
     assert body["timing_ms"]["total"] >= body["timing_ms"]["inference"]
