@@ -28,7 +28,8 @@ def _tensor(seed=0):
 
 
 def test_server_and_model_metadata(client):
-    assert client.get("/v2").json()["extensions"] == ["binary_tensor_data", "parameters"]
+    assert client.get("/v2").json()["extensions"] == ["binary_tensor_data", "parameters", "model_configuration",
+                                                      "statistics", "model_repository"]
     meta = client.get("/v2/models/tiny").json()
     assert meta["name"] == "tiny" and meta["versions"] == ["1"]
     # every datatype the server accepts for the one input, FP32 (the default) first
