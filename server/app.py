@@ -36,6 +36,8 @@ __all__ = ["build_app", "model_name_for", "preflight"]
 
 log = logging.getLogger("widthwise.server")
 
+GRPC_STOP_GRACE_S = 30.0
+
 # The inference routes: their endpoints take only the request and path strings.
 HOT_ROUTES = (
     (native.router, native.classify),
@@ -111,7 +113,18 @@ def build_app(
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         async with engine:
-            yield
+            grpc_server = None
+            if settings.grpc_port:  # imported only when asked for: grpcio and the generated modules
+                from .grpc_service import start_grpc_server
+
+                grpc_server = await start_grpc_server(engine)
+            try:
+                yield
+            finally:
+                if grpc_server is not None:
+                    # By now HTTP has drained (DrainingServer) and the engine refuses new work; calls
+                    # still running get their answers, new ones UNAVAILABLE.
+                    await grpc_server.stop(grace=GRPC_STOP_GRACE_S)
 
     app = FastAPI(title="widthwise", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     install_offline_docs(app)

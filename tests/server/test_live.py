@@ -37,6 +37,11 @@ def test_tritonclient_drives_the_v2_endpoint(live_server, tiny_checkpoint):
             with torch.inference_mode():
                 expected = net(torch.from_numpy(x), width=served).numpy()
             np.testing.assert_allclose(result.as_numpy("logits"), expected, rtol=1e-4, atol=1e-5)
+        # Triton's extensions, as its client calls them.
+        assert client.get_model_config("tiny")["max_batch_size"] == 8
+        stats = client.get_inference_statistics("tiny")["model_stats"][0]
+        assert stats["inference_stats"]["success"]["count"] == 4 and stats["inference_count"] == 12
+        assert client.get_model_repository_index() == [{"name": "tiny", "version": "1", "state": "READY", "reason": ""}]
     finally:
         client.close()
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import models
+from tests.helpers import eventually
 
 SHAPE = [2, 3, 16, 16]
 
@@ -259,3 +260,67 @@ def test_binary_length_mismatches_are_400(client):
 def test_unknown_model_infer_is_404(client):
     r = client.post("/v2/models/nope/infer", json={"inputs": []})
     assert r.status_code == 404 and "unknown model" in r.json()["error"]
+
+
+# -- Triton extensions: model configuration, statistics, repository -----------------------------
+
+
+def test_model_config_describes_what_the_server_accepts(make_client):
+    client = make_client(max_batch_size=4, max_queue_delay_ms=2.5, default_budget_ms=50)
+    config = client.get("/v2/models/tiny/config").json()
+    assert config["name"] == "tiny" and config["max_batch_size"] == 4
+    assert [(i["name"], i["data_type"], i["dims"]) for i in config["input"]] == [
+        ("input", t, [3, 16, 16]) for t in ("TYPE_FP32", "TYPE_FP16", "TYPE_UINT8")]
+    assert config["output"] == [{"name": "logits", "data_type": "TYPE_FP32", "dims": [10]}]
+    assert config["dynamic_batching"] == {"max_queue_delay_microseconds": 2500}
+    params = {k: v["string_value"] for k, v in config["parameters"].items()}
+    assert params["widths"] == "0.25,0.5,0.75,1.0" and params["policy"] == "max-width"
+    assert params["default_budget_ms"] == "50.0"
+    assert client.get("/v2/models/tiny/versions/1/config").json() == config
+    assert client.get("/v2/models/other/config").status_code == 404
+
+
+def test_statistics_follow_served_and_failed_requests(make_client):
+    client = make_client()
+    before = client.get("/v2/models/tiny/stats").json()["model_stats"][0]
+    assert before["inference_count"] == 0 and before["inference_stats"]["success"]["count"] == 0
+    x = np.zeros((2, 3, 16, 16), np.float32)
+    for width in (0.25, 1.0):
+        assert _infer(client, {"inputs": [dict(GOOD_INPUT, shape=[2, 3, 16, 16], data=x.ravel().tolist())],
+                               "parameters": {"width": width}}).status_code == 200
+    assert _infer(client, {"inputs": [GOOD_INPUT], "parameters": {"width": 0.3}}).status_code == 422
+    stats = eventually(lambda: client.get("/v2/models/tiny/stats").json()["model_stats"][0]["execution_count"], 2)
+    assert stats == 2
+    entry = client.get("/v2/models/tiny/stats").json()["model_stats"][0]
+    inference = entry["inference_stats"]
+    assert entry["inference_count"] == 4 and inference["success"]["count"] == 2 and inference["fail"]["count"] == 1
+    assert inference["queue"]["count"] == 2 and inference["compute_infer"]["count"] == 2
+    assert inference["success"]["ns"] >= inference["compute_infer"]["ns"] > 0
+    assert entry["batch_stats"] == [{"batch_size": 2, "compute_infer": {"count": 2, "ns": entry["batch_stats"][0]["compute_infer"]["ns"]}}]
+    assert {w["width"]: w["inference_count"] for w in entry["widths"]} == {0.25: 2, 0.5: 0, 0.75: 0, 1.0: 2}
+    assert entry["last_inference"] > 1.7e12  # ms since the epoch
+    assert client.get("/v2/models/stats").json() == client.get("/v2/models/tiny/stats").json()
+
+
+def test_repository_index_load_and_unload(make_client):
+    client = make_client()
+    assert client.post("/v2/repository/index").json() == [{"name": "tiny", "version": "1", "state": "READY", "reason": ""}]
+    assert client.post("/v2/repository/index", json={"ready": True}).json()[0]["state"] == "READY"
+    assert client.post("/v2/repository/index", json={"ready": "yes"}).status_code == 400
+    assert client.post("/v2/repository/index", content=b"{").status_code == 400
+    assert client.post("/v2/repository/models/tiny/load").status_code == 200
+    assert client.post("/v2/repository/models/other/load").status_code == 404
+    r = client.post("/v2/repository/models/tiny/unload")
+    assert r.status_code == 400 and "one model" in r.json()["error"]
+    client.app.state.engine.begin_drain()
+    assert client.post("/v2/repository/index", json={"ready": True}).json() == []
+    assert client.post("/v2/repository/index").json()[0] == {"name": "tiny", "version": "1", "state": "UNAVAILABLE",
+                                                             "reason": "model is draining"}
+
+
+def test_v2_answer_names_width_and_reason(make_client):
+    client = make_client()
+    r = _infer(client, {"inputs": [GOOD_INPUT], "parameters": {"latency_budget_ms": 10_000}})
+    assert r.status_code == 200
+    assert r.json()["parameters"]["width"] == 1.0 and r.json()["parameters"]["reason"] == "budget"
+    assert r.headers["x-served-width"] == "1.0" and r.headers["x-width-reason"] == "budget"

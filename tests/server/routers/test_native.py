@@ -262,3 +262,87 @@ def test_start_up_finishing_during_a_drain_does_not_turn_ready(make_client):
     r = client.get("/readyz")
     assert r.status_code == 503 and r.json() == {"status": "draining"}
     assert client.get("/v1/models").json()["models"][0]["state"] == "draining"
+
+
+# -- several images per request --------------------------------------------------------------
+
+
+def _metric_value(client, name: str, **labels) -> float:
+    return client.registry.get_sample_value(name, labels) or 0.0
+
+
+def test_repeated_multipart_images_are_answered_in_order_and_batched(make_client, tiny_checkpoint):
+    client = make_client(max_batch_size=8)
+    images = [png_bytes(seed=i) for i in range(5)]
+    files = [("image", (f"{i}.png", data, "image/png")) for i, data in enumerate(images)]
+    r = client.post("/v1/classify?top_k=2", files=files, headers={"X-Width": "0.5"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body) == {"model", "results", "timing_ms", "budget_ms", "deadline_met"}
+    assert len(body["results"]) == 5 and body["deadline_met"] is True
+    for data, result in zip(images, body["results"]):  # in the order sent, each its own answer
+        assert result["width"] == 0.5 and result["reason"] == "pinned"
+        top = expected_scores(tiny_checkpoint, data, 0.5).topk(2)
+        assert [p["index"] for p in result["predictions"]] == top.indices.tolist()
+        np.testing.assert_allclose([p["score"] for p in result["predictions"]], top.values.numpy(), rtol=1e-4)
+    assert r.headers["x-served-width"] == "0.5, 0.5, 0.5, 0.5, 0.5"
+    assert r.headers["x-width-reason"] == ", ".join(["pinned"] * 5)
+    # Five requests to the engine (counted one by one), batched together rather than one by one.
+    assert _metric_value(client, "widthwise_requests_total", model="tiny", width="0.5", outcome="ok") == 5
+    assert eventually(lambda: _metric_value(client, "widthwise_batch_size_sum", model="tiny", width="0.5"), 5) == 5
+    assert _metric_value(client, "widthwise_batch_size_count", model="tiny", width="0.5") < 5
+
+
+def test_json_base64_images_single_list_and_data_url(make_client, tiny_checkpoint):
+    import base64
+
+    client = make_client()
+    images = [png_bytes(seed=i) for i in range(3)]
+    encoded = [base64.b64encode(data).decode() for data in images]
+    r = client.post("/v1/classify?top_k=1", json={"images": encoded})
+    assert r.status_code == 200, r.text
+    indices = [res["predictions"][0]["index"] for res in r.json()["results"]]
+    assert indices == [int(expected_scores(tiny_checkpoint, d, 1.0).argmax()) for d in images]
+    one = client.post("/v1/classify?top_k=1", json={"image": "data:image/png;base64," + encoded[1]})
+    assert one.status_code == 200 and one.json()["predictions"][0]["index"] == indices[1]
+    assert "results" not in one.json()  # a single image is answered as before
+    listed = client.post("/v1/classify", json={"images": encoded[:1]})
+    assert listed.status_code == 200 and len(listed.json()["results"]) == 1  # a list is answered as a list
+    jpeg = client.post("/v1/classify", json={"image": base64.b64encode(png_bytes(fmt="JPEG")).decode()})
+    assert jpeg.status_code == 200  # media type sniffed from the bytes
+
+
+@pytest.mark.parametrize("body,status,words", [
+    ({"images": []}, 400, "non-empty list"),
+    ({"images": "abc"}, 400, "non-empty list"),
+    ({"image": "not base64!"}, 400, "not valid base64"),
+    ({"image": 5}, 400, "base64 string"),
+    ({"images": ["aGVsbG8="]}, 415, "unsupported media type"),
+    ({"image": "x", "images": ["x"]}, 400, '"image"'),
+    ([1, 2], 400, '"image"'),
+])
+def test_bad_json_image_bodies_are_4xx(make_client, body, status, words):
+    client = make_client()
+    r = client.post("/v1/classify", json=body)
+    assert r.status_code == status and words in r.json()["error"], r.text
+    assert _metric_value(client, "widthwise_requests_total", model="tiny", width="none", outcome="bad_request") == 1
+
+
+def test_more_images_than_the_limit_is_413(make_client):
+    import base64
+
+    client = make_client(max_images_per_request=2)
+    files = [("image", (f"{i}.png", png_bytes(seed=i), "image/png")) for i in range(3)]
+    r = client.post("/v1/classify", files=files)
+    assert r.status_code == 413 and "more than 2 images" in r.json()["error"]
+    r = client.post("/v1/classify", json={"images": [base64.b64encode(png_bytes()).decode()] * 3})
+    assert r.status_code == 413 and "limit of 2" in r.json()["error"]
+    assert client.post("/v1/classify", files=files[:2]).status_code == 200
+
+
+def test_one_bad_image_among_several_fails_the_request_before_any_inference(make_client):
+    client = make_client()
+    files = [("image", ("0.png", png_bytes(), "image/png")), ("image", ("1.png", b"garbage", "image/png"))]
+    r = client.post("/v1/classify", files=files)
+    assert r.status_code == 400 and "cannot decode image" in r.json()["error"]
+    assert _metric_value(client, "widthwise_batch_size_count", model="tiny", width="1.0") == 0
