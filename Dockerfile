@@ -17,7 +17,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     WIDTHWISE_HOST=0.0.0.0 \
-    WIDTHWISE_PORT=8000
+    WIDTHWISE_PORT=8000 \
+    WIDTHWISE_GRPC_PORT=8001
 
 WORKDIR /app
 
@@ -34,7 +35,8 @@ COPY server ./server
 RUN pip install --no-cache-dir --no-deps .
 
 USER 10001
-EXPOSE 8000
+# HTTP (REST, KServe v2, /metrics) and KServe v2 gRPC, on Triton's ports
+EXPOSE 8000 8001
 
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status == 200 else 1)"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from bench.common import REPO, LiveServer
+from bench.common import REPO, LiveServer, free_port
 from server.cli import build_parser
 
 README = (REPO / "README.md").read_text()
@@ -125,7 +125,9 @@ def test_bench_runs_from_the_repository_root_and_elsewhere(tmp_path):
 @pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
 @pytest.mark.live
 def test_native_api_curls_and_triton_snippet_work_against_make_serve():
-    server = LiveServer()  # what `make serve` starts: the embedded model with default settings
+    grpc_port = free_port()
+    # what `make serve` starts (the embedded model, default settings), plus gRPC for the gRPC snippet
+    server = LiveServer("--grpc-port", str(grpc_port))
     try:
         server.wait_ready()
         curls = [line for line in shell_lines() if line.startswith("curl")]
@@ -137,10 +139,13 @@ def test_native_api_curls_and_triton_snippet_work_against_make_serve():
         first = subprocess.run([*shlex.split(curls[0].replace("localhost:8000", f"127.0.0.1:{server.port}"))],
                                cwd=REPO, capture_output=True, text=True, timeout=30)
         assert '"label":"7"' in first.stdout.replace(" ", "").split("}")[0] + "}"
-        snippet = next(b for b in blocks("python") if "tritonclient" in b)
-        snippet = snippet.replace("127.0.0.1:8000", f"127.0.0.1:{server.port}")
-        out = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=60)
-        assert out.returncode == 0, out.stderr
+        snippets = [b for b in blocks("python") if "tritonclient" in b]
+        assert len(snippets) == 2  # HTTP and gRPC
+        for snippet in snippets:
+            snippet = snippet.replace("127.0.0.1:8000", f"127.0.0.1:{server.port}")
+            snippet = snippet.replace("127.0.0.1:8001", f"127.0.0.1:{grpc_port}")
+            out = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=60)
+            assert out.returncode == 0, out.stderr
         assert httpx2.get(server.url + "/readyz").status_code == 200
     finally:
         server.stop()
