@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 from fastapi import Request
@@ -11,8 +12,15 @@ from starlette.requests import ClientDisconnect
 from .engine import Engine, InferenceResult
 from .errors import ApiError
 from .metrics import width_label
+from .protocols import ARRIVAL_KEY
 
-__all__ = ["read_body", "read_body_aligned", "parse_multipart", "get_engine", "timing_headers"]
+
+def arrival(request: Request) -> float:
+    """``time.monotonic()`` when the server read the request's first byte (the protocol stamps it);
+    now, for requests that did not come through it (in-process test clients)."""
+    return request.scope.get(ARRIVAL_KEY) or time.monotonic()
+
+__all__ = ["arrival", "read_body", "read_body_aligned", "parse_multipart", "get_engine", "timing_headers"]
 
 
 async def read_body(request: Request, limit: int) -> bytes:

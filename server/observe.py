@@ -7,7 +7,7 @@ import logging
 import time
 from typing import AsyncIterator, Protocol
 
-from policies import Refused
+from policies import Refused, RefusalReason
 
 from .engine import Engine, InferenceResult
 from .errors import ApiError, InvalidRequest
@@ -30,7 +30,8 @@ async def count_outcome(engine: Engine, request) -> AsyncIterator[Recorder]:
 
     The handler calls the yielded ``record(result, total_s, budget_s, input_s)`` once the engine has
     answered (once per image of a several-image request); it returns whether the budget was met end
-    to end (arrival to reply). The outcome is committed when the handler finishes:
+    to end (arrival to reply). With ``--admission reject`` an answer past its budget raises
+    :class:`~policies.Refused` (``expired``: 504, counted ``rejected``) instead: no late 200s. The outcome is committed when the handler finishes:
     ``ok``/``deadline_missed`` per recorded answer if it returns normally, ``bad_request`` for an
     :class:`ApiError` (4xx) or :class:`InvalidRequest`, ``rejected`` for :class:`~policies.Refused`
     (503/504) and ``error`` for anything else (500) -- also when it fails after ``record`` (a
@@ -42,13 +43,18 @@ async def count_outcome(engine: Engine, request) -> AsyncIterator[Recorder]:
     served: list[RequestRecord] = []
     results: list[InferenceResult] = []
     accuracy = engine.card.accuracy
+    late_is_refused = engine.settings.admission == "reject"
 
     def record(result: InferenceResult, total_s: float, budget_s: float | None, input_s: float = 0.0) -> bool:
         met = budget_s is None or total_s <= budget_s
+        engine.note_overhead(total_s - result.queue_s - result.inference_s)
+        if not met and late_is_refused:
+            # Never a late 200 (--admission reject): the answer came too late to be of use.
+            raise Refused(RefusalReason.EXPIRED, f"answer ready {total_s * 1e3:.1f} ms after the request arrived, "
+                                                 f"past its {budget_s * 1e3:g} ms budget")
         results.append(result)
         served.append(RequestRecord(Outcome.OK if met else Outcome.DEADLINE_MISSED, result.width, total_s,
                                     accuracy.get(result.width), input_s, result.queue_s, result.inference_s))
-        engine.note_overhead(total_s - result.queue_s - result.inference_s)
         return met
 
     try:

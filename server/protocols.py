@@ -1,4 +1,5 @@
-"""uvicorn's HTTP protocols with two things it lacks: a deadline for request headers and JSON errors.
+"""uvicorn's HTTP protocols with what it lacks: a deadline for request headers, JSON errors, and
+the time each request's first byte was read (where its latency budget starts).
 
 uvicorn bounds idle keep-alive connections and we bound bodies (``--body-timeout-s``), but a
 connection that sends nothing, or trickles one header line every few seconds, was held open
@@ -11,11 +12,17 @@ bound as Envoy's ``request_headers_timeout`` or nginx's ``client_header_timeout`
 from __future__ import annotations
 
 import json
+import time
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-__all__ = ["protocol_class", "HeaderDeadline"]
+__all__ = ["protocol_class", "HeaderDeadline", "ARRIVAL_KEY"]
+
+# ASGI scope key: time.monotonic() when the server read the request's first byte. Budgets count
+# from here, so time spent receiving headers and body, and waiting for the event loop between
+# reading and the handler, is inside the budget (uvicorn has nothing for it).
+ARRIVAL_KEY = "widthwise.arrival"
 
 
 def _json_error(status: int, reason: str, message: str) -> bytes:
@@ -34,7 +41,22 @@ class HeaderDeadline:
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
         type(self).connections_accepted += 1
+        self._next_arrival: float | None = None
+        self._stamped_cycle = None
         self._arm_header_deadline()
+
+    def data_received(self, data: bytes) -> None:
+        # Bytes while no request is in progress begin the next request; body chunks of the current
+        # one (or pipelined bytes) do not move its arrival.
+        if self._next_arrival is None and (self.cycle is None or self.cycle.response_complete):
+            self._next_arrival = time.monotonic()
+        super().data_received(data)
+        cycle = self.cycle
+        if cycle is not None and cycle is not self._stamped_cycle and self._next_arrival is not None:
+            # The cycle's ASGI task has been created but has not run yet: the handler sees this.
+            cycle.scope[ARRIVAL_KEY] = self._next_arrival
+            self._stamped_cycle = cycle
+            self._next_arrival = None
 
     def on_response_complete(self) -> None:
         super().on_response_complete()

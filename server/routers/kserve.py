@@ -11,7 +11,6 @@ Triton's ``timeout`` in microseconds) or the ``X-Width`` /
 from __future__ import annotations
 
 import json
-import time
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
@@ -21,7 +20,7 @@ from .. import v2_service
 from ..codecs import parse_budget_ms, split_binary_body
 from ..engine import Engine
 from ..errors import ApiError
-from ..http_util import get_engine, read_body, read_body_aligned, timing_headers
+from ..http_util import arrival, get_engine, read_body, read_body_aligned, timing_headers
 from ..logs import log_fields
 from ..observe import count_outcome
 from ..schemas import INFER_OPENAPI, V2InferResponse, error_responses
@@ -132,7 +131,7 @@ _INFER = {"response_model": V2InferResponse, "openapi_extra": INFER_OPENAPI,
 @router.post("/v2/models/{name}/infer", **_INFER)
 @router.post("/v2/models/{name}/versions/{model_version}/infer", **_INFER)
 async def infer(request: Request, name: str, model_version: str | None = None) -> Response:
-    started = time.monotonic()
+    started = arrival(request)  # the budget counts from the request's first byte
     engine = _model(request, name, model_version)
     settings = request.app.state.settings
     async with count_outcome(engine, request) as record:

@@ -15,7 +15,7 @@ from ..codecs import (
     top_predictions,
 )
 from ..errors import ApiError
-from ..http_util import get_engine, parse_multipart, read_body, timing_headers
+from ..http_util import arrival, get_engine, parse_multipart, read_body, timing_headers
 from ..logs import log_fields
 from ..metrics import width_label
 from ..observe import count_outcome
@@ -35,7 +35,7 @@ async def classify(request: Request) -> JSONResponse:
 
     Headers: ``X-Latency-Budget-Ms``, ``X-Width``. Query: ``top_k`` (default 5).
     """
-    started = time.monotonic()
+    started = arrival(request)  # the budget counts from the request's first byte
     engine = get_engine(request)
     settings = request.app.state.settings
     async with count_outcome(engine, request) as record:
