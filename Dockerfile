@@ -18,14 +18,16 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     WIDTHWISE_HOST=0.0.0.0 \
     WIDTHWISE_PORT=8000 \
-    WIDTHWISE_GRPC_PORT=8001
+    WIDTHWISE_GRPC_PORT=8001 \
+    WIDTHWISE_CACHE_DIR=/var/cache/widthwise
 
 WORKDIR /app
 
 # Pinned dependencies first, so code changes do not invalidate this layer.
 COPY deploy/docker/requirements*.txt /tmp/requirements/
 RUN pip install --no-cache-dir --requirement "/tmp/requirements/requirements-${FLAVOUR}.txt" \
-    && useradd --create-home --uid 10001 widthwise
+    && useradd --create-home --uid 10001 widthwise \
+    && mkdir -p /var/cache/widthwise && chown 10001 /var/cache/widthwise
 
 # The embedded default model ships inside the models package (models/default/).
 COPY pyproject.toml README.md ./

@@ -35,6 +35,7 @@ from .errors import InvalidRequest
 from .metrics import DeviceRecord, Metrics, ModelRecord, QueueRecord, width_label
 from .runtime import Runtime, profile_runtime
 from .settings import Settings
+from .startup_cache import StartupCache, default_cache_dir
 from .worker import BatchWorker, InferenceResult
 
 __all__ = ["Admission", "Engine", "InferenceResult", "Readiness"]
@@ -93,6 +94,7 @@ class Engine:
         self._overhead_s = 0.0005  # learnt handler time outside the engine (see reserve_s)
         self._runtime_factory = runtime_factory
         self.monitor: DeviceMonitor | None = None
+        self.cache: StartupCache | None = None  # exports, profile and costs kept between starts
         self._costs: dict[float, dict[str, int]] = {}  # MACs and params per width, counted at start-up
         # Called with the error when the engine cannot serve (start-up failed, the worker died), from the
         # failing thread; `serve` sets it to shut down and exit non-zero so the process gets restarted.
@@ -116,13 +118,15 @@ class Engine:
             if self.settings.threads:
                 torch.set_num_threads(self.settings.threads)
             batch_sizes = batch_sizes_up_to(self.settings.max_batch_size)
+            self.cache = self._startup_cache()
             self._costs = self._static_costs()  # a forward per width: not before uvicorn listens
             widths = self.net.widths
-            log.info("start-up: exporting %d widths of %s (%s)", len(widths), self.model_name, self.net.arch)
+            log.info("start-up: exporting %d widths of %s (%s)%s", len(widths), self.model_name, self.net.arch,
+                     f", cache {self.cache.directory}" if self.cache else "")
             self.runtime = self._runtime_factory(
                 self.net, self.settings.device, self.settings.backend, self.settings.threads,
                 self.settings.precision, self.settings.cuda_graphs == "on", batch_sizes,
-                progress=_progress_logger("exported", widths, began),
+                progress=_progress_logger("exported", widths, began), cache=self.cache,
             )
             self.profile = self._latency_profile(batch_sizes)
             if self.settings.save_profile:
@@ -170,12 +174,33 @@ class Engine:
             log.info("start-up: latency profile from %s; warming up %d widths", path, len(self.net.widths))
             self.runtime.warm_up(batch_sizes)  # measuring would have warmed every (width, batch) up
             return profile
+        cached_name = f"profile-{self.cache.profile_key(self.runtime.fingerprint, batch_sizes)}.json" \
+            if self.cache else None
+        if cached_name:
+            data = self.cache.load_json(cached_name)
+            if data is not None:
+                try:
+                    profile = LatencyProfile.from_dict(data, self.settings.profile_ewma_alpha)
+                except ValueError:
+                    log.warning("cached latency profile %s is invalid; measuring again", cached_name)
+                else:
+                    log.info("start-up: latency profile from the cache (%s); warming up %d widths", cached_name,
+                             len(self.net.widths))
+                    self.runtime.warm_up(batch_sizes)
+                    return profile
         log.info("start-up: measuring the latency profile (%d widths x batch sizes %s, %d runs each)",
                  len(self.net.widths), batch_sizes, self.settings.profile_repeats)
         profile = profile_runtime(self.runtime, batch_sizes, self.settings.profile_repeats,
                                   progress=_progress_logger("profiled", self.net.widths, time.monotonic()))
         profile.ewma_alpha = self.settings.profile_ewma_alpha
+        if cached_name:
+            self.cache.save_json(cached_name, profile.as_dict())
         return profile
+
+    def _startup_cache(self) -> StartupCache | None:
+        if self.settings.startup_cache == "off":
+            return None
+        return StartupCache(self.settings.cache_dir or default_cache_dir(), self.net)
 
     def _save_profile(self, path) -> None:
         """``--save-profile``: the profile as measured, with its fingerprint and the expected accuracy (for simulate)."""
@@ -338,11 +363,22 @@ class Engine:
     # -- description ---------------------------------------------------------
 
     def _static_costs(self) -> dict[float, dict[str, int]]:
+        """MACs and params per width (a forward each; from the start-up cache when it has them)."""
+        name = self.cache.costs_name() if self.cache else None
+        cached = self.cache.load_json(name) if name else None
+        try:
+            if cached is not None:
+                return {w: {"macs": int(cached[repr(w)]["macs"]), "params": int(cached[repr(w)]["params"])}
+                        for w in self.net.widths}
+        except (KeyError, TypeError, ValueError):
+            log.warning("cached MACs/params %s are invalid; counting again", name)
         shape = (self.net.in_channels, self.net.input_size, self.net.input_size)
         costs = {}
         for width in self.net.widths:
             module = self.net.switch(width)
             costs[width] = {"macs": count_macs(module, shape), "params": count_params(module)}
+        if name:
+            self.cache.save_json(name, {repr(w): c for w, c in costs.items()})
         return costs
 
     def describe(self) -> dict:

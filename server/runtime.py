@@ -257,8 +257,10 @@ class Runtime:
         batch_buckets: list[int] | None = None,
         channel_padding: bool = True,
         progress=None,
+        cache=None,
     ) -> None:
-        """``progress(width)`` is called as each width's executor is ready (start-up progress lines)."""
+        """``progress(width)`` is called as each width's executor is ready (start-up progress lines);
+        ``cache`` (a :class:`~server.startup_cache.StartupCache`) keeps exported switches between starts."""
         self.device = resolve_device(device)
         self.backend = resolve_backend(backend, self.device)
         if precision != "fp32" and self.device.type != "cuda":
@@ -276,7 +278,7 @@ class Runtime:
             block = nchwc_block() if channel_padding else None
             onnx_models = {}
             for width in net.widths:
-                onnx_models[width] = export_switch_onnx(net, width, block)
+                onnx_models[width] = _cached_export(net, width, block, cache)
                 if progress is not None:
                     progress(width)
             shared, self._keep_alive = shared_initializers(onnx_models)
@@ -305,6 +307,25 @@ class Runtime:
             for b in batch_sizes:
                 for _ in range(repeats):
                     self.run(width, torch.zeros(b, *self.input_shape))
+
+
+def _cached_export(net: SlimmableNet, width: float, block: int | None, cache) -> bytes:
+    """Switch ``width`` as ONNX from the start-up cache when it holds a valid entry, else exported (and stored)."""
+    if cache is None:
+        return export_switch_onnx(net, width, block)
+    import onnx
+
+    key = cache.export_key(block)
+    model = cache.load_export(key, width)
+    if model is not None:
+        try:
+            onnx.checker.check_model(onnx.load_from_string(model))
+            return model
+        except Exception:  # truncated or corrupt entry: export again and overwrite it
+            log.warning("cached export of width %s is corrupt; exporting again", width)
+    model = export_switch_onnx(net, width, block)
+    cache.save_export(key, width, model)
+    return model
 
 
 def runtime_fingerprint(

@@ -44,6 +44,12 @@ class Settings(BaseSettings):
         None, description="latency profile JSON to load instead of measuring at startup (must have been measured "
         "for the same model, device, backend, precision and threads)"
     )
+    startup_cache: Literal["on", "off"] = Field(
+        "on", description="keep exported switches, the latency profile and MACs on disk, keyed by the weights' hash "
+        "and the runtime, so a restart skips export and profiling"
+    )
+    cache_dir: Path | None = Field(None, description="start-up cache directory (default: $XDG_CACHE_HOME/widthwise "
+                                   "or ~/.cache/widthwise)")
     save_profile: Path | None = Field(None, description="write the latency profile measured at startup to this JSON file")
     default_budget_ms: float | None = Field(None, gt=0, le=3_600_000, description="budget for requests without one (default: none)")
     max_batch_size: int = Field(8, ge=1, le=1024, description="largest batch one width runs at once")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,11 @@ import models
 from server.app import build_app
 from server.settings import Settings
 from tests.helpers import REFERENCE, SYNTHETIC_PROFILE, TINY_ACCURACY, LiveServer, make_net, wait_ready
+
+# Every server a test starts (in process or as a subprocess, which inherits this) exports and profiles
+# afresh: what start-up logs and measures must not depend on which test ran first. The cache's own
+# tests turn it on with a directory of their own.
+os.environ["WIDTHWISE_STARTUP_CACHE"] = "off"
 
 LIVE_FIXTURES = {"live_server", "docs_server", "prometheus", "live_schema"}
 

@@ -1,0 +1,68 @@
+"""Start-up time to ``/readyz``: cold (empty start-up cache) vs warm (a restart with the cache).
+
+``widthwise serve`` on S-MobileNet v2 224x224 (random weights, 4 widths), timed from spawning the
+process to the first ``/readyz`` 200, with a start-up cache of its own: cold starts begin with an
+empty cache, warm starts reuse what the previous start wrote. Medians of ``--runs`` each.
+
+    python -m bench.startup --out out/startup [--runs 3] [--arch s_mobilenet_v2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import LiveServer, imagenet_checkpoint
+
+
+def time_to_ready(checkpoint: Path, cache: Path, extra: list[str]) -> tuple[float, float | None]:
+    """Seconds from spawn to /readyz 200, and the engine's own "ready in X s"."""
+    began = time.monotonic()
+    server = LiveServer("--checkpoint", str(checkpoint), "--model-name", "v2", "--startup-cache", "on",
+                        "--cache-dir", str(cache), *extra, env={"WIDTHWISE_STARTUP_CACHE": "on"})
+    try:
+        server.wait_ready(600)
+        elapsed = time.monotonic() - began
+        match = re.search(r"ready in ([0-9.]+) s", server.output())
+        return elapsed, float(match.group(1)) if match else None
+    finally:
+        server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="s_mobilenet_v2")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path("out/startup"))
+    parser.add_argument("extra", nargs="*", help="more `widthwise serve` flags (after --)")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    checkpoint = imagenet_checkpoint(args.arch)
+    cold, warm = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for run in range(args.runs):
+            cache = Path(tmp) / f"cache-{run}"
+            cold.append(time_to_ready(checkpoint, cache, args.extra))
+            warm.append(time_to_ready(checkpoint, cache, args.extra))
+            shutil.rmtree(cache, ignore_errors=True)
+    rows = []
+    print(f"{args.arch} 224x224, {args.runs} runs each; seconds from spawn to /readyz (engine's own 'ready in')")
+    for name, values in (("cold", cold), ("warm", warm)):
+        row = {"start": name, "to_readyz_s": statistics.median(v for v, _ in values),
+               "engine_ready_s": statistics.median(e for _, e in values if e is not None),
+               "runs": [v for v, _ in values]}
+        rows.append(row)
+        print(f"{name:>5}: {row['to_readyz_s']:.2f} s ({row['engine_ready_s']:.2f} s in the engine), "
+              f"runs {', '.join(f'{v:.2f}' for v in row['runs'])}")
+    (args.out / "startup.json").write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "arch": args.arch,
+                                                       "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
