@@ -63,7 +63,8 @@ class LiveServer:
     block the server once full.
     """
 
-    def __init__(self, *args: str, env: dict | None = None, tree: Path = REPO) -> None:
+    def __init__(self, *args: str, env: dict | None = None, tree: Path = REPO, cpus: set[int] | None = None) -> None:
+        """``cpus``: run the server on these cores only (its threads inherit the affinity), as ``taskset`` would."""
         self.port = free_port()
         self.url = ServerUrl(f"http://127.0.0.1:{self.port}", 0)
         cmd = [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port), *args]
@@ -71,7 +72,9 @@ class LiveServer:
         environ = {**os.environ, **(env or {})}
         if tree != REPO:
             environ["PYTHONPATH"] = str(tree)
-        self.proc = subprocess.Popen(cmd, cwd=tree, env=environ, stdout=self.log, stderr=subprocess.STDOUT, text=True)
+        pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+        self.proc = subprocess.Popen(cmd, cwd=tree, env=environ, stdout=self.log, stderr=subprocess.STDOUT, text=True,
+                                     preexec_fn=pin)
         self.url.pid = self.proc.pid
 
     def output(self) -> str:
@@ -102,9 +105,9 @@ class LiveServer:
 
 
 @contextlib.contextmanager
-def live_server(*args: str, ready_timeout: float = 300.0, tree: Path = REPO):
+def live_server(*args: str, ready_timeout: float = 300.0, tree: Path = REPO, cpus: set[int] | None = None):
     """``widthwise serve ARGS`` on a free port; yields its base URL (with ``.pid``); SIGTERM on exit."""
-    server = LiveServer("--log-level", "warning", *args, tree=tree)
+    server = LiveServer("--log-level", "warning", *args, tree=tree, cpus=cpus)
     try:
         server.wait_ready(ready_timeout)
         yield server.url

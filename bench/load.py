@@ -3,10 +3,14 @@
 Poisson (or bursty) arrivals with a fixed latency budget per request, sent
 without waiting for answers (open loop), 127.0.0.1 only, bounded in count and
 time. Per policy and load: achieved throughput, deadline attainment (answered
-200 within budget / sent), p50/p99 latency, width mix and mean expected
-accuracy. Writes JSON and a PNG; the live counterpart of bench/policy_sim.py.
+200 within budget at the client / sent), late 200s (answered 200 after the
+budget, at the client), p50/p99 latency, width mix, mean expected accuracy per
+request sent (late or refused = 0) and per answer, the client's own CPU per
+request and its send lag (actual minus scheduled send time). With ``--pin`` the
+server runs on core 0 with one ONNX Runtime thread and this client on core 1.
+Writes JSON and a PNG; the live counterpart of bench/policy_sim.py.
 
-    python -m bench.load --out out/load [--rates 20,40,60] [--duration 10]
+    python -m bench.load --out out/load [--loads 0.5,1,2,3] [--duration 10] [--pin]
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -27,9 +32,11 @@ from policies.simulator import arrival_times
 MAX_REQUESTS = 5000  # hard bound per point
 
 
-async def fire(client: httpx2.AsyncClient, url: str, body: bytes, budget_ms: float, send_at: float, t0: float, results: list) -> None:
+async def fire(client: httpx2.AsyncClient, url: str, body: bytes, budget_ms: float, send_at: float, t0: float,
+               results: list, lags: list) -> None:
     await asyncio.sleep(max(0.0, t0 + send_at - time.perf_counter()))
     start = time.perf_counter()
+    lags.append((start - (t0 + send_at)) * 1e3)
     try:
         r = await client.post(url, content=body, headers={"content-type": "image/jpeg", "X-Latency-Budget-Ms": str(budget_ms)})
         elapsed = (time.perf_counter() - start) * 1e3
@@ -39,19 +46,26 @@ async def fire(client: httpx2.AsyncClient, url: str, body: bytes, budget_ms: flo
         results.append((0, (time.perf_counter() - start) * 1e3, None))
 
 
-async def run_point(url: str, body: bytes, rate: float, duration: float, budget_ms: float, trace: str) -> list:
+async def run_point(url: str, body: bytes, rate: float, duration: float, budget_ms: float, trace: str) -> tuple[list, dict]:
+    """The answers (status, client latency ms, width) and the client's own costs."""
     arrivals = arrival_times(trace, rate, duration, seed=11)[:MAX_REQUESTS]
     results: list = []
+    lags: list = []
     limits = httpx2.Limits(max_connections=512, max_keepalive_connections=512)
+    cpu0 = time.process_time()
     async with httpx2.AsyncClient(timeout=duration + 30, limits=limits) as client:
         t0 = time.perf_counter() + 0.2
-        await asyncio.gather(*(fire(client, url, body, budget_ms, a, t0, results) for a in arrivals))
-    return results
+        await asyncio.gather(*(fire(client, url, body, budget_ms, a, t0, results, lags) for a in arrivals))
+    client = {"client_cpu_ms_per_request": (time.process_time() - cpu0) / max(1, len(arrivals)) * 1e3,
+              "send_lag_p50_ms": float(np.percentile(lags, 50)) if lags else None,
+              "send_lag_p99_ms": float(np.percentile(lags, 99)) if lags else None}
+    return results, client
 
 
 def summarize(results: list, budget_ms: float, duration: float, accuracy: dict[float, float]) -> dict:
     ok = [(lat, w) for status, lat, w in results if status == 200]
     on_time = [(lat, w) for lat, w in ok if lat <= budget_ms]
+    late = len(ok) - len(on_time)
     lat = sorted(latency for latency, _ in ok)
     widths = [w for _, w in ok]
     statuses: dict[str, int] = {}
@@ -60,6 +74,9 @@ def summarize(results: list, budget_ms: float, duration: float, accuracy: dict[f
     return {
         "sent": len(results), "statuses": statuses, "throughput_rps": len(ok) / duration,
         "attainment": len(on_time) / len(results) if results else 1.0,
+        "late_200": late, "late_200_fraction": late / len(results) if results else 0.0,
+        # what the client got: on-time answers score their width's accuracy, late or refused ones 0
+        "accuracy_per_sent": sum(accuracy[w] for _, w in on_time) / len(results) if results else None,
         "p50_ms": lat[len(lat) // 2] if lat else None, "p99_ms": lat[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else None,
         "width_mix": {str(w): widths.count(w) / len(widths) for w in sorted(set(widths))} if widths else {},
         "mean_accuracy": statistics.fmean(accuracy[w] for w in widths) if widths else None,
@@ -69,7 +86,11 @@ def summarize(results: list, budget_ms: float, duration: float, accuracy: dict[f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="s_mobilenet_v2")
-    parser.add_argument("--rates", default=None, help="comma-separated req/s (default: from the measured profile)")
+    parser.add_argument("--rates", default=None, help="comma-separated req/s (default: --loads x the widest capacity)")
+    parser.add_argument("--loads", default="0.5,1,1.5,2",
+                        help="offered loads as multiples of the widest width's capacity (when --rates is not given)")
+    parser.add_argument("--pin", action="store_true",
+                        help="server on core 0 with 1 ORT thread, this client on core 1 (taskset)")
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--trace", default="poisson")
     parser.add_argument("--policies", default=None, help="comma-separated (default: fixed:<each width>,max-width,slack,feedback)")
@@ -83,32 +104,41 @@ def main() -> None:
     body = noise_jpeg(np.random.default_rng(0))
     profile_path = args.out / "profile.json"
     common = ["--checkpoint", str(checkpoint), "--model-name", "v2", "--max-batch-size", str(args.max_batch_size)]
+    cpus = None
+    if args.pin:
+        common += ["--threads", "1"]
+        cpus = {0}
+        os.sched_setaffinity(0, {1})
     # Measure the profile once, then every policy's server reuses it (same decisions basis, faster start).
-    with live_server(*common, "--policy", "max-width") as url:
+    with live_server(*common, "--policy", "max-width", "--save-profile", str(profile_path), cpus=cpus) as url:
         model = httpx2.get(url + "/v1/models").json()["models"][0]
     widths = [w["width"] for w in model["widths"]]
     accuracy = {w["width"]: w["expected_accuracy"] for w in model["widths"]}
-    table = {str(w["width"]): {b: ms / 1e3 for b, ms in w["latency_ms"].items()} for w in model["widths"]}
-    profile_path.write_text(json.dumps({"widths": table}))
+    table = json.loads(profile_path.read_text())["widths"]  # with its fingerprint, as serve wrote it
     widest_b1_ms = model["widths"][-1]["latency_ms"]["1"]
     budget_ms = args.budget_ms or 3 * widest_b1_ms
     cap = max(int(b) / (ms / 1e3) for b, ms in model["widths"][-1]["latency_ms"].items())
-    rates = [float(r) for r in args.rates.split(",")] if args.rates else [round(m * cap, 1) for m in (0.5, 1.0, 1.5, 2.0)]
+    loads = [float(m) for m in args.loads.split(",")]
+    rates = [float(r) for r in args.rates.split(",")] if args.rates else [round(m * cap, 1) for m in loads]
     policies = args.policies.split(",") if args.policies else [f"fixed:{w:g}" for w in widths] + ["max-width", "slack", "feedback"]
     print(f"budget {budget_ms:.1f} ms (3x widest batch-1 {widest_b1_ms:.2f} ms), widest capacity ~{cap:.0f} req/s, rates {rates}")
     rows = []
     for policy in policies:
-        with live_server(*common, "--policy", policy, "--profile", str(profile_path)) as url:
+        with live_server(*common, "--policy", policy, "--profile", str(profile_path), cpus=cpus) as url:
             for rate in rates:
-                results = asyncio.run(run_point(url + "/v1/classify", body, rate, args.duration, budget_ms, args.trace))
-                row = {"policy": policy, "rate": rate, **summarize(results, budget_ms, args.duration, accuracy)}
+                results, client = asyncio.run(run_point(url + "/v1/classify", body, rate, args.duration, budget_ms,
+                                                        args.trace))
+                row = {"policy": policy, "rate": rate, "load": rate / cap,
+                       **summarize(results, budget_ms, args.duration, accuracy), **client}
                 rows.append(row)
-                print(f"{policy:>11} {rate:>7.1f} req/s: attainment {row['attainment']:.3f}, accuracy "
-                      f"{(row['mean_accuracy'] or 0):.3f}, p50 {row['p50_ms'] or 0:.1f} ms, p99 {row['p99_ms'] or 0:.1f} ms, "
-                      f"statuses {row['statuses']}")
+                print(f"{policy:>11} {rate:>7.1f} req/s ({row['load']:.1f}x): attainment {row['attainment']:.3f}, "
+                      f"late 200s {row['late_200']}, accuracy/sent {(row['accuracy_per_sent'] or 0):.3f} "
+                      f"(/answer {(row['mean_accuracy'] or 0):.3f}), p50 {row['p50_ms'] or 0:.1f} ms, "
+                      f"p99 {row['p99_ms'] or 0:.1f} ms, statuses {row['statuses']}, client CPU "
+                      f"{row['client_cpu_ms_per_request']:.2f} ms/req, send lag p99 {row['send_lag_p99_ms'] or 0:.1f} ms")
                 time.sleep(1.0)  # let the queue drain between points
     report = {"date": time.strftime("%Y-%m-%d"), "budget_ms": budget_ms, "capacity_rps": cap, "rows": rows,
-              "profile": table}
+              "profile": table, "pinned": args.pin, "duration_s": args.duration}
     (args.out / "load.json").write_text(json.dumps(report, indent=2))
     plot(rows, policies, cap, args.out / "load.png", budget_ms)
     print(f"wrote {args.out / 'load.json'} and {args.out / 'load.png'}")
@@ -125,9 +155,9 @@ def plot(rows, policies, cap, path, budget_ms) -> None:
         pts = [r for r in rows if r["policy"] == p]
         style = "--" if p.startswith("fixed") else "-"
         a1.plot([r["rate"] / cap for r in pts], [r["attainment"] for r in pts], style, marker="o", label=p)
-        a2.plot([r["rate"] / cap for r in pts], [r["mean_accuracy"] for r in pts], style, marker="o", label=p)
+        a2.plot([r["rate"] / cap for r in pts], [r["accuracy_per_sent"] for r in pts], style, marker="o", label=p)
     a1.set(xlabel="offered load (x widest capacity)", ylabel="deadline attainment", ylim=(0, 1.02), title=f"live, budget {budget_ms:.0f} ms")
-    a2.set(xlabel="offered load (x widest capacity)", ylabel="mean expected top-1", title="served accuracy")
+    a2.set(xlabel="offered load (x widest capacity)", ylabel="expected top-1 per request sent", title="accuracy (late or refused = 0)")
     a2.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
