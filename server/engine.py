@@ -92,6 +92,8 @@ class Engine:
         self._startup: threading.Thread | None = None
         self._stopped = threading.Event()
         self._overhead_s = 0.0005  # learnt handler time outside the engine (see reserve_s)
+        self._loop_lag_s = 0.0  # decaying peak of the event loop's scheduling delay (see reserve_s)
+        self._lag_watch: asyncio.Task | None = None
         self._runtime_factory = runtime_factory
         self.monitor: DeviceMonitor | None = None
         self.cache: StartupCache | None = None  # exports, profile and costs kept between starts
@@ -107,7 +109,21 @@ class Engine:
     async def __aenter__(self) -> "Engine":
         self._startup = threading.Thread(target=self._start_up, name="widthwise-startup", daemon=True)
         self._startup.start()
+        self._lag_watch = asyncio.get_running_loop().create_task(self._watch_loop_lag())
         return self
+
+    LAG_PROBE_S = 0.005
+
+    async def _watch_loop_lag(self) -> None:
+        """How late the event loop runs a timer: the delay a request's first bytes also wait before the
+        server reads them (a busy loop, or a core shared with inference), which no handler can time.
+        Kept as a peak that decays by 5% per probe (about 0.1 s half-life)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(self.LAG_PROBE_S)
+            lag = max(0.0, loop.time() - before - self.LAG_PROBE_S)
+            self._loop_lag_s = max(lag, self._loop_lag_s * 0.95)
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.close()
@@ -247,6 +263,8 @@ class Engine:
 
     async def close(self, timeout: float = 30.0) -> None:
         self.begin_drain()
+        if self._lag_watch is not None:
+            self._lag_watch.cancel()
         if self._startup is not None:
             await asyncio.to_thread(self._startup.join, timeout)
         if self.scheduler is not None:
@@ -316,13 +334,14 @@ class Engine:
         """Time kept free of the budget for everything outside the engine (HTTP, decoding, the reply).
 
         ``--reserve-ms`` when set; otherwise learnt: 1 ms for what the server cannot see
-        (client and network) plus the running average of the time the handler itself
-        spends outside queue and inference, which grows when the event loop is busy.
+        (client and network), the running average of the time the handler itself spends
+        outside queue and inference, and the event loop's recent scheduling delay (bytes
+        wait that long before the server reads them), which grow when the loop is busy.
         Never more than a quarter of the budget: the estimate only learns from served
         requests, so an uncapped reserve that outgrew the budgets would refuse every
         request and never learn again.
         """
-        reserve = self.settings.reserve_ms / 1e3 if self.settings.reserve_ms is not None else 0.001 + self._overhead_s
+        reserve = self.settings.reserve_ms / 1e3 if self.settings.reserve_ms is not None else 0.001 + self._overhead_s + self._loop_lag_s
         return min(reserve, self.MAX_RESERVE_FRACTION * budget_s) if budget_s is not None else reserve
 
     def note_overhead(self, seconds: float) -> None:

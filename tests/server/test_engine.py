@@ -62,3 +62,21 @@ def test_the_budget_counts_from_arrival(make_client, synthetic_profile):
         engine.admit(None, 100.0, arrival=long_ago)
     assert info.value.reason is RefusalReason.INFEASIBLE and "remained at admission" in info.value.message
     engine.admit(None, 100.0, arrival=time.monotonic())  # the same budget, fresh: admitted
+
+
+def test_the_reserve_grows_with_the_event_loops_scheduling_delay(make_client):
+    engine = make_client(reserve_ms=None).engine
+    quiet = engine.reserve_s()
+    assert quiet < 0.01
+    stalled = {}
+
+    async def block_the_loop():  # a busy loop: timers (and sockets) wait this long
+        time.sleep(0.08)
+        await asyncio.sleep(0.02)  # the lag probe fires late once, then records it
+        stalled["reserve"] = engine.reserve_s()
+
+    asyncio.run_coroutine_threadsafe(block_the_loop(), engine._lag_watch.get_loop()).result(5)
+    assert stalled["reserve"] >= quiet + 0.05
+    assert engine.reserve_s(budget_s=0.1) == 0.025  # never more than a quarter of the budget
+    time.sleep(0.5)  # the peak decays once the loop is idle again
+    assert engine.reserve_s() < stalled["reserve"] / 2
