@@ -32,21 +32,36 @@ from policies.simulator import arrival_times
 MAX_REQUESTS = 5000  # hard bound per point
 
 
-async def fire(client: httpx2.AsyncClient, url: str, body: bytes, budget_ms: float, send_at: float, t0: float,
-               results: list, lags: list) -> None:
+async def fire(client: httpx2.AsyncClient, url: str, body: bytes, headers: dict, budget_ms: float, send_at: float,
+               t0: float, results: list, lags: list) -> None:
     await asyncio.sleep(max(0.0, t0 + send_at - time.perf_counter()))
     start = time.perf_counter()
     lags.append((start - (t0 + send_at)) * 1e3)
     try:
-        r = await client.post(url, content=body, headers={"content-type": "image/jpeg", "X-Latency-Budget-Ms": str(budget_ms)})
+        r = await client.post(url, content=body, headers={**headers, "X-Latency-Budget-Ms": str(budget_ms)})
         elapsed = (time.perf_counter() - start) * 1e3
-        width = r.json().get("width") if r.status_code == 200 else None
+        width = float(r.headers["x-served-width"]) if r.status_code == 200 else None
         results.append((r.status_code, elapsed, width))
     except httpx2.HTTPError:
         results.append((0, (time.perf_counter() - start) * 1e3, None))
 
 
-async def run_point(url: str, body: bytes, rate: float, duration: float, budget_ms: float, trace: str) -> tuple[list, dict]:
+JPEG = {"content-type": "image/jpeg"}
+
+
+def v2_request(model: str = "v2") -> tuple[str, bytes, dict]:
+    """A v2 binary FP32 [1, 3, 224, 224] request (as a Triton client sends an ONNX model's input):
+    path, body and headers."""
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    header = json.dumps({"inputs": [{"name": "input", "shape": [1, 3, 224, 224], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": x.nbytes}}],
+                         "outputs": [{"name": "logits", "parameters": {"binary_data": True}}]}).encode()
+    return (f"/v2/models/{model}/infer", header + x.tobytes(),
+            {"content-type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))})
+
+
+async def run_point(url: str, body: bytes, rate: float, duration: float, budget_ms: float, trace: str,
+                    headers: dict = JPEG) -> tuple[list, dict]:
     """The answers (status, client latency ms, width) and the client's own costs."""
     arrivals = arrival_times(trace, rate, duration, seed=11)[:MAX_REQUESTS]
     results: list = []
@@ -55,7 +70,7 @@ async def run_point(url: str, body: bytes, rate: float, duration: float, budget_
     cpu0 = time.process_time()
     async with httpx2.AsyncClient(timeout=duration + 30, limits=limits) as client:
         t0 = time.perf_counter() + 0.2
-        await asyncio.gather(*(fire(client, url, body, budget_ms, a, t0, results, lags) for a in arrivals))
+        await asyncio.gather(*(fire(client, url, body, headers, budget_ms, a, t0, results, lags) for a in arrivals))
     client = {"client_cpu_ms_per_request": (time.process_time() - cpu0) / max(1, len(arrivals)) * 1e3,
               "send_lag_p50_ms": float(np.percentile(lags, 50)) if lags else None,
               "send_lag_p99_ms": float(np.percentile(lags, 99)) if lags else None}
@@ -89,6 +104,8 @@ def main() -> None:
     parser.add_argument("--rates", default=None, help="comma-separated req/s (default: --loads x the widest capacity)")
     parser.add_argument("--loads", default="0.5,1,1.5,2",
                         help="offered loads as multiples of the widest width's capacity (when --rates is not given)")
+    parser.add_argument("--request", choices=["jpeg", "v2"], default="jpeg",
+                        help="jpeg: a 224x224 JPEG to /v1/classify; v2: a binary FP32 tensor to the v2 endpoint")
     parser.add_argument("--pin", action="store_true",
                         help="server on core 0 with 1 ORT thread, this client on core 1 (taskset)")
     parser.add_argument("--duration", type=float, default=10.0)
@@ -101,7 +118,8 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     checkpoint = imagenet_checkpoint(args.arch)
-    body = noise_jpeg(np.random.default_rng(0))
+    path, body, headers = ("/v1/classify", noise_jpeg(np.random.default_rng(0)), JPEG) if args.request == "jpeg" \
+        else v2_request()
     profile_path = args.out / "profile.json"
     common = ["--checkpoint", str(checkpoint), "--model-name", "v2", "--max-batch-size", str(args.max_batch_size)]
     cpus = None
@@ -126,8 +144,8 @@ def main() -> None:
     for policy in policies:
         with live_server(*common, "--policy", policy, "--profile", str(profile_path), cpus=cpus) as url:
             for rate in rates:
-                results, client = asyncio.run(run_point(url + "/v1/classify", body, rate, args.duration, budget_ms,
-                                                        args.trace))
+                results, client = asyncio.run(run_point(url + path, body, rate, args.duration, budget_ms,
+                                                        args.trace, headers))
                 row = {"policy": policy, "rate": rate, "load": rate / cap,
                        **summarize(results, budget_ms, args.duration, accuracy), **client}
                 rows.append(row)
@@ -138,7 +156,7 @@ def main() -> None:
                       f"{row['client_cpu_ms_per_request']:.2f} ms/req, send lag p99 {row['send_lag_p99_ms'] or 0:.1f} ms")
                 time.sleep(1.0)  # let the queue drain between points
     report = {"date": time.strftime("%Y-%m-%d"), "budget_ms": budget_ms, "capacity_rps": cap, "rows": rows,
-              "profile": table, "pinned": args.pin, "duration_s": args.duration}
+              "profile": table, "pinned": args.pin, "duration_s": args.duration, "request": args.request}
     (args.out / "load.json").write_text(json.dumps(report, indent=2))
     plot(rows, policies, cap, args.out / "load.png", budget_ms)
     print(f"wrote {args.out / 'load.json'} and {args.out / 'load.png'}")

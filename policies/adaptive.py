@@ -35,13 +35,15 @@ class SlackPolicy:
         """Could the device keep up with the offered load at this width (full batches)?
 
         Without this look at the arrival rate, every dispatch would take the widest
-        width its own queue allows and the backlog would outgrow the deadlines.
+        width its own queue allows and the backlog would outgrow the deadlines. Where the
+        server's own per-request CPU (HTTP, decoding) runs on the model's cores, it counts
+        against the same capacity.
         """
         rate = view.load.arrival_rate
         if not rate:
             return True
         per_sample = view.service(width, view.max_batch_size) / view.max_batch_size
-        return rate * per_sample <= self.target_utilization
+        return rate * (per_sample + (view.load.request_cpu_s or 0.0)) <= self.target_utilization
 
     def select(self, view: DispatchView) -> Decision:
         pinned = pinned_decision(view)

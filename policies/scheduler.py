@@ -114,7 +114,10 @@ class Scheduler:
         config: SchedulerConfig = SchedulerConfig(),
         clock: Callable[[], float] = time.monotonic,
         utilization: Callable[[], float | None] = lambda: None,
+        request_cpu: Callable[[], float | None] = lambda: None,
     ) -> None:
+        """``utilization`` and ``request_cpu`` supply :class:`LoadSignals` fields (device utilization;
+        the server's own CPU per request on the model's cores) at each dispatch."""
         self.policy = policy
         self.profile = profile
         self.widths = widths
@@ -122,6 +125,7 @@ class Scheduler:
         self.max_batch_size = config.max_batch_size
         self.clock = clock
         self.utilization = utilization
+        self.request_cpu = request_cpu
         self._heap: list[tuple[float, int, Pending]] = []
         self._seq = itertools.count()
         self._cond = threading.Condition()
@@ -260,6 +264,7 @@ class Scheduler:
             load=load or LoadSignals(
                 queue_depth=len(ordered), inflight_batches=self._inflight_batches,
                 arrival_rate=self._arrival_rate(now), device_utilization=self.utilization(),
+                request_cpu_s=self.request_cpu(),
             ),
         )
         decision = self.policy.select(view)

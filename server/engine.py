@@ -15,6 +15,7 @@ import itertools
 import json
 import logging
 import math
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -93,6 +94,9 @@ class Engine:
         self._stopped = threading.Event()
         self._overhead_s = 0.0005  # learnt handler time outside the engine (see reserve_s)
         self._loop_lag_s = 0.0  # decaying peak of the event loop's scheduling delay (see reserve_s)
+        self._requests_seen = 0  # requests that reached admit (event loop only)
+        # The event loop's CPU per request, when it runs on the cores the model computes on (else None).
+        self.request_cpu_s: float | None = None
         self._lag_watch: asyncio.Task | None = None
         self._runtime_factory = runtime_factory
         self.monitor: DeviceMonitor | None = None
@@ -119,11 +123,31 @@ class Engine:
         server reads them (a busy loop, or a core shared with inference), which no handler can time.
         Kept as a peak that decays by 5% per probe (about 0.1 s half-life)."""
         loop = asyncio.get_running_loop()
+        window_start, cpu_start, seen_start = loop.time(), time.thread_time(), self._requests_seen
         while True:
             before = loop.time()
             await asyncio.sleep(self.LAG_PROBE_S)
-            lag = max(0.0, loop.time() - before - self.LAG_PROBE_S)
+            now = loop.time()
+            lag = max(0.0, now - before - self.LAG_PROBE_S)
             self._loop_lag_s = max(lag, self._loop_lag_s * 0.95)
+            if now - window_start >= self.CPU_WINDOW_S:
+                # The loop's own CPU (this thread: HTTP, inline decoding, replies) per request seen.
+                cpu, seen = time.thread_time(), self._requests_seen
+                if seen > seen_start and self._shares_cores_with_model():
+                    per_request = (cpu - cpu_start) / (seen - seen_start)
+                    previous = self.request_cpu_s
+                    self.request_cpu_s = per_request if previous is None else previous + 0.3 * (per_request - previous)
+                window_start, cpu_start, seen_start = now, cpu, seen
+
+    CPU_WINDOW_S = 1.0
+
+    def _shares_cores_with_model(self) -> bool:
+        """The model's threads take every core this process may use (CPU runtime), so the event loop's
+        work delays batches; with a GPU or spare cores it does not."""
+        runtime = self.runtime
+        if runtime is None or runtime.device.type != "cpu":
+            return False
+        return runtime.threads >= len(os.sched_getaffinity(0))
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.close()
@@ -153,6 +177,7 @@ class Engine:
             self.scheduler = Scheduler(
                 self.policy, self.profile, self.net.widths, self.settings.scheduler_config(),
                 utilization=lambda: self.monitor.latest.utilization,
+                request_cpu=lambda: self.request_cpu_s,
             )
             self._sampler = threading.Thread(target=self._sample_load, name="widthwise-load", daemon=True)
             self._sampler.start()
@@ -285,6 +310,7 @@ class Engine:
             Refused: not ready, draining, queue full, or the deadline cannot be met.
         """
         self._check_samples(samples)
+        self._requests_seen += 1
         if width is not None:
             declared = self.card.match_width(width)
             if declared is None:  # handlers parse widths against the card first: a caller's bug
