@@ -80,3 +80,20 @@ def test_the_reserve_grows_with_the_event_loops_scheduling_delay(make_client):
     assert engine.reserve_s(budget_s=0.1) == 0.025  # never more than a quarter of the budget
     time.sleep(0.5)  # the peak decays once the loop is idle again
     assert engine.reserve_s() < stalled["reserve"] / 2
+
+
+@pytest.mark.parametrize("cores,shared", [({0}, True), (set(range(64)), False)])
+def test_the_loops_cpu_per_request_is_measured_when_it_shares_the_models_cores(make_client, monkeypatch, cores, shared):
+    import server.engine
+
+    monkeypatch.setattr(server.engine.os, "sched_getaffinity", lambda pid: cores)
+    client = make_client()
+    x = {"inputs": [{"name": "input", "shape": [1, 3, 16, 16], "datatype": "FP32", "data": [0.0] * 768}]}
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and client.engine.request_cpu_s is None:
+        assert client.post("/v2/models/tiny/infer", json=x).status_code == 200
+        time.sleep(0.05)
+    if shared:
+        assert client.engine.request_cpu_s is not None and 0 < client.engine.request_cpu_s < 0.1
+    else:
+        assert client.engine.request_cpu_s is None  # spare cores: the loop does not slow the model
