@@ -97,12 +97,23 @@ def simulate(
     config: SchedulerConfig = SchedulerConfig(),
     noise: float = 0.0,
     seed: int = 0,
+    request_cpu_s: float = 0.0,
 ) -> SimResult:
     """Run ``arrivals`` through the scheduler (``config``, as ``serve`` builds it from its settings)
-    and ``policy``; every request has ``budget_s``."""
+    and ``policy``; every request has ``budget_s``.
+
+    ``request_cpu_s`` models a server whose own per-request work (HTTP, decoding, the reply) runs on
+    the cores the model computes on, as ``serve`` measures it (``/v1/models`` ``request_cpu_ms``):
+    half of it (parsing) before a request reaches the queue and half (the reply) after its batch,
+    and every arrival during a batch steals that much core time from it. The scheduler and policies see it as the
+    live server's do, and the engine's reserve (1 ms + this) comes off every deadline.
+    """
     widths = profile.widths
     clock = _Clock()
-    scheduler = Scheduler(policy, profile, widths, config, clock)
+    scheduler = Scheduler(policy, profile, widths, config, clock,
+                          request_cpu=(lambda: request_cpu_s) if request_cpu_s else (lambda: None))
+    reserve = 0.001 + request_cpu_s if request_cpu_s else 0.0
+    half = request_cpu_s / 2
     rng = np.random.default_rng(seed + 1)
     latencies: list[float] = []
     served_widths: list[float] = []
@@ -110,41 +121,47 @@ def simulate(
     busy_until: float | None = None
     next_arrival = 0
 
+    running: list = []  # the batch on the device: (width, pending requests)
+
     while True:
         if busy_until is None:
             polled = scheduler.poll(clock.now)
             if isinstance(polled, Batch):
                 rejected += len(polled.expired)
                 if polled.items:
-                    width = polled.decision.width
-                    service = profile.predict(width, polled.samples)
+                    service = profile.predict(polled.decision.width, polled.samples)
                     if noise:
                         service *= float(rng.lognormal(0.0, noise))
-                    end = float(clock.now + service)
-                    for pending in polled.items:
-                        req = pending.request
-                        latency = end - req.arrival
-                        met = bool(end <= req.deadline)
-                        latencies.append(latency)
-                        served_widths.append(width)
-                        on_time += int(met)
-                        policy.observe(width, latency, req.budget_s, met)
-                    busy_until = end
+                    busy_until = float(clock.now + service)
+                    running = [polled.decision.width, polled.items]
                 continue
             due = polled if isinstance(polled, float) else math.inf
         else:
             due = math.inf
-        t_arrival = arrivals[next_arrival] if next_arrival < len(arrivals) else math.inf
+        # a request reaches the queue once parsed (half its CPU after it arrived)
+        t_arrival = arrivals[next_arrival] + half if next_arrival < len(arrivals) else math.inf
         t_free = busy_until if busy_until is not None else math.inf
         t_next = min(t_arrival, t_free, due)
         if t_next == math.inf:
             break
         clock.now = max(clock.now, t_next)
         if t_next == t_free:
-            busy_until = None
+            width, items = running
+            for pending in items:
+                req = pending.request
+                latency = clock.now + half - req.arrival  # the reply's half of the request's CPU after the batch
+                met = bool(latency <= req.budget_s)
+                latencies.append(latency)
+                served_widths.append(width)
+                on_time += int(met)
+                policy.observe(width, latency, req.budget_s, met)
+            busy_until, running = None, []
             scheduler.batch_done()
         elif t_next == t_arrival:
-            request = ScheduledRequest(next_arrival, 1, None, clock.now + budget_s, clock.now, budget_s)
+            if busy_until is not None and request_cpu_s:
+                busy_until += request_cpu_s  # the request's CPU runs on the core the batch runs on
+            arrived = arrivals[next_arrival]
+            request = ScheduledRequest(next_arrival, 1, None, arrived + budget_s - reserve, arrived, budget_s)
             next_arrival += 1
             try:
                 scheduler.admit(Pending(request, lambda value: None))

@@ -14,7 +14,7 @@ __all__ = ["main", "build_parser"]
 
 
 HELP_FORMAT = argparse.ArgumentDefaultsHelpFormatter  # every flag's help ends with its default
-BENCHMARKS = ("engine", "ladder", "overhead", "overhead_ab", "decode", "policy_sim", "load", "soak", "grpc_overhead", "startup", "http_servers")
+BENCHMARKS = ("engine", "ladder", "overhead", "overhead_ab", "decode", "policy_sim", "load", "soak", "grpc_overhead", "startup", "http_servers", "sim_vs_live")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="read expected accuracy per width from this checkpoint's metadata (default: the profile's)")
     add_serve_arguments(p, SCHEDULING_FIELDS)  # the scheduler and policy exactly as `serve` configures them
     p.add_argument("--noise", type=float, default=0.05, help="log-normal sigma of batch times")
+    p.add_argument("--request-cpu-ms", type=float, default=0.0,
+                   help="the server's own CPU per request on the model's cores (serve's /v1/models request_cpu_ms; "
+                        "0: the server has cores of its own)")
     p.add_argument("--seed", type=int, default=0, help="seed of arrivals and noise")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
@@ -148,7 +151,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     policy = make_policy(settings.policy, profile.widths)
     arrivals = arrival_times(args.trace, args.rate, args.duration, args.seed)
     result = simulate(profile, policy, arrivals, args.budget_ms / 1e3, accuracy or None, settings.scheduler_config(),
-                      args.noise, args.seed)
+                      args.noise, args.seed, request_cpu_s=args.request_cpu_ms / 1e3)
     report = {"policy": policy.name, "trace": args.trace, "rate": args.rate, "budget_ms": args.budget_ms, **result.as_dict()}
     if args.json:
         print(json.dumps(report))

@@ -438,6 +438,9 @@ class Engine:
             "device": str(self.runtime.device) if self.runtime else None,
             "backend": self.runtime.backend if self.runtime else None,
             "policy": self.policy.name,
+            # the event loop's CPU per request on the model's cores (null: it has cores of its own);
+            # `widthwise simulate --request-cpu-ms` models it
+            "request_cpu_ms": self.request_cpu_s * 1e3 if self.request_cpu_s is not None else None,
             "input": {"channels": card.input.channels, "size": card.input.size,
                       "mean": list(card.input.mean), "std": list(card.input.std)},
             "num_classes": card.num_classes,

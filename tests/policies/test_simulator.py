@@ -107,3 +107,18 @@ def test_simulate_flags_and_defaults_are_serves(tmp_path, monkeypatch):
     args = build_parser().parse_args(["simulate", "--profile", "p.json", "--budget-ms", "10"])
     assert settings_from_args(args).scheduler_config().max_batch_size == 4
     assert set(SCHEDULING_FIELDS) <= set(Settings.model_fields)
+
+
+def test_the_servers_own_cpu_per_request_slows_the_shared_core():
+    # One request every 5 ms; width 0.25 takes 1 ms. Alone the device is idle 80% of the time; with
+    # 3 ms of HTTP/decoding CPU per request on the same core it is 80% busy, and latencies grow by
+    # at least that CPU (half before the queue, half after the batch).
+    profile = LatencyProfile({0.25: {1: 0.001, 8: 0.004}})
+    arrivals = [i * 0.005 for i in range(400)]
+    free = simulate(profile, FixedPolicy(0.25), arrivals, budget_s=0.020)
+    shared = simulate(profile, FixedPolicy(0.25), arrivals, budget_s=0.020, request_cpu_s=0.003)
+    assert free.attainment == 1.0 and free.p50_ms == pytest.approx(1.0, abs=0.01)
+    assert shared.p50_ms == pytest.approx(free.p50_ms + 3.0)  # parsing before the queue, the reply after
+    assert shared.attainment <= free.attainment
+    tight = simulate(profile, FixedPolicy(0.25), arrivals, budget_s=0.003, request_cpu_s=0.003)
+    assert tight.attainment < 0.5  # 3 ms of CPU cannot fit a 3 ms budget with the model's time on top
