@@ -1,0 +1,193 @@
+"""widthwise against a bare FastAPI + ONNX Runtime app serving the same ONNX files.
+
+The bare app is what a user would write without widthwise: one FastAPI route taking a v2 binary
+FP32 tensor, one ONNX Runtime session per width (the very files widthwise exported, from its
+start-up cache), no queue, no budgets; it runs one fixed width. Both servers are pinned to core 0
+with one ORT thread, the client on core 1. Reported:
+
+- per-request server CPU in a closed loop at a pinned width, minus raw ONNX Runtime time for the
+  same batch-1 run in this process: the serving overhead, and its ratio to the bare app's;
+- open-loop Poisson load at 0.5x-3x of the widest width's batch-1 capacity, budget 3x the widest
+  batch-1 latency: attainment at the client, late answers, expected top-1 per request sent for
+  widthwise (max-width) and the bare app at each width.
+
+Triton (nvidia-pytriton) is not driven here: it needs numpy<2 in a venv of its own and its
+tritonserver binary; see BENCHMARKS.md.
+
+    python -m bench.peers --out out/peers [--loads 0.5,1,2,3] [--duration 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx2
+import numpy as np
+
+from bench.common import free_port, imagenet_checkpoint, live_server
+from bench.grpc_overhead import process_cpu_s
+from bench.load import run_point, summarize, v2_request
+
+BARE_APP = '''
+import json, os, sys
+import numpy as np, onnxruntime as ort
+from fastapi import FastAPI, Request, Response
+
+options = ort.SessionOptions()
+options.intra_op_num_threads = 1
+options.inter_op_num_threads = 1
+session = ort.InferenceSession(os.environ["BARE_ONNX"], options, providers=["CPUExecutionProvider"])
+width = os.environ["BARE_WIDTH"]
+app = FastAPI()
+
+@app.post("/v2/models/v2/infer")
+async def infer(request: Request) -> Response:
+    body = await request.body()
+    length = int(request.headers["inference-header-content-length"])
+    header = json.loads(body[:length])
+    shape = header["inputs"][0]["shape"]
+    x = np.frombuffer(body, dtype="<f4", offset=length).reshape(shape)
+    logits = session.run(None, {"input": x})[0]
+    raw = logits.astype("<f4").tobytes()
+    head = json.dumps({"model_name": "v2", "outputs": [{"name": "logits", "datatype": "FP32",
+                       "shape": list(logits.shape), "parameters": {"binary_data_size": len(raw)}}]}).encode()
+    return Response(head + raw, media_type="application/octet-stream",
+                    headers={"Inference-Header-Content-Length": str(len(head)), "X-Served-Width": width})
+
+@app.get("/readyz")
+async def ready() -> dict:
+    return {"status": "ready"}
+'''
+
+
+@contextlib.contextmanager
+def bare_server(onnx_path: Path, width: float, cpus: set[int]):
+    """The bare app under uvicorn (httptools, asyncio), like ``widthwise serve``'s defaults."""
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "bare_app.py").write_text(BARE_APP)
+        cmd = [sys.executable, "-m", "uvicorn", "bare_app:app", "--host", "127.0.0.1", "--port", str(port),
+               "--http", "httptools", "--loop", "asyncio", "--log-level", "warning", "--no-access-log"]
+        env = {**os.environ, "BARE_ONNX": str(onnx_path), "BARE_WIDTH": repr(width), "OMP_NUM_THREADS": "1"}
+        log = tempfile.TemporaryFile("w+")
+        proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                preexec_fn=lambda: os.sched_setaffinity(0, cpus))
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    raise RuntimeError(f"bare app did not start: {log.read()[-2000:]}")
+                with contextlib.suppress(httpx2.HTTPError):
+                    if httpx2.get(url + "/readyz", timeout=1).status_code == 200:
+                        break
+                time.sleep(0.2)
+            yield url, proc.pid
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+            log.close()
+
+
+def raw_ort_ms(onnx_path: Path, repeats: int = 300) -> float:
+    """Median batch-1 ONNX Runtime time of this file on one thread, in this (pinned) process."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    for _ in range(20):
+        session.run(None, {"input": x})
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        session.run(None, {"input": x})
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def closed_loop_cpu_ms(url: str, pid: int, path: str, body: bytes, headers: dict, n: int = 600) -> float:
+    """Server CPU per request, one keep-alive connection sending back to back."""
+    with httpx2.Client(timeout=30) as client:
+        for _ in range(30):
+            client.post(url + path, content=body, headers=headers)
+        cpu0 = process_cpu_s(pid)
+        for _ in range(n):
+            r = client.post(url + path, content=body, headers=headers)
+            if r.status_code != 200:
+                raise RuntimeError(f"{url}: HTTP {r.status_code} {r.text[:200]}")
+        return (process_cpu_s(pid) - cpu0) / n * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--loads", default="0.5,1,2,3")
+    parser.add_argument("--duration", type=float, default=8.0)
+    parser.add_argument("--out", type=Path, default=Path("out/peers"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    checkpoint = imagenet_checkpoint("s_mobilenet_v2")
+    cache = args.out / "cache"
+    profile_path = args.out / "profile.json"
+    path, body, headers = v2_request()
+    flags = ["--checkpoint", str(checkpoint), "--model-name", "v2", "--threads", "1", "--startup-cache", "on",
+             "--cache-dir", str(cache)]
+    os.sched_setaffinity(0, {1})
+    report: dict = {"date": time.strftime("%Y-%m-%d"), "overhead": [], "load": []}
+    with live_server(*flags, "--policy", "max-width", "--save-profile", str(profile_path), cpus={0}) as url:
+        model = httpx2.get(url + "/v1/models").json()["models"][0]
+        accuracy = {w["width"]: w["expected_accuracy"] for w in model["widths"]}
+        widths = [w["width"] for w in model["widths"]]
+        widest_b1_ms = model["widths"][-1]["latency_ms"]["1"]
+        onnx = {w: next(cache.glob(f"export-*/{w!r}.onnx")) for w in widths}
+        # Serving overhead at two widths: widthwise pinned to the width vs the bare app of that width.
+        for width in (widths[0], widths[-1]):
+            os.sched_setaffinity(0, {0})  # raw ORT on the server's core, then back
+            raw = raw_ort_ms(onnx[width])
+            os.sched_setaffinity(0, {1})
+            ours = closed_loop_cpu_ms(url, url.pid, path, body, {**headers, "X-Width": repr(width)})
+            with bare_server(onnx[width], width, {0}) as (bare_url, bare_pid):
+                bare = closed_loop_cpu_ms(bare_url, bare_pid, path, body, headers)
+            row = {"width": width, "raw_ort_ms": raw, "widthwise_cpu_ms": ours, "bare_cpu_ms": bare,
+                   "widthwise_over_raw_ms": ours - raw, "bare_over_raw_ms": bare - raw,
+                   "overhead_ratio": (ours - raw) / (bare - raw) if bare > raw else None}
+            report["overhead"].append(row)
+            print(f"width {width}: raw ORT {raw:.2f} ms; server CPU/request widthwise {ours:.2f} ms, bare {bare:.2f} ms; "
+                  f"over raw {ours - raw:.2f} vs {bare - raw:.2f} ms ({row['overhead_ratio'] or 0:.2f}x)")
+    budget_ms = 3 * widest_b1_ms
+    capacity = 1e3 / widest_b1_ms
+    loads = [float(x) for x in args.loads.split(",")]
+    servers = [("widthwise max-width", lambda: live_server(*flags, "--policy", "max-width", "--profile",
+                                                            str(profile_path), cpus={0}), None)]
+    servers += [(f"bare {w!r}", (lambda w=w: bare_server(onnx[w], w, {0})), w) for w in widths]
+    print(f"budget {budget_ms:.1f} ms, loads x {capacity:.0f} req/s")
+    for name, start, _ in servers:
+        with start() as handle:
+            url = handle if isinstance(handle, str) else handle[0]
+            for load in loads:
+                results, client = asyncio.run(run_point(url + path, body, load * capacity, args.duration, budget_ms,
+                                                        "poisson", headers))
+                row = {"server": name, "load": load, **summarize(results, budget_ms, args.duration, accuracy), **client}
+                report["load"].append(row)
+                print(f"{name:>20} {load:.1f}x: attainment {row['attainment']:.3f}, late {row['late_200']}, "
+                      f"top-1/sent {row['accuracy_per_sent'] or 0:.3f}, p99 {row['p99_ms'] or 0:.1f} ms")
+                time.sleep(1.0)
+    report["budget_ms"], report["capacity_rps"] = budget_ms, capacity
+    (args.out / "peers.json").write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
