@@ -152,7 +152,7 @@ def main() -> None:
         accuracy = {w["width"]: w["expected_accuracy"] for w in model["widths"]}
         widths = [w["width"] for w in model["widths"]]
         widest_b1_ms = model["widths"][-1]["latency_ms"]["1"]
-        onnx = {w: next(cache.glob(f"export-*/{w!r}.onnx")) for w in widths}
+        onnx = {w: next(cache.glob(f"export-*/{w!r}.onnx")).resolve() for w in widths}
         # Serving overhead at two widths: widthwise pinned to the width vs the bare app of that width.
         for width in (widths[0], widths[-1]):
             os.sched_setaffinity(0, {0})  # raw ORT on the server's core, then back

@@ -28,7 +28,7 @@ class SlackPolicy:
 
     name = "slack"
 
-    def __init__(self, target_utilization: float = 0.8) -> None:
+    def __init__(self, target_utilization: float = 0.7) -> None:
         self.target_utilization = target_utilization
 
     def _sustainable(self, view: DispatchView, width: float) -> bool:
@@ -42,7 +42,10 @@ class SlackPolicy:
         rate = view.load.arrival_rate
         if not rate:
             return True
-        per_sample = view.service(width, view.max_batch_size) / view.max_batch_size
+        # Per-sample cost at the batch size this load forms (requests arriving during one batch-1
+        # run), not at the max batch size, which only heavy load reaches.
+        batch = max(1, min(view.max_batch_size, round(rate * view.service(width, 1))))
+        per_sample = view.service(width, batch) / batch
         return rate * (per_sample + (view.load.request_cpu_s or 0.0)) <= self.target_utilization
 
     def select(self, view: DispatchView) -> Decision:

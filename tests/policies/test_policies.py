@@ -209,12 +209,12 @@ def test_slack_counts_the_servers_own_cpu_per_request_against_capacity():
     from policies.base import LoadSignals
 
     queue = [item(1, deadline=0.5)]
-    # 100 req/s: width 1.0 costs 4 ms per sample in full batches, 40% of the device: sustainable...
+    # 50 req/s form batches of one: width 1.0 costs 8 ms per request, 40% of the device: sustainable...
     relaxed = DispatchView(now=0.0, queue=queue, widths=WIDTHS, profile=PROFILE, max_batch_size=8,
-                           load=LoadSignals(arrival_rate=100.0))
+                           load=LoadSignals(arrival_rate=50.0))
     assert SlackPolicy().select(relaxed).width == 1.0
-    # ...but not when each request also costs the shared core 5 ms of HTTP and decoding (90%).
+    # ...but not when each request also costs the shared core 8 ms of HTTP and decoding (80% > 70%).
     shared = DispatchView(now=0.0, queue=queue, widths=WIDTHS, profile=PROFILE, max_batch_size=8,
-                          load=LoadSignals(arrival_rate=100.0, request_cpu_s=0.005))
+                          load=LoadSignals(arrival_rate=50.0, request_cpu_s=0.008))
     decision = SlackPolicy().select(shared)
-    assert decision.width == 0.75 and decision.reason == "load"  # 2 + 5 ms per request: 70%
+    assert decision.width == 0.75 and decision.reason == "load"  # 4 + 8 ms per request: 60%
