@@ -7,7 +7,7 @@ import functools
 import logging
 import re
 from pathlib import Path
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.routing import APIRoute
@@ -86,7 +86,7 @@ def _require_readable_file(path: Path, flag: str, hint: str) -> None:
 
 def build_app(
     settings: Settings | None = None, registry: CollectorRegistry | None = None, net: SlimmableNet | None = None,
-    runtime_factory: Callable[..., Runtime] = Runtime,
+    runtime_factory: type[Runtime] = Runtime,
 ) -> FastAPI:
     """The application for one model; the engine starts in the lifespan (use ``TestClient`` as a context manager).
 
@@ -132,7 +132,7 @@ def build_app(
     # CORS (preflights answered before auth; every response, errors included, gets CORS headers),
     # the in-flight limit, then the bearer token.
     if settings.api_token:
-        app.add_middleware(BearerTokenMiddleware, token=settings.api_token, protect_metrics=settings.auth_metrics == "on")
+        app.add_middleware(BearerTokenMiddleware, token=settings.api_token, protect_metrics=settings.auth_metrics)
     app.add_middleware(InflightLimitMiddleware, limit=settings.max_inflight_http, retry_after_s=settings.retry_after_s,
                        max_header_bytes=settings.max_header_bytes)
     if settings.cors_origins:  # off unless configured

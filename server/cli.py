@@ -89,7 +89,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     import models
     from policies import batch_sizes_up_to
 
-    from .runtime import Runtime, profile_runtime
+    from .runtime import Runtime, RuntimeConfig, profile_runtime
 
     if args.checkpoint:
         net = models.load_checkpoint(args.checkpoint)
@@ -104,7 +104,8 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         def advance(_width: float) -> None:
             bar.update()
 
-        runtime = Runtime(net, args.device, args.backend, args.threads, args.precision, progress=advance)
+        config = RuntimeConfig(device=args.device, backend=args.backend, threads=args.threads, precision=args.precision)
+        runtime = Runtime.from_config(net, config, batch_sizes, progress=advance)
         bar.set_description("profiling")
         profile = profile_runtime(runtime, batch_sizes, args.repeats, progress=advance)
     accuracy = (getattr(net, "metadata", None) or {}).get("accuracy") or {}

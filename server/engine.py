@@ -71,7 +71,7 @@ class Engine:
 
     def __init__(
         self, net: SlimmableNet, settings: Settings, metrics: Metrics, model_name: str,
-        runtime_factory: Callable[..., Runtime] = Runtime, card: ModelCard | None = None,
+        runtime_factory: type[Runtime] = Runtime, card: ModelCard | None = None,
     ) -> None:
         """``runtime_factory`` builds the runtime at start-up (``Runtime``; tests inject one that fails on cue);
         ``card`` describes the model (default: from the net's checkpoint metadata)."""
@@ -163,9 +163,8 @@ class Engine:
             widths = self.net.widths
             log.info("start-up: exporting %d widths of %s (%s)%s", len(widths), self.model_name, self.net.arch,
                      f", cache {self.cache.directory}" if self.cache else "")
-            self.runtime = self._runtime_factory(
-                self.net, self.settings.device, self.settings.backend, self.settings.threads,
-                self.settings.precision, self.settings.cuda_graphs == "on", batch_sizes,
+            self.runtime = self._runtime_factory.from_config(
+                self.net, self.settings.runtime_config(), batch_sizes,
                 progress=_progress_logger("exported", widths, began), cache=self.cache,
             )
             self.profile = self._latency_profile(batch_sizes)
@@ -239,7 +238,7 @@ class Engine:
         return profile
 
     def _startup_cache(self) -> StartupCache | None:
-        if self.settings.startup_cache == "off":
+        if not self.settings.startup_cache:
             return None
         return StartupCache(self.settings.cache_dir or default_cache_dir(), self.net)
 

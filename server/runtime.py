@@ -29,7 +29,9 @@ from torch import nn
 
 from models import SlimmableNet
 
-__all__ = ["Runtime", "resolve_device", "resolve_backend", "profile_runtime", "runtime_fingerprint", "export_onnx", "export_switch_onnx",
+from .runtime_config import RuntimeConfig
+
+__all__ = ["Runtime", "RuntimeConfig", "resolve_device", "resolve_backend", "profile_runtime", "runtime_fingerprint", "export_onnx", "export_switch_onnx",
            "ort_session_options",
            "shared_initializers", "use_global_thread_pool"]
 
@@ -297,6 +299,13 @@ class Runtime:
                     progress(width)
         self.fingerprint = runtime_fingerprint(net, device, backend, self.threads, precision)
         log.info("runtime: %s backend on %s (%s)", self.backend, self.device, precision)
+
+    @classmethod
+    def from_config(cls, net: SlimmableNet, config: RuntimeConfig, batch_buckets: list[int] | None = None,
+                    progress=None, cache=None) -> "Runtime":
+        """The runtime ``config`` describes (``Settings.runtime_config()``)."""
+        return cls(net, config.device, config.backend, config.threads, config.precision, config.cuda_graphs,
+                   batch_buckets, progress=progress, cache=cache)
 
     def run(self, width: float, batch: torch.Tensor) -> torch.Tensor:
         """Logits (float32, CPU) for ``batch`` (float32, CPU) at ``width``."""

@@ -15,6 +15,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from policies.scheduler import SchedulerConfig
 
+from .runtime_config import RuntimeConfig
+
 __all__ = ["Settings", "SCHEDULING_FIELDS", "add_serve_arguments", "settings_from_args"]
 
 
@@ -38,14 +40,14 @@ class Settings(BaseSettings):
         "auto", description="auto: onnxruntime on CPU when installed, torch on CUDA"
     )
     precision: Literal["fp32", "fp16", "bf16"] = Field("fp32", description="CUDA compute precision")
-    cuda_graphs: Literal["on", "off"] = Field("on", description="capture CUDA graphs per (width, batch bucket) on CUDA")
+    cuda_graphs: bool = Field(True, description="capture CUDA graphs per (width, batch bucket) on CUDA")
     policy: str = Field("max-width", description="width-selection policy: max-width, fixed:<width>, ...")
     profile: Path | None = Field(
         None, description="latency profile JSON to load instead of measuring at startup (must have been measured "
         "for the same model, device, backend, precision and threads)"
     )
-    startup_cache: Literal["on", "off"] = Field(
-        "on", description="keep exported switches, the latency profile and MACs on disk, keyed by the weights' hash "
+    startup_cache: bool = Field(
+        True, description="keep exported switches, the latency profile and MACs on disk, keyed by the weights' hash "
         "and the runtime, so a restart skips export and profiling"
     )
     cache_dir: Path | None = Field(None, description="start-up cache directory (default: $XDG_CACHE_HOME/widthwise "
@@ -76,8 +78,8 @@ class Settings(BaseSettings):
         16, ge=1, le=1024, description="images one /v1/classify request may carry (413 beyond)"
     )
     max_image_pixels: int = Field(16_777_216, ge=1, le=178_956_970, description="largest decoded image (width x height)")
-    jpeg_draft: Literal["on", "off"] = Field(
-        "off", description="decode large JPEGs at a reduced scale, never below the input size (2-3x less CPU for "
+    jpeg_draft: bool = Field(
+        False, description="decode large JPEGs at a reduced scale, never below the input size (2-3x less CPU for "
         "photos; pixels differ slightly from a full decode)"
     )
     threads: int | None = Field(
@@ -96,10 +98,15 @@ class Settings(BaseSettings):
     retry_after_s: int = Field(1, ge=1, le=3600, description="Retry-After seconds on 503")
     batch_timeout_s: float = Field(30.0, gt=0, le=3600, description="a batch running longer fails its requests (500)")
     api_token: str | None = Field(None, description="bearer token required by inference and model endpoints", repr=False)
-    auth_metrics: Literal["on", "off"] = Field("off", description="also require the token on /metrics")
+    auth_metrics: bool = Field(False, description="also require the token on /metrics")
     cors_origins: str | None = Field(None, description="comma-separated allowed CORS origins (default: CORS off)")
     log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per line")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info")
+
+    def runtime_config(self) -> RuntimeConfig:
+        """How the model runs (serve's engine and `widthwise profile` build runtimes from it)."""
+        return RuntimeConfig(device=self.device, backend=self.backend, threads=self.threads, precision=self.precision,
+                             cuda_graphs=self.cuda_graphs)
 
     def scheduler_config(self) -> SchedulerConfig:
         """The scheduler's part of these settings (serve and simulate build it the same way)."""
@@ -143,15 +150,29 @@ def add_serve_arguments(parser: argparse.ArgumentParser, names: tuple[str, ...] 
         annotation = field.annotation
         choices = None
         kind: type = str
-        if get_origin(annotation) is Literal:
+        default = repr(field.default)
+        if annotation is bool:  # a switch: written on/off as before (also true/false, yes/no, 1/0)
+            kind, choices, default = _on_off, [True, False], "on" if field.default else "off"
+        elif get_origin(annotation) is Literal:
             choices = list(get_args(annotation))
         else:
             args = [a for a in get_args(annotation) if a is not type(None)] or [annotation]
             if args[0] in (int, float):
                 kind = args[0]
         env = f"WIDTHWISE_{name.upper()}"
-        help_text = f"{field.description or name} (env {env}; default {field.default!r})".replace("%", "%%")
-        parser.add_argument(_flag(name), dest=name, type=kind, choices=choices, default=None, help=help_text)
+        help_text = f"{field.description or name} (env {env}; default {default})".replace("%", "%%")
+        parser.add_argument(_flag(name), dest=name, type=kind, choices=choices, default=None, help=help_text,
+                            metavar="{on,off}" if annotation is bool else None)
+
+
+_SWITCH = {"on": True, "off": False, "true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
+
+
+def _on_off(value: str) -> bool:
+    try:
+        return _SWITCH[value.strip().lower()]
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"expected on or off, got {value!r}") from None
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:

@@ -81,7 +81,7 @@ async def classify(request: Request) -> JSONResponse:
 def decode_request_image(engine, settings, image):
     """An image from :func:`open_image` as the model's ``[1, C, H, W]`` input, with the checkpoint's normalisation."""
     spec = engine.card.input
-    return decode_opened(image, spec.size, spec.mean, spec.std, spec.channels, settings.jpeg_draft == "on")
+    return decode_opened(image, spec.size, spec.mean, spec.std, spec.channels, settings.jpeg_draft)
 
 
 async def decode_images(engine, settings, payloads: list[tuple[bytes, str]]) -> list:

@@ -75,3 +75,20 @@ def test_help_documents_every_flag_with_its_default(command, capsys):
         main([command, "--help"])
     out = capsys.readouterr().out
     assert out.count("(default:") >= sum(1 for a in sub._actions if a.option_strings and not a.required and a.dest != "help")
+
+
+def test_switches_are_bools_written_on_or_off(monkeypatch):
+    from server.cli import build_parser
+    from server.settings import Settings, settings_from_args
+
+    parser = build_parser()
+    settings = settings_from_args(parser.parse_args(["serve", "--jpeg-draft", "on", "--cuda-graphs", "off",
+                                                     "--startup-cache", "false", "--auth-metrics", "yes"]))
+    assert (settings.jpeg_draft, settings.cuda_graphs, settings.startup_cache, settings.auth_metrics) == (
+        True, False, False, True)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--jpeg-draft", "maybe"])
+    monkeypatch.setenv("WIDTHWISE_JPEG_DRAFT", "on")  # the environment twins keep their on/off spelling
+    assert Settings().jpeg_draft is True
+    assert "default off" in parser._subparsers._group_actions[0].choices["serve"].format_help().replace("\n", " ")
+    assert settings.runtime_config().cuda_graphs is False and settings.runtime_config().device == "auto"
