@@ -125,3 +125,33 @@ def server_timing(header: str) -> dict[str, float]:
         if dur:
             out[name] = float(dur)
     return out
+
+
+@contextlib.contextmanager
+def pinned_process_server(cmd: list[str], port: int, cpus: set[int], env: dict | None = None, cwd: Path = REPO,
+                          name: str = "server", timeout: float = 300.0):
+    """Any HTTP server command (a peer, another ASGI server) on ``cpus`` until its ``/readyz`` answers
+    200; yields ``(base url, pid)``; SIGTERM (then SIGKILL) on exit."""
+    log = tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
+                            preexec_fn=lambda: os.sched_setaffinity(0, cpus))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.seek(0)
+                raise RuntimeError(f"{name} did not start (exit {proc.returncode}): {log.read()[-2000:]}")
+            with contextlib.suppress(httpx2.HTTPError):
+                if httpx2.get(url + "/readyz", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.2)
+        yield url, proc.pid
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        log.close()

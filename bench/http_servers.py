@@ -18,16 +18,14 @@ import asyncio
 import contextlib
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import httpx2
 import numpy as np
 
-from bench.common import REPO, free_port, imagenet_checkpoint, live_server, noise_jpeg
+from bench.common import free_port, imagenet_checkpoint, live_server, noise_jpeg, pinned_process_server
 from bench.grpc_overhead import process_cpu_s
 from bench.load import run_point, summarize
 
@@ -38,28 +36,8 @@ def granian_server(env: dict[str, str], cpus: set[int]):
     cmd = [sys.executable, "-m", "granian", "--interface", "asgi", "--factory", "server.asgi:create_app",
            "--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--runtime-threads", "1",
            "--loop", "asyncio", "--no-ws", "--log-level", "warning"]
-    log = tempfile.TemporaryFile("w+")
-    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
-                            preexec_fn=lambda: os.sched_setaffinity(0, cpus))
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                log.seek(0)
-                raise RuntimeError(f"granian exited with {proc.returncode}: {log.read()[-2000:]}")
-            with contextlib.suppress(httpx2.HTTPError):
-                if httpx2.get(url + "/readyz", timeout=1).status_code == 200:
-                    break
-            time.sleep(0.2)
-        yield url, proc.pid
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    with pinned_process_server(cmd, port, cpus, env, name="granian") as server:
+        yield server
 
 
 def server_tree_cpu_s(pid: int) -> float:

@@ -25,7 +25,6 @@ import contextlib
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +33,7 @@ from pathlib import Path
 import httpx2
 import numpy as np
 
-from bench.common import free_port, imagenet_checkpoint, live_server
+from bench.common import free_port, imagenet_checkpoint, live_server, pinned_process_server
 from bench.grpc_overhead import process_cpu_s
 from bench.load import run_point, summarize, v2_request
 
@@ -78,27 +77,9 @@ def bare_server(onnx_path: Path, width: float, cpus: set[int]):
         (Path(tmp) / "bare_app.py").write_text(BARE_APP)
         cmd = [sys.executable, "-m", "uvicorn", "bare_app:app", "--host", "127.0.0.1", "--port", str(port),
                "--http", "httptools", "--loop", "asyncio", "--log-level", "warning", "--no-access-log"]
-        env = {**os.environ, "BARE_ONNX": str(onnx_path), "BARE_WIDTH": repr(width), "OMP_NUM_THREADS": "1"}
-        log = tempfile.TemporaryFile("w+")
-        proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                preexec_fn=lambda: os.sched_setaffinity(0, cpus))
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    log.seek(0)
-                    raise RuntimeError(f"bare app did not start: {log.read()[-2000:]}")
-                with contextlib.suppress(httpx2.HTTPError):
-                    if httpx2.get(url + "/readyz", timeout=1).status_code == 200:
-                        break
-                time.sleep(0.2)
-            yield url, proc.pid
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
-            log.close()
-
+        env = {"BARE_ONNX": str(onnx_path), "BARE_WIDTH": repr(width), "OMP_NUM_THREADS": "1"}
+        with pinned_process_server(cmd, port, cpus, env, cwd=Path(tmp), name="bare app", timeout=120) as server:
+            yield server
 
 def raw_ort_ms(onnx_path: Path, repeats: int = 300) -> float:
     """Median batch-1 ONNX Runtime time of this file on one thread, in this (pinned) process."""
