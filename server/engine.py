@@ -10,6 +10,7 @@ on the :class:`~server.worker.BatchWorker`'s thread.
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
 import itertools
 import json
@@ -93,7 +94,8 @@ class Engine:
         self._startup: threading.Thread | None = None
         self._stopped = threading.Event()
         self._overhead_s = 0.0005  # learnt handler time outside the engine (see reserve_s)
-        self._loop_lag_s = 0.0  # decaying peak of the event loop's scheduling delay (see reserve_s)
+        self._loop_lag_s = 0.0  # recent 90th percentile of the event loop's scheduling delay (see reserve_s)
+        self._lags: collections.deque[float] = collections.deque(maxlen=self.LAG_WINDOW)
         self._requests_seen = 0  # requests that reached admit (event loop only)
         # The event loop's CPU per request, when it runs on the cores the model computes on (else None).
         self.request_cpu_s: float | None = None
@@ -117,19 +119,27 @@ class Engine:
         return self
 
     LAG_PROBE_S = 0.005
+    LAG_WINDOW = 200  # probes: about the last second
 
     async def _watch_loop_lag(self) -> None:
         """How late the event loop runs a timer: the delay a request's first bytes also wait before the
         server reads them (a busy loop, or a core shared with inference), which no handler can time.
-        Kept as a peak that decays by 5% per probe (about 0.1 s half-life)."""
+        Kept as the 90th percentile of the last second's probes; what start-up did (exports and
+        profiling hold the GIL) is forgotten at readiness."""
         loop = asyncio.get_running_loop()
         window_start, cpu_start, seen_start = loop.time(), time.thread_time(), self._requests_seen
+        probes = 0
         while True:
             before = loop.time()
             await asyncio.sleep(self.LAG_PROBE_S)
             now = loop.time()
-            lag = max(0.0, now - before - self.LAG_PROBE_S)
-            self._loop_lag_s = max(lag, self._loop_lag_s * 0.95)
+            self._lags.append(max(0.0, now - before - self.LAG_PROBE_S))
+            probes += 1
+            if probes % 20 == 0:  # every ~0.1 s: a percentile, so one stall (a GC pause) does not count
+                if self.ready:
+                    self._loop_lag_s = sorted(self._lags)[int(0.9 * (len(self._lags) - 1))]
+                else:
+                    self._lags.clear()
             if now - window_start >= self.CPU_WINDOW_S:
                 # The loop's own CPU (this thread: HTTP, inline decoding, replies) per request seen.
                 cpu, seen = time.thread_time(), self._requests_seen
