@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 import models
 from server.app import build_app
 from server.settings import Settings
-from tests.helpers import REFERENCE, SYNTHETIC_PROFILE, TINY_ACCURACY, LiveServer, make_net, wait_ready
+from tests.helpers import REFERENCE, SHUFFLENET_REFERENCE, SYNTHETIC_PROFILE, TINY_ACCURACY, LiveServer, make_net, wait_ready
 
 # Every server a test starts (in process or as a subprocess, which inherits this) exports and profiles
 # afresh: what start-up logs and measures must not depend on which test ran first. The cache's own
@@ -35,9 +35,10 @@ def pytest_collection_modifyitems(items) -> None:
 
 @pytest.fixture(scope="session")
 def reference_layout() -> dict:
-    if not REFERENCE.is_file():
-        pytest.fail(f"reference layout missing at {REFERENCE}")
-    return json.loads(REFERENCE.read_text())
+    for path in (REFERENCE, SHUFFLENET_REFERENCE):
+        if not path.is_file():
+            pytest.fail(f"reference layout missing at {path}")
+    return {**json.loads(REFERENCE.read_text()), **json.loads(SHUFFLENET_REFERENCE.read_text())}
 
 
 # -- server fixtures -------------------------------------------------------------

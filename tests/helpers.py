@@ -21,9 +21,11 @@ REPO = Path(__file__).resolve().parents[1]
 # A copy of the project's reference data (shared/reference/official_state_dict_layout.json, made
 # from the official slimmable_networks checkpoints); see tests/data/README.md. No test reads outside the repo.
 REFERENCE = REPO / "tests" / "data" / "official_state_dict_layout.json"
-OFFICIAL_ARCHS = ("s_mobilenet_v1", "s_mobilenet_v2", "s_resnet50")
+# S-ShuffleNet's reference, made from the official model code (tests/data/README.md)
+SHUFFLENET_REFERENCE = REPO / "tests" / "data" / "s_shufflenet_layout.json"
+OFFICIAL_ARCHS = ("s_mobilenet_v1", "s_mobilenet_v2", "s_resnet50", "s_shufflenet")
 # Small inputs keep the per-arch tests fast; the layouts do not depend on the input size.
-TEST_INPUT_SIZE = {"s_mobilenet_v1": 64, "s_mobilenet_v2": 64, "s_resnet50": 64}
+TEST_INPUT_SIZE = {"s_mobilenet_v1": 64, "s_mobilenet_v2": 64, "s_resnet50": 64, "s_shufflenet": 64}
 
 
 

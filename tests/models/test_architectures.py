@@ -27,7 +27,8 @@ def test_macs_and_params_equal_official_oracle(arch, reference_layout):
     assert [c.width for c in costs] == ref["width_mult_list"]
     for cost in costs:
         oracle = ref["macs_per_width"][str(cost.width)]
-        assert abs(cost.macs - oracle) / oracle <= 0.005, (cost.width, cost.macs, oracle)
+        # 0.5% for the official code's counts; S-ShuffleNet's are the paper's, rounded to 1M
+        assert abs(cost.macs - oracle) / oracle <= ref.get("macs_tolerance", 0.005), (cost.width, cost.macs, oracle)
 
 
 def test_macs_match_design_table():

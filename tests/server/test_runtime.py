@@ -5,7 +5,7 @@ from server.runtime import Runtime, export_onnx, resolve_backend
 from tests.helpers import make_net
 
 
-@pytest.mark.parametrize("arch", ["s_convnet6", "s_mobilenet_v2_cifar"])
+@pytest.mark.parametrize("arch", ["s_convnet6", "s_mobilenet_v2_cifar", "s_shufflenet"])  # shufflenet: widths to 2.0
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
 def test_runtime_outputs_equal_slimmable_forward(arch, backend):
     net = make_net(arch)
