@@ -20,8 +20,9 @@ from pathlib import Path
 
 import models
 from models.checkpoint import OFFICIAL_TOP1
-from policies import LatencyProfile, SchedulerConfig, batch_sizes_up_to, make_policy
+from policies import LatencyProfile, batch_sizes_up_to, make_policy
 from policies.simulator import arrival_times, simulate
+from server.settings import Settings
 from server.runtime import Runtime, profile_runtime
 
 ADAPTIVE = ("max-width", "slack", "feedback")
@@ -73,7 +74,7 @@ def main() -> None:
         rate = m * cap_wide
         arrivals = arrival_times("poisson", rate, args.duration, seed=7)
         for name in policies:
-            config = SchedulerConfig(max_batch_size=args.max_batch_size, max_queue_delay_s=0.002)
+            config = Settings(max_batch_size=args.max_batch_size).scheduler_config()  # serve's own defaults
             result = simulate(profile, make_policy(name, widths), arrivals, budget, accuracy, config, args.noise, seed=7)
             rows.append({"load": m, "rate": rate, "policy": name, **result.as_dict()})
 
