@@ -200,9 +200,13 @@ def test_sigterm_drains_grpc_calls_and_refuses_new_ones_with_retry_info(grpc_ser
     request.raw_input_contents.append(np.zeros((1, 3, 224, 224), np.float32).tobytes())
     codes: list = []
     lock = threading.Lock()
+    n = 12
+    start = threading.Barrier(n)  # connect first, then send together: a queue must exist at SIGTERM
 
     def send() -> None:
         with grpc.insecure_channel(address) as channel:
+            grpc.channel_ready_future(channel).result(timeout=30)
+            start.wait(timeout=30)
             try:
                 pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=60)
                 code = grpc.StatusCode.OK
@@ -211,7 +215,6 @@ def test_sigterm_drains_grpc_calls_and_refuses_new_ones_with_retry_info(grpc_ser
             with lock:
                 codes.append(code)
 
-    n = 12
     threads = [threading.Thread(target=send) for _ in range(n)]
     for t in threads:
         t.start()
