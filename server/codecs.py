@@ -26,7 +26,7 @@ from .v2_request import V2InferRequest, V2InputTensor
 
 __all__ = [
     "IMAGE_MEDIA_TYPES", "decode_base64_image", "sniff_media_type", "MAX_ASPECT_RATIO", "CHEAP_DECODE_PIXELS", "open_image", "decode_opened", "decode_image", "parse_budget_ms", "parse_width", "parse_top_k",
-    "V2_DATATYPES", "decode_v2_tensor", "v2_input_tensor", "v2_samples", "parse_number", "split_binary_body", "top_predictions",
+    "V2_DATATYPES", "decode_v2_tensor", "v2_input_tensor", "v2_samples", "parse_json", "parse_number", "split_binary_body", "top_predictions",
 ]
 
 IMAGE_MEDIA_TYPES = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP"}
@@ -202,6 +202,16 @@ def parse_top_k(value: Any, num_classes: int) -> int:
     return min(k, num_classes)
 
 
+def parse_json(data: bytes | memoryview) -> Any:
+    """A JSON request body; 400 when it is not JSON, not UTF-8, or nested too deeply to parse."""
+    try:
+        return json.loads(bytes(data))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "request body is not valid JSON: nested too deeply") from None
+
+
 def split_binary_body(body: bytes | memoryview, header_length: str | None) -> tuple[dict, bytes | memoryview]:
     """The JSON header and the binary tail of a v2 request (binary-data extension); with a
     memoryview ``body`` the tail is a view of it, not a copy."""
@@ -215,12 +225,7 @@ def split_binary_body(body: bytes | memoryview, header_length: str | None) -> tu
         if length < 0 or length > len(body):
             raise ApiError(400, f"Inference-Header-Content-Length {length} is outside the body of {len(body)} bytes")
         json_bytes, tail = body[:length], body[length:]
-    try:
-        header = json.loads(bytes(json_bytes))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise ApiError(400, "request body is not valid JSON: nested too deeply") from None
+    header = parse_json(json_bytes)
     if not isinstance(header, dict):
         raise ApiError(400, "inference request must be a JSON object")
     return header, tail

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from .. import v2_service
-from ..codecs import parse_budget_ms, split_binary_body
+from ..codecs import parse_budget_ms, parse_json, split_binary_body
 from ..engine import Engine
 from ..errors import ApiError
 from ..http_util import arrival, get_engine, read_body, read_body_aligned, timing_headers
@@ -101,10 +101,7 @@ async def repository_index(request: Request) -> list[dict]:
     body = await read_body(request, 64 * 1024)
     ready_only = False
     if body.strip():
-        try:
-            document = json.loads(body)
-        except ValueError as exc:
-            raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+        document = parse_json(body)
         if not isinstance(document, dict) or not isinstance(document.get("ready", False), bool):
             raise ApiError(400, 'repository index request must be a JSON object with an optional boolean "ready"')
         ready_only = document.get("ready", False)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 
 from fastapi import APIRouter, Request
@@ -11,7 +10,8 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from ..codecs import (
-    CHEAP_DECODE_PIXELS, decode_base64_image, decode_opened, open_image, parse_budget_ms, parse_top_k, parse_width,
+    CHEAP_DECODE_PIXELS, decode_base64_image, decode_opened, open_image, parse_budget_ms, parse_json, parse_top_k,
+    parse_width,
     top_predictions,
 )
 from ..errors import ApiError
@@ -129,12 +129,7 @@ async def image_payloads(request: Request, settings) -> tuple[list[tuple[bytes, 
 
 def json_images(body: bytes, most: int) -> tuple[list[tuple[bytes, str]], bool]:
     """``{"image": b64}`` (one) or ``{"images": [b64, ...]}`` (a list), each base64 or a ``data:`` URL."""
-    try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise ApiError(400, "request body is not valid JSON: nested too deeply") from None
+    document = parse_json(body)
     if not isinstance(document, dict) or ("image" in document) == ("images" in document):
         raise ApiError(400, 'JSON body must be an object with "image" (one base64 image) or "images" (a list)')
     if "image" in document:

@@ -308,6 +308,8 @@ def test_repository_index_load_and_unload(make_client):
     assert client.post("/v2/repository/index", json={"ready": True}).json()[0]["state"] == "READY"
     assert client.post("/v2/repository/index", json={"ready": "yes"}).status_code == 400
     assert client.post("/v2/repository/index", content=b"{").status_code == 400
+    nested = client.post("/v2/repository/index", content=b"[" * 60000)  # was a RecursionError: 500
+    assert nested.status_code == 400 and "nested too deeply" in nested.json()["error"]
     assert client.post("/v2/repository/models/tiny/load").status_code == 200
     assert client.post("/v2/repository/models/other/load").status_code == 404
     r = client.post("/v2/repository/models/tiny/unload")
