@@ -31,7 +31,8 @@ async def count_outcome(engine: Engine, request) -> AsyncIterator[Recorder]:
     The handler calls the yielded ``record(result, total_s, budget_s, input_s)`` once the engine has
     answered (once per image of a several-image request); it returns whether the budget was met end
     to end (arrival to reply). With ``--admission reject`` an answer past its budget raises
-    :class:`~policies.Refused` (``expired``: 504, counted ``rejected``) instead: no late 200s. The outcome is committed when the handler finishes:
+    :class:`~policies.Refused` (``expired``: 504, counted ``rejected``) instead: no late 200s. The
+    outcome is committed when the handler finishes:
     ``ok``/``deadline_missed`` per recorded answer if it returns normally, ``bad_request`` for an
     :class:`ApiError` (4xx) or :class:`InvalidRequest`, ``rejected`` for :class:`~policies.Refused`
     (503/504) and ``error`` for anything else (500) -- also when it fails after ``record`` (a
@@ -40,8 +41,7 @@ async def count_outcome(engine: Engine, request) -> AsyncIterator[Recorder]:
     or the gRPC servicer's stand-in).
     """
     began = time.monotonic()
-    served: list[RequestRecord] = []
-    results: list[InferenceResult] = []
+    served: list[tuple[InferenceResult, RequestRecord]] = []
     accuracy = engine.card.accuracy
     late_is_refused = engine.settings.admission == "reject"
 
@@ -52,9 +52,8 @@ async def count_outcome(engine: Engine, request) -> AsyncIterator[Recorder]:
             # Never a late 200 (--admission reject): the answer came too late to be of use.
             raise Refused(RefusalReason.EXPIRED, f"answer ready {total_s * 1e3:.1f} ms after the request arrived, "
                                                  f"past its {budget_s * 1e3:g} ms budget")
-        results.append(result)
-        served.append(RequestRecord(Outcome.OK if met else Outcome.DEADLINE_MISSED, result.width, total_s,
-                                    accuracy.get(result.width), input_s, result.queue_s, result.inference_s))
+        served.append((result, RequestRecord(Outcome.OK if met else Outcome.DEADLINE_MISSED, result.width, total_s,
+                                             accuracy.get(result.width), input_s, result.queue_s, result.inference_s)))
         return met
 
     try:
@@ -68,16 +67,16 @@ async def count_outcome(engine: Engine, request) -> AsyncIterator[Recorder]:
     except Exception as exc:
         _failed(engine, request, Outcome.ERROR, str(exc) or type(exc).__name__, began)
         raise
-    for r in served:
+    for _, r in served:
         engine.metrics.record_request(r)
     if len(served) == 1:
-        result = results[0]
-        log_fields(request, outcome=served[0].outcome, width=result.width, reason=result.reason,
+        result, r = served[0]
+        log_fields(request, outcome=r.outcome, width=result.width, reason=result.reason,
                    batch=result.batch_samples, queue_ms=round(result.queue_s * 1e3, 3),
                    inference_ms=round(result.inference_s * 1e3, 3))
     elif served:
-        log_fields(request, outcome=_worst(served), widths=[r.width for r in results],
-                   reasons=[str(r.reason) for r in results])
+        log_fields(request, outcome=_worst([r for _, r in served]), widths=[res.width for res, _ in served],
+                   reasons=[str(res.reason) for res, _ in served])
 
 
 def _failed(engine: Engine, request, outcome: Outcome, message: str, began: float) -> None:
