@@ -20,7 +20,6 @@ import hmac
 import json
 import logging
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +34,7 @@ from policies import Refused
 from . import v2_service
 from .engine import Engine
 from .errors import REFUSAL_STATUS, ApiError, InferenceFailed, InvalidRequest
-from .logs import access_log, log_fields
+from .logs import access_log, log_fields, request_id_or_new
 from .observe import count_outcome
 from .v2_request import parse_v2_request
 from .v2_service import MODEL_VERSION, OUTPUT_NAME
@@ -196,11 +195,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return response
 
     def _call(self, method: str, context) -> _Call:
-        request_id = None
-        for key, value in context.invocation_metadata() or ():
-            if key == "x-request-id" and isinstance(value, str) and 0 < len(value) <= 128:
-                request_id = value
-        return _Call(method, request_id or uuid.uuid4().hex)
+        candidate = next((value for key, value in context.invocation_metadata() or ()
+                          if key == "x-request-id" and isinstance(value, str)), None)
+        return _Call(method, request_id_or_new(candidate))
 
     def _model(self, name: str, model_version: str = "") -> Engine:
         return v2_service.find_model(self.engine, name, model_version)

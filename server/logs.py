@@ -15,10 +15,15 @@ import time
 import uuid
 from typing import Any
 
-__all__ = ["RequestIdMiddleware", "JsonFormatter", "configure_logging", "log_fields"]
+__all__ = ["request_id_or_new", "RequestIdMiddleware", "JsonFormatter", "configure_logging", "log_fields"]
 
 access_log = logging.getLogger("widthwise.access")
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def request_id_or_new(candidate: str | None) -> str:
+    """The client's request id when it is a plain token (1-128 of ``A-Za-z0-9._:-``), else a new one."""
+    return candidate if candidate is not None and _VALID_ID.match(candidate) else uuid.uuid4().hex
 
 
 def log_fields(request, **fields: Any) -> None:
@@ -34,13 +39,12 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = None
+        candidate = None
         for name, value in scope["headers"]:
             if name == b"x-request-id":
                 candidate = value.decode("latin-1")
-                request_id = candidate if _VALID_ID.match(candidate) else None
                 break
-        request_id = request_id or uuid.uuid4().hex
+        request_id = request_id_or_new(candidate)
         scope["widthwise.request_id"] = request_id
         start = time.perf_counter()
         status = 500

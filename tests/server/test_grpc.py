@@ -242,3 +242,18 @@ def test_sigterm_drains_grpc_calls_and_refuses_new_ones_with_retry_info(grpc_ser
     assert server.proc.wait(timeout=60) == 0
     assert codes.count(grpc.StatusCode.OK) == n, codes  # everything admitted before SIGTERM was answered
 
+
+
+def test_grpc_access_log_takes_the_request_id_as_http_does(grpc_server):
+    server, address = grpc_server()
+    x = np.zeros((1, 3, 16, 16), np.float32)
+    client = triton.InferenceServerClient(address)
+    try:
+        client.infer("tiny", [_input(x)], headers={"x-request-id": "trace-42.a"})
+        client.infer("tiny", [_input(x)], headers={"x-request-id": "has space"})  # not a plain token: replaced
+    finally:
+        client.close()
+    time.sleep(0.2)
+    lines = [line for line in server.output().splitlines() if "ModelInfer" in line]
+    assert len(lines) == 2 and "request_id=trace-42.a" in lines[0]
+    assert "has space" not in lines[1] and "request_id=" in lines[1]
