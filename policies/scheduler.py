@@ -215,6 +215,25 @@ class Scheduler:
 
     # -- worker side ------------------------------------------------------
 
+    def wait_for_work(self, timeout_s: float) -> bool:
+        """Block until a request is queued or the scheduler closes (True), or ``timeout_s`` passes with
+        the queue empty (False: the worker may use the idle time)."""
+        with self._cond:
+            if not self._heap and not self._closed:
+                self._cond.wait(timeout_s)
+            return bool(self._heap) or self._closed
+
+    def reserve_worker(self, seconds: float) -> None:
+        """The worker is busy for about ``seconds`` outside any batch (keeping the model warm):
+        admission counts it as the wait before the next batch; ``release_worker`` ends it."""
+        with self._cond:
+            self._busy_until = max(self._busy_until, self.clock() + seconds)
+
+    def release_worker(self) -> None:
+        with self._cond:
+            if not self._inflight_batches:
+                self._busy_until = 0.0
+
     def batch_done(self) -> None:
         """The worker finished the batch it took (only batches with items count)."""
         with self._cond:

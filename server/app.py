@@ -30,7 +30,7 @@ from .metrics import Metrics
 from .routers import kserve, native, ops
 from .runtime import Runtime
 from .settings import Settings
-from .warmup import warm_request_path
+from .warmup import RequestPathToucher, warm_request_path
 
 __all__ = ["build_app", "model_name_for", "preflight"]
 
@@ -146,6 +146,7 @@ def build_app(
     app.state.registry = registry
     app.state.engine = engine
     engine.before_ready.append(functools.partial(warm_request_path, app))
+    engine.idle_touches.append(RequestPathToucher(app))
     install_error_handlers(app)
     app.include_router(native.router)
     app.include_router(kserve.router)

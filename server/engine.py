@@ -34,6 +34,7 @@ from policies import (
 from policies.load import DeviceMonitor
 
 from .errors import InvalidRequest
+from .keep_warm import KeepWarm
 from .metrics import DeviceRecord, Metrics, ModelRecord, QueueRecord, width_label
 from .runtime import Runtime, profile_runtime
 from .settings import Settings
@@ -109,6 +110,7 @@ class Engine:
         self.on_fatal: Callable[[str], None] | None = None
         # Run in the start-up thread after the model is warm, before readiness turns 200; raising fails start-up.
         self.before_ready: list[Callable[[], None]] = []
+        self.idle_touches: list[Callable[[], None]] = []  # run by the keep-warm loop (server/keep_warm.py)
 
     # -- lifecycle --------------------------------------------------------
 
@@ -191,7 +193,8 @@ class Engine:
             self._sampler = threading.Thread(target=self._sample_load, name="widthwise-load", daemon=True)
             self._sampler.start()
             self.worker = BatchWorker(self.scheduler, self.runtime, self.net.widths, self.profile, self.policy,
-                                      self.metrics, self.settings.batch_timeout_s, on_death=self._fatal)
+                                      self.metrics, self.settings.batch_timeout_s, on_death=self._fatal,
+                                      keep_warm=self._keep_warm())
             self.worker.start()
             self._publish_static_metrics()
             self._advance(Readiness.READY)
@@ -200,6 +203,14 @@ class Engine:
         except Exception as exc:
             log.debug("start-up failed", exc_info=True)
             self._fatal(f"start-up failed: {type(exc).__name__}: {exc}")
+
+    def _keep_warm(self) -> KeepWarm | None:
+        if not self.settings.keep_warm_ms:
+            return None
+        spec = self.card.input
+        sample = torch.zeros(1, spec.channels, spec.size, spec.size)
+        return KeepWarm(self.runtime, self.net.widths, sample, self.settings.keep_warm_ms / 1e3,
+                        tuple(self.idle_touches))
 
     def _fatal(self, failure: str) -> None:
         """The engine can no longer serve: readiness 503 from now on, then ``on_fatal`` (or a log line)."""

@@ -140,6 +140,10 @@ class Metrics:
             "Declared widths (value 1); position is narrowest, intermediate or widest, for joins in alert rules.",
             ["model", "width", "position"], registry=registry,
         )
+        self.keep_warm_runs = Counter(
+            "widthwise_keep_warm_runs", "Idle-time inferences run to keep the model warm (--keep-warm-ms).", ["model"],
+            registry=registry,
+        )
         self.queue_limit = Gauge("widthwise_queue_limit", "Configured queue capacity (requests).", ["model"], registry=registry)
         self.gpu_utilization = Gauge(
             "widthwise_gpu_utilization_ratio", "GPU utilization (0-1) from NVML.", ["device"], registry=registry
@@ -187,6 +191,9 @@ class Metrics:
         for wait in b.queue_waits_s:
             self._queue_wait.observe(wait)
         self.statistics.batch_executed(b.width, b.samples, b.seconds, Reason(b.reason).value, b.queue_waits_s)
+
+    def record_keep_warm(self) -> None:
+        self._child(self.keep_warm_runs).inc()
 
     def record_queue(self, q: QueueRecord) -> None:
         self._queue_depth.set(q.depth)

@@ -96,6 +96,11 @@ class Settings(BaseSettings):
         0.1, ge=0, le=1, description="weight of each observed batch time in the online profile update (0: never update)"
     )
     retry_after_s: int = Field(1, ge=1, le=3600, description="Retry-After seconds on 503")
+    keep_warm_ms: float = Field(
+        50.0, ge=0, le=60_000, description="when idle this long, run one sample through the next width (round "
+        "robin) so the first request after a quiet spell is not served from cold caches; at most 5% of one core "
+        "(0: off)"
+    )
     batch_timeout_s: float = Field(30.0, gt=0, le=3600, description="a batch running longer fails its requests (500)")
     api_token: str | None = Field(None, description="bearer token required by inference and model endpoints", repr=False)
     auth_metrics: bool = Field(False, description="also require the token on /metrics")

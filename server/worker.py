@@ -20,6 +20,7 @@ import torch
 from policies import LatencyProfile, Pending, Policy, Reason, Refused, RefusalReason, Scheduler
 
 from .errors import InferenceFailed
+from .keep_warm import KeepWarm
 from .metrics import BatchRecord, Metrics, QueueRecord
 from .watchdog import BatchWatchdog
 
@@ -48,7 +49,7 @@ class BatchWorker:
 
     def __init__(
         self, scheduler: Scheduler, runtime, widths: tuple[float, ...], profile: LatencyProfile, policy: Policy,
-        metrics: Metrics, batch_timeout_s: float, on_death: Callable[[str], None],
+        metrics: Metrics, batch_timeout_s: float, on_death: Callable[[str], None], keep_warm: KeepWarm | None = None,
     ) -> None:
         self.scheduler = scheduler
         self.runtime = runtime  # anything with run(width, batch) -> logits and a torch .device
@@ -58,6 +59,7 @@ class BatchWorker:
         self.metrics = metrics
         self.batch_timeout_s = batch_timeout_s
         self.on_death = on_death
+        self.keep_warm = keep_warm
         self._watchdog = BatchWatchdog(batch_timeout_s, self._on_hung_batch)
         self._thread: threading.Thread | None = None
 
@@ -88,6 +90,9 @@ class BatchWorker:
     def _serve_batches(self) -> None:
         """The loop: runs batches inline (no hand-off per batch; see server/watchdog.py)."""
         while True:
+            if self.keep_warm is not None and not self.scheduler.wait_for_work(self.keep_warm.wait_s()):
+                self._keep_warm()
+                continue
             batch = self.scheduler.next_batch()
             if batch is None:
                 return
@@ -109,6 +114,16 @@ class BatchWorker:
                         self.scheduler.batch_done()
                 if not owned:
                     return  # the watchdog answered this batch and started another worker
+
+    def _keep_warm(self) -> None:
+        """One idle-time run; admission sees the worker busy meanwhile, as if it ran a batch."""
+        width = self.keep_warm.width()
+        self.scheduler.reserve_worker(self.scheduler.service(width, 1))
+        try:
+            self.keep_warm.run()
+        finally:
+            self.scheduler.release_worker()
+        self.metrics.record_keep_warm()
 
     def _on_hung_batch(self, items: list[Pending], elapsed_s: float) -> None:
         """Called by the watchdog thread: the batch outlived ``batch_timeout_s``."""

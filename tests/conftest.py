@@ -20,6 +20,9 @@ from tests.helpers import REFERENCE, SHUFFLENET_REFERENCE, SYNTHETIC_PROFILE, TI
 # afresh: what start-up logs and measures must not depend on which test ran first. The cache's own
 # tests turn it on with a directory of their own.
 os.environ["WIDTHWISE_STARTUP_CACHE"] = "off"
+# Likewise no idle-time keep-warm runs: tests that count runtime calls or inject faults per call would
+# see them. tests/server/test_keep_warm.py turns it on.
+os.environ["WIDTHWISE_KEEP_WARM_MS"] = "0"
 
 LIVE_FIXTURES = {"live_server", "docs_server", "prometheus", "live_schema"}
 
