@@ -1,6 +1,6 @@
 """Slimmable networks: operators, architectures, checkpoints, export and profiling."""
 
-from . import convnet, mobilenet, resnet, shufflenet  # noqa: F401  (register the architectures)
+from . import convnet, mobilenet, resnet, shufflenet, us_mobilenet  # noqa: F401  (register the architectures)
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .labels import imagenet1k_labels, read_labels
 from .net import SlimmableNet

@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 from .labels import imagenet1k_labels
 from .metadata import CheckpointMetadata, metadata_error
 from .net import SlimmableNet
+from .universal import UniversalNet
 from .registry import create, list_models
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "read_official_state_dict", "OFFICIAL_TOP1"]
@@ -100,6 +101,8 @@ def _load_safetensors(path: Path) -> SlimmableNet:
         raise CheckpointError(f"{path}: metadata is not JSON ({exc})") from None
     meta = _validate_metadata(meta, path)
     try:
+        universal = {"width_range": tuple(meta["width_range"]), "calibrated": tuple(meta.get("calibrated") or ())} \
+            if meta.get("width_range") is not None else {}
         net = create(
             meta["arch"],
             widths=tuple(meta["widths"]),
@@ -107,6 +110,7 @@ def _load_safetensors(path: Path) -> SlimmableNet:
             input_size=meta["input_size"],
             in_channels=meta.get("in_channels", 3),
             bn_mode=meta.get("bn_mode", "switchable"),
+            **universal,
         )
     except (ValueError, TypeError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: cannot build {meta['arch']} from its metadata: {exc}") from None
@@ -145,6 +149,10 @@ def _load_official(path: Path, arch: str | None, widths: tuple[float, ...] | Non
     state = read_official_state_dict(path)
     net = _infer_official_net(state, arch, widths, path)
     _load_state_strict(net, state, path)
+    if isinstance(net, UniversalNet):
+        # The official files do not say which slots were calibrated; a slot still at its initial
+        # statistics (mean 0, variance 1 everywhere) never was.
+        net.calibrated = net.slots_with_statistics()
     # No accuracy: these weights may be fine-tuned or another data set's, so the paper's figures would be
     # a guess (convert --accuracy official states it explicitly; evaluate --out measures it).
     net.metadata = {**net.config(), "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "source": "official"}

@@ -28,7 +28,10 @@ class CheckpointMetadata(BaseModel):
     num_classes: StrictInt = Field(ge=1, le=1_000_000)
     input_size: StrictInt = Field(ge=8, le=4096)
     in_channels: StrictInt = Field(3, ge=1, le=16)
-    bn_mode: Literal["switchable", "shared"] = "switchable"
+    bn_mode: Literal["switchable", "shared", "universal"] = "switchable"
+    # Universally slimmable nets: the range any width may take, and the widths with BN statistics.
+    width_range: list[FiniteFloat] | None = Field(None, min_length=2, max_length=2)
+    calibrated: list[FiniteFloat] | None = Field(None, max_length=256)
     mean: list[FiniteFloat] | None = None
     std: list[FiniteFloat] | None = None
     labels: list[StrictStr] | None = None
@@ -56,6 +59,11 @@ class CheckpointMetadata(BaseModel):
             values = getattr(self, name)
             if values is not None and len(values) != self.in_channels:
                 raise ValueError(f"{name} has {len(values)} values for {self.in_channels} channels")
+        if (self.bn_mode == "universal") != (self.width_range is not None):
+            raise ValueError("width_range goes with bn_mode 'universal' (a universally slimmable net), and only with it")
+        stray = [w for w in self.calibrated or () if not any(math.isclose(w, d) for d in self.widths)]
+        if stray:
+            raise ValueError(f"calibrated widths {stray} are not declared")
         if self.labels is not None and len(self.labels) != self.num_classes:
             raise ValueError(f"{len(self.labels)} labels for {self.num_classes} classes")
         for width, top1 in (self.accuracy or {}).items():

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 import models
+from models.universal import UniversalNet
 from bench.common import LiveServer, free_port  # noqa: F401  (the one live-server launcher, re-exported)
 from server.runtime import Runtime
 
@@ -25,7 +26,10 @@ REFERENCE = REPO / "tests" / "data" / "official_state_dict_layout.json"
 SHUFFLENET_REFERENCE = REPO / "tests" / "data" / "s_shufflenet_layout.json"
 OFFICIAL_ARCHS = ("s_mobilenet_v1", "s_mobilenet_v2", "s_resnet50", "s_shufflenet")
 # Small inputs keep the per-arch tests fast; the layouts do not depend on the input size.
-TEST_INPUT_SIZE = {"s_mobilenet_v1": 64, "s_mobilenet_v2": 64, "s_resnet50": 64, "s_shufflenet": 64}
+TEST_INPUT_SIZE = {"s_mobilenet_v1": 64, "s_mobilenet_v2": 64, "s_resnet50": 64, "s_shufflenet": 64,
+                   "us_mobilenet_v1": 64, "us_mobilenet_v2": 64}
+# The official US-Nets' state-dict layout and MACs per width, made from the official model code (tests/data/README.md)
+US_REFERENCE = REPO / "tests" / "data" / "us_mobilenet_layout.json"
 
 
 
@@ -48,18 +52,24 @@ def randomize_batchnorm(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
         for m in net.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 c = m.num_features
-                m.running_mean.copy_(torch.rand(c, generator=generator) - 0.5)
-                m.running_var.copy_(torch.rand(c, generator=generator) + 0.5)
-                m.weight.copy_(torch.rand(c, generator=generator) + 0.5)
-                m.bias.copy_(torch.rand(c, generator=generator) * 0.4 - 0.2)
+                if m.running_mean is not None:  # a universally slimmable BN keeps its statistics in slots
+                    m.running_mean.copy_(torch.rand(c, generator=generator) - 0.5)
+                    m.running_var.copy_(torch.rand(c, generator=generator) + 0.5)
+                if m.affine:  # a slot has no affine terms of its own
+                    m.weight.copy_(torch.rand(c, generator=generator) + 0.5)
+                    m.bias.copy_(torch.rand(c, generator=generator) * 0.4 - 0.2)
     return net
 
 
 def make_net(arch: str, seed: int = 0, **kwargs) -> models.SlimmableNet:
+    """``arch`` with random weights and BN statistics; a universally slimmable net's slots all count as calibrated."""
     torch.manual_seed(seed)
     if arch in TEST_INPUT_SIZE and "input_size" not in kwargs:
         kwargs["input_size"] = TEST_INPUT_SIZE[arch]
-    return randomize_batchnorm(models.create(arch, **kwargs), seed)
+    net = randomize_batchnorm(models.create(arch, **kwargs), seed)
+    if isinstance(net, UniversalNet) and "calibrated" not in kwargs:
+        net.calibrated = net.widths
+    return net
 
 
 def wait_ready(client, timeout: float = 60.0) -> None:

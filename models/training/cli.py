@@ -9,8 +9,20 @@ __all__ = ["add_training_commands", "parse_widths"]
 
 
 def parse_widths(text: str) -> tuple[float, ...]:
-    """``"0.25,0.5,1"`` -> ``(0.25, 0.5, 1.0)`` (argparse type of every ``--widths`` flag)."""
-    return tuple(float(w) for w in text.split(","))
+    """``"0.25,0.5,1"`` -> ``(0.25, 0.5, 1.0)``; ``"0.35:1.0:0.05"`` -> the grid 0.35, 0.4, ..., 1.0
+    (argparse type of every ``--widths`` flag)."""
+    from models.universal import width_grid
+
+    try:
+        if ":" in text:
+            low, high, step = (float(part) for part in text.split(":"))
+            return width_grid(low, high, step)
+        widths = tuple(float(w) for w in text.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"widths are a comma-separated list or lo:hi:step, got {text!r} ({exc})") from None
+    if any(not 0 < w <= 4 for w in widths):
+        raise argparse.ArgumentTypeError(f"every width must be in (0, 4], got {text!r}")
+    return widths
 
 
 def add_training_commands(sub) -> None:
@@ -30,7 +42,13 @@ def add_training_commands(sub) -> None:
     p.add_argument("--weight-decay", type=float, default=5e-4, help="L2 weight decay")
     p.add_argument("--schedule", choices=["cosine", "step"], default="cosine", help="learning-rate schedule")
     p.add_argument("--inplace-distill", action="store_true", help="narrow widths learn from the widest's soft output")
-    p.add_argument("--bn-mode", choices=["switchable", "shared"], default="switchable",
+    p.add_argument("--universal", action="store_true",
+                   help="universally slimmable training (US-Nets): the arch's us_ twin (or a us_ arch), the sandwich "
+                        "rule (widest, narrowest and --random-widths widths per step) with in-place distillation, "
+                        "then BN statistics calibrated for every width of --widths (default: the arch's grid)")
+    p.add_argument("--random-widths", type=int, default=2, help="--universal: random widths per step besides the two ends")
+    p.add_argument("--calibration-batches", type=int, default=20, help="--universal: training batches per calibrated width")
+    p.add_argument("--bn-mode", choices=["switchable", "shared"], default=None,
                    help="one BN per width (the paper's S-BN) or one shared BN (the naive baseline)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial weights and the data order")
     p.add_argument("--device", default="cpu", help="torch device to train on")
@@ -49,6 +67,9 @@ def add_training_commands(sub) -> None:
 
     p = sub.add_parser("calibrate", help="recompute each width's BN statistics; writes a new checkpoint", formatter_class=fmt)
     p.add_argument("--checkpoint", required=True, help="checkpoint to calibrate")
+    p.add_argument("--widths", type=parse_widths, default=None,
+                   help="universally slimmable checkpoints: the widths to calibrate, a list or lo:hi:step (e.g. "
+                        "0.35:1.0:0.05; any width in the model's range); default: every declared width")
     p.add_argument("--dataset", default="digits", help="as train's --dataset; its training split is used")
     p.add_argument("--batches", type=int, default=20, help="batches of training data per width")
     p.add_argument("--batch-size", type=int, default=64, help="samples per batch")
@@ -63,18 +84,28 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import models
     from models.training import TrainConfig, load_dataset, train
 
-    kwargs = {"bn_mode": args.bn_mode}
+    arch = args.arch
+    if args.universal and not arch.startswith("us_"):
+        arch = "us_" + arch.removeprefix("s_")
+        if arch not in models.list_models():
+            raise ValueError(f"{args.arch} has no universally slimmable twin; us_ architectures: "
+                             f"{', '.join(m for m in models.list_models() if m.startswith('us_'))}")
+    universal = arch.startswith("us_")
+    if universal and args.bn_mode is not None:
+        raise ValueError("--bn-mode does not apply to universally slimmable nets (shared affine, calibrated statistics)")
+    kwargs = {} if universal else {"bn_mode": args.bn_mode or "switchable"}
     if args.widths:
         kwargs["widths"] = args.widths
     if args.input_size:
         kwargs["input_size"] = args.input_size
-    probe = models.create(args.arch, **kwargs)
+    probe = models.create(arch, **kwargs)
     data = load_dataset(args.dataset, probe.input_size, probe.in_channels)
     torch.manual_seed(args.seed)  # the initial weights depend on the seed too
-    net = models.create(args.arch, num_classes=data.num_classes, **kwargs)
+    net = models.create(arch, num_classes=data.num_classes, **kwargs)
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-        weight_decay=args.weight_decay, schedule=args.schedule, inplace_distill=args.inplace_distill,
+        weight_decay=args.weight_decay, schedule=args.schedule, inplace_distill=args.inplace_distill or universal,
+        random_widths=args.random_widths, calibration_batches=args.calibration_batches,
         seed=args.seed, device=args.device, progress=not args.no_progress,
     )
     result = train(net, data, config)
@@ -128,9 +159,21 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     import models
     from models.training import calibrate_bn, evaluate
+    from models.training.trainer import calibrate_universal
+
+    from models.universal import UniversalNet
 
     net, data = _load_for_data(args)
-    calibrate_bn(net, data.x_train, args.batches, args.batch_size, progress=not args.no_progress)
+    if args.widths and not isinstance(net, UniversalNet):
+        raise ValueError(f"--widths needs a universally slimmable checkpoint; {net.arch} has fixed widths {list(net.widths)}")
+    if args.widths:
+        metadata = net.metadata
+        net = net.with_widths(sorted(set(net.widths) | set(args.widths)))
+        net.metadata = {**metadata, **net.config()}
+        calibrate_universal(net, data.x_train, args.widths, args.batches, args.batch_size,
+                            progress=not args.no_progress)
+    else:
+        calibrate_bn(net, data.x_train, args.batches, args.batch_size, progress=not args.no_progress)
     accuracy = {w: m["top1"] for w, m in evaluate(net, data.x_val, data.y_val, progress=not args.no_progress).items()}
     models.save_checkpoint(net, args.out, {**net.metadata, "accuracy": accuracy,
                                            "accuracy_source": f"widthwise calibrate on {data.name} (held-out split)"})

@@ -106,7 +106,9 @@ def test_safetensors_round_trip_is_bit_exact(tmp_path):
      ({"std": [0, 0, 0]}, "std: .*every std must be positive"),
      ({"labels": 7}, "labels: Input should be a valid list"),
      ({"labels": ["a"]}, "1 labels for 10 classes"),
-     ({"bn_mode": "magic"}, "bn_mode: Input should be 'switchable' or 'shared'"),
+     ({"bn_mode": "magic"}, "bn_mode: Input should be 'switchable', 'shared' or 'universal'"),
+     ({"bn_mode": "universal"}, "width_range goes with bn_mode 'universal'"),
+     ({"width_range": [0.25, 1.0]}, "width_range goes with bn_mode 'universal'"),
      ({"accuracy": {"0.3": 0.5}}, "accuracy names width '0.3', which is not declared"),
      ({"accuracy": {"0.5": 70}}, r"accuracy of width 0.5 must be a fraction")],
 )

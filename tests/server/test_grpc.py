@@ -40,8 +40,11 @@ def _input(x: np.ndarray, datatype: str = "FP32"):
 
 
 def _metric(url: str, prefix: str) -> float:
-    return sum(float(line.rsplit(" ", 1)[1]) for line in httpx2.get(url + "/metrics").text.splitlines()
-               if line.startswith(prefix))
+    return _metric_in(httpx2.get(url + "/metrics").text, prefix)
+
+
+def _metric_in(text: str, prefix: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
 
 
 def test_grpc_infer_equals_reference_and_names_width_and_reason(grpc_server, tiny_checkpoint):
@@ -200,7 +203,7 @@ def test_sigterm_drains_grpc_calls_and_refuses_new_ones_with_retry_info(grpc_ser
     request.raw_input_contents.append(np.zeros((1, 3, 224, 224), np.float32).tobytes())
     codes: list = []
     lock = threading.Lock()
-    n = 12
+    n = 24  # ~2 s of work on one thread: a busy test machine must still find a queue at SIGTERM
     start = threading.Barrier(n)  # connect first, then send together: a queue must exist at SIGTERM
 
     def send() -> None:
@@ -220,8 +223,9 @@ def test_sigterm_drains_grpc_calls_and_refuses_new_ones_with_retry_info(grpc_ser
         t.start()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        answered = _metric(server.url, "widthwise_requests_total")
-        inflight = _metric(server.url, "widthwise_inflight_requests")
+        text = httpx2.get(server.url + "/metrics").text  # one scrape: both values from the same moment
+        answered = _metric_in(text, "widthwise_requests_total")
+        inflight = _metric_in(text, "widthwise_inflight_requests")
         if answered + inflight == n:
             break
         time.sleep(0.01)
