@@ -92,6 +92,25 @@ class SlimmableNet(nn.Module):
         idx = self.width_index(width)
         return self.forward_head(self.forward_features(x, idx), idx)
 
+    def with_widths(self, widths: Sequence[float]) -> "SlimmableNet":
+        """The same weights serving only ``widths`` (declared ones): switch ``i`` of the result is
+        switch ``widths[i]`` of this net -- its leading weight slices and its own BN."""
+        from .registry import create
+
+        slots = [self.width_index(w) for w in widths]
+        kept = tuple(self.widths[i] for i in slots)
+        new = create(self.arch, **{**{k: v for k, v in self.config().items() if k != "arch"}, "widths": kept})
+        state = self.state_dict()
+        mapped = {}
+        for key, value in new.state_dict().items():
+            source = state[slot_key(key, lambda i: slots[i])]
+            # the widest kept switch may be narrower than this net's widest: keep the leading block
+            mapped[key] = source[tuple(slice(0, n) for n in value.shape)] if value.dim() else source
+        new.load_state_dict(mapped, strict=True)
+        new.train(self.training)
+        new.metadata = narrowed_metadata(getattr(self, "metadata", {}), new)
+        return new
+
     def switch(self, width: float, fold_bn: bool = False) -> nn.Module:
         """A plain ``nn.Module`` (Conv2d/BatchNorm2d/Linear) computing this net at ``width``.
 
@@ -101,3 +120,24 @@ class SlimmableNet(nn.Module):
         idx = self.width_index(width)
         module = nn.Sequential(self.features.export(idx), nn.Flatten(1), self.classifier.export(idx)).eval()
         return fold_batchnorm(module) if fold_bn else module
+
+
+def slot_key(key: str, old_slot) -> str | None:
+    """``features.1.bn.3.running_mean`` -> the same key at slot ``old_slot(3)`` (None if that returns
+    None); keys without a ``bn.<i>`` slot map to themselves."""
+    parts = key.split(".")
+    for i in range(len(parts) - 2, 0, -1):
+        if parts[i - 1] == "bn" and parts[i].isdigit():
+            old = old_slot(int(parts[i]))
+            if old is None:
+                return None
+            return ".".join(parts[:i] + [str(old)] + parts[i + 1:])
+    return key
+
+
+def narrowed_metadata(metadata: dict, net: "SlimmableNet") -> dict:
+    """``metadata`` for ``net`` after ``with_widths``: its config, and accuracy of the kept widths only."""
+    meta = {**metadata, **net.config()}
+    if isinstance(meta.get("accuracy"), dict):
+        meta["accuracy"] = {w: a for w, a in meta["accuracy"].items() if any(abs(float(w) - k) < 1e-6 for k in net.widths)}
+    return meta

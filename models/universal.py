@@ -25,8 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .net import SlimmableNet
+from .net import SlimmableNet, narrowed_metadata, slot_key
 from .slimmable import make_divisible
+from .widths import width_grid  # noqa: F401  (re-exported: the architectures' default slot grids)
 
 __all__ = ["USWidth", "USConv2d", "USLinear", "USBatchNorm2d", "UniversalNet", "us_channels", "width_grid"]
 
@@ -42,17 +43,6 @@ class USWidth(NamedTuple):
 def us_channels(max_channels: int, width: float, ratio: int = 1) -> int:
     """Channels of a layer with ``max_channels`` at its widest, run at ``width`` (official rule)."""
     return make_divisible(max_channels * width / ratio) * ratio
-
-
-def width_grid(low: float, high: float, step: float) -> tuple[float, ...]:
-    """``low, low + step, ..., high`` rounded to 6 decimals (``0.35:1.0:0.05`` -> 14 widths)."""
-    if not (0 < low <= high) or step <= 0:
-        raise ValueError(f"a width grid needs 0 < low <= high and step > 0, got {low}:{high}:{step}")
-    count = math.floor((high - low) / step + 1e-9) + 1
-    grid = [round(low + i * step, 6) for i in range(count)]
-    if not math.isclose(grid[-1], high, abs_tol=1e-6):
-        raise ValueError(f"{low}:{high}:{step} does not end at {high} (last width {grid[-1]})")
-    return tuple(grid)
 
 
 class USConv2d(nn.Conv2d):
@@ -163,19 +153,6 @@ class USBatchNorm2d(nn.BatchNorm2d):
         return bn.eval()
 
 
-def _slot_key(key: str, old_slot) -> str | None:
-    """``features.1.bn.3.running_mean`` -> the same key at ``old_slot(3)`` (None: no such old slot);
-    keys without a slot map to themselves."""
-    parts = key.split(".")
-    for i in range(len(parts) - 2, 0, -1):
-        if parts[i - 1] == "bn" and parts[i].isdigit():
-            old = old_slot(int(parts[i]))
-            if old is None:
-                return None
-            return ".".join(parts[:i] + [str(old)] + parts[i + 1:])
-    return key
-
-
 class UniversalNet(SlimmableNet):
     """A network that runs at any width in ``width_range``.
 
@@ -253,11 +230,11 @@ class UniversalNet(SlimmableNet):
         state = self.state_dict()
         mapped = {}
         for key, value in new.state_dict().items():
-            source = _slot_key(key, lambda i: self._slot(widths[i]))
+            source = slot_key(key, lambda i: self._slot(widths[i]))
             mapped[key] = state[source] if source is not None and source in state else value
         new.load_state_dict(mapped, strict=True)
         new.train(self.training)
-        new.metadata = {**getattr(self, "metadata", {}), **new.config()}
+        new.metadata = narrowed_metadata(getattr(self, "metadata", {}), new)
         return new
 
     def width_index(self, width: float) -> int:

@@ -51,8 +51,11 @@ class LatencyProfile:
         ``server.runtime.runtime_fingerprint``); a server refuses a profile whose fingerprint is not its own."""
         if not table:
             raise ValueError("a latency profile needs at least one width")
-        self._table = {float(w): {int(b): float(s) for b, s in row.items()} for w, row in table.items()}
-        for w, row in self._table.items():
+        # Observations update the raw table; predictions read its monotone view (a close pair of grid
+        # widths must not swap places because one batch ran slow).
+        self._raw = {float(w): {int(b): float(s) for b, s in row.items()} for w, row in table.items()}
+        self._table = monotone(self._raw)
+        for w, row in self._raw.items():
             if not row or any(s <= 0 for s in row.values()):
                 raise ValueError(f"width {w}: latencies must be positive")
         self.ewma_alpha = ewma_alpha
@@ -83,12 +86,13 @@ class LatencyProfile:
     def observe(self, width: float, batch: int, seconds: float) -> None:
         """Fold an observed batch time into the profile (EWMA on the nearest measured batch size)."""
         with self._lock:
-            row = self._table.get(width)
-            if row is None or seconds <= 0:
+            row = self._raw.get(width)
+            if row is None or seconds <= 0 or not self.ewma_alpha:
                 return
             nearest = min(row, key=lambda b: abs(b - batch))
             scaled = seconds * (nearest / batch) if batch > nearest * 2 or nearest > batch * 2 else seconds
             row[nearest] += self.ewma_alpha * (scaled - row[nearest])
+            self._table = monotone(self._raw)
 
     def as_dict(self) -> dict:
         """``{"widths": {"0.5": {"1": 0.0012, ...}}}`` in seconds."""

@@ -19,6 +19,7 @@ from models import SlimmableNet, load_checkpoint
 from models.checkpoint import DEFAULT_CHECKPOINT
 from models.card import ModelCard
 from models.labels import check_label_count, read_labels
+from models.widths import select_widths
 
 from .docs import install_offline_docs
 from .engine import Engine
@@ -96,6 +97,7 @@ def build_app(
     preflight(settings)
     checkpoint = Path(settings.checkpoint) if settings.checkpoint else DEFAULT_CHECKPOINT
     net = net if net is not None else load_checkpoint(checkpoint)
+    net = select_widths(net, settings.served_widths())  # --widths, or a universal net's calibrated grid
     labels = None
     if settings.labels is not None:
         labels = read_labels(settings.labels)

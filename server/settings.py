@@ -13,6 +13,8 @@ from typing import Literal, get_args, get_origin
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from models.widths import parse_widths
+
 from policies.scheduler import SchedulerConfig
 
 from .runtime_config import RuntimeConfig
@@ -26,6 +28,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="WIDTHWISE_", extra="ignore", allow_inf_nan=False)
 
     checkpoint: Path | None = Field(None, description="checkpoint (.safetensors or official .pt); default: embedded digits model")
+    widths: str | None = Field(
+        None, description="widths to serve: a list (0.35,0.5,1.0) or a grid lo:hi:step (0.35:1.0:0.05); each must be "
+        "declared by the checkpoint, and for a universally slimmable one calibrated (widthwise calibrate --widths); "
+        "default: every declared (calibrated) width"
+    )
     model_name: str | None = Field(None, description="name in URLs and metrics (default: derived from the checkpoint)")
     labels: Path | None = Field(
         None, description="class labels file, one per line in class order (default: the checkpoint's labels)"
@@ -128,6 +135,16 @@ class Settings(BaseSettings):
             raise ValueError("the API token is empty or contains white space; set a real token, or unset "
                              "WIDTHWISE_API_TOKEN / drop --api-token to run without authentication")
         return value
+
+    @field_validator("widths")
+    @classmethod
+    def _widths_parse(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_widths(value)  # raises with the reason
+        return value
+
+    def served_widths(self) -> tuple[float, ...] | None:
+        return parse_widths(self.widths) if self.widths is not None else None
 
     @field_validator("policy")
     @classmethod

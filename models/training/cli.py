@@ -9,20 +9,13 @@ __all__ = ["add_training_commands", "parse_widths"]
 
 
 def parse_widths(text: str) -> tuple[float, ...]:
-    """``"0.25,0.5,1"`` -> ``(0.25, 0.5, 1.0)``; ``"0.35:1.0:0.05"`` -> the grid 0.35, 0.4, ..., 1.0
-    (argparse type of every ``--widths`` flag)."""
-    from models.universal import width_grid
+    """argparse type of every ``--widths`` flag: a list (``0.25,0.5,1``) or a grid (``0.35:1.0:0.05``)."""
+    from models.widths import parse_widths as parse
 
     try:
-        if ":" in text:
-            low, high, step = (float(part) for part in text.split(":"))
-            return width_grid(low, high, step)
-        widths = tuple(float(w) for w in text.split(","))
+        return parse(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"widths are a comma-separated list or lo:hi:step, got {text!r} ({exc})") from None
-    if any(not 0 < w <= 4 for w in widths):
-        raise argparse.ArgumentTypeError(f"every width must be in (0, 4], got {text!r}")
-    return widths
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_training_commands(sub) -> None:
