@@ -13,6 +13,8 @@ from pathlib import Path
 import httpx2
 import pytest
 
+import models
+
 from bench.common import REPO, LiveServer, free_port
 from server.cli import build_parser
 
@@ -101,9 +103,19 @@ def run(argv: list[str], cwd: Path, timeout: float = 600) -> subprocess.Complete
 
 def test_evaluate_and_calibrate_run_as_printed(workdir):
     run(readme_command("evaluate"), workdir)
-    calibrate = readme_command("calibrate")
+    calibrate = readme_command("calibrate", "--checkpoint", "models/default/digits_s_mobilenet_v2.safetensors")
     run(calibrate, workdir)
     assert (workdir / calibrate[calibrate.index("--out") + 1]).is_file()
+
+
+def test_universal_train_and_calibrate_run_as_printed(workdir):
+    train = readme_command("train", "--arch", "s_convnet6", "--universal")
+    run(train, workdir)
+    calibrate = readme_command("calibrate", "--checkpoint", train[train.index("--out") + 1])
+    run(calibrate, workdir)
+    net = models.load_checkpoint(workdir / calibrate[calibrate.index("--out") + 1])
+    assert len(net.calibrated) == 27 and net.calibrated[0] == 0.35 and net.calibrated[-1] == 1.0
+    assert min(net.metadata["accuracy"].values()) > 0.8
 
 
 def test_profile_then_simulate_run_as_printed(workdir):
