@@ -11,6 +11,7 @@ server runs on core 0 with one ONNX Runtime thread and this client on core 1.
 Writes JSON and a PNG; the live counterpart of bench/policy_sim.py.
 
     python -m bench.load --out out/load [--loads 0.5,1,2,3] [--duration 10] [--pin]
+    python -m bench.load --checkpoint us.safetensors --widths 0.35:1.0:0.05 --policies max-width,slack --pin ...
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 import httpx2
 import numpy as np
 
+import models
 from bench.common import imagenet_checkpoint, live_server, noise_jpeg
 from policies.simulator import arrival_times
 
@@ -49,11 +51,11 @@ async def fire(client: httpx2.AsyncClient, url: str, body: bytes, headers: dict,
 JPEG = {"content-type": "image/jpeg"}
 
 
-def v2_request(model: str = "v2") -> tuple[str, bytes, dict]:
-    """A v2 binary FP32 [1, 3, 224, 224] request (as a Triton client sends an ONNX model's input):
+def v2_request(model: str = "v2", size: int = 224) -> tuple[str, bytes, dict]:
+    """A v2 binary FP32 [1, 3, size, size] request (as a Triton client sends an ONNX model's input):
     path, body and headers."""
-    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
-    header = json.dumps({"inputs": [{"name": "input", "shape": [1, 3, 224, 224], "datatype": "FP32",
+    x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
+    header = json.dumps({"inputs": [{"name": "input", "shape": [1, 3, size, size], "datatype": "FP32",
                                      "parameters": {"binary_data_size": x.nbytes}}],
                          "outputs": [{"name": "logits", "parameters": {"binary_data": True}}]}).encode()
     return (f"/v2/models/{model}/infer", header + x.tobytes(),
@@ -101,6 +103,9 @@ def summarize(results: list, budget_ms: float, duration: float, accuracy: dict[f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="s_mobilenet_v2")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="serve this checkpoint instead of a random --arch one (its expected accuracy per width)")
+    parser.add_argument("--widths", default=None, help="serve's --widths (a list or lo:hi:step)")
     parser.add_argument("--rates", default=None, help="comma-separated req/s (default: --loads x the widest capacity)")
     parser.add_argument("--loads", default="0.5,1,1.5,2",
                         help="offered loads as multiples of the widest width's capacity (when --rates is not given)")
@@ -117,11 +122,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("out/load"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    checkpoint = imagenet_checkpoint(args.arch)
-    path, body, headers = ("/v1/classify", noise_jpeg(np.random.default_rng(0)), JPEG) if args.request == "jpeg" \
-        else v2_request()
+    checkpoint = args.checkpoint or imagenet_checkpoint(args.arch)
+    size = models.load_checkpoint(checkpoint).input_size
+    path, body, headers = ("/v1/classify", noise_jpeg(np.random.default_rng(0), size), JPEG) if args.request == "jpeg" \
+        else v2_request(size=size)
     profile_path = args.out / "profile.json"
     common = ["--checkpoint", str(checkpoint), "--model-name", "v2", "--max-batch-size", str(args.max_batch_size)]
+    if args.widths:
+        common += ["--widths", args.widths]
     cpus = None
     if args.pin:
         common += ["--threads", "1"]
