@@ -7,7 +7,7 @@ from typing import Sequence
 from .base import Decision, DispatchView, QueuedItem, Reason
 
 __all__ = ["FixedPolicy", "MaxWidthPolicy", "take_batch", "budget_width", "widest_alone", "pinned_decision",
-           "best_split"]
+           "best_split", "sustainable_widths"]
 
 
 def take_batch(queue, width: float | None, max_samples: int) -> list[QueuedItem]:
@@ -43,7 +43,7 @@ def budget_width(view: DispatchView, item: QueuedItem) -> float:
     return widest_alone(view, item, item.arrival)
 
 
-def best_split(view: DispatchView, batch: list[QueuedItem]) -> tuple[float, int] | None:
+def best_split(view: DispatchView, batch: list[QueuedItem], widths: Sequence[float] | None = None) -> tuple[float, int] | None:
     """``(width, count)``: serve ``batch[:count]`` now at ``width``, chosen to maximise samples x width
     over this batch and the one after it (the rest at the widest width meeting its earliest deadline),
     after the number of samples served in time (a rest that no width serves in time counts none), and
@@ -54,7 +54,8 @@ def best_split(view: DispatchView, batch: list[QueuedItem]) -> tuple[float, int]
         samples.append(samples[-1] + item.samples)
     rest_deadline = [min(i.deadline for i in batch[k:]) if k < len(batch) else None for k in range(len(batch) + 1)]
     best, best_key = None, None
-    for width in view.widths:
+    widths = widths or view.widths
+    for width in widths:
         for count in range(1, len(batch) + 1):
             finish = view.now + view.service(width, samples[count])
             if finish > head_deadline:
@@ -62,7 +63,7 @@ def best_split(view: DispatchView, batch: list[QueuedItem]) -> tuple[float, int]
             utility, on_time = width * samples[count], samples[count]
             rest = samples[-1] - samples[count]
             if rest:
-                later = next((w for w in reversed(view.widths) if finish + view.service(w, rest) <= rest_deadline[count]),
+                later = next((w for w in reversed(widths) if finish + view.service(w, rest) <= rest_deadline[count]),
                              None)
                 if later is not None:
                     utility += later * rest
@@ -71,6 +72,33 @@ def best_split(view: DispatchView, batch: list[QueuedItem]) -> tuple[float, int]
             if best_key is None or key > best_key:
                 best, best_key = (width, count), key
     return best
+
+
+# Offered load per unit of planned capacity that max-width still accepts at a width. Above 1 on
+# purpose: the planned service time carries the 10% margin, and the per-sample cost is taken at
+# the batch size one batch-1 run's arrivals form, which under sustained load grows. Simulated on
+# S-MobileNet v2 224 (BENCHMARKS.md): 1.0 gave up 0.7 points of accuracy at 1x load, 1.2 none.
+SUSTAINABLE_UTILIZATION = 1.2
+
+
+def sustainable_widths(view: DispatchView, utilization: float = SUSTAINABLE_UTILIZATION) -> list[float]:
+    """The widths at which the device keeps up with the offered load (the narrowest always stays).
+
+    Without this, each dispatch takes the widest width the queue's deadlines allow, even one whose
+    throughput is below the arrival rate: the backlog then grows until deadlines force a narrow
+    width, and requests arriving meanwhile miss. On a fine width grid this is the common case.
+    Per-sample cost is taken at the batch size this load forms (arrivals during one batch-1 run);
+    the server's own per-request CPU, when it shares the model's cores, counts against capacity."""
+    rate = view.load.arrival_rate if view.load is not None else 0.0
+    if not rate:
+        return list(view.widths)
+    kept = []
+    for width in view.widths:
+        batch = max(1, min(view.max_batch_size, round(rate * view.service(width, 1))))
+        per_sample = view.service(width, batch) / batch
+        if width == view.widths[0] or rate * (per_sample + (view.load.request_cpu_s or 0.0)) <= utilization:
+            kept.append(width)
+    return kept
 
 
 def pinned_decision(view: DispatchView) -> Decision | None:
@@ -108,8 +136,9 @@ class MaxWidthPolicy:
     batch of two costs nearly two batches of one). So the policy compares splits of the
     compatible queue (EDF order, up to the max batch size): the first ``k`` requests now at width
     ``w``, the rest next at the widest width that still meets their earliest deadline; it takes the
-    split that serves the most samples x width, the larger batch on ties. If even the narrowest
-    width cannot finish the head in time, the narrowest runs (reason ``fallback``).
+    split that serves the most samples x width, the larger batch on ties, among the widths at which
+    the device keeps up with the arrival rate (``sustainable_widths``: at low load all of them). If
+    even the narrowest width cannot finish the head in time, the narrowest runs (reason ``fallback``).
     """
 
     name = "max-width"
@@ -122,7 +151,7 @@ class MaxWidthPolicy:
         head = batch[0]
         if not head.has_budget:
             return Decision(view.widths[-1], tuple(i.id for i in batch), Reason.NO_BUDGET)
-        plan = best_split(view, batch)
+        plan = best_split(view, batch, sustainable_widths(view))
         if plan is None:  # the head is late whatever runs: the narrowest, for everyone queued with it
             return Decision(view.widths[0], tuple(i.id for i in batch), Reason.FALLBACK)
         width, count = plan

@@ -218,3 +218,25 @@ def test_slack_counts_the_servers_own_cpu_per_request_against_capacity():
                           load=LoadSignals(arrival_rate=50.0, request_cpu_s=0.008))
     decision = SlackPolicy().select(shared)
     assert decision.width == 0.75 and decision.reason == "load"  # 4 + 8 ms per request: 60%
+
+
+def test_max_width_keeps_to_widths_that_keep_up_with_the_arrival_rate():
+    from policies.base import LoadSignals
+    from policies.builtin import sustainable_widths
+
+    queue = [item(1, deadline=0.5)]  # a budget every width meets on its own
+    quiet = DispatchView(now=0.0, queue=queue, widths=WIDTHS, profile=PROFILE, max_batch_size=8,
+                         load=LoadSignals(arrival_rate=10.0))
+    assert sustainable_widths(quiet) == list(WIDTHS)
+    assert MaxWidthPolicy().select(quiet).width == 1.0  # low load: the widest
+    # 350 req/s: one batch-1 run at 1.0 (8 ms) sees ~3 arrivals, 4.95 ms per sample at batch 3: 1.73x
+    # the device; 0.75 (batches of 1, 4 ms) 1.4x; 0.5 (2 ms) 0.7x -- both above the 1.2 allowed and below.
+    busy = DispatchView(now=0.0, queue=queue, widths=WIDTHS, profile=PROFILE, max_batch_size=8,
+                        load=LoadSignals(arrival_rate=350.0))
+    assert sustainable_widths(busy) == [0.25, 0.5]
+    decision = MaxWidthPolicy().select(busy)
+    assert decision.width == 0.5 and decision.reason == "load"
+    # the narrowest width always stays, even when nothing keeps up
+    flood = DispatchView(now=0.0, queue=queue, widths=WIDTHS, profile=PROFILE, max_batch_size=8,
+                         load=LoadSignals(arrival_rate=100_000.0))
+    assert sustainable_widths(flood) == [0.25]
