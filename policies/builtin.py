@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .base import Decision, DispatchView, QueuedItem, Reason
 
@@ -43,7 +43,8 @@ def budget_width(view: DispatchView, item: QueuedItem) -> float:
     return widest_alone(view, item, item.arrival)
 
 
-def best_split(view: DispatchView, batch: list[QueuedItem], widths: Sequence[float] | None = None) -> tuple[float, int] | None:
+def best_split(view: DispatchView, batch: list[QueuedItem],
+               allowed: Callable[[DispatchView, list[QueuedItem]], list[float]] | None = None) -> tuple[float, int] | None:
     """``(width, count)``: serve ``batch[:count]`` now at ``width``, chosen to maximise samples x width
     over this batch and the one after it (the rest at the widest width meeting its earliest deadline),
     after the number of samples served in time (a rest that no width serves in time counts none), and
@@ -54,17 +55,20 @@ def best_split(view: DispatchView, batch: list[QueuedItem], widths: Sequence[flo
         samples.append(samples[-1] + item.samples)
     rest_deadline = [min(i.deadline for i in batch[k:]) if k < len(batch) else None for k in range(len(batch) + 1)]
     best, best_key = None, None
-    widths = widths or view.widths
-    for width in widths:
+    allowed = allowed or (lambda _view, _items: list(view.widths))
+    for width in view.widths:
         for count in range(1, len(batch) + 1):
             finish = view.now + view.service(width, samples[count])
             if finish > head_deadline:
                 break
+            if width not in allowed(view, batch[:count]):
+                continue
             utility, on_time = width * samples[count], samples[count]
             rest = samples[-1] - samples[count]
             if rest:
-                later = next((w for w in reversed(widths) if finish + view.service(w, rest) <= rest_deadline[count]),
-                             None)
+                rest_widths = allowed(view, batch[count:])
+                later = next((w for w in reversed(rest_widths)
+                              if finish + view.service(w, rest) <= rest_deadline[count]), None)
                 if later is not None:
                     utility += later * rest
                     on_time += rest
@@ -99,6 +103,24 @@ def sustainable_widths(view: DispatchView, utilization: float = SUSTAINABLE_UTIL
         if width == view.widths[0] or rate * (per_sample + (view.load.request_cpu_s or 0.0)) <= utilization:
             kept.append(width)
     return kept
+
+
+# A batch whose earliest deadline is this many of its own service times away is patient: the
+# sustainability limit is not applied to it (the limit protects requests that cannot wait; a burst of
+# long-budget requests would otherwise be narrowed on the burst's past rate alone). Under a sustained
+# overload the queue grows, slack shrinks below this and the limit applies again.
+PATIENT_SLACK_FACTOR = 4.0
+
+
+def allowed_widths(view: DispatchView, items: list[QueuedItem]) -> list[float]:
+    """Widths max-width may give ``items`` (run as one batch): the sustainable ones, and any width
+    at which the batch is patient (earliest deadline >= PATIENT_SLACK_FACTOR service times away)."""
+    sustainable = sustainable_widths(view)
+    if len(sustainable) == len(view.widths):
+        return sustainable
+    slack = min(i.deadline for i in items) - view.now
+    samples = sum(i.samples for i in items)
+    return [w for w in view.widths if w in sustainable or slack >= PATIENT_SLACK_FACTOR * view.service(w, samples)]
 
 
 def pinned_decision(view: DispatchView) -> Decision | None:
@@ -151,7 +173,7 @@ class MaxWidthPolicy:
         head = batch[0]
         if not head.has_budget:
             return Decision(view.widths[-1], tuple(i.id for i in batch), Reason.NO_BUDGET)
-        plan = best_split(view, batch, sustainable_widths(view))
+        plan = best_split(view, batch, allowed_widths)
         if plan is None:  # the head is late whatever runs: the narrowest, for everyone queued with it
             return Decision(view.widths[0], tuple(i.id for i in batch), Reason.FALLBACK)
         width, count = plan

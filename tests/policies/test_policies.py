@@ -224,7 +224,7 @@ def test_max_width_keeps_to_widths_that_keep_up_with_the_arrival_rate():
     from policies.base import LoadSignals
     from policies.builtin import sustainable_widths
 
-    queue = [item(1, deadline=0.5)]  # a budget every width meets on its own
+    queue = [item(1, deadline=0.012)]  # a budget every width meets on its own, but not a patient one
     quiet = DispatchView(now=0.0, queue=queue, widths=WIDTHS, profile=PROFILE, max_batch_size=8,
                          load=LoadSignals(arrival_rate=10.0))
     assert sustainable_widths(quiet) == list(WIDTHS)
@@ -240,3 +240,16 @@ def test_max_width_keeps_to_widths_that_keep_up_with_the_arrival_rate():
     flood = DispatchView(now=0.0, queue=queue, widths=WIDTHS, profile=PROFILE, max_batch_size=8,
                          load=LoadSignals(arrival_rate=100_000.0))
     assert sustainable_widths(flood) == [0.25]
+
+
+def test_max_width_does_not_throttle_patient_requests():
+    from policies.base import LoadSignals
+
+    # the same 350 req/s as above, but a 500 ms budget: 1.0 for a batch of one is 8 ms, far under a
+    # quarter of the slack, so the sustainability limit does not narrow it
+    patient = DispatchView(now=0.0, queue=[item(1, deadline=0.5)], widths=WIDTHS, profile=PROFILE,
+                           max_batch_size=8, load=LoadSignals(arrival_rate=350.0))
+    assert MaxWidthPolicy().select(patient).width == 1.0
+    urgent = DispatchView(now=0.0, queue=[item(1, deadline=0.012)], widths=WIDTHS, profile=PROFILE,
+                          max_batch_size=8, load=LoadSignals(arrival_rate=350.0))
+    assert MaxWidthPolicy().select(urgent).width == 0.5  # 12 ms < 4 x 4 ms (0.75): sustainable widths only
