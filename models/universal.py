@@ -25,11 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fold import fold_batchnorm
 from .net import SlimmableNet, narrowed_metadata, slot_key
 from .slimmable import make_divisible
-from .widths import width_grid  # noqa: F401  (re-exported: the architectures' default slot grids)
 
-__all__ = ["USWidth", "USConv2d", "USLinear", "USBatchNorm2d", "UniversalNet", "us_channels", "width_grid"]
+__all__ = ["USWidth", "USConv2d", "USLinear", "USBatchNorm2d", "UniversalNet", "us_channels"]
 
 
 class USWidth(NamedTuple):
@@ -166,6 +166,7 @@ class UniversalNet(SlimmableNet):
                  calibrated: Sequence[float] = (), bn_mode: str = "universal", **kwargs) -> None:
         if bn_mode != "universal":
             raise ValueError(f"{arch} is universally slimmable: bn_mode must be 'universal', got {bn_mode!r}")
+        # The base class knows the slimmable BN modes only; its norm factory is replaced below.
         super().__init__(arch, widths, bn_mode="switchable", **kwargs)
         self.bn_mode = "universal"
         low, high = (float(w) for w in width_range)
@@ -251,8 +252,6 @@ class UniversalNet(SlimmableNet):
             sw = self.switch_for(width)
         finally:
             self.train(was_training)
-        from .fold import fold_batchnorm
-
         module = nn.Sequential(self.features.export(sw), nn.Flatten(1), self.classifier.export(sw)).eval()
         return fold_batchnorm(module) if fold_bn else module
 

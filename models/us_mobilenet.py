@@ -16,7 +16,8 @@ from torch import nn
 from .blocks import SlimBlock
 from .registry import register_model
 from .slimmable import SlimSequential
-from .universal import UniversalNet, USConv2d, USLinear, width_grid
+from .universal import UniversalNet, USConv2d, USLinear
+from .widths import width_grid
 
 __all__ = ["USMobileNetV1", "USMobileNetV2", "USConvNet"]
 

@@ -13,7 +13,8 @@ from models.profiling import profile_net
 from models.slimmable import make_divisible
 from models.training import evaluate, load_dataset
 from models.training.trainer import calibrate_universal, sandwich_widths
-from models.universal import UniversalNet, USConv2d, USWidth, width_grid
+from models.universal import UniversalNet, USConv2d, USWidth
+from models.widths import width_grid
 from server.cli import main
 from tests.helpers import US_REFERENCE, make_net
 
