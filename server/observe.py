@@ -48,10 +48,11 @@ async def count_outcome(engine: Engine, request) -> AsyncIterator[Recorder]:
     def record(result: InferenceResult, total_s: float, budget_s: float | None, input_s: float = 0.0) -> bool:
         met = budget_s is None or total_s <= budget_s
         engine.note_overhead(total_s - result.queue_s - result.inference_s)
-        if not met and late_is_refused:
-            # Never a late 200 (--admission reject): the answer came too late to be of use.
+        if late_is_refused and budget_s is not None and total_s + engine.reply_margin_s(budget_s) > budget_s:
+            # Never a late 200 (--admission reject): an answer ready too late to reach the client in
+            # time is of no use to it.
             raise Refused(RefusalReason.EXPIRED, f"answer ready {total_s * 1e3:.1f} ms after the request arrived, "
-                                                 f"past its {budget_s * 1e3:g} ms budget")
+                                                 f"too late for its {budget_s * 1e3:g} ms budget")
         served.append((result, RequestRecord(Outcome.OK if met else Outcome.DEADLINE_MISSED, result.width, total_s,
                                              accuracy.get(result.width), input_s, result.queue_s, result.inference_s)))
         return met

@@ -8,7 +8,12 @@ import time
 
 import pytest
 
-from tests.helpers import FaultInjectingRuntime, png_bytes
+from prometheus_client import CollectorRegistry
+
+from server.engine import Engine
+from server.metrics import Metrics
+from server.settings import Settings
+from tests.helpers import FaultInjectingRuntime, make_net, png_bytes
 
 
 def _slow_batches(client, seconds: float) -> None:
@@ -21,7 +26,7 @@ def test_an_answer_past_its_budget_is_504_not_a_late_200(make_client, synthetic_
     _slow_batches(client, 0.15)
     png = {"content-type": "image/png", "X-Latency-Budget-Ms": "60"}
     r = client.post("/v1/classify", content=png_bytes(), headers=png)
-    assert r.status_code == 504 and "past its 60 ms budget" in r.json()["error"]
+    assert r.status_code == 504 and "too late for its 60 ms budget" in r.json()["error"]
     sample = client.registry.get_sample_value
     assert sample("widthwise_requests_total", {"model": "tiny", "width": "none", "outcome": "rejected"}) == 1
     assert not sample("widthwise_requests_total", {"model": "tiny", "width": "0.25", "outcome": "deadline_missed"})
@@ -33,6 +38,29 @@ def test_an_answer_past_its_budget_is_504_not_a_late_200(make_client, synthetic_
     assert stats["success"]["count"] == 0 and stats["fail"]["count"] == 2
     _slow_batches(client, 0.0)
     assert client.post("/v1/classify", content=png_bytes(), headers=png).status_code == 200
+
+
+def test_an_answer_ready_inside_the_reply_margin_is_504(make_client, synthetic_profile):
+    # Ready ~130 ms into a 200 ms budget: on time with a 1 ms margin, too late with 100 ms left for the reply.
+    client = make_client(profile=synthetic_profile, runtime_factory=FaultInjectingRuntime)
+    _slow_batches(client, 0.12)
+    png = {"content-type": "image/png", "X-Latency-Budget-Ms": "200"}
+    client.engine.reply_margin_s = lambda budget_s: 0.001
+    assert client.post("/v1/classify", content=png_bytes(), headers=png).status_code == 200
+    client.engine.reply_margin_s = lambda budget_s: 0.1
+    r = client.post("/v1/classify", content=png_bytes(), headers=png)
+    assert r.status_code == 504 and "too late for its 200 ms budget" in r.json()["error"]
+
+
+def test_reply_margin_is_a_millisecond_plus_loop_lag_capped_and_off_with_an_explicit_reserve():
+    def engine(**settings) -> Engine:  # not started: no loop-lag watcher rewrites the estimate
+        return Engine(make_net("s_convnet6"), Settings(**settings), Metrics(CollectorRegistry(), "m"), "m")
+
+    plain = engine()
+    plain._loop_lag_s = 0.004
+    assert plain.reply_margin_s(1.0) == pytest.approx(0.005)
+    assert plain.reply_margin_s(0.008) == pytest.approx(0.002)  # a quarter of the budget at most
+    assert engine(reserve_ms=2.0).reply_margin_s(1.0) == 0.0
 
 
 def test_best_effort_still_answers_late_and_says_so(make_client, synthetic_profile):
