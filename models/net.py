@@ -95,21 +95,33 @@ class SlimmableNet(nn.Module):
     def with_widths(self, widths: Sequence[float]) -> "SlimmableNet":
         """The same weights serving only ``widths`` (declared ones): switch ``i`` of the result is
         switch ``widths[i]`` of this net -- its leading weight slices and its own BN."""
+        slots = [self.width_index(w) for w in widths]
+        return self._rebuilt(tuple(self.widths[i] for i in slots), lambda i: slots[i])
+
+    def _rebuilt(self, widths: tuple[float, ...], old_slot, **config) -> "SlimmableNet":
+        """A net of this architecture at ``widths`` (constructor ``config`` overrides) holding this net's
+        weights: BN slot ``i`` comes from this net's slot ``old_slot(i)`` (None: left as initialised),
+        every other tensor is the leading block of this net's (the widest may now be narrower)."""
         from .registry import create
 
-        slots = [self.width_index(w) for w in widths]
-        kept = tuple(self.widths[i] for i in slots)
-        new = create(self.arch, **{**{k: v for k, v in self.config().items() if k != "arch"}, "widths": kept})
+        new = create(self.arch, **{**{k: v for k, v in self.config().items() if k != "arch"}, "widths": widths,
+                                   **config})
         state = self.state_dict()
         mapped = {}
         for key, value in new.state_dict().items():
-            source = state[slot_key(key, lambda i: slots[i])]
-            # the widest kept switch may be narrower than this net's widest: keep the leading block
-            mapped[key] = source[tuple(slice(0, n) for n in value.shape)] if value.dim() else source
+            source = slot_key(key, old_slot)
+            if source is None:
+                mapped[key] = value
+            else:
+                mapped[key] = state[source][tuple(slice(0, n) for n in value.shape)] if value.dim() else state[source]
         new.load_state_dict(mapped, strict=True)
         new.train(self.training)
         new.metadata = narrowed_metadata(getattr(self, "metadata", {}), new)
         return new
+
+    def _export_arg(self, width: float):
+        """What the layers' ``export`` takes for ``width``: the switch index."""
+        return self.width_index(width)
 
     def switch(self, width: float, fold_bn: bool = False) -> nn.Module:
         """A plain ``nn.Module`` (Conv2d/BatchNorm2d/Linear) computing this net at ``width``.
@@ -117,7 +129,7 @@ class SlimmableNet(nn.Module):
         The module owns copies of the sliced weights and is in eval mode.
         With ``fold_bn`` every BN is folded into its preceding conv.
         """
-        idx = self.width_index(width)
+        idx = self._export_arg(width)
         module = nn.Sequential(self.features.export(idx), nn.Flatten(1), self.classifier.export(idx)).eval()
         return fold_batchnorm(module) if fold_bn else module
 

@@ -20,6 +20,7 @@ from torch import nn
 
 __all__ = [
     "make_divisible",
+    "with_params",
     "SlimmableConv2d",
     "SlimmableLinear",
     "SwitchableBatchNorm2d",
@@ -34,6 +35,16 @@ def make_divisible(value: float, divisor: int = 8, min_value: int = 1) -> int:
     if new_value < 0.9 * value:  # never round down by more than 10%
         new_value += divisor
     return new_value
+
+
+def with_params(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
+    """``module`` (a fresh Conv2d or Linear of the slice's shape) holding copies of ``weight`` and ``bias``:
+    how every slimmable layer exports one switch."""
+    with torch.no_grad():
+        module.weight.copy_(weight)
+        if bias is not None:
+            module.bias.copy_(bias)
+    return module
 
 
 class SlimmableConv2d(nn.Conv2d):
@@ -89,11 +100,7 @@ class SlimmableConv2d(nn.Conv2d):
             groups=groups,
             bias=bias is not None,
         )
-        with torch.no_grad():
-            conv.weight.copy_(weight)
-            if bias is not None:
-                conv.bias.copy_(bias)
-        return conv
+        return with_params(conv, weight, bias)
 
 
 class SlimmableLinear(nn.Linear):
@@ -115,12 +122,7 @@ class SlimmableLinear(nn.Linear):
 
     def export(self, idx: int) -> nn.Linear:
         weight, bias = self.switch_params(idx)
-        linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
-        with torch.no_grad():
-            linear.weight.copy_(weight)
-            if bias is not None:
-                linear.bias.copy_(bias)
-        return linear
+        return with_params(nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None), weight, bias)
 
 
 def _copy_bn(src: nn.BatchNorm2d, channels: int) -> nn.BatchNorm2d:

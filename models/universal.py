@@ -25,9 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fold import fold_batchnorm
-from .net import SlimmableNet, narrowed_metadata, slot_key
-from .slimmable import make_divisible
+from .net import SlimmableNet
+from .slimmable import make_divisible, with_params
 
 __all__ = ["USWidth", "USConv2d", "USLinear", "USBatchNorm2d", "UniversalNet", "us_channels"]
 
@@ -75,11 +74,7 @@ class USConv2d(nn.Conv2d):
         weight, bias, groups = self.switch_params(sw)
         in_c, out_c = self.channels(sw.value)
         conv = nn.Conv2d(in_c, out_c, self.kernel_size, self.stride, self.padding, groups=groups, bias=bias is not None)
-        with torch.no_grad():
-            conv.weight.copy_(weight)
-            if bias is not None:
-                conv.bias.copy_(bias)
-        return conv
+        return with_params(conv, weight, bias)
 
 
 class USLinear(nn.Linear):
@@ -100,12 +95,7 @@ class USLinear(nn.Linear):
 
     def export(self, sw: USWidth) -> nn.Linear:
         weight, bias = self.switch_params(sw)
-        linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
-        with torch.no_grad():
-            linear.weight.copy_(weight)
-            if bias is not None:
-                linear.bias.copy_(bias)
-        return linear
+        return with_params(nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None), weight, bias)
 
 
 class USBatchNorm2d(nn.BatchNorm2d):
@@ -197,18 +187,26 @@ class UniversalNet(SlimmableNet):
 
     def switch_for(self, width: float, accumulate: bool = False) -> USWidth:
         """The :class:`USWidth` for ``width``; ``ValueError`` outside the range, or (eval mode) uncalibrated."""
-        width = float(width)
-        low, high = self.width_range
-        if not low - 1e-9 <= width <= high + 1e-9:
-            raise ValueError(f"width {width:g} is outside {self.arch}'s range [{low:g}, {high:g}]")
-        slot = self._slot(width)
-        if self.training:
-            return USWidth(width, slot, accumulate and slot is not None)
+        if not self.training:
+            return self.calibrated_switch(width)
+        slot = self._slot(self._in_range(width))
+        return USWidth(float(width), slot, accumulate and slot is not None)
+
+    def calibrated_switch(self, width: float) -> USWidth:
+        """The :class:`USWidth` of a calibrated width, whatever the mode; ``ValueError`` otherwise."""
+        slot = self._slot(self._in_range(width))
         if slot is None or not any(math.isclose(width, c, abs_tol=1e-6) for c in self.calibrated):
             raise ValueError(f"width {width:g} is not calibrated; calibrated widths: "
                              f"{', '.join(f'{w:g}' for w in self.calibrated) or 'none'} "
                              f"(widthwise calibrate computes BN statistics for more)")
         return USWidth(self.widths[slot], slot)
+
+    def _in_range(self, width: float) -> float:
+        width = float(width)
+        low, high = self.width_range
+        if not low - 1e-9 <= width <= high + 1e-9:
+            raise ValueError(f"width {width:g} is outside {self.arch}'s range [{low:g}, {high:g}]")
+        return width
 
     def switch_for_slot(self, width: float) -> int:
         """The BN slot of declared width ``width``; ``ValueError`` naming the declared ones otherwise."""
@@ -222,21 +220,9 @@ class UniversalNet(SlimmableNet):
         """The same weights with BN slots for exactly ``widths`` (each in the range): existing slots keep
         their statistics and calibration, new ones start fresh (uncalibrated). Used to calibrate or
         serve a grid other than the checkpoint's."""
-        from .registry import create
-
         widths = tuple(sorted({round(float(w), 6) for w in widths}))
         kept = tuple(w for w in self.calibrated if any(math.isclose(w, n, abs_tol=1e-6) for n in widths))
-        config = {k: v for k, v in self.config().items() if k != "arch"}
-        new = create(self.arch, **{**config, "widths": widths, "calibrated": kept})
-        state = self.state_dict()
-        mapped = {}
-        for key, value in new.state_dict().items():
-            source = slot_key(key, lambda i: self._slot(widths[i]))
-            mapped[key] = state[source] if source is not None and source in state else value
-        new.load_state_dict(mapped, strict=True)
-        new.train(self.training)
-        new.metadata = narrowed_metadata(getattr(self, "metadata", {}), new)
-        return new
+        return self._rebuilt(widths, lambda i: self._slot(widths[i]), calibrated=kept)
 
     def width_index(self, width: float) -> int:
         return self.switch_for(width).slot
@@ -245,15 +231,8 @@ class UniversalNet(SlimmableNet):
         sw = self.switch_for(width, accumulate)
         return self.forward_head(self.forward_features(x, sw), sw)
 
-    def switch(self, width: float, fold_bn: bool = False) -> nn.Module:
-        was_training = self.training
-        self.eval()
-        try:
-            sw = self.switch_for(width)
-        finally:
-            self.train(was_training)
-        module = nn.Sequential(self.features.export(sw), nn.Flatten(1), self.classifier.export(sw)).eval()
-        return fold_batchnorm(module) if fold_bn else module
+    def _export_arg(self, width: float) -> USWidth:
+        return self.calibrated_switch(width)
 
     def us_norms(self) -> list[USBatchNorm2d]:
         return [m for m in self.modules() if isinstance(m, USBatchNorm2d)]

@@ -29,13 +29,17 @@ US_V1_WIDTHS = width_grid(0.25, 1.0, 0.025)
 US_V2_WIDTHS = width_grid(0.35, 1.0, 0.025)
 
 
+def _stem(net: UniversalNet, channels: int, stride: int) -> SlimSequential:
+    """Both MobileNets' first layer: a 3x3 conv whose input side (the image) does not scale, BN, ReLU6."""
+    return SlimSequential([USConv2d(net.in_channels, channels, 3, stride, 1, us=(False, True)), net.norm(channels),
+                           nn.ReLU6(inplace=True)])
+
+
 class USMobileNetV1(UniversalNet):
     def __init__(self, arch: str = "us_mobilenet_v1", stem_stride: int = 2, **kwargs) -> None:
         super().__init__(arch, **kwargs)
         channels = 32
-        features: list[nn.Module] = [SlimSequential([
-            USConv2d(self.in_channels, channels, 3, stem_stride, 1, us=(False, True)), self.norm(channels),
-            nn.ReLU6(inplace=True)])]
+        features: list[nn.Module] = [_stem(self, channels, stem_stride)]
         for c, repeats, stride in _V1_BLOCKS:
             for i in range(repeats):
                 body = [USConv2d(channels, channels, 3, stride if i == 0 else 1, 1, depthwise=True),
@@ -52,9 +56,7 @@ class USMobileNetV2(UniversalNet):
     def __init__(self, arch: str = "us_mobilenet_v2", stem_stride: int = 2, **kwargs) -> None:
         super().__init__(arch, **kwargs)
         channels = 32
-        features: list[nn.Module] = [SlimSequential([
-            USConv2d(self.in_channels, channels, 3, stem_stride, 1, us=(False, True)), self.norm(channels),
-            nn.ReLU6(inplace=True)])]
+        features: list[nn.Module] = [_stem(self, channels, stem_stride)]
         for t, c, repeats, stride in _V2_BLOCKS:
             for i in range(repeats):
                 block_stride = stride if i == 0 else 1
