@@ -16,7 +16,7 @@ import collections
 import threading
 
 from .base import Decision, DispatchView, QueuedItem, Reason
-from .builtin import MaxWidthPolicy, budget_width, pinned_decision, take_batch, widest_alone
+from .builtin import MaxWidthPolicy, budget_width, keeps_up, pinned_decision, take_batch, widest_alone
 
 __all__ = ["SlackPolicy", "FeedbackPolicy"]
 
@@ -32,21 +32,11 @@ class SlackPolicy:
         self.target_utilization = target_utilization
 
     def _sustainable(self, view: DispatchView, width: float) -> bool:
-        """Could the device keep up with the offered load at this width (full batches)?
+        """Could the device keep up with the offered load at this width, at the target utilization?
 
-        Without this look at the arrival rate, every dispatch would take the widest
-        width its own queue allows and the backlog would outgrow the deadlines. Where the
-        server's own per-request CPU (HTTP, decoding) runs on the model's cores, it counts
-        against the same capacity.
-        """
-        rate = view.load.arrival_rate
-        if not rate:
-            return True
-        # Per-sample cost at the batch size this load forms (requests arriving during one batch-1
-        # run), not at the max batch size, which only heavy load reaches.
-        batch = max(1, min(view.max_batch_size, round(rate * view.service(width, 1))))
-        per_sample = view.service(width, batch) / batch
-        return rate * (per_sample + (view.load.request_cpu_s or 0.0)) <= self.target_utilization
+        Without this look at the arrival rate, every dispatch would take the widest width its own
+        queue allows and the backlog would outgrow the deadlines (``keeps_up``)."""
+        return keeps_up(view, width, self.target_utilization)
 
     def select(self, view: DispatchView) -> Decision:
         pinned = pinned_decision(view)

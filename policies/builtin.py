@@ -7,7 +7,7 @@ from typing import Callable, Sequence
 from .base import Decision, DispatchView, QueuedItem, Reason
 
 __all__ = ["FixedPolicy", "MaxWidthPolicy", "take_batch", "budget_width", "widest_alone", "pinned_decision",
-           "best_split", "sustainable_widths"]
+           "best_split", "keeps_up", "sustainable_widths"]
 
 
 def take_batch(queue, width: float | None, max_samples: int) -> list[QueuedItem]:
@@ -44,7 +44,7 @@ def budget_width(view: DispatchView, item: QueuedItem) -> float:
 
 
 def best_split(view: DispatchView, batch: list[QueuedItem],
-               allowed: Callable[[DispatchView, list[QueuedItem]], list[float]] | None = None) -> tuple[float, int] | None:
+               allowed: Callable[[list[QueuedItem]], list[float]] | None = None) -> tuple[float, int] | None:
     """``(width, count)``: serve ``batch[:count]`` now at ``width``, chosen to maximise samples x width
     over this batch and the one after it (the rest at the widest width meeting its earliest deadline),
     after the number of samples served in time (a rest that no width serves in time counts none), and
@@ -55,18 +55,18 @@ def best_split(view: DispatchView, batch: list[QueuedItem],
         samples.append(samples[-1] + item.samples)
     rest_deadline = [min(i.deadline for i in batch[k:]) if k < len(batch) else None for k in range(len(batch) + 1)]
     best, best_key = None, None
-    allowed = allowed or (lambda _view, _items: list(view.widths))
+    allowed = allowed or (lambda _items: view.widths)
     for width in view.widths:
         for count in range(1, len(batch) + 1):
             finish = view.now + view.service(width, samples[count])
             if finish > head_deadline:
                 break
-            if width not in allowed(view, batch[:count]):
+            if width not in allowed(batch[:count]):
                 continue
             utility, on_time = width * samples[count], samples[count]
             rest = samples[-1] - samples[count]
             if rest:
-                rest_widths = allowed(view, batch[count:])
+                rest_widths = allowed(batch[count:])
                 later = next((w for w in reversed(rest_widths)
                               if finish + view.service(w, rest) <= rest_deadline[count]), None)
                 if later is not None:
@@ -85,24 +85,27 @@ def best_split(view: DispatchView, batch: list[QueuedItem],
 SUSTAINABLE_UTILIZATION = 1.2
 
 
+def keeps_up(view: DispatchView, width: float, utilization: float) -> bool:
+    """Would the device keep up with the offered load at ``width`` (using at most ``utilization`` of it)?
+
+    Per-sample cost is taken at the batch size this load forms (requests arriving during one batch-1
+    run), not at the max batch size, which only heavy load reaches; the server's own per-request CPU,
+    when it shares the model's cores, counts against the same capacity. No rate known: yes."""
+    rate = view.load.arrival_rate if view.load is not None else None
+    if not rate:
+        return True
+    batch = max(1, min(view.max_batch_size, round(rate * view.service(width, 1))))
+    per_sample = view.service(width, batch) / batch
+    return rate * (per_sample + (view.load.request_cpu_s or 0.0)) <= utilization
+
+
 def sustainable_widths(view: DispatchView, utilization: float = SUSTAINABLE_UTILIZATION) -> list[float]:
     """The widths at which the device keeps up with the offered load (the narrowest always stays).
 
     Without this, each dispatch takes the widest width the queue's deadlines allow, even one whose
     throughput is below the arrival rate: the backlog then grows until deadlines force a narrow
-    width, and requests arriving meanwhile miss. On a fine width grid this is the common case.
-    Per-sample cost is taken at the batch size this load forms (arrivals during one batch-1 run);
-    the server's own per-request CPU, when it shares the model's cores, counts against capacity."""
-    rate = view.load.arrival_rate if view.load is not None else 0.0
-    if not rate:
-        return list(view.widths)
-    kept = []
-    for width in view.widths:
-        batch = max(1, min(view.max_batch_size, round(rate * view.service(width, 1))))
-        per_sample = view.service(width, batch) / batch
-        if width == view.widths[0] or rate * (per_sample + (view.load.request_cpu_s or 0.0)) <= utilization:
-            kept.append(width)
-    return kept
+    width, and requests arriving meanwhile miss. On a fine width grid this is the common case."""
+    return [w for w in view.widths if w == view.widths[0] or keeps_up(view, w, utilization)]
 
 
 # A batch whose earliest deadline is this many of its own service times away is patient: the
@@ -112,12 +115,9 @@ def sustainable_widths(view: DispatchView, utilization: float = SUSTAINABLE_UTIL
 PATIENT_SLACK_FACTOR = 4.0
 
 
-def allowed_widths(view: DispatchView, items: list[QueuedItem]) -> list[float]:
-    """Widths max-width may give ``items`` (run as one batch): the sustainable ones, and any width
+def allowed_widths(view: DispatchView, items: list[QueuedItem], sustainable: list[float]) -> list[float]:
+    """Widths max-width may give ``items`` (run as one batch): the ``sustainable`` ones, and any width
     at which the batch is patient (earliest deadline >= PATIENT_SLACK_FACTOR service times away)."""
-    sustainable = sustainable_widths(view)
-    if len(sustainable) == len(view.widths):
-        return sustainable
     slack = min(i.deadline for i in items) - view.now
     samples = sum(i.samples for i in items)
     return [w for w in view.widths if w in sustainable or slack >= PATIENT_SLACK_FACTOR * view.service(w, samples)]
@@ -173,7 +173,10 @@ class MaxWidthPolicy:
         head = batch[0]
         if not head.has_budget:
             return Decision(view.widths[-1], tuple(i.id for i in batch), Reason.NO_BUDGET)
-        plan = best_split(view, batch, allowed_widths)
+        sustainable = sustainable_widths(view)  # once per dispatch, not per split considered
+        allowed = None if len(sustainable) == len(view.widths) else (
+            lambda items: allowed_widths(view, items, sustainable))
+        plan = best_split(view, batch, allowed)
         if plan is None:  # the head is late whatever runs: the narrowest, for everyone queued with it
             return Decision(view.widths[0], tuple(i.id for i in batch), Reason.FALLBACK)
         width, count = plan
