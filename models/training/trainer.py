@@ -155,9 +155,6 @@ def calibrate_bn(
         return
     if net.bn_mode != "switchable":
         raise ValueError("BN calibration needs switchable BN (each width has its own statistics)")
-    device = next(net.parameters()).device
-    generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(x), generator=generator)
     widths = tqdm(net.widths, desc="calibrating BN per width", unit="width", disable=not progress, leave=False)
     for idx, width in enumerate(widths):
         switch_bns = [m.bn[idx] for m in net.modules() if isinstance(m, SwitchableBatchNorm2d)]
@@ -165,9 +162,8 @@ def calibrate_bn(
             bn.reset_running_stats()
             bn.momentum = None  # cumulative moving average
         net.train()
-        for b in range(batches):
-            chunk = order[(b * batch_size) % len(x):][:batch_size]
-            net(x[chunk].to(device), width=width)
+        for chunk in _calibration_batches(net, x, batches, batch_size, seed):
+            net(chunk, width=width)
         for bn in switch_bns:
             bn.momentum = 0.1
     net.eval()
@@ -181,9 +177,6 @@ def calibrate_universal(net: UniversalNet, x: torch.Tensor, widths, batches: int
     they were, the collapse reported on the official repository). ``widths`` must be declared slots
     (``UniversalNet.with_widths`` adds slots). Plain BNs shared by every width stay as trained."""
     slots = {w: net.switch_for_slot(w) for w in widths}
-    device = next(net.parameters()).device
-    generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(x), generator=generator)
     plain_norms = [m for m in net.modules() if type(m) is torch.nn.BatchNorm2d and m.track_running_stats]
     norms = net.us_norms()
     for width in tqdm(widths, desc="calibrating BN per width", unit="width", disable=not progress, leave=False):
@@ -192,8 +185,16 @@ def calibrate_universal(net: UniversalNet, x: torch.Tensor, widths, batches: int
         net.train()
         for norm in plain_norms:
             norm.eval()
-        for b in range(batches):
-            chunk = order[(b * batch_size) % len(x):][:batch_size]
-            net(x[chunk].to(device), width=width, accumulate=True)
+        for chunk in _calibration_batches(net, x, batches, batch_size, seed):
+            net(chunk, width=width, accumulate=True)
     net.eval()
     net.calibrated = tuple(sorted(set(net.calibrated) | {net.widths[s] for s in slots.values()}))
+
+
+def _calibration_batches(net: SlimmableNet, x: torch.Tensor, batches: int, batch_size: int, seed: int):
+    """The ``batches`` training batches a width is calibrated on -- the same ones for every width --
+    from a seeded shuffle of ``x``, moved to the net's device one at a time."""
+    device = next(net.parameters()).device
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    for b in range(batches):
+        yield x[order[(b * batch_size) % len(x):][:batch_size]].to(device)
