@@ -26,6 +26,7 @@ import models
 from models.training import TrainConfig, evaluate, load_dataset, train
 from models.widths import width_grid
 from policies import LatencyProfile, batch_sizes_up_to, make_policy
+from bench.policy_sim import capacity
 from policies.simulator import arrival_times, simulate
 from server.runtime import Runtime, profile_runtime
 from server.settings import Settings
@@ -51,10 +52,6 @@ def trained_checkpoint(args) -> Path:
         "mean": list(data.mean), "std": list(data.std), "labels": list(data.labels), "accuracy": result.val_top1,
         "dataset": data.name, "accuracy_source": "bench.us_grid: held-out split of digits-hard"})
     return path
-
-
-def capacity(profile, width: float, max_batch: int) -> float:
-    return max(b / profile.predict(width, b) for b in batch_sizes_up_to(max_batch))
 
 
 def main() -> None:
