@@ -74,3 +74,38 @@ print("served")
 """
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "served" in result.stdout, result.stderr[-2000:]
+
+
+ARENA_PROBE = """
+import json, sys, torch
+from bench.memory import resident_mb
+import models
+from server.runtime import Runtime
+widths = tuple(round(0.4 + 0.05 * i, 2) for i in range(13))
+net = models.create("us_convnet6", widths=widths, calibrated=widths, input_size=96).eval()
+runtime = Runtime(net, device="cpu", backend="onnxruntime", threads=1)
+batch = torch.zeros(16, 3, 96, 96)
+before = resident_mb()
+runtime.run(1.0, batch)
+widest = resident_mb()
+for width in widths[:-1]:
+    runtime.run(width, batch)
+print(json.dumps({"widest_mb": widest - before, "others_mb": resident_mb() - widest}))
+"""
+
+
+def test_widths_share_one_activation_arena():
+    # With an arena per ONNX Runtime session every width kept its largest batch's activations for good
+    # (a 14-width grid of US-MobileNet v2 224 held 1.3 GB after warm-up). One worker runs one batch at a
+    # time, so narrower widths after the widest must fit in the arena the widest already grew.
+    import json
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    done = subprocess.run([sys.executable, "-c", ARENA_PROBE], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    grown = json.loads(done.stdout.strip().splitlines()[-1])
+    assert grown["widest_mb"] > 8, grown  # a batch of 16 at 96x96 needs tens of MB of activations
+    assert grown["others_mb"] < 0.25 * grown["widest_mb"], grown

@@ -1,0 +1,103 @@
+"""Resident memory of a served width list: what loading and running every width adds to the process.
+
+Each configuration runs in a fresh interpreter: it builds the net (random weights), imports ONNX
+Runtime and sets up its process-wide pool and arena, reads VmRSS, then builds the serving
+:class:`~server.runtime.Runtime` (one ONNX Runtime session per width, BN folded), reads VmRSS
+again, runs a batch of every ``--batches`` size at every width (what warm-up and profiling do
+before ``/readyz``), and reads it a third time. Growth is compared with the widest switch's own
+(folded) weight bytes: "resident within 2x the widest switch" means a ratio <= 2.
+
+    python -m bench.memory --out out/memory [--batches 1,2,4,8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.common import REPO
+
+# (architecture, served widths): a 4-switch S-Net, and a US-Net at 4 widths and on a 0.05 grid.
+CONFIGURATIONS = (
+    ("s_mobilenet_v2", "0.35,0.5,0.75,1.0"),
+    ("us_mobilenet_v2", "0.35,0.5,0.75,1.0"),
+    ("us_mobilenet_v2", "0.35:1.0:0.05"),
+    ("us_convnet6", "0.35,0.5,0.75,1.0"),
+    ("us_convnet6", "0.35:1.0:0.05"),
+)
+
+
+def resident_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def tiny_shape(net) -> tuple[int, int, int]:
+    return net.in_channels, net.input_size, net.input_size
+
+
+def measure(arch: str, widths_spec: str, batches: list[int]) -> dict:
+    """One configuration, in this process (run it in a fresh one)."""
+    import torch
+
+    import models
+    from models.widths import parse_widths
+    from server.runtime import Runtime, use_global_thread_pool
+
+    widths = parse_widths(widths_spec)
+    extra = {"calibrated": widths} if arch.startswith("us_") else {}
+    net = models.create(arch, widths=widths, **extra).eval()
+    widest = net.switch(max(widths), fold_bn=True)
+    widest_mb = sum(t.numel() * t.element_size() for t in widest.state_dict().values()) / 2**20
+    del widest
+    use_global_thread_pool(1)
+    # One-time costs (the exporter's and ORT's code and registries) are not per width: pay them on a
+    # throw-away tiny model first.
+    tiny = models.create("us_convnet6", widths=(1.0,), calibrated=(1.0,)).eval()
+    Runtime(tiny, device="cpu", backend="onnxruntime", threads=1).run(1.0, torch.zeros(1, *tiny_shape(tiny)))
+    before = resident_mb()
+    runtime = Runtime(net, device="cpu", backend="onnxruntime", threads=1)
+    loaded = resident_mb()
+    for width in widths:
+        for b in batches:
+            runtime.run(width, torch.zeros(b, *runtime.input_shape))
+    ran = resident_mb()
+    return {"arch": arch, "widths": widths_spec, "n_widths": len(widths), "input_size": net.input_size,
+            "widest_switch_mb": widest_mb, "loaded_mb": loaded - before, "after_batches_mb": ran - before,
+            "loaded_ratio": (loaded - before) / widest_mb, "after_batches_ratio": (ran - before) / widest_mb}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", default="1,2,4,8", help="batch sizes run at every width (default 1,2,4,8)")
+    parser.add_argument("--out", type=Path, default=Path("out/memory"))
+    parser.add_argument("--one", nargs=2, metavar=("ARCH", "WIDTHS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    batches = [int(b) for b in args.batches.split(",")]
+    if args.one:
+        print(json.dumps(measure(*args.one, batches)))
+        return
+    rows = []
+    print(f"{'arch':>16} {'widths':>18} {'n':>3} {'widest MB':>9} {'loaded MB':>9} {'x':>5} "
+          f"{'after batches MB':>16} {'x':>5}")
+    for arch, widths in CONFIGURATIONS:
+        done = subprocess.run([sys.executable, "-m", "bench.memory", "--one", arch, widths, "--batches", args.batches],
+                              cwd=REPO, capture_output=True, text=True, check=True)
+        row = json.loads(done.stdout.strip().splitlines()[-1])
+        rows.append(row)
+        print(f"{arch:>16} {widths:>18} {row['n_widths']:>3} {row['widest_switch_mb']:>9.1f} "
+              f"{row['loaded_mb']:>9.1f} {row['loaded_ratio']:>5.1f} {row['after_batches_mb']:>16.1f} "
+              f"{row['after_batches_ratio']:>5.1f}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "memory.json").write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "batches": batches,
+                                                      "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
