@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import enum
+import gc
 import itertools
 import json
 import logging
@@ -36,7 +37,7 @@ from policies.load import DeviceMonitor
 from .errors import InvalidRequest
 from .keep_warm import KeepWarm
 from .metrics import DeviceRecord, Metrics, ModelRecord, QueueRecord, width_label
-from .runtime import Runtime, profile_runtime
+from .runtime import Runtime, profile_runtime, return_freed_heap
 from .settings import Settings
 from .startup_cache import StartupCache, default_cache_dir
 from .worker import BatchWorker, InferenceResult
@@ -184,6 +185,8 @@ class Engine:
                 self._save_profile(self.settings.save_profile)
             for hook in self.before_ready:  # e.g. warming the HTTP request path (server/warmup.py)
                 hook()
+            gc.collect()
+            return_freed_heap()
             self.monitor = DeviceMonitor(self.runtime.device.type, self.runtime.device.index or 0)
             self.scheduler = Scheduler(
                 self.policy, self.profile, self.net.widths, self.settings.scheduler_config(),
