@@ -28,6 +28,15 @@ METADATA_KEY = "widthwise"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+ERRORS_US_V1 = (28.2, 28.3, 28.4, 28.7, 28.7, 29.1, 29.4, 29.7, 30.2, 30.3, 30.5, 30.9, 31.2, 31.7, 32.2, 32.5, 33.2, 33.7, 34.4, 35.0, 35.8, 36.5, 37.3, 38.1, 39.0, 40.0, 41.0, 41.9, 42.7, 44.2, 44.3)  # % at widths 1.0, 0.975, ..., 0.25
+ERRORS_US_V2 = (28.5, 28.5, 28.8, 28.9, 29.1, 29.1, 29.4, 29.9, 30.0, 30.2, 30.4, 30.7, 31.1, 31.4, 31.7, 31.7, 32.4, 32.4, 34.4, 34.6, 34.9, 35.1, 35.8, 35.8, 36.6, 36.7, 37.7)  # % at widths 1.0, 0.975, ..., 0.35
+
+
+def _from_errors(narrowest: float, errors_widest_first: tuple[float, ...]) -> dict[float, float]:
+    n = len(errors_widest_first)
+    return {round(narrowest + 0.025 * i, 6): round(1 - errors_widest_first[n - 1 - i] / 100, 4) for i in range(n)}
+
+
 # Official ImageNet top-1 accuracy (1 - error) per width, as fractions (DESIGN.md fact 5). Never assumed
 # for a checkpoint: `convert --accuracy official` writes them only when the operator says so.
 OFFICIAL_TOP1: dict[str, dict[float, float]] = {
@@ -35,6 +44,10 @@ OFFICIAL_TOP1: dict[str, dict[float, float]] = {
     "s_mobilenet_v2": {0.35: 0.597, 0.5: 0.644, 0.75: 0.689, 1.0: 0.705},
     "s_resnet50": {0.25: 0.650, 0.5: 0.721, 0.75: 0.749, 1.0: 0.760},
     "s_shufflenet": {0.5: 0.573, 1.0: 0.655, 2.0: 0.713},  # Table 3: top-1 error 42.7 / 34.5 / 28.7
+    # The official repository's MODEL_ZOO.md: the calibrated US-Nets' top-1 error at every slot
+    # (widths 1.0 down by 0.025), listed here as 1 - error in ascending width order.
+    "us_mobilenet_v1": _from_errors(0.25, ERRORS_US_V1),
+    "us_mobilenet_v2": _from_errors(0.35, ERRORS_US_V2),
 }
 
 

@@ -203,7 +203,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     if args.accuracy == "official":
         if net.arch not in OFFICIAL_TOP1 or tuple(OFFICIAL_TOP1[net.arch]) != net.widths:
             raise ValueError(f"no official accuracy for {net.arch} at widths {list(net.widths)}")
-        metadata.update(accuracy=OFFICIAL_TOP1[net.arch], accuracy_source="official ImageNet top-1 (paper)")
+        metadata.update(accuracy=OFFICIAL_TOP1[net.arch], accuracy_source="official ImageNet top-1 (paper; US-Nets: official model zoo)")
     elif args.accuracy:
         undeclared = sorted(set(args.accuracy) - set(net.widths))
         if undeclared:

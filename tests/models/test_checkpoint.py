@@ -153,7 +153,7 @@ def test_convert_accuracy_and_labels_only_when_given(tmp_path, reference_layout,
     assert main(["convert", str(src), str(tmp_path / "paper.safetensors"), "--accuracy", "official"]) == 0
     paper = models.load_checkpoint(tmp_path / "paper.safetensors").metadata
     assert paper["accuracy"] == {0.35: 0.597, 0.5: 0.644, 0.75: 0.689, 1.0: 0.705}
-    assert paper["accuracy_source"] == "official ImageNet top-1 (paper)"
+    assert paper["accuracy_source"] == "official ImageNet top-1 (paper; US-Nets: official model zoo)"
     assert main(["convert", str(src), str(tmp_path / "mine.safetensors"), "--accuracy", "0.35=0.5,1.0=0.61"]) == 0
     assert models.load_checkpoint(tmp_path / "mine.safetensors").metadata["accuracy"] == {0.35: 0.5, 1.0: 0.61}
     labels = tmp_path / "labels.txt"

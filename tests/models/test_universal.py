@@ -180,6 +180,21 @@ def test_official_pt_marks_only_slots_with_statistics_calibrated(tmp_path):
     assert len(loaded.calibrated) == 26 and loaded.metadata["source"] == "official"
 
 
+def test_convert_official_accuracy_of_a_us_net_is_the_model_zoo_curve(tmp_path, capsys):
+    from server.cli import main
+
+    net = make_net("us_mobilenet_v2", input_size=224)
+    path = tmp_path / "us_mobilenet_v2_calibrated.pt"
+    torch.save({f"module.{k}": v for k, v in net.state_dict().items()}, path)
+    assert main(["convert", str(path), str(tmp_path / "us.safetensors"), "--accuracy", "official"]) == 0
+    accuracy = models.load_checkpoint(tmp_path / "us.safetensors").metadata["accuracy"]
+    assert len(accuracy) == 27  # every slot, 0.35:1.0:0.025
+    # MODEL_ZOO.md's top-1 error: 37.7 at 0.35, 34.9 at 0.5, 30.4 at 0.75, 28.5 at 1.0
+    assert (accuracy[0.35], accuracy[0.5], accuracy[0.75], accuracy[1.0]) == (0.623, 0.651, 0.696, 0.715)
+    assert accuracy[0.625] == 0.683 and list(accuracy) == sorted(accuracy)
+    capsys.readouterr()
+
+
 def test_us_conv_depthwise_groups_follow_the_width():
     conv = USConv2d(96, 96, 3, depthwise=True, ratio=(6, 6))
     weight, _, groups = conv.switch_params(USWidth(0.5))
