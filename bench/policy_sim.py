@@ -75,7 +75,7 @@ def main() -> None:
         arrivals = arrival_times("poisson", rate, args.duration, seed=7)
         for name in policies:
             config = Settings(max_batch_size=args.max_batch_size).scheduler_config()  # serve's own defaults
-            result = simulate(profile, make_policy(name, widths), arrivals, budget, accuracy, config, args.noise, seed=7)
+            result = simulate(profile, make_policy(name, widths, accuracy), arrivals, budget, accuracy, config, args.noise, seed=7)
             rows.append({"load": m, "rate": rate, "policy": name, **result.as_dict()})
 
     header = f"{'load':>5} " + " ".join(f"{p:>15}" for p in policies)

@@ -56,7 +56,7 @@ def main() -> None:
             arrivals = arrival_times("poisson", rate, args.duration, seed=SEED)
             sims = {}
             for name, cpu_s in (("sim", 0.0), ("sim+cpu", cpu_ms / 1e3)):
-                result = simulate(profile, make_policy(args.policy, profile.widths), arrivals, budget_s, accuracy,
+                result = simulate(profile, make_policy(args.policy, profile.widths, accuracy), arrivals, budget_s, accuracy,
                                   settings.scheduler_config(), noise=0.05, seed=SEED, request_cpu_s=cpu_s)
                 sims[name] = result.as_dict()
             row = {"load": load, "rate": rate, "request_cpu_ms": cpu_ms, "live": live, **sims}

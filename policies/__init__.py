@@ -16,8 +16,9 @@ __all__ = [
 ]
 
 
-def make_policy(name: str, widths: tuple[float, ...]) -> Policy:
-    """Build a policy from its ``--policy`` name; ``ValueError`` names what is wrong."""
+def make_policy(name: str, widths: tuple[float, ...], accuracy: dict[float, float] | None = None) -> Policy:
+    """Build a policy from its ``--policy`` name; ``ValueError`` names what is wrong. ``accuracy``: the
+    expected accuracy of every width, when known (max-width weighs its choices by it)."""
     if name.startswith("fixed:"):
         try:
             width = float(name.split(":", 1)[1])
@@ -28,7 +29,8 @@ def make_policy(name: str, widths: tuple[float, ...]) -> Policy:
             raise ValueError(f"policy {name!r}: {width:g} is not one of the model's widths {widths}")
         return FixedPolicy(matched)
     if name == "max-width":
-        return MaxWidthPolicy()
+        known = accuracy is not None and all(accuracy.get(w) is not None for w in widths)
+        return MaxWidthPolicy({w: float(accuracy[w]) for w in widths} if known else None)
     if name == "slack":
         return SlackPolicy()
     if name == "feedback":

@@ -7,7 +7,7 @@ from typing import Callable, Sequence
 from .base import Decision, DispatchView, QueuedItem, Reason
 
 __all__ = ["FixedPolicy", "MaxWidthPolicy", "take_batch", "budget_width", "widest_alone", "pinned_decision",
-           "best_split", "keeps_up", "sustainable_widths"]
+           "best_split", "keeps_up", "sustainable_widths", "arrivals_lost"]
 
 
 def take_batch(queue, width: float | None, max_samples: int) -> list[QueuedItem]:
@@ -44,11 +44,15 @@ def budget_width(view: DispatchView, item: QueuedItem) -> float:
 
 
 def best_split(view: DispatchView, batch: list[QueuedItem],
-               allowed: Callable[[list[QueuedItem]], list[float]] | None = None) -> tuple[float, int] | None:
-    """``(width, count)``: serve ``batch[:count]`` now at ``width``, chosen to maximise samples x width
-    over this batch and the one after it (the rest at the widest width meeting its earliest deadline),
-    after the number of samples served in time (a rest that no width serves in time counts none), and
-    among equals the larger batch wins. None when the head cannot finish in time at any width."""
+               allowed: Callable[[list[QueuedItem]], list[float]] | None = None,
+               value: Callable[[float], float] | None = None) -> tuple[float, int] | None:
+    """``(width, count)``: serve ``batch[:count]`` now at ``width``, chosen to maximise the value served
+    (samples x ``value(width)``, default the width itself) over this batch and the one after it (the rest
+    at the widest width meeting its earliest deadline), minus what requests expected to arrive while
+    the plan runs lose (:func:`arrivals_lost`), after the number of samples served in time (a rest that
+    no width serves in time counts none), and among equals the larger batch wins. None when the head
+    cannot finish in time at any width."""
+    value = value or (lambda w: w)
     head_deadline = batch[0].deadline
     samples = [0]
     for item in batch:
@@ -63,19 +67,40 @@ def best_split(view: DispatchView, batch: list[QueuedItem],
                 break
             if width not in allowed(batch[:count]):
                 continue
-            utility, on_time = width * samples[count], samples[count]
+            utility, on_time, busy_until = value(width) * samples[count], samples[count], finish
             rest = samples[-1] - samples[count]
             if rest:
                 rest_widths = allowed(batch[count:])
                 later = next((w for w in reversed(rest_widths)
                               if finish + view.service(w, rest) <= rest_deadline[count]), None)
                 if later is not None:
-                    utility += later * rest
+                    utility += value(later) * rest
                     on_time += rest
+                    # the rest runs before newcomers (EDF) unless they have earlier deadlines than it
+                    if rest_deadline[count] <= view.now + (batch[0].deadline - batch[0].arrival):
+                        busy_until = finish + view.service(later, rest)
+            utility -= arrivals_lost(view, batch[0], busy_until - view.now) * value(view.widths[0])
             key = (on_time, round(utility, 9), count)
             if best_key is None or key > best_key:
                 best, best_key = (width, count), key
     return best
+
+
+def arrivals_lost(view: DispatchView, head: QueuedItem, busy_s: float) -> float:
+    """Requests expected to arrive in the next ``busy_s`` seconds that will miss their deadline because
+    the device is busy until then (each counted as lost even at the narrowest width alone).
+
+    A request arriving ``u`` seconds into the busy period (with the head's budget ``B``, the best guess
+    for the next one's) waits ``busy_s - u`` and then needs ``t0``, the narrowest width's time for the
+    batch that the arrivals of the busy period form: it misses when ``u < busy_s + t0 - B``. With Poisson arrivals at rate ``r`` that is ``r`` times that
+    window. Without this term a fine width grid lets max-width fill a tight budget exactly, and every
+    request arriving meanwhile misses (BENCHMARKS.md, the US grid section)."""
+    rate = view.load.arrival_rate if view.load is not None else None
+    if not rate or not head.has_budget:
+        return 0.0
+    arriving = max(1, min(view.max_batch_size, round(rate * busy_s)))  # they run together afterwards
+    window = busy_s + view.service(view.widths[0], arriving) - (head.deadline - head.arrival)
+    return rate * min(busy_s, max(0.0, window))
 
 
 # Offered load per unit of planned capacity that max-width still accepts at a width. Above 1 on
@@ -165,6 +190,18 @@ class MaxWidthPolicy:
 
     name = "max-width"
 
+    def __init__(self, accuracy: dict[float, float] | None = None) -> None:
+        # What a sample served at each width is worth: its expected accuracy when the model card has
+        # one for every width (made non-decreasing, plus a hair of width so that equal accuracies still
+        # go to the wider width: at low load this policy serves the widest), else the width itself.
+        self.value = None
+        if accuracy:
+            envelope, best = {}, 0.0
+            for width in sorted(accuracy):
+                best = max(best, accuracy[width])
+                envelope[width] = best + 1e-6 * width
+            self.value = envelope.__getitem__
+
     def select(self, view: DispatchView) -> Decision:
         pinned = pinned_decision(view)
         if pinned:
@@ -176,7 +213,7 @@ class MaxWidthPolicy:
         sustainable = sustainable_widths(view)  # once per dispatch, not per split considered
         allowed = None if len(sustainable) == len(view.widths) else (
             lambda items: allowed_widths(view, items, sustainable))
-        plan = best_split(view, batch, allowed)
+        plan = best_split(view, batch, allowed, self.value)
         if plan is None:  # the head is late whatever runs: the narrowest, for everyone queued with it
             return Decision(view.widths[0], tuple(i.id for i in batch), Reason.FALLBACK)
         width, count = plan

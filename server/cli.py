@@ -149,7 +149,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
         accuracy = dict(models.load_checkpoint(args.checkpoint).metadata.get("accuracy", {}))
     settings = settings_from_args(args)
-    policy = make_policy(settings.policy, profile.widths)
+    policy = make_policy(settings.policy, profile.widths, accuracy or None)
     arrivals = arrival_times(args.trace, args.rate, args.duration, args.seed)
     result = simulate(profile, policy, arrivals, args.budget_ms / 1e3, accuracy or None, settings.scheduler_config(),
                       args.noise, args.seed, request_cpu_s=args.request_cpu_ms / 1e3)

@@ -83,7 +83,7 @@ class Engine:
         self.metrics = metrics
         self.model_name = model_name
         self.card = card if card is not None else ModelCard.from_net(net)
-        self.policy: Policy = make_policy(settings.policy, net.widths)  # validate before start-up work
+        self.policy: Policy = make_policy(settings.policy, net.widths, dict(self.card.accuracy) or None)  # validate before start-up work
         self.runtime: Runtime | None = None
         self.profile: LatencyProfile | None = None
         self.scheduler: Scheduler | None = None

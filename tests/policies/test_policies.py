@@ -253,3 +253,36 @@ def test_max_width_does_not_throttle_patient_requests():
     urgent = DispatchView(now=0.0, queue=[item(1, deadline=0.012)], widths=WIDTHS, profile=PROFILE,
                           max_batch_size=8, load=LoadSignals(arrival_rate=350.0))
     assert MaxWidthPolicy().select(urgent).width == 0.5  # 12 ms < 4 x 4 ms (0.75): sustainable widths only
+
+
+def test_max_width_leaves_room_for_requests_arriving_during_the_batch():
+    from policies.base import LoadSignals
+    from policies.builtin import arrivals_lost
+
+    accuracy = {0.25: 0.50, 0.5: 0.60, 0.75: 0.69, 1.0: 0.70}
+    queue = [item(1, deadline=0.0085)]  # 1.0 fits (8 ms), leaving 0.5 ms: too little for a newcomer's 1 ms
+
+    def at(rate):
+        return DispatchView(now=0.0, queue=queue, widths=WIDTHS, profile=PROFILE, max_batch_size=8,
+                            load=LoadSignals(arrival_rate=rate))
+
+    # requests arriving in the first 0.5 ms of an 8 ms run miss even at the narrowest: 100/s x 0.5 ms
+    assert arrivals_lost(at(100.0), queue[0], 0.008) == pytest.approx(0.05)
+    assert arrivals_lost(at(100.0), queue[0], 0.004) == 0.0  # 0.75's 4 ms leaves room
+    assert arrivals_lost(at(None), queue[0], 0.008) == 0.0
+    # no arrivals expected: the widest that fits, whatever the values
+    assert MaxWidthPolicy(accuracy).select(at(None)).width == 1.0
+    # 0.05 lost requests x 0.50 outweigh 1.0's one point over 0.75
+    assert MaxWidthPolicy(accuracy).select(at(100.0)).width == 0.75
+    # valued by width alone (no accuracy known), 1.0's 0.25 gain still outweighs 0.05 x 0.25
+    assert MaxWidthPolicy().select(at(100.0)).width == 1.0
+
+
+def test_max_width_with_accuracy_still_serves_the_widest_among_equals():
+    # a non-monotone measured curve (0.5 below 0.25) must not send low load to a narrower width
+    accuracy = {0.25: 0.60, 0.5: 0.55, 0.75: 0.70, 1.0: 0.70}
+    policy = make_policy("max-width", WIDTHS, accuracy)
+    assert policy.select(view([item(1, deadline=1.0)])).width == 1.0
+    assert policy.select(view([item(1, deadline=0.003)])).width == 0.5  # 0.5 and 0.25 fit: the wider
+    # accuracy for only some widths: valued by width
+    assert make_policy("max-width", WIDTHS, {1.0: 0.7}).value is None
