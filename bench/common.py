@@ -129,8 +129,8 @@ def server_timing(header: str) -> dict[str, float]:
 
 @contextlib.contextmanager
 def pinned_process_server(cmd: list[str], port: int, cpus: set[int], env: dict | None = None, cwd: Path = REPO,
-                          name: str = "server", timeout: float = 300.0):
-    """Any HTTP server command (a peer, another ASGI server) on ``cpus`` until its ``/readyz`` answers
+                          name: str = "server", timeout: float = 300.0, ready_path: str = "/readyz"):
+    """Any HTTP server command (a peer, another ASGI server) on ``cpus`` until ``ready_path`` answers
     200; yields ``(base url, pid)``; SIGTERM (then SIGKILL) on exit."""
     log = tempfile.TemporaryFile("w+")
     proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
@@ -143,7 +143,7 @@ def pinned_process_server(cmd: list[str], port: int, cpus: set[int], env: dict |
                 log.seek(0)
                 raise RuntimeError(f"{name} did not start (exit {proc.returncode}): {log.read()[-2000:]}")
             with contextlib.suppress(httpx2.HTTPError):
-                if httpx2.get(url + "/readyz", timeout=1).status_code == 200:
+                if httpx2.get(url + ready_path, timeout=1).status_code == 200:
                     break
             time.sleep(0.2)
         yield url, proc.pid

@@ -35,15 +35,15 @@ MAX_REQUESTS = 5000  # hard bound per point
 
 
 async def fire(client: httpx2.AsyncClient, url: str, body: bytes, headers: dict, budget_ms: float, send_at: float,
-               t0: float, results: list, lags: list) -> None:
+               t0: float, results: list, lags: list, width: float | None = None) -> None:
     await asyncio.sleep(max(0.0, t0 + send_at - time.perf_counter()))
     start = time.perf_counter()
     lags.append((start - (t0 + send_at)) * 1e3)
     try:
         r = await client.post(url, content=body, headers={**headers, "X-Latency-Budget-Ms": str(budget_ms)})
         elapsed = (time.perf_counter() - start) * 1e3
-        width = float(r.headers["x-served-width"]) if r.status_code == 200 else None
-        results.append((r.status_code, elapsed, width))
+        served = r.headers.get("x-served-width")  # a peer server at one width does not say it
+        results.append((r.status_code, elapsed, (float(served) if served else width) if r.status_code == 200 else None))
     except httpx2.HTTPError:
         results.append((0, (time.perf_counter() - start) * 1e3, None))
 
@@ -63,8 +63,9 @@ def v2_request(model: str = "v2", size: int = 224) -> tuple[str, bytes, dict]:
 
 
 async def run_point(url: str, body: bytes, rate: float, duration: float, budget_ms: float, trace: str,
-                    headers: dict = JPEG) -> tuple[list, dict]:
-    """The answers (status, client latency ms, width) and the client's own costs."""
+                    headers: dict = JPEG, width: float | None = None) -> tuple[list, dict]:
+    """The answers (status, client latency ms, width) and the client's own costs; ``width``: the width
+    of a server that does not send ``X-Served-Width`` (a peer serving one width)."""
     arrivals = arrival_times(trace, rate, duration, seed=11)[:MAX_REQUESTS]
     results: list = []
     lags: list = []
@@ -72,7 +73,7 @@ async def run_point(url: str, body: bytes, rate: float, duration: float, budget_
     cpu0 = time.process_time()
     async with httpx2.AsyncClient(timeout=duration + 30, limits=limits) as client:
         t0 = time.perf_counter() + 0.2
-        await asyncio.gather(*(fire(client, url, body, headers, budget_ms, a, t0, results, lags) for a in arrivals))
+        await asyncio.gather(*(fire(client, url, body, headers, budget_ms, a, t0, results, lags, width) for a in arrivals))
     client = {"client_cpu_ms_per_request": (time.process_time() - cpu0) / max(1, len(arrivals)) * 1e3,
               "send_lag_p50_ms": float(np.percentile(lags, 50)) if lags else None,
               "send_lag_p99_ms": float(np.percentile(lags, 99)) if lags else None}

@@ -11,10 +11,17 @@ with one ORT thread, the client on core 1. Reported:
   batch-1 latency: attainment at the client, late answers, expected top-1 per request sent for
   widthwise (max-width) and the bare app at each width.
 
-Triton (nvidia-pytriton) is not driven here: it needs numpy<2 in a venv of its own and its
-tritonserver binary; see BENCHMARKS.md.
+With ``--triton-python PY`` the same files are also served by Triton (nvidia-pytriton: tritonserver
+2.51 with a Python backend calling ONNX Runtime, dynamic batching up to 8, no queue delay), one
+fixed width per server, pinned like the others; its CPU counts every process of the server
+(tritonserver and the Python backend's stub). pytriton needs numpy<2, so it gets a venv of its own:
 
-    python -m bench.peers --out out/peers [--loads 0.5,1,2,3] [--duration 8]
+    python3.11 -m venv out/triton-venv && out/triton-venv/bin/pip install nvidia-pytriton "numpy<2" onnxruntime
+    python -m bench.peers --out out/peers [--loads 0.5,1,2,3] [--duration 8] [--triton-python out/triton-venv/bin/python]
+
+The Python backend's stub embeds libpython: it must load that interpreter's own (found first on
+``LD_LIBRARY_PATH``), or the standard library and the library disagree (a ``_thread.RLock``
+attribute error when the model loads).
 """
 
 from __future__ import annotations
@@ -69,6 +76,84 @@ async def ready() -> dict:
 '''
 
 
+TRITON_APP = '''
+import os
+import numpy as np
+import onnxruntime as ort
+from pytriton.decorators import batch
+from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+from pytriton.triton import Triton, TritonConfig
+
+options = ort.SessionOptions()
+options.intra_op_num_threads = 1
+options.inter_op_num_threads = 1
+session = ort.InferenceSession(os.environ["PEER_ONNX"], options, providers=["CPUExecutionProvider"])
+
+@batch
+def infer(input):
+    return {"logits": session.run(None, {"input": np.ascontiguousarray(input, dtype=np.float32)})[0]}
+
+ports = [int(p) for p in os.environ["PEER_PORTS"].split(",")]
+config = TritonConfig(http_address="127.0.0.1", http_port=ports[0], grpc_address="127.0.0.1", grpc_port=ports[1],
+                      metrics_port=ports[2], log_verbose=0)
+with Triton(config=config) as triton:
+    triton.bind(model_name="v2", infer_func=infer,
+                inputs=[Tensor(name="input", dtype=np.float32, shape=(3, 224, 224))],
+                outputs=[Tensor(name="logits", dtype=np.float32, shape=(-1,))],
+                config=ModelConfig(max_batch_size=8, batcher=DynamicBatcher(max_queue_delay_microseconds=0)))
+    triton.serve()
+'''
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every live process below it."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo += children.get(current, [])
+    return found
+
+
+def tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its live descendants (Triton runs several processes)."""
+    total = 0.0
+    for p in descendants(pid):
+        with contextlib.suppress(OSError):
+            total += process_cpu_s(p)
+    return total
+
+
+@contextlib.contextmanager
+def triton_server(python: str, onnx_path: Path, cpus: set[int]):
+    """Triton (pytriton) serving ``onnx_path`` as model ``v2`` on ``cpus``; yields ``(base url, pid)``."""
+    import subprocess
+
+    python = os.path.abspath(python)  # not resolve(): the venv's python is a symlink to the base interpreter
+    libdir = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    ports = [free_port() for _ in range(3)]
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "triton_app.py").write_text(TRITON_APP)
+        env = {"PEER_ONNX": str(onnx_path), "PEER_PORTS": ",".join(map(str, ports)), "OMP_NUM_THREADS": "1",
+               "LD_LIBRARY_PATH": ":".join(filter(None, [libdir, os.environ.get("LD_LIBRARY_PATH")]))}
+        tree: list[int] = []
+        try:
+            with pinned_process_server([python, "triton_app.py"], ports[0], cpus, env, cwd=Path(tmp), name="triton",
+                                       timeout=180, ready_path="/v2/models/v2/ready") as (url, pid):  # up before the model
+                tree = descendants(pid)
+                yield url, pid
+        finally:
+            for p in tree[1:]:  # tritonserver and stubs outlive a terminated parent
+                with contextlib.suppress(OSError):
+                    os.kill(p, 9)
+
+
 @contextlib.contextmanager
 def bare_server(onnx_path: Path, width: float, cpus: set[int]):
     """The bare app under uvicorn (httptools, asyncio), like ``widthwise serve``'s defaults."""
@@ -101,16 +186,16 @@ def raw_ort_ms(onnx_path: Path, repeats: int = 300) -> float:
 
 
 def closed_loop_cpu_ms(url: str, pid: int, path: str, body: bytes, headers: dict, n: int = 600) -> float:
-    """Server CPU per request, one keep-alive connection sending back to back."""
+    """Server CPU per request (every process of the server), one keep-alive connection sending back to back."""
     with httpx2.Client(timeout=30) as client:
         for _ in range(30):
             client.post(url + path, content=body, headers=headers)
-        cpu0 = process_cpu_s(pid)
+        cpu0 = tree_cpu_s(pid)
         for _ in range(n):
             r = client.post(url + path, content=body, headers=headers)
             if r.status_code != 200:
                 raise RuntimeError(f"{url}: HTTP {r.status_code} {r.text[:200]}")
-        return (process_cpu_s(pid) - cpu0) / n * 1e3
+        return (tree_cpu_s(pid) - cpu0) / n * 1e3
 
 
 def main() -> None:
@@ -118,6 +203,8 @@ def main() -> None:
     parser.add_argument("--loads", default="0.5,1,2,3")
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--out", type=Path, default=Path("out/peers"))
+    parser.add_argument("--triton-python", default=None,
+                        help="a Python with nvidia-pytriton, numpy<2 and onnxruntime: also drive Triton")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     checkpoint = imagenet_checkpoint("s_mobilenet_v2")
@@ -142,25 +229,33 @@ def main() -> None:
             ours = closed_loop_cpu_ms(url, url.pid, path, body, {**headers, "X-Width": repr(width)})
             with bare_server(onnx[width], width, {0}) as (bare_url, bare_pid):
                 bare = closed_loop_cpu_ms(bare_url, bare_pid, path, body, headers)
+            triton = None
+            if args.triton_python:
+                with triton_server(args.triton_python, onnx[width], {0}) as (triton_url, triton_pid):
+                    triton = closed_loop_cpu_ms(triton_url, triton_pid, path, body, headers)
             row = {"width": width, "raw_ort_ms": raw, "widthwise_cpu_ms": ours, "bare_cpu_ms": bare,
-                   "widthwise_over_raw_ms": ours - raw, "bare_over_raw_ms": bare - raw,
+                   "triton_cpu_ms": triton, "widthwise_over_raw_ms": ours - raw, "bare_over_raw_ms": bare - raw,
+                   "triton_over_raw_ms": triton - raw if triton is not None else None,
                    "overhead_ratio": (ours - raw) / (bare - raw) if bare > raw else None}
             report["overhead"].append(row)
-            print(f"width {width}: raw ORT {raw:.2f} ms; server CPU/request widthwise {ours:.2f} ms, bare {bare:.2f} ms; "
-                  f"over raw {ours - raw:.2f} vs {bare - raw:.2f} ms ({row['overhead_ratio'] or 0:.2f}x)")
+            print(f"width {width}: raw ORT {raw:.2f} ms; server CPU/request widthwise {ours:.2f} ms, bare {bare:.2f} ms"
+                  + (f", triton {triton:.2f} ms" if triton is not None else "")
+                  + f"; over raw {ours - raw:.2f} vs {bare - raw:.2f} ms ({row['overhead_ratio'] or 0:.2f}x)")
     budget_ms = 3 * widest_b1_ms
     capacity = 1e3 / widest_b1_ms
     loads = [float(x) for x in args.loads.split(",")]
     servers = [("widthwise max-width", lambda: live_server(*flags, "--policy", "max-width", "--profile",
                                                             str(profile_path), cpus={0}), None)]
     servers += [(f"bare {w!r}", (lambda w=w: bare_server(onnx[w], w, {0})), w) for w in widths]
+    if args.triton_python:
+        servers += [(f"triton {w!r}", (lambda w=w: triton_server(args.triton_python, onnx[w], {0})), w) for w in widths]
     print(f"budget {budget_ms:.1f} ms, loads x {capacity:.0f} req/s")
-    for name, start, _ in servers:
+    for name, start, fixed_width in servers:
         with start() as handle:
             url = handle if isinstance(handle, str) else handle[0]
             for load in loads:
                 results, client = asyncio.run(run_point(url + path, body, load * capacity, args.duration, budget_ms,
-                                                        "poisson", headers))
+                                                        "poisson", headers, fixed_width))
                 row = {"server": name, "load": load, **summarize(results, budget_ms, args.duration, accuracy), **client}
                 report["load"].append(row)
                 print(f"{name:>20} {load:.1f}x: attainment {row['attainment']:.3f}, late {row['late_200']}, "
