@@ -38,10 +38,6 @@ def resident_mb() -> float:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
-def tiny_shape(net) -> tuple[int, int, int]:
-    return net.in_channels, net.input_size, net.input_size
-
-
 def measure(arch: str, widths_spec: str, batches: list[int]) -> dict:
     """One configuration, in this process (run it in a fresh one)."""
     import torch
@@ -60,7 +56,9 @@ def measure(arch: str, widths_spec: str, batches: list[int]) -> dict:
     # One-time costs (the exporter's and ORT's code and registries) are not per width: pay them on a
     # throw-away tiny model first.
     tiny = models.create("us_convnet6", widths=(1.0,), calibrated=(1.0,)).eval()
-    Runtime(tiny, device="cpu", backend="onnxruntime", threads=1).run(1.0, torch.zeros(1, *tiny_shape(tiny)))
+    throwaway = Runtime(tiny, device="cpu", backend="onnxruntime", threads=1)
+    throwaway.run(1.0, torch.zeros(1, *throwaway.input_shape))
+    del throwaway
     before = resident_mb()
     runtime = Runtime(net, device="cpu", backend="onnxruntime", threads=1)
     loaded = resident_mb()

@@ -32,6 +32,7 @@ import contextlib
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -132,8 +133,6 @@ def tree_cpu_s(pid: int) -> float:
 @contextlib.contextmanager
 def triton_server(python: str, onnx_path: Path, cpus: set[int]):
     """Triton (pytriton) serving ``onnx_path`` as model ``v2`` on ``cpus``; yields ``(base url, pid)``."""
-    import subprocess
-
     python = os.path.abspath(python)  # not resolve(): the venv's python is a symlink to the base interpreter
     libdir = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
                             capture_output=True, text=True, check=True).stdout.strip()

@@ -30,6 +30,7 @@ import os
 import time
 from pathlib import Path
 
+import httpx2
 import torch
 
 import models
@@ -170,8 +171,6 @@ def live_rows(args, checkpoint: Path, profile: LatencyProfile, budgets: list[flo
             with live_server("--checkpoint", str(checkpoint), "--model-name", "v2", "--widths", widths,
                              "--threads", "1", "--max-batch-size", "8", "--policy", policy, *source, cpus={0},
                              ready_timeout=900) as url:
-                import httpx2
-
                 model = httpx2.get(url + "/v1/models").json()["models"][0]
                 accuracy = {w["width"]: w["expected_accuracy"] for w in model["widths"]}
                 for budget in budgets:

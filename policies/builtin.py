@@ -92,8 +92,8 @@ def arrivals_lost(view: DispatchView, head: QueuedItem, busy_s: float) -> float:
 
     A request arriving ``u`` seconds into the busy period (with the head's budget ``B``, the best guess
     for the next one's) waits ``busy_s - u`` and then needs ``t0``, the narrowest width's time for the
-    batch that the arrivals of the busy period form: it misses when ``u < busy_s + t0 - B``. With Poisson arrivals at rate ``r`` that is ``r`` times that
-    window. Without this term a fine width grid lets max-width fill a tight budget exactly, and every
+    batch that the arrivals of the busy period form: it misses when ``u < busy_s + t0 - B``. With
+    Poisson arrivals at rate ``r`` that is ``r`` times that window. Without this term a fine width grid lets max-width fill a tight budget exactly, and every
     request arriving meanwhile misses (BENCHMARKS.md, the US grid section)."""
     rate = view.load.arrival_rate if view.load is not None else None
     if not rate or not head.has_budget:

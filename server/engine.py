@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import enum
-import gc
 import itertools
 import json
 import logging
@@ -185,7 +184,6 @@ class Engine:
                 self._save_profile(self.settings.save_profile)
             for hook in self.before_ready:  # e.g. warming the HTTP request path (server/warmup.py)
                 hook()
-            gc.collect()
             return_freed_heap()
             self.monitor = DeviceMonitor(self.runtime.device.type, self.runtime.device.index or 0)
             self.scheduler = Scheduler(

@@ -149,7 +149,9 @@ def return_freed_heap() -> None:
     resident (BENCHMARKS.md, "Resident memory of the served widths")."""
     import ctypes
     import ctypes.util
+    import gc
 
+    gc.collect()  # free what only cycles still hold first
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name) if name else None
