@@ -7,7 +7,7 @@ from typing import Callable, Sequence
 from .base import Decision, DispatchView, QueuedItem, Reason
 
 __all__ = ["FixedPolicy", "MaxWidthPolicy", "take_batch", "budget_width", "widest_alone", "pinned_decision",
-           "best_split", "keeps_up", "sustainable_widths", "arrivals_lost"]
+           "best_split", "keeps_up", "sustainable_widths", "sustainable_utilization", "arrivals_lost"]
 
 
 def take_batch(queue, width: float | None, max_samples: int) -> list[QueuedItem]:
@@ -108,6 +108,20 @@ def arrivals_lost(view: DispatchView, head: QueuedItem, busy_s: float) -> float:
 # the batch size one batch-1 run's arrivals form, which under sustained load grows. Simulated on
 # S-MobileNet v2 224 (BENCHMARKS.md): 1.0 gave up 0.7 points of accuracy at 1x load, 1.2 none.
 SUSTAINABLE_UTILIZATION = 1.2
+
+# The same limit when the server's own per-request CPU (HTTP, decoding, replies) runs on the model's
+# cores: every arrival then also steals core time from the batch running at that moment, stretching
+# it and everyone queued behind it, so the queue needs headroom that 1.2 does not leave. Simulated
+# on S-MobileNet v2 224 with 1-2 ms of request CPU per request (BENCHMARKS.md, "max-width on a shared
+# core"): 0.8-0.9 is a plateau; against 1.2 it holds 1.5x load at 0.983 instead of 0.960 (1 ms) and
+# 0.833 instead of 0.756 (2 ms), with as much or more expected accuracy per request sent.
+SHARED_CORE_UTILIZATION = 0.85
+
+
+def sustainable_utilization(view: DispatchView) -> float:
+    """The utilization limit for ``view``'s load: lower when the server's own CPU shares the model's cores."""
+    shared = view.load is not None and bool(view.load.request_cpu_s)
+    return SHARED_CORE_UTILIZATION if shared else SUSTAINABLE_UTILIZATION
 
 
 def keeps_up(view: DispatchView, width: float, utilization: float) -> bool:
@@ -210,7 +224,7 @@ class MaxWidthPolicy:
         head = batch[0]
         if not head.has_budget:
             return Decision(view.widths[-1], tuple(i.id for i in batch), Reason.NO_BUDGET)
-        sustainable = sustainable_widths(view)  # once per dispatch, not per split considered
+        sustainable = sustainable_widths(view, sustainable_utilization(view))  # once per dispatch, not per split
         allowed = None if len(sustainable) == len(view.widths) else (
             lambda items: allowed_widths(view, items, sustainable))
         plan = best_split(view, batch, allowed, self.value)

@@ -242,6 +242,22 @@ def test_max_width_keeps_to_widths_that_keep_up_with_the_arrival_rate():
     assert sustainable_widths(flood) == [0.25]
 
 
+def test_max_width_leaves_more_headroom_when_the_servers_own_cpu_shares_the_core():
+    from policies.base import LoadSignals
+
+    queue = [item(1, deadline=0.012)]  # not patient at 1.0 (12 ms < 4 x 8 ms)
+    # 100 req/s at 1.0 (8 ms a request, batches of one): 0.8 of the device, kept under either limit...
+    own_cores = DispatchView(now=0.0, queue=queue, widths=WIDTHS, profile=PROFILE, max_batch_size=8,
+                             load=LoadSignals(arrival_rate=100.0))
+    assert MaxWidthPolicy().select(own_cores).width == 1.0
+    # ...but with 1 ms of HTTP and decoding per request on the same core it is 0.9: above the 0.85
+    # kept for a shared core (the 1.2 limit would have allowed it); 0.75 (4 + 1 ms: 0.5) stays.
+    shared = DispatchView(now=0.0, queue=queue, widths=WIDTHS, profile=PROFILE, max_batch_size=8,
+                          load=LoadSignals(arrival_rate=100.0, request_cpu_s=0.001))
+    decision = MaxWidthPolicy().select(shared)
+    assert decision.width == 0.75 and decision.reason == "load"
+
+
 def test_max_width_does_not_throttle_patient_requests():
     from policies.base import LoadSignals
 
