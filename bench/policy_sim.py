@@ -8,6 +8,7 @@ checks the headline criteria and writes JSON + PNG.
 
     python -m bench.policy_sim --out out/policy_sim            # measure the profile here
     python -m bench.policy_sim --profile p.json --out out/x    # or reuse a saved one
+    python -m bench.policy_sim --profile p.json --request-cpu-ms 2 --out out/x  # HTTP on the model's core
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--duration", type=float, default=30.0, help="simulated seconds per point")
     parser.add_argument("--noise", type=float, default=0.05)
+    parser.add_argument("--request-cpu-ms", type=float, default=0.0,
+                        help="the server's own CPU per request on the model's cores (serve's /v1/models request_cpu_ms; "
+                             "0: it has cores of its own)")
     parser.add_argument("--out", type=Path, default=Path("out/policy_sim"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -75,7 +79,8 @@ def main() -> None:
         arrivals = arrival_times("poisson", rate, args.duration, seed=7)
         for name in policies:
             config = Settings(max_batch_size=args.max_batch_size).scheduler_config()  # serve's own defaults
-            result = simulate(profile, make_policy(name, widths, accuracy), arrivals, budget, accuracy, config, args.noise, seed=7)
+            result = simulate(profile, make_policy(name, widths, accuracy), arrivals, budget, accuracy, config, args.noise,
+                              seed=7, request_cpu_s=args.request_cpu_ms / 1e3)
             rows.append({"load": m, "rate": rate, "policy": name, **result.as_dict()})
 
     header = f"{'load':>5} " + " ".join(f"{p:>15}" for p in policies)
@@ -91,7 +96,7 @@ def main() -> None:
         print(line)
     report = {
         "machine": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%d"),
-        "arch": args.arch, "budget_ms": budget * 1e3, "capacity_rps": {"widest": cap_wide, "narrowest": cap_narrow},
+        "arch": args.arch, "budget_ms": budget * 1e3, "request_cpu_ms": args.request_cpu_ms, "capacity_rps": {"widest": cap_wide, "narrowest": cap_narrow},
         "profile": profile.as_dict(), "rows": rows, "headline": verdicts,
     }
     (args.out / "policy_sim.json").write_text(json.dumps(report, indent=2))
