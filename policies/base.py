@@ -45,6 +45,12 @@ class QueuedItem:
     def has_budget(self) -> bool:
         return math.isfinite(self.deadline)
 
+    @property
+    def planning_budget(self) -> float:
+        """Seconds from arrival to deadline (its budget less the server's reserve): what the policies
+        assume a request arriving next will have too."""
+        return self.deadline - self.arrival
+
 
 @dataclass(frozen=True)
 class LoadSignals:

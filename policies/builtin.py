@@ -77,7 +77,7 @@ def best_split(view: DispatchView, batch: list[QueuedItem],
                     utility += value(later) * rest
                     on_time += rest
                     # the rest runs before newcomers (EDF) unless they have earlier deadlines than it
-                    if rest_deadline[count] <= view.now + (batch[0].deadline - batch[0].arrival):
+                    if rest_deadline[count] <= view.now + batch[0].planning_budget:
                         busy_until = finish + view.service(later, rest)
             utility -= arrivals_lost(view, batch[0], busy_until - view.now) * value(view.widths[0])
             key = (on_time, round(utility, 9), count)
@@ -99,7 +99,7 @@ def arrivals_lost(view: DispatchView, head: QueuedItem, busy_s: float) -> float:
     if not rate or not head.has_budget:
         return 0.0
     arriving = max(1, min(view.max_batch_size, round(rate * busy_s)))  # they run together afterwards
-    window = busy_s + view.service(view.widths[0], arriving) - (head.deadline - head.arrival)
+    window = busy_s + view.service(view.widths[0], arriving) - head.planning_budget
     return rate * min(busy_s, max(0.0, window))
 
 
