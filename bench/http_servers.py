@@ -27,7 +27,7 @@ import numpy as np
 
 from bench.common import free_port, imagenet_checkpoint, live_server, noise_jpeg, pinned_process_server
 from bench.grpc_overhead import process_cpu_s
-from bench.load import run_point, summarize
+from bench.load import describe, measure_point
 
 
 @contextlib.contextmanager
@@ -101,17 +101,11 @@ def main() -> None:
             rows.append({"server": name, "closed_loop_rps": throughput})
             for load in (float(x) for x in args.loads.split(",")):
                 cpu0 = server_tree_cpu_s(pid)
-                results, client = asyncio.run(run_point(url + "/v1/classify", body, load * cap, args.duration,
-                                                        budget_ms, "poisson"))
-                server_cpu = (server_tree_cpu_s(pid) - cpu0) / max(1, len(results)) * 1e3
                 row = {"server": name, "load": load, "rate": load * cap,
-                       **summarize(results, budget_ms, args.duration, accuracy), **client,
-                       "server_cpu_ms_per_request": server_cpu}
+                       **measure_point(url + "/v1/classify", body, load * cap, args.duration, budget_ms, accuracy)}
+                row["server_cpu_ms_per_request"] = (server_tree_cpu_s(pid) - cpu0) / max(1, row["sent"]) * 1e3
                 rows.append(row)
-                print(f"{name:>8} {load:.1f}x: attainment {row['attainment']:.3f}, late 200s {row['late_200']}, "
-                      f"accuracy/sent {row['accuracy_per_sent'] or 0:.3f}, p50 {row['p50_ms'] or 0:.1f} ms, "
-                      f"p99 {row['p99_ms'] or 0:.1f} ms, statuses {row['statuses']}, server CPU {server_cpu:.2f} ms/req, "
-                      f"client CPU {row['client_cpu_ms_per_request']:.2f} ms/req")
+                print(f"{name:>8} {load:.1f}x: {describe(row)}, server CPU {row['server_cpu_ms_per_request']:.2f} ms/req")
                 time.sleep(1.0)
     (args.out / "http_servers.json").write_text(json.dumps(
         {"date": time.strftime("%Y-%m-%d"), "budget_ms": budget_ms, "capacity_rps": cap, "rows": rows}, indent=2))

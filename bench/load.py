@@ -83,6 +83,21 @@ async def run_point(url: str, body: bytes, rate: float, duration: float, budget_
     return results, client_costs
 
 
+def measure_point(url: str, body: bytes, rate: float, duration: float, budget_ms: float, accuracy: dict[float, float],
+                  trace: str = "poisson", headers: dict = JPEG, width: float | None = None) -> dict:
+    """One open-loop point against ``url``: :func:`summarize` of the answers and the client's own costs."""
+    results, client = asyncio.run(run_point(url, body, rate, duration, budget_ms, trace, headers, width))
+    return {**summarize(results, budget_ms, duration, accuracy), **client}
+
+
+def describe(row: dict) -> str:
+    """One line for a :func:`measure_point` row, as every load benchmark prints it."""
+    return (f"attainment {row['attainment']:.3f}, late 200s {row['late_200']}, accuracy/sent "
+            f"{row['accuracy_per_sent'] or 0:.3f} (/answer {row['mean_accuracy'] or 0:.3f}), p50 {row['p50_ms'] or 0:.1f} "
+            f"ms, p99 {row['p99_ms'] or 0:.1f} ms, statuses {row['statuses']}, client CPU "
+            f"{row['client_cpu_ms_per_request']:.2f} ms/req, send lag p99 {row['send_lag_p99_ms'] or 0:.1f} ms")
+
+
 def _percentiles(values: list[float]) -> dict | None:
     if not values:
         return None
@@ -165,16 +180,11 @@ def main() -> None:
     for policy in policies:
         with live_server(*common, "--policy", policy, "--profile", str(profile_path), cpus=cpus) as url:
             for rate in rates:
-                results, client = asyncio.run(run_point(url + path, body, rate, args.duration, budget_ms,
-                                                        args.trace, headers))
                 row = {"policy": policy, "rate": rate, "load": rate / cap,
-                       **summarize(results, budget_ms, args.duration, accuracy), **client}
+                       **measure_point(url + path, body, rate, args.duration, budget_ms, accuracy, args.trace, headers)}
                 rows.append(row)
-                print(f"{policy:>11} {rate:>7.1f} req/s ({row['load']:.1f}x): attainment {row['attainment']:.3f}, "
-                      f"late 200s {row['late_200']} (excess {row['late_200_excess_ms']}), accuracy/sent {(row['accuracy_per_sent'] or 0):.3f} "
-                      f"(/answer {(row['mean_accuracy'] or 0):.3f}), p50 {row['p50_ms'] or 0:.1f} ms, "
-                      f"p99 {row['p99_ms'] or 0:.1f} ms, statuses {row['statuses']}, client CPU "
-                      f"{row['client_cpu_ms_per_request']:.2f} ms/req, send lag p99 {row['send_lag_p99_ms'] or 0:.1f} ms")
+                print(f"{policy:>11} {rate:>7.1f} req/s ({row['load']:.1f}x): {describe(row)}, late excess ms "
+                      f"{row['late_200_excess_ms']}")
                 time.sleep(1.0)  # let the queue drain between points
     report = {"date": time.strftime("%Y-%m-%d"), "budget_ms": budget_ms, "capacity_rps": cap, "rows": rows,
               "profile": table, "pinned": args.pin, "duration_s": args.duration, "request": args.request}

@@ -27,7 +27,6 @@ attribute error when the model loads).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
@@ -43,7 +42,7 @@ import numpy as np
 
 from bench.common import free_port, imagenet_checkpoint, live_server, pinned_process_server
 from bench.grpc_overhead import process_cpu_s
-from bench.load import run_point, summarize, v2_request
+from bench.load import describe, measure_point, v2_request
 
 BARE_APP = '''
 import json, os, sys
@@ -253,12 +252,10 @@ def main() -> None:
         with start() as handle:
             url = handle if isinstance(handle, str) else handle[0]
             for load in loads:
-                results, client = asyncio.run(run_point(url + path, body, load * capacity, args.duration, budget_ms,
-                                                        "poisson", headers, fixed_width))
-                row = {"server": name, "load": load, **summarize(results, budget_ms, args.duration, accuracy), **client}
+                row = {"server": name, "load": load, **measure_point(url + path, body, load * capacity, args.duration,
+                                                                     budget_ms, accuracy, headers=headers, width=fixed_width)}
                 report["load"].append(row)
-                print(f"{name:>20} {load:.1f}x: attainment {row['attainment']:.3f}, late {row['late_200']}, "
-                      f"top-1/sent {row['accuracy_per_sent'] or 0:.3f}, p99 {row['p99_ms'] or 0:.1f} ms")
+                print(f"{name:>20} {load:.1f}x: {describe(row)}")
                 time.sleep(1.0)
     report["budget_ms"], report["capacity_rps"] = budget_ms, capacity
     (args.out / "peers.json").write_text(json.dumps(report, indent=2))

@@ -8,7 +8,6 @@ the server's measured per-request CPU (``/v1/models`` ``request_cpu_ms``) and wi
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 import httpx2
 
 from bench.common import imagenet_checkpoint, live_server
-from bench.load import run_point, summarize, v2_request
+from bench.load import measure_point, v2_request
 from policies import LatencyProfile, make_policy
 from policies.simulator import arrival_times, simulate
 from server.settings import Settings
@@ -49,9 +48,7 @@ def main() -> None:
         capacity = 1 / widest_b1
         for load in (float(x) for x in args.loads.split(",")):
             rate = load * capacity
-            results, client = asyncio.run(run_point(url + path, body, rate, args.duration, budget_s * 1e3, "poisson",
-                                                    headers))
-            live = summarize(results, budget_s * 1e3, args.duration, accuracy)
+            live = measure_point(url + path, body, rate, args.duration, budget_s * 1e3, accuracy, headers=headers)
             cpu_ms = httpx2.get(url + "/v1/models").json()["models"][0]["request_cpu_ms"] or 0.0
             arrivals = arrival_times("poisson", rate, args.duration, seed=SEED)
             sims = {}

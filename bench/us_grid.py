@@ -24,7 +24,6 @@ curve that keeps rising with width, where the digits models' is flat.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import time
@@ -38,7 +37,7 @@ from models.training import TrainConfig, evaluate, load_dataset, train
 from models.widths import width_grid
 from policies import LatencyProfile, batch_sizes_up_to, make_policy
 from bench.common import live_server
-from bench.load import run_point, summarize, v2_request
+from bench.load import describe, measure_point, v2_request
 from bench.policy_sim import capacity
 from models.checkpoint import OFFICIAL_TOP1
 from policies.simulator import arrival_times, simulate
@@ -162,10 +161,12 @@ def live_rows(args, checkpoint: Path, profile: LatencyProfile, budgets: list[flo
     path, body, headers = v2_request(size=net.input_size)
     os.sched_setaffinity(0, {1})
     rows = []
-    for name, widths in (("14 widths", "0.35:1.0:0.05"), ("4 widths", ",".join(f"{w:g}" for w in FOUR))):
-        saved = args.out / f"live_profile_{name.split()[0]}_widths.json"
-        saved.unlink(missing_ok=True)
-        for policy in POLICIES:
+    grids = (("14 widths", "0.35:1.0:0.05"), ("4 widths", ",".join(f"{w:g}" for w in FOUR)))
+    for name, _ in grids:
+        (args.out / f"live_profile_{name.split()[0]}_widths.json").unlink(missing_ok=True)
+    for turn, policy in enumerate(POLICIES):
+        for name, widths in grids if turn % 2 == 0 else grids[::-1]:  # alternate which list runs first
+            saved = args.out / f"live_profile_{name.split()[0]}_widths.json"
             # the first server of a width list measures its profile, the second reuses it
             source = ["--profile", str(saved)] if saved.exists() else ["--save-profile", str(saved)]
             with live_server("--checkpoint", str(checkpoint), "--model-name", "v2", "--widths", widths,
@@ -175,15 +176,12 @@ def live_rows(args, checkpoint: Path, profile: LatencyProfile, budgets: list[flo
                 accuracy = {w["width"]: w["expected_accuracy"] for w in model["widths"]}
                 for budget in budgets:
                     for load in loads:
-                        results, client = asyncio.run(run_point(url + path, body, load * cap, args.live_duration,
-                                                                budget * 1e3, "poisson", headers))
-                        row = summarize(results, budget * 1e3, args.live_duration, accuracy)
+                        row = measure_point(url + path, body, load * cap, args.live_duration, budget * 1e3, accuracy,
+                                            headers=headers)
                         rows.append({"mode": "live", "budget_ms": budget * 1e3, "load": load, "policy": policy,
-                                     "grid": name, **row, **client})
-                        print(f"live {name:>9} {policy:>9} budget {budget * 1e3:.1f} ms {load:g}x: "
-                              f"attainment {row['attainment']:.3f}, top-1/sent {row['accuracy_per_sent'] or 0:.4f}, "
-                              f"late 200s {row['late_200']}, client CPU {client['client_cpu_ms_per_request']:.2f} ms/req, "
-                              f"send lag p99 {client['send_lag_p99_ms'] or 0:.1f} ms", flush=True)
+                                     "grid": name, **row})
+                        print(f"live {name:>9} {policy:>9} budget {budget * 1e3:.1f} ms {load:g}x: {describe(row)}",
+                              flush=True)
                         time.sleep(1.0)
     return rows
 
