@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Sequence
 
 from .base import Decision, DispatchView, QueuedItem, Reason
@@ -227,7 +228,14 @@ class MaxWidthPolicy:
         sustainable = sustainable_widths(view, sustainable_utilization(view))  # once per dispatch, not per split
         allowed = None if len(sustainable) == len(view.widths) else (
             lambda items: allowed_widths(view, items, sustainable))
-        plan = best_split(view, batch, allowed, self.value)
+        plan = None
+        tail = view.profile.tail_ratio()
+        if tail > 1.0 + view.margin:
+            # Recent batches ran past the profile and its margin: plan this one for that tail when
+            # some width still fits it, else as before (what admission promised, never a refusal).
+            plan = best_split(dataclasses.replace(view, margin=tail - 1.0), batch, allowed, self.value)
+        if plan is None:
+            plan = best_split(view, batch, allowed, self.value)
         if plan is None:  # the head is late whatever runs: the narrowest, for everyone queued with it
             return Decision(view.widths[0], tuple(i.id for i in batch), Reason.FALLBACK)
         width, count = plan

@@ -7,6 +7,7 @@ machine when it slows down.
 
 from __future__ import annotations
 
+import collections
 import json
 import statistics
 import threading
@@ -61,6 +62,8 @@ class LatencyProfile:
         self.ewma_alpha = ewma_alpha
         self.fingerprint = dict(fingerprint) if fingerprint is not None else None
         self._lock = threading.Lock()
+        # observed / predicted seconds of the recent batches: how far the live tail runs past the profile
+        self._ratios: collections.deque[float] = collections.deque(maxlen=self.TAIL_WINDOW)
 
     @property
     def widths(self) -> tuple[float, ...]:
@@ -69,25 +72,31 @@ class LatencyProfile:
     def predict(self, width: float, batch: int) -> float:
         """Predicted seconds to run ``batch`` samples at ``width``."""
         with self._lock:
-            row = self._table[width]
-            exact = row.get(batch)
-            if exact is not None:  # the common case: a measured batch size
-                return exact
-            sizes = sorted(row)
-            if batch <= sizes[0]:
-                return row[sizes[0]]
-            for lo, hi in zip(sizes, sizes[1:]):
-                if lo < batch < hi:
-                    frac = (batch - lo) / (hi - lo)
-                    return row[lo] + frac * (row[hi] - row[lo])
-            largest = sizes[-1]
-            return row[largest] * batch / largest
+            return _interpolate(self._table[width], batch)
+
+    TAIL_WINDOW = 256  # batches
+    TAIL_MIN_BATCHES = 32  # fewer observed: no tail estimate yet
+
+    def tail_ratio(self, quantile: float = 0.9) -> float:
+        """How much longer than predicted the recent batches ran, at ``quantile`` of the last
+        ``TAIL_WINDOW`` (never below 1; 1 until ``TAIL_MIN_BATCHES`` are seen). On a core shared with
+        the event loop the median batch runs as profiled but the tail does not (requests arriving
+        during a batch take the core from it); a plan that fills a budget to the median misses there."""
+        with self._lock:
+            if len(self._ratios) < self.TAIL_MIN_BATCHES:
+                return 1.0
+            ordered = sorted(self._ratios)
+        return max(1.0, ordered[min(len(ordered) - 1, int(quantile * len(ordered)))])
 
     def observe(self, width: float, batch: int, seconds: float) -> None:
-        """Fold an observed batch time into the profile (EWMA on the nearest measured batch size)."""
+        """Fold an observed batch time into the profile (EWMA on the nearest measured batch size) and
+        into the tail estimate (:meth:`tail_ratio`)."""
         with self._lock:
             row = self._raw.get(width)
-            if row is None or seconds <= 0 or not self.ewma_alpha:
+            if row is None or seconds <= 0:
+                return
+            self._ratios.append(seconds / _interpolate(self._table[width], batch))
+            if not self.ewma_alpha:
                 return
             nearest = min(row, key=lambda b: abs(b - batch))
             scaled = seconds * (nearest / batch) if batch > nearest * 2 or nearest > batch * 2 else seconds
@@ -134,6 +143,23 @@ class LatencyProfile:
             return ["fingerprint (the profile does not say what it measured)"]
         return [f"{key} (profile {self.fingerprint.get(key)!r}, server {value!r})"
                 for key, value in expected.items() if self.fingerprint.get(key) != value]
+
+
+def _interpolate(row: Mapping[int, float], batch: int) -> float:
+    """Seconds for ``batch`` from one width's row: linear between measured batch sizes, the largest
+    one's per-sample cost beyond it."""
+    exact = row.get(batch)
+    if exact is not None:  # the common case: a measured batch size
+        return exact
+    sizes = sorted(row)
+    if batch <= sizes[0]:
+        return row[sizes[0]]
+    for lo, hi in zip(sizes, sizes[1:]):
+        if lo < batch < hi:
+            frac = (batch - lo) / (hi - lo)
+            return row[lo] + frac * (row[hi] - row[lo])
+    largest = sizes[-1]
+    return row[largest] * batch / largest
 
 
 def measure_profile(
