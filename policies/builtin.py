@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 from .base import Decision, DispatchView, QueuedItem, Reason
 
 __all__ = ["FixedPolicy", "MaxWidthPolicy", "take_batch", "budget_width", "widest_alone", "pinned_decision",
-           "best_split", "keeps_up", "sustainable_widths", "sustainable_utilization", "arrivals_lost"]
+           "best_split", "keeps_up", "sustainable_widths", "sustainable_utilization", "arrivals_lost", "tail_view"]
 
 
 def take_batch(queue, width: float | None, max_samples: int) -> list[QueuedItem]:
@@ -163,6 +163,14 @@ def allowed_widths(view: DispatchView, items: list[QueuedItem], sustainable: lis
     return [w for w in view.widths if w in sustainable or slack >= PATIENT_SLACK_FACTOR * view.service(w, samples)]
 
 
+def tail_view(view: DispatchView) -> DispatchView | None:
+    """``view`` planning for the recent tail of batch times (:meth:`LatencyProfile.tail_ratio`) when
+    that runs past the margin, else None. Policies try it first and fall back to ``view``: admission
+    promised what the profile plus margin allow, so a request it admitted is never refused for the tail."""
+    tail = view.profile.tail_ratio()
+    return dataclasses.replace(view, margin=tail - 1.0) if tail > 1.0 + view.margin else None
+
+
 def pinned_decision(view: DispatchView) -> Decision | None:
     head = view.queue[0]
     if head.width is None:
@@ -229,12 +237,10 @@ class MaxWidthPolicy:
         allowed = None if len(sustainable) == len(view.widths) else (
             lambda items: allowed_widths(view, items, sustainable))
         plan = None
-        tail = view.profile.tail_ratio()
-        if tail > 1.0 + view.margin:
-            # Recent batches ran past the profile and its margin: plan this one for that tail when
-            # some width still fits it, else as before (what admission promised, never a refusal).
-            plan = best_split(dataclasses.replace(view, margin=tail - 1.0), batch, allowed, self.value)
-        if plan is None:
+        cautious = tail_view(view)
+        if cautious is not None:  # plan for the recent tail when some width still fits it
+            plan = best_split(cautious, batch, allowed, self.value)
+        if plan is None:  # else as before: the profile plus margin, as admission promised
             plan = best_split(view, batch, allowed, self.value)
         if plan is None:  # the head is late whatever runs: the narrowest, for everyone queued with it
             return Decision(view.widths[0], tuple(i.id for i in batch), Reason.FALLBACK)

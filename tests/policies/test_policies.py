@@ -132,18 +132,19 @@ def test_profile_tail_ratio_is_the_recent_tail_of_observed_over_predicted():
 
 
 def test_max_width_plans_for_the_recent_tail_when_a_width_still_fits_it():
+    policy = MaxWidthPolicy
     profile = LatencyProfile.from_dict(PROFILE.as_dict(), ewma_alpha=0.0)
     for _ in range(100):
         profile.observe(0.75, 1, 0.004 * 1.6)  # batches have been running 1.6x their profile
     queue = [item(1, deadline=0.012)]
     plain = DispatchView(now=0.0, queue=queue, widths=WIDTHS, profile=PROFILE, max_batch_size=8, margin=0.1)
-    assert MaxWidthPolicy().select(plain).width == 1.0  # 8.8 ms planned fits 12 ms
+    assert policy().select(plain).width == 1.0  # 8.8 ms planned fits 12 ms
     tailing = DispatchView(now=0.0, queue=queue, widths=WIDTHS, profile=profile, max_batch_size=8, margin=0.1)
-    assert MaxWidthPolicy().select(tailing).width == 0.75  # 1.0 at 1.6x is 12.8 ms; 0.75 is 6.4 ms
+    assert policy().select(tailing).width == 0.75  # 1.0 at 1.6x is 12.8 ms; 0.75 is 6.4 ms
     # when no width fits the tail, the plan falls back to the profile and margin (what admission promised)
     tight = DispatchView(now=0.0, queue=[item(1, deadline=0.0012)], widths=WIDTHS, profile=profile,
                          max_batch_size=8, margin=0.1)
-    decision = MaxWidthPolicy().select(tight)
+    decision = policy().select(tight)
     assert decision.width == 0.25 and decision.reason != "fallback"  # 1.1 ms fits 1.2 ms; 1.6 ms does not
 
 
