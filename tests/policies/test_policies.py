@@ -20,8 +20,9 @@ def item(i, deadline, arrival=0.0, samples=1, width=None):
     return QueuedItem(i, samples, deadline, arrival, width)
 
 
-def view(queue, now=0.0, max_batch=8):
-    return DispatchView(now=now, queue=queue, widths=WIDTHS, profile=PROFILE, max_batch_size=max_batch)
+def view(queue, now=0.0, max_batch=8, profile=PROFILE, **fields):
+    """A dispatch over WIDTHS; ``fields``: any other DispatchView field (load, margin)."""
+    return DispatchView(now=now, queue=queue, widths=WIDTHS, profile=profile, max_batch_size=max_batch, **fields)
 
 
 def test_budget_between_two_widths_picks_the_wider_that_fits():
@@ -137,13 +138,12 @@ def test_max_width_plans_for_the_recent_tail_when_a_width_still_fits_it():
     for _ in range(100):
         profile.observe(0.75, 1, 0.004 * 1.6)  # batches have been running 1.6x their profile
     queue = [item(1, deadline=0.012)]
-    plain = DispatchView(now=0.0, queue=queue, widths=WIDTHS, profile=PROFILE, max_batch_size=8, margin=0.1)
+    plain = view(queue, margin=0.1)
     assert policy().select(plain).width == 1.0  # 8.8 ms planned fits 12 ms
-    tailing = DispatchView(now=0.0, queue=queue, widths=WIDTHS, profile=profile, max_batch_size=8, margin=0.1)
+    tailing = view(queue, profile=profile, margin=0.1)
     assert policy().select(tailing).width == 0.75  # 1.0 at 1.6x is 12.8 ms; 0.75 is 6.4 ms
     # when no width fits the tail, the plan falls back to the profile and margin (what admission promised)
-    tight = DispatchView(now=0.0, queue=[item(1, deadline=0.0012)], widths=WIDTHS, profile=profile,
-                         max_batch_size=8, margin=0.1)
+    tight = view([item(1, deadline=0.0012)], profile=profile, margin=0.1)
     decision = policy().select(tight)
     assert decision.width == 0.25 and decision.reason != "fallback"  # 1.1 ms fits 1.2 ms; 1.6 ms does not
 
@@ -243,12 +243,10 @@ def test_slack_counts_the_servers_own_cpu_per_request_against_capacity():
 
     queue = [item(1, deadline=0.5)]
     # 50 req/s form batches of one: width 1.0 costs 8 ms per request, 40% of the device: sustainable...
-    relaxed = DispatchView(now=0.0, queue=queue, widths=WIDTHS, profile=PROFILE, max_batch_size=8,
-                           load=LoadSignals(arrival_rate=50.0))
+    relaxed = view(queue, load=LoadSignals(arrival_rate=50.0))
     assert SlackPolicy().select(relaxed).width == 1.0
     # ...but not when each request also costs the shared core 8 ms of HTTP and decoding (80% > 70%).
-    shared = DispatchView(now=0.0, queue=queue, widths=WIDTHS, profile=PROFILE, max_batch_size=8,
-                          load=LoadSignals(arrival_rate=50.0, request_cpu_s=0.008))
+    shared = view(queue, load=LoadSignals(arrival_rate=50.0, request_cpu_s=0.008))
     decision = SlackPolicy().select(shared)
     assert decision.width == 0.75 and decision.reason == "load"  # 4 + 8 ms per request: 60%
 
@@ -258,20 +256,17 @@ def test_max_width_keeps_to_widths_that_keep_up_with_the_arrival_rate():
     from policies.builtin import sustainable_widths
 
     queue = [item(1, deadline=0.012)]  # a budget every width meets on its own, but not a patient one
-    quiet = DispatchView(now=0.0, queue=queue, widths=WIDTHS, profile=PROFILE, max_batch_size=8,
-                         load=LoadSignals(arrival_rate=10.0))
+    quiet = view(queue, load=LoadSignals(arrival_rate=10.0))
     assert sustainable_widths(quiet) == list(WIDTHS)
     assert MaxWidthPolicy().select(quiet).width == 1.0  # low load: the widest
     # 350 req/s: one batch-1 run at 1.0 (8 ms) sees ~3 arrivals, 4.95 ms per sample at batch 3: 1.73x
     # the device; 0.75 (batches of 1, 4 ms) 1.4x; 0.5 (2 ms) 0.7x -- both above the 1.2 allowed and below.
-    busy = DispatchView(now=0.0, queue=queue, widths=WIDTHS, profile=PROFILE, max_batch_size=8,
-                        load=LoadSignals(arrival_rate=350.0))
+    busy = view(queue, load=LoadSignals(arrival_rate=350.0))
     assert sustainable_widths(busy) == [0.25, 0.5]
     decision = MaxWidthPolicy().select(busy)
     assert decision.width == 0.5 and decision.reason == "load"
     # the narrowest width always stays, even when nothing keeps up
-    flood = DispatchView(now=0.0, queue=queue, widths=WIDTHS, profile=PROFILE, max_batch_size=8,
-                         load=LoadSignals(arrival_rate=100_000.0))
+    flood = view(queue, load=LoadSignals(arrival_rate=100_000.0))
     assert sustainable_widths(flood) == [0.25]
 
 
@@ -280,13 +275,11 @@ def test_max_width_leaves_more_headroom_when_the_servers_own_cpu_shares_the_core
 
     queue = [item(1, deadline=0.012)]  # not patient at 1.0 (12 ms < 4 x 8 ms)
     # 100 req/s at 1.0 (8 ms a request, batches of one): 0.8 of the device, kept under either limit...
-    own_cores = DispatchView(now=0.0, queue=queue, widths=WIDTHS, profile=PROFILE, max_batch_size=8,
-                             load=LoadSignals(arrival_rate=100.0))
+    own_cores = view(queue, load=LoadSignals(arrival_rate=100.0))
     assert MaxWidthPolicy().select(own_cores).width == 1.0
     # ...but with 1 ms of HTTP and decoding per request on the same core it is 0.9: above the 0.85
     # kept for a shared core (the 1.2 limit would have allowed it); 0.75 (4 + 1 ms: 0.5) stays.
-    shared = DispatchView(now=0.0, queue=queue, widths=WIDTHS, profile=PROFILE, max_batch_size=8,
-                          load=LoadSignals(arrival_rate=100.0, request_cpu_s=0.001))
+    shared = view(queue, load=LoadSignals(arrival_rate=100.0, request_cpu_s=0.001))
     decision = MaxWidthPolicy().select(shared)
     assert decision.width == 0.75 and decision.reason == "load"
 
@@ -296,11 +289,9 @@ def test_max_width_does_not_throttle_patient_requests():
 
     # the same 350 req/s as above, but a 500 ms budget: 1.0 for a batch of one is 8 ms, far under a
     # quarter of the slack, so the sustainability limit does not narrow it
-    patient = DispatchView(now=0.0, queue=[item(1, deadline=0.5)], widths=WIDTHS, profile=PROFILE,
-                           max_batch_size=8, load=LoadSignals(arrival_rate=350.0))
+    patient = view([item(1, deadline=0.5)], load=LoadSignals(arrival_rate=350.0))
     assert MaxWidthPolicy().select(patient).width == 1.0
-    urgent = DispatchView(now=0.0, queue=[item(1, deadline=0.012)], widths=WIDTHS, profile=PROFILE,
-                          max_batch_size=8, load=LoadSignals(arrival_rate=350.0))
+    urgent = view([item(1, deadline=0.012)], load=LoadSignals(arrival_rate=350.0))
     assert MaxWidthPolicy().select(urgent).width == 0.5  # 12 ms < 4 x 4 ms (0.75): sustainable widths only
 
 
@@ -312,8 +303,7 @@ def test_max_width_leaves_room_for_requests_arriving_during_the_batch():
     queue = [item(1, deadline=0.0085)]  # 1.0 fits (8 ms), leaving 0.5 ms: too little for a newcomer's 1 ms
 
     def at(rate):
-        return DispatchView(now=0.0, queue=queue, widths=WIDTHS, profile=PROFILE, max_batch_size=8,
-                            load=LoadSignals(arrival_rate=rate))
+        return view(queue, load=LoadSignals(arrival_rate=rate))
 
     # requests arriving in the first 0.5 ms of an 8 ms run miss even at the narrowest: 100/s x 0.5 ms
     assert arrivals_lost(at(100.0), queue[0], 0.008) == pytest.approx(0.05)
