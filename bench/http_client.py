@@ -10,8 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import NamedTuple
 
-__all__ = ["LeanClient"]
+__all__ = ["Answer", "LeanClient"]
+
+
+class Answer(NamedTuple):
+    status: int  # 0 when the connection failed
+    elapsed_ms: float  # from the call to the whole answer
+    headers: dict[str, str]  # names lower-case
+    body: bytes
 
 
 class _Connection(asyncio.Protocol):
@@ -46,8 +54,7 @@ class _Connection(asyncio.Protocol):
             return
         body = bytes(self.buffer[end + 4:end + 4 + length])
         del self.buffer[:end + 4 + length]
-        headers["__body__"] = body
-        self.waiter.set_result((int(head[0].split(" ", 2)[1]), headers))
+        self.waiter.set_result((int(head[0].split(" ", 2)[1]), headers, body))
 
 
 class LeanClient:
@@ -74,25 +81,24 @@ class LeanClient:
         self._all.append(conn)
         return conn
 
-    async def post(self) -> tuple[int, float, dict]:
-        """Send the request: ``(status, ms from the call to the whole answer, lower-case headers)``;
-        status 0 when the connection failed. The body is under the ``__body__`` key."""
+    async def post(self) -> Answer:
+        """Send the request and wait for the whole answer."""
         start = time.perf_counter()
         async with self._slots:
             try:
                 conn = await self._connection()
                 conn.waiter = asyncio.get_running_loop().create_future()
                 conn.transport.write(self.request)
-                status, headers = await conn.waiter
+                status, headers, body = await conn.waiter
             except (OSError, ConnectionError):
-                return 0, (time.perf_counter() - start) * 1e3, {}
+                return Answer(0, (time.perf_counter() - start) * 1e3, {}, b"")
             elapsed = (time.perf_counter() - start) * 1e3
             conn.waiter = None
             if headers.get("connection", "").lower() == "close":
                 conn.transport.close()
             else:
                 self._idle.append(conn)
-            return status, elapsed, headers
+            return Answer(status, elapsed, headers, body)
 
     def close(self) -> None:
         for conn in self._all:

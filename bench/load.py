@@ -40,9 +40,10 @@ async def fire(client: LeanClient, send_at: float, t0: float, results: list, lag
                width: float | None = None) -> None:
     await asyncio.sleep(max(0.0, t0 + send_at - time.perf_counter()))
     lags.append((time.perf_counter() - (t0 + send_at)) * 1e3)
-    status, elapsed, headers = await client.post()
-    served = headers.get("x-served-width")  # a peer server at one width does not say it
-    results.append((status, elapsed, (float(served) if served else width) if status == 200 else None))
+    answer = await client.post()
+    served = answer.headers.get("x-served-width")  # a peer server at one width does not say it
+    results.append((answer.status, answer.elapsed_ms,
+                    (float(served) if served else width) if answer.status == 200 else None))
 
 
 JPEG = {"content-type": "image/jpeg"}

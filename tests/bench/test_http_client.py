@@ -45,14 +45,14 @@ def test_parses_status_headers_and_body_delivered_in_pieces():
         server, bodies, _ = await _serve([_reply(200, b'{"ok": true}')], chunk=7)
         port = server.sockets[0].getsockname()[1]
         client = LeanClient("127.0.0.1", port, "/v1/classify", b"x" * 100_000, {"X-Latency-Budget-Ms": "20"})
-        status, elapsed, headers = await client.post()
+        answer = await client.post()
         client.close()
         server.close()
-        return status, elapsed, headers, bodies
+        return answer, bodies
 
-    status, elapsed, headers, bodies = asyncio.run(main())
-    assert status == 200 and elapsed > 0
-    assert headers["x-served-width"] == "0.5" and headers["__body__"] == b'{"ok": true}'
+    answer, bodies = asyncio.run(main())
+    assert answer.status == 200 and answer.elapsed_ms > 0
+    assert answer.headers["x-served-width"] == "0.5" and answer.body == b'{"ok": true}'
     assert bodies == [b"x" * 100_000]
 
 
@@ -67,7 +67,7 @@ def test_reuses_idle_connections_and_opens_one_per_request_in_flight():
         answers = await asyncio.gather(*(client.post() for _ in range(4)))  # four at once: four connections
         client.close()
         server.close()
-        return sequential, len(set(connections)), [a[0] for a in answers], len(bodies)
+        return sequential, len(set(connections)), [a.status for a in answers], len(bodies)
 
     sequential, total, statuses, served = asyncio.run(main())
     assert sequential == 1
@@ -83,7 +83,7 @@ def test_connection_limit_makes_requests_wait_for_a_connection():
         answers = await asyncio.gather(*(client.post() for _ in range(4)))
         client.close()
         server.close()
-        return len(set(connections)), sorted(a[1] for a in answers)
+        return len(set(connections)), sorted(a.elapsed_ms for a in answers)
 
     opened, elapsed = asyncio.run(main())
     assert opened == 2
@@ -101,7 +101,7 @@ def test_a_closed_connection_is_not_reused_and_a_refused_one_is_status_0():
         server.close()
         await server.wait_closed()
         refused = await LeanClient("127.0.0.1", port, "/p", b"b", {}).post()
-        return first[0], second[0], len(set(connections)), refused[0]
+        return first.status, second.status, len(set(connections)), refused.status
 
     first, second, opened, refused = asyncio.run(main())
     assert (first, second, opened) == (503, 503, 2)
