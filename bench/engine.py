@@ -59,7 +59,7 @@ def main() -> None:
         padded = raw_session(export_switch_onnx(net, width, block))
         folded_cl = net.switch(width, fold_bn=True).to(memory_format=torch.channels_last)
         variants[width] = {
-            "served": lambda x, w=width: runtime.run(w, x),
+            "served": lambda x, w=width: runtime.run(w, x.numpy()),
             "raw_ort": lambda x, s=plain: s.run(None, {"input": x.numpy()}),
             "raw_ort_padded": lambda x, s=padded: s.run(None, {"input": x.numpy()}),
             "torch_eager": lambda x, w=width: net(x, width=w),

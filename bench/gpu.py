@@ -14,6 +14,7 @@ import time
 import traceback
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import models
@@ -51,7 +52,7 @@ def bench_arch(arch: str, batches: list[int], repeats: int) -> list[dict]:
             reference = runtimes["eager_fp32"].run(width, x)
             for name, runtime in runtimes.items():
                 out = runtime.run(width, x)
-                rel = float((out - reference).abs().max() / reference.abs().max())
+                rel = float(np.abs(out - reference).max() / np.abs(reference).max())
                 ms = time_calls(lambda t, r=runtime, w=width: r.run(w, t), x, repeats)
                 rows.append({"arch": arch, "width": width, "batch": batch, "variant": name, "latency_ms": ms,
                              "throughput_per_s": batch / ms * 1e3, "rel_err_vs_fp32_eager": rel})
@@ -66,7 +67,8 @@ def cpu_safe_checks() -> dict:
     for backend in ("torch", "onnxruntime"):
         runtime = Runtime(net, "cpu", backend)
         with torch.inference_mode():
-            errors[backend] = max(float((runtime.run(w, x) - net(x, width=w)).abs().max()) for w in net.widths)
+            errors[backend] = max(float(np.abs(runtime.run(w, x.numpy()) - net(x, width=w).numpy()).max())
+                                  for w in net.widths)
     return errors
 
 

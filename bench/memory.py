@@ -40,7 +40,7 @@ def resident_mb() -> float:
 
 def measure(arch: str, widths_spec: str, batches: list[int]) -> dict:
     """One configuration, in this process (run it in a fresh one)."""
-    import torch
+    import numpy as np
 
     import models
     from models.widths import parse_widths
@@ -57,14 +57,14 @@ def measure(arch: str, widths_spec: str, batches: list[int]) -> dict:
     # throw-away tiny model first.
     tiny = models.create("us_convnet6", widths=(1.0,), calibrated=(1.0,)).eval()
     throwaway = Runtime(tiny, device="cpu", backend="onnxruntime", threads=1)
-    throwaway.run(1.0, torch.zeros(1, *throwaway.input_shape))
+    throwaway.run(1.0, np.zeros((1, *throwaway.input_shape), np.float32))
     del throwaway
     before = resident_mb()
     runtime = Runtime(net, device="cpu", backend="onnxruntime", threads=1)
     loaded = resident_mb()
     for width in widths:
         for b in batches:
-            runtime.run(width, torch.zeros(b, *runtime.input_shape))
+            runtime.run(width, np.zeros((b, *runtime.input_shape), np.float32))
     ran = resident_mb()
     return {"arch": arch, "widths": widths_spec, "n_widths": len(widths), "input_size": net.input_size,
             "widest_switch_mb": widest_mb, "loaded_mb": loaded - before, "after_batches_mb": ran - before,

@@ -1,23 +1,50 @@
-"""Slimmable networks: operators, architectures, checkpoints, export and profiling."""
+"""Slimmable networks: operators, architectures, checkpoints, export and profiling.
 
-from . import convnet, mobilenet, resnet, shufflenet, us_mobilenet  # noqa: F401  (register the architectures)
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .labels import imagenet1k_labels, read_labels
-from .net import SlimmableNet
-from .profiling import count_macs, profile_net, shared_param_count
-from .registry import create, list_models, register_model
+The names below load on first use (PEP 562): the server's warm start reads a model card, labels
+and widths from this package without importing torch (about a second of start-up), and only a
+start that must build the net touches the torch side.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # for type checkers and readers; at run time __getattr__ imports on demand
+    from .checkpoint import load_checkpoint, save_checkpoint
+    from .errors import CheckpointError
+    from .labels import imagenet1k_labels, read_labels
+    from .net import SlimmableNet
+    from .profiling import count_macs, profile_net, shared_param_count
+    from .registry import create, list_models, register_model
+
+_WHERE = {
+    "CheckpointError": "errors", "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
+    "imagenet1k_labels": "labels", "read_labels": "labels",
+    "SlimmableNet": "net",
+    "count_macs": "profiling", "profile_net": "profiling", "shared_param_count": "profiling",
+    "create": "registry", "list_models": "registry", "register_model": "registry",
+}
 
 __all__ = [
-    "CheckpointError",
-    "SlimmableNet",
-    "count_macs",
-    "create",
-    "list_models",
-    "imagenet1k_labels",
-    "load_checkpoint",
-    "profile_net",
-    "read_labels",
-    "register_model",
-    "save_checkpoint",
-    "shared_param_count",
+    "CheckpointError", "SlimmableNet", "count_macs", "create", "imagenet1k_labels", "list_models",
+    "load_checkpoint", "profile_net", "read_labels", "register_model", "save_checkpoint", "shared_param_count",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:  # a submodule (``models.checkpoint.OFFICIAL_TOP1`` after ``import models``)
+        try:
+            return importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))

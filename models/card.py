@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 from policies.widths import match_width
 
-from .net import SlimmableNet
+if TYPE_CHECKING:
+    from .net import SlimmableNet
 
 __all__ = ["InputSpec", "ModelCard"]
 

@@ -16,6 +16,8 @@ from pydantic import ValidationError
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .errors import CheckpointError
+from .embedded import DEFAULT_CHECKPOINT  # noqa: F401  (re-exported: models.checkpoint.DEFAULT_CHECKPOINT)
 from .labels import imagenet1k_labels
 from .metadata import CheckpointMetadata, metadata_error
 from .net import SlimmableNet
@@ -49,10 +51,6 @@ OFFICIAL_TOP1: dict[str, dict[float, float]] = {
     "us_mobilenet_v1": _from_errors(0.25, ERRORS_US_V1),
     "us_mobilenet_v2": _from_errors(0.35, ERRORS_US_V2),
 }
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded; the message names the offending key or field."""
 
 
 def save_checkpoint(net: SlimmableNet, path: str | Path, metadata: Mapping[str, Any] | None = None) -> None:
@@ -224,6 +222,3 @@ def _load_state_strict(net: SlimmableNet, state: Mapping[str, torch.Tensor], pat
     full = {k: state.get(k, v) for k, v in expected.items()}
     net.load_state_dict(full, strict=True)
 
-
-# The embedded default model: S-MobileNet v2 (32x32 stem) trained on scikit-learn's digits.
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "default" / "digits_s_mobilenet_v2.safetensors"

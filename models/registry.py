@@ -6,6 +6,7 @@ moment it is registered.
 
 from __future__ import annotations
 
+import importlib
 from typing import Callable
 
 from .net import SlimmableNet
@@ -13,6 +14,13 @@ from .net import SlimmableNet
 __all__ = ["register_model", "create", "list_models"]
 
 _MODELS: dict[str, Callable[..., SlimmableNet]] = {}
+# The modules whose import registers the built-in architectures (models/__init__ loads lazily).
+BUILTIN_MODULES = ("convnet", "mobilenet", "resnet", "shufflenet", "us_mobilenet")
+
+
+def _register_builtin() -> None:
+    for module in BUILTIN_MODULES:
+        importlib.import_module(f"{__package__}.{module}")
 
 
 def register_model(fn: Callable[..., SlimmableNet]) -> Callable[..., SlimmableNet]:
@@ -22,6 +30,7 @@ def register_model(fn: Callable[..., SlimmableNet]) -> Callable[..., SlimmableNe
 
 
 def list_models() -> list[str]:
+    _register_builtin()
     return sorted(_MODELS)
 
 
@@ -35,6 +44,7 @@ def create(arch: str, **kwargs) -> SlimmableNet:
     Returns:
         The network in eval mode.
     """
+    _register_builtin()
     try:
         fn = _MODELS[arch]
     except KeyError:

@@ -10,10 +10,9 @@ import functools
 from typing import Sequence
 
 import numpy as np
-import torch
 from PIL import Image
 
-__all__ = ["image_to_tensor", "normalize_pixels", "resize_center_crop"]
+__all__ = ["image_to_array", "image_to_tensor", "normalize_pixels", "resize_center_crop"]
 
 
 def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
@@ -47,8 +46,17 @@ def _normalize_lut(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarra
 
 def image_to_tensor(
     image: Image.Image, size: int, mean: Sequence[float], std: Sequence[float], channels: int = 3
-) -> torch.Tensor:
-    """A normalised ``[channels, size, size]`` float32 tensor from a PIL image."""
+):
+    """:func:`image_to_array` as a torch tensor (training and evaluation)."""
+    import torch
+
+    return torch.from_numpy(image_to_array(image, size, mean, std, channels))
+
+
+def image_to_array(
+    image: Image.Image, size: int, mean: Sequence[float], std: Sequence[float], channels: int = 3
+) -> np.ndarray:
+    """A normalised ``[channels, size, size]`` float32 array from a PIL image (the server's input)."""
     mode = "RGB" if channels == 3 else "L"
     if image.mode != mode:
         image = image.convert(mode)
@@ -60,7 +68,7 @@ def image_to_tensor(
     out = np.empty((channels, size, size), dtype=np.float32)
     for c in range(channels):
         np.take(lut[c], pixels[:, :, c], out=out[c])
-    return torch.from_numpy(out)
+    return out
 
 
 def normalize_pixels(pixels: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:

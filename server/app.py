@@ -7,7 +7,7 @@ import functools
 import logging
 import re
 from pathlib import Path
-from typing import AsyncIterator
+from typing import TYPE_CHECKING, AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.routing import APIRoute
@@ -15,12 +15,12 @@ from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry
 from starlette.routing import Route
 
-from models import SlimmableNet, load_checkpoint
-from models.checkpoint import DEFAULT_CHECKPOINT
 from models.card import ModelCard
+from models.embedded import DEFAULT_CHECKPOINT
 from models.labels import check_label_count, read_labels
 from models.widths import select_widths
 
+from .cached_net import served_net
 from .docs import install_offline_docs
 from .engine import Engine
 from .errors import install_error_handlers
@@ -31,7 +31,11 @@ from .metrics import Metrics
 from .routers import kserve, native, ops
 from .runtime import Runtime
 from .settings import Settings
+from .startup_cache import default_cache_dir
 from .warmup import RequestPathToucher, warm_request_path
+
+if TYPE_CHECKING:
+    from models import SlimmableNet
 
 __all__ = ["build_app", "model_name_for", "preflight"]
 
@@ -59,7 +63,16 @@ def preflight(settings: Settings) -> None:
     Raises:
         ValueError: with what is wrong and what to do (``serve`` prints it and exits 2).
     """
-    import torch
+    if settings.device == "cuda" or settings.precision != "fp32":
+        _require_cuda(settings)
+    if settings.profile is not None:
+        _require_readable_file(settings.profile, "--profile",
+                               "save one with `widthwise serve --save-profile PATH` or leave --profile out "
+                               "to measure at start-up")
+
+
+def _require_cuda(settings: Settings) -> None:
+    import torch  # only when CUDA is asked for: a CPU start never needs it (server/cached_net.py)
 
     if settings.device == "cuda" and not torch.cuda.is_available():
         built = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
@@ -67,10 +80,6 @@ def preflight(settings: Settings) -> None:
                          "use --device cpu or --device auto")
     if settings.precision != "fp32" and (settings.device == "cpu" or not torch.cuda.is_available()):
         raise ValueError(f"--precision {settings.precision} needs a CUDA device; use --precision fp32 on CPU")
-    if settings.profile is not None:
-        _require_readable_file(settings.profile, "--profile",
-                               "save one with `widthwise serve --save-profile PATH` or leave --profile out "
-                               "to measure at start-up")
 
 
 def _require_readable_file(path: Path, flag: str, hint: str) -> None:
@@ -86,7 +95,7 @@ def _require_readable_file(path: Path, flag: str, hint: str) -> None:
 
 
 def build_app(
-    settings: Settings | None = None, registry: CollectorRegistry | None = None, net: SlimmableNet | None = None,
+    settings: Settings | None = None, registry: CollectorRegistry | None = None, net: "SlimmableNet | None" = None,
     runtime_factory: type[Runtime] = Runtime,
 ) -> FastAPI:
     """The application for one model; the engine starts in the lifespan (use ``TestClient`` as a context manager).
@@ -96,8 +105,11 @@ def build_app(
     settings = settings or Settings()
     preflight(settings)
     checkpoint = Path(settings.checkpoint) if settings.checkpoint else DEFAULT_CHECKPOINT
-    net = net if net is not None else load_checkpoint(checkpoint)
-    net = select_widths(net, settings.served_widths())  # --widths, or a universal net's calibrated grid
+    if net is not None:
+        net = select_widths(net, settings.served_widths())  # --widths, or a universal net's calibrated grid
+    else:  # the same, described by the start-up cache when it can be (no torch, no weights read)
+        cache_dir = (settings.cache_dir or default_cache_dir()) if settings.startup_cache else None
+        net = served_net(checkpoint, settings.served_widths(), cache_dir)
     labels = None
     if settings.labels is not None:
         labels = read_labels(settings.labels)

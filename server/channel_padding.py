@@ -20,29 +20,15 @@ left as it is.
 
 from __future__ import annotations
 
-import platform
-
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .cpu_features import nchwc_block  # noqa: F401  (re-exported)
+
 __all__ = ["pad_channels", "nchwc_block"]
 
 ELEMENTWISE = {"Relu", "Clip", "Add"}
-
-
-def nchwc_block(cpuinfo: str = "/proc/cpuinfo") -> int | None:
-    """The NCHWc block of ORT's x86 kernels on this CPU (16 with AVX-512F, 8 with AVX2); None elsewhere."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return None
-    try:
-        with open(cpuinfo) as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return None
-    if "avx512f" in flags:
-        return 16
-    return 8 if "avx2" in flags else None
 
 
 class _Graph:

@@ -245,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {"profile": _cmd_profile, "convert": _cmd_convert, "serve": _cmd_serve, "simulate": _cmd_simulate,
                 "bench": _cmd_bench}
     handler = handlers.get(args.command) or args.handler
-    from models.checkpoint import CheckpointError
+    from models.errors import CheckpointError
 
     try:
         return handler(args)

@@ -14,11 +14,10 @@ import re
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 
 from models.card import InputSpec
-from models.transforms import image_to_tensor, normalize_pixels
+from models.transforms import image_to_array, normalize_pixels
 from policies.widths import match_width
 
 from .errors import ApiError
@@ -104,7 +103,7 @@ def decode_base64_image(value: Any, where: str) -> tuple[bytes, str]:
 
 def decode_opened(
     image: Image.Image, size: int, mean: Sequence[float], std: Sequence[float], channels: int, jpeg_draft: bool = False,
-) -> torch.Tensor:
+) -> np.ndarray:
     """Decode an image from :func:`open_image` and preprocess it into ``[1, C, size, size]``.
 
     With ``jpeg_draft`` a JPEG larger than needed is decoded by libjpeg at 1/2, 1/4
@@ -120,13 +119,13 @@ def decode_opened(
         raise ApiError(413, f"image rejected as a decompression bomb: {exc}") from None
     except Exception as exc:  # truncated or corrupt pixel data
         raise ApiError(400, f"cannot decode image: {_describe(exc)}") from None
-    return image_to_tensor(image, size, mean, std, channels).unsqueeze(0)
+    return image_to_array(image, size, mean, std, channels)[None]
 
 
 def decode_image(
     data: bytes, media_type: str, max_pixels: int, size: int, mean: Sequence[float], std: Sequence[float], channels: int,
     jpeg_draft: bool = False,
-) -> torch.Tensor:
+) -> np.ndarray:
     """:func:`open_image` then :func:`decode_opened`: one image body as ``[1, C, size, size]``."""
     return decode_opened(open_image(data, media_type, max_pixels), size, mean, std, channels, jpeg_draft)
 
@@ -136,10 +135,14 @@ def _describe(exc: Exception) -> str:
     return f"{type(exc).__name__}: {re.sub(r'<[^<>]* at 0x[0-9a-fA-F]+>', 'the image', str(exc))}"
 
 
-def top_predictions(logits: torch.Tensor, k: int, label: Callable[[int], str]) -> list[dict]:
-    """The ``k`` most probable classes of one sample's logits as ``{index, label, score}`` (softmax scores)."""
-    values, indices = torch.softmax(logits.float(), dim=0).topk(k)
-    return [{"index": int(i), "label": label(int(i)), "score": float(v)} for v, i in zip(values, indices)]
+def top_predictions(logits: np.ndarray, k: int, label: Callable[[int], str]) -> list[dict]:
+    """The ``k`` most probable classes of one sample's logits as ``{index, label, score}`` (softmax
+    scores, highest first; equal scores in class order)."""
+    logits = np.asarray(logits, dtype=np.float32)
+    exp = np.exp(logits - logits.max())
+    scores = exp / exp.sum()
+    order = np.argsort(-scores, kind="stable")[:k]
+    return [{"index": int(i), "label": label(int(i)), "score": float(scores[i])} for i in order]
 
 
 # ASCII only: \d would also match other scripts' digits, which float() and int() accept.
@@ -276,7 +279,7 @@ def v2_samples(request: V2InferRequest) -> int:
     return shape[0] if len(shape) == 4 and shape[0] >= 1 else 1
 
 
-def v2_input_tensor(request: V2InferRequest, tail: bytes | memoryview, spec: InputSpec) -> torch.Tensor:
+def v2_input_tensor(request: V2InferRequest, tail: bytes | memoryview, spec: InputSpec) -> np.ndarray:
     """The request's one input as the model's float32 ``[N, C, H, W]`` input: FP32/FP16 as sent
     (already normalised), UINT8 pixels normalised exactly as an image would be."""
     if len(request.inputs) != 1:
@@ -289,4 +292,4 @@ def v2_input_tensor(request: V2InferRequest, tail: bytes | memoryview, spec: Inp
     # else: native FP32 viewing an aligned request buffer (read_body_aligned) is used in place
     if not np.isfinite(array).all():
         raise ApiError(400, "input contains NaN or infinity")
-    return torch.from_numpy(array)
+    return array

@@ -20,13 +20,11 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import torch
+import numpy as np
 
-from models import SlimmableNet
 from models.card import ModelCard
-from models.profiling import count_macs, count_params
 from policies import (
     LatencyProfile, Pending, Policy, Refused, RefusalReason, ScheduledRequest, Scheduler, batch_sizes_up_to,
     make_policy,
@@ -40,6 +38,9 @@ from .runtime import Runtime, profile_runtime, return_freed_heap
 from .settings import Settings
 from .startup_cache import StartupCache, default_cache_dir
 from .worker import BatchWorker, InferenceResult
+
+if TYPE_CHECKING:
+    from models import SlimmableNet
 
 __all__ = ["Admission", "Engine", "InferenceResult", "Readiness"]
 
@@ -72,7 +73,7 @@ class Engine:
     """Serves one slimmable model. Construct, then ``async with engine:``."""
 
     def __init__(
-        self, net: SlimmableNet, settings: Settings, metrics: Metrics, model_name: str,
+        self, net: "SlimmableNet", settings: Settings, metrics: Metrics, model_name: str,
         runtime_factory: type[Runtime] = Runtime, card: ModelCard | None = None,
     ) -> None:
         """``runtime_factory`` builds the runtime at start-up (``Runtime``; tests inject one that fails on cue);
@@ -167,8 +168,6 @@ class Engine:
     def _start_up(self) -> None:
         try:
             began = time.monotonic()
-            if self.settings.threads:
-                torch.set_num_threads(self.settings.threads)
             batch_sizes = batch_sizes_up_to(self.settings.max_batch_size)
             self.cache = self._startup_cache()
             self._costs = self._static_costs()  # a forward per width: not before uvicorn listens
@@ -209,7 +208,7 @@ class Engine:
         if not self.settings.keep_warm_ms:
             return None
         spec = self.card.input
-        sample = torch.zeros(1, spec.channels, spec.size, spec.size)
+        sample = np.zeros((1, spec.channels, spec.size, spec.size), np.float32)
         return KeepWarm(self.runtime, self.net.widths, sample, self.settings.keep_warm_ms / 1e3,
                         tuple(self.idle_touches))
 
@@ -354,7 +353,7 @@ class Engine:
         """When the engine must be done: ``arrival + budget - reserve`` (no budget: never)."""
         return arrival + budget_s - self.reserve_s(budget_s) if budget_s is not None else math.inf
 
-    async def infer(self, admission: Admission, tensor: torch.Tensor) -> InferenceResult:
+    async def infer(self, admission: Admission, tensor: np.ndarray) -> InferenceResult:
         """Step two: queue ``tensor`` ([samples, C, H, W]) under ``admission`` and wait for its logits.
 
         The engine plans for the deadline ``arrival + budget - reserve``: the budget counts from
@@ -406,7 +405,7 @@ class Engine:
         if seconds >= 0:
             self._overhead_s += 0.05 * (seconds - self._overhead_s)
 
-    async def _submit(self, tensor: torch.Tensor, width: float | None, budget_s: float | None,
+    async def _submit(self, tensor: np.ndarray, width: float | None, budget_s: float | None,
                       received_at: float) -> InferenceResult:
         self._require_ready()  # again: the engine may have started draining since admit
         if budget_s is not None:
@@ -448,6 +447,8 @@ class Engine:
                         for w in self.net.widths}
         except (KeyError, TypeError, ValueError):
             log.warning("cached MACs/params %s are invalid; counting again", name)
+        from models.profiling import count_macs, count_params
+
         shape = (self.net.in_channels, self.net.input_size, self.net.input_size)
         costs = {}
         for width in self.net.widths:

@@ -18,7 +18,7 @@ import logging
 import time
 from typing import Callable
 
-import torch
+import numpy as np
 
 __all__ = ["KeepWarm"]
 
@@ -30,7 +30,7 @@ MAX_DUTY = 0.05  # at most this share of one core goes to keeping warm
 class KeepWarm:
     """What the worker runs when the queue has been empty for ``idle_s``."""
 
-    def __init__(self, runtime, widths: tuple[float, ...], sample: torch.Tensor, idle_s: float,
+    def __init__(self, runtime, widths: tuple[float, ...], sample: np.ndarray, idle_s: float,
                  touches: tuple[Callable[[], None], ...] = ()) -> None:
         """``sample`` is one input ([1, C, H, W]) as the handlers build it; ``touches`` run after each
         inference (the request path in small: server/warmup.py)."""

@@ -10,7 +10,7 @@ import time
 
 import uvicorn
 
-from models.checkpoint import CheckpointError
+from models.errors import CheckpointError
 
 from .app import build_app
 from .logs import configure_logging

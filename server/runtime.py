@@ -17,34 +17,68 @@ widths need no lock; one worker thread drives the runtime.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import re
+import sys
 import warnings
-from typing import Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import torch
-from torch import nn
-
-from models import SlimmableNet
 
 from .runtime_config import RuntimeConfig
 
-__all__ = ["Runtime", "RuntimeConfig", "resolve_device", "resolve_backend", "profile_runtime", "runtime_fingerprint", "export_onnx", "export_switch_onnx",
-           "ort_session_options",
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from models import SlimmableNet
+
+__all__ = ["Device", "Runtime", "RuntimeConfig", "resolve_device", "resolve_backend", "profile_runtime",
+           "runtime_fingerprint", "export_onnx", "export_switch_onnx", "ort_session_options",
            "shared_initializers", "use_global_thread_pool", "return_freed_heap"]
 
 log = logging.getLogger("widthwise.runtime")
 
+# Batches cross the runtime's boundary as numpy arrays: the ONNX Runtime path (the CPU default) never
+# needs torch, so a warm start from the start-up cache serves without importing it (~1 s of start-up).
 
-def resolve_device(name: str) -> torch.device:
+
+@dataclass(frozen=True)
+class Device:
+    """Where batches run (``torch.device``'s ``type``/``index``/``str``, without importing torch)."""
+
+    type: str
+    index: int | None = None
+
+    def __str__(self) -> str:
+        return self.type if self.index is None else f"{self.type}:{self.index}"
+
+    def as_torch(self) -> "torch.device":
+        import torch
+
+        return torch.device(self.type, self.index) if self.index is not None else torch.device(self.type)
+
+
+def _cuda_available() -> bool:
+    """``torch.cuda.is_available()``, without importing torch on a host with no NVIDIA driver (no
+    ``/dev/nvidiactl``), where the answer is no."""
+    if "torch" not in sys.modules and not os.path.exists("/dev/nvidiactl"):
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def resolve_device(name: str) -> Device:
     """``auto`` -> ``cuda:0`` when available, else ``cpu``; CUDA always gets an explicit index (metric labels)."""
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
+        name = "cuda" if _cuda_available() else "cpu"
+    if name == "cuda" and not _cuda_available():
         raise ValueError("device 'cuda' requested but CUDA is not available")
-    return torch.device("cuda", 0) if name == "cuda" else torch.device(name)
+    return Device("cuda", 0) if name == "cuda" else Device(name)
 
 
 def _onnxruntime_available() -> bool:
@@ -55,7 +89,7 @@ def _onnxruntime_available() -> bool:
     return True
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
+def resolve_backend(backend: str, device: Device) -> str:
     """``auto``: ONNX Runtime on CPU when installed (2-4x faster than eager PyTorch there), torch on CUDA."""
     if backend == "auto":
         return "onnxruntime" if device.type == "cpu" and _onnxruntime_available() else "torch"
@@ -68,16 +102,18 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
 
 class Executor(Protocol):
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor: ...
+    def __call__(self, batch: np.ndarray) -> np.ndarray: ...
 
 
 class TorchCpuExecutor:
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: "nn.Module") -> None:
         self.module = module
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
         with torch.inference_mode():
-            return self.module(batch)
+            return self.module(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))).numpy()
 
 
 # The TorchScript exporter is deprecated but needs no extra packages (the dynamo one needs
@@ -89,8 +125,10 @@ LEGACY_EXPORTER_WARNINGS = (
 )
 
 
-def export_onnx(module: nn.Module, input_shape: tuple[int, ...]) -> bytes:
+def export_onnx(module: "nn.Module", input_shape: tuple[int, ...]) -> bytes:
     """The module as an ONNX model with a dynamic batch dimension."""
+    import torch
+
     for message in LEGACY_EXPORTER_WARNINGS:
         warnings.filterwarnings("ignore", message=re.escape(message), category=DeprecationWarning)
     buffer = io.BytesIO()
@@ -191,20 +229,17 @@ class OnnxRuntimeExecutor:
             options.add_initializer(name, value)
         self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        array = np.ascontiguousarray(batch.numpy(), dtype=np.float32)
-        return torch.from_numpy(self.session.run(None, {"input": array})[0])
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {"input": np.ascontiguousarray(batch, dtype=np.float32)})[0]
 
 
-def shared_initializers(models_by_width: dict[float, bytes]) -> tuple[dict[float, dict[str, object]], list]:
-    """Initializers whose values are identical in several switches (e.g. S-MobileNet v2's
-    shared classifier) as one OrtValue each; returns per-switch {name: OrtValue} and the
-    arrays that must outlive the sessions."""
+def find_shared_initializers(models_by_width: dict[float, bytes]) -> tuple[list[np.ndarray], dict[float, dict[str, int]]]:
+    """Initializers whose values are identical in several switches (e.g. S-MobileNet v2's shared
+    classifier): their arrays, and per switch {initializer name: index into the arrays}."""
     import hashlib
 
     import onnx
     from onnx import numpy_helper
-    from onnxruntime import OrtValue
 
     seen: dict[str, list[tuple[float, str, np.ndarray]]] = {}
     for width, model in models_by_width.items():
@@ -212,29 +247,67 @@ def shared_initializers(models_by_width: dict[float, bytes]) -> tuple[dict[float
             array = numpy_helper.to_array(init)
             key = hashlib.sha1(array.tobytes() + str(array.shape).encode() + str(array.dtype).encode()).hexdigest()
             seen.setdefault(key, []).append((width, init.name, array))
-    per_width: dict[float, dict[str, object]] = {w: {} for w in models_by_width}
-    keep = []
+    arrays: list[np.ndarray] = []
+    uses: dict[float, dict[str, int]] = {w: {} for w in models_by_width}
     for entries in seen.values():
         if len({w for w, _, _ in entries}) < 2:
             continue
-        array = np.ascontiguousarray(entries[0][2])
-        value = OrtValue.ortvalue_from_numpy(array)
-        keep += [array, value]
+        arrays.append(np.ascontiguousarray(entries[0][2]))
         for width, name, _ in entries:
-            per_width[width][name] = value
-    return per_width, keep
+            uses[width][name] = len(arrays) - 1
+    return arrays, uses
+
+
+def shared_initializers(models_by_width: dict[float, bytes]) -> tuple[dict[float, dict[str, object]], list]:
+    """The shared initializers (:func:`find_shared_initializers`) as one OrtValue each; returns per-switch
+    {name: OrtValue} and the arrays that must outlive the sessions."""
+    return _ort_values(*find_shared_initializers(models_by_width))
+
+
+def _ort_values(arrays: list[np.ndarray], uses: dict[float, dict[str, int]]) -> tuple[dict[float, dict[str, object]], list]:
+    from onnxruntime import OrtValue
+
+    values = [OrtValue.ortvalue_from_numpy(a) for a in arrays]
+    per_width = {width: {name: values[i] for name, i in names.items()} for width, names in uses.items()}
+    return per_width, [*arrays, *values]
+
+
+def _cached_shared_initializers(models_by_width: dict[float, bytes], block: int | None, cache) -> tuple[dict, list]:
+    """:func:`shared_initializers`, from the start-up cache when it has them: finding them parses every
+    switch with the ``onnx`` package (import and parse ~0.3 s of a warm start)."""
+    if cache is None:
+        return shared_initializers(models_by_width)
+    widths = tuple(models_by_width)
+    name = cache.shared_name(cache.export_key(block), widths)
+    stored = cache.load_arrays(name)
+    if stored is not None and "uses" in stored:
+        try:
+            uses = {float(w): {str(n): int(i) for n, i in names.items()}
+                    for w, names in json.loads(bytes(stored["uses"]).decode()).items()}
+            arrays = [stored[f"a{i}"] for i in range(len(stored) - 1)]
+            if set(uses) == set(widths) and all(0 <= i < len(arrays) for names in uses.values() for i in names.values()):
+                return _ort_values(arrays, uses)
+        except (KeyError, ValueError, TypeError, AttributeError):
+            pass
+        log.warning("cache entry %s is invalid; finding shared initializers again", name)
+    arrays, uses = find_shared_initializers(models_by_width)
+    encoded = json.dumps({repr(w): names for w, names in uses.items()}).encode()
+    cache.save_arrays(name, {"uses": np.frombuffer(encoded, np.uint8), **{f"a{i}": a for i, a in enumerate(arrays)}})
+    return _ort_values(arrays, uses)
 
 
 class TorchCudaExecutor:
     """CUDA execution: channels_last, optional half precision, dedicated stream, CUDA graphs per batch bucket."""
 
-    def __init__(self, module: nn.Module, input_shape: tuple[int, ...], device: torch.device,
+    def __init__(self, module: "nn.Module", input_shape: tuple[int, ...], device: Device,
                  precision: str, cuda_graphs: bool, buckets: list[int]) -> None:
-        self.device = device
+        import torch
+
+        self.device = device.as_torch()
         self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
-        self.module = module.to(device=device, dtype=self.dtype, memory_format=torch.channels_last).eval()
+        self.module = module.to(device=self.device, dtype=self.dtype, memory_format=torch.channels_last).eval()
         self.input_shape = input_shape
-        self.stream = torch.cuda.Stream(device)
+        self.stream = torch.cuda.Stream(self.device)
         self.buckets = sorted(buckets)
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
         if cuda_graphs:
@@ -242,6 +315,8 @@ class TorchCudaExecutor:
                 self.graphs[b] = self._capture(b)
 
     def _capture(self, batch: int):
+        import torch
+
         static_in = torch.zeros(batch, *self.input_shape, device=self.device, dtype=self.dtype).contiguous(
             memory_format=torch.channels_last)
         with torch.cuda.stream(self.stream), torch.inference_mode():
@@ -253,9 +328,11 @@ class TorchCudaExecutor:
                 static_out = self.module(static_in)
         return graph, static_in, static_out
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
         n = batch.shape[0]
-        host = batch.pin_memory()
+        host = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).pin_memory()
         with torch.cuda.stream(self.stream), torch.inference_mode():
             x = host.to(self.device, non_blocking=True).to(self.dtype).contiguous(memory_format=torch.channels_last)
             bucket = next((b for b in self.buckets if b >= n), None)
@@ -268,7 +345,7 @@ class TorchCudaExecutor:
                 out = static_out[:n].float().cpu()
             else:
                 out = self.module(x).float().cpu()
-        return out
+        return out.numpy()
 
 
 class Runtime:
@@ -276,7 +353,7 @@ class Runtime:
 
     def __init__(
         self,
-        net: SlimmableNet,
+        net: "SlimmableNet",
         device: str = "auto",
         backend: str = "auto",
         threads: int | None = None,
@@ -301,7 +378,7 @@ class Runtime:
         self._keep_alive: list = []
         if self.backend == "onnxruntime":
             self.threads = use_global_thread_pool(threads or default_ort_threads())
-            from .channel_padding import nchwc_block
+            from .cpu_features import nchwc_block
 
             block = nchwc_block() if channel_padding else None
             onnx_models = {}
@@ -309,10 +386,14 @@ class Runtime:
                 onnx_models[width] = _cached_export(net, width, block, cache)
                 if progress is not None:
                     progress(width)
-            shared, self._keep_alive = shared_initializers(onnx_models)
+            shared, self._keep_alive = _cached_shared_initializers(onnx_models, block, cache)
             for width in net.widths:
                 self._executors[width] = OnnxRuntimeExecutor(onnx_models[width], shared[width])
         else:
+            import torch
+
+            if threads:
+                torch.set_num_threads(threads)
             self.threads = torch.get_num_threads()
             for width in net.widths:
                 module = net.switch(width, fold_bn=True)
@@ -327,14 +408,14 @@ class Runtime:
         log.info("runtime: %s backend on %s (%s)", self.backend, self.device, precision)
 
     @classmethod
-    def from_config(cls, net: SlimmableNet, config: RuntimeConfig, batch_buckets: list[int] | None = None,
+    def from_config(cls, net: "SlimmableNet", config: RuntimeConfig, batch_buckets: list[int] | None = None,
                     progress=None, cache=None) -> "Runtime":
         """The runtime ``config`` describes (``Settings.runtime_config()``)."""
         return cls(net, config.device, config.backend, config.threads, config.precision, config.cuda_graphs,
                    batch_buckets, progress=progress, cache=cache)
 
-    def run(self, width: float, batch: torch.Tensor) -> torch.Tensor:
-        """Logits (float32, CPU) for ``batch`` (float32, CPU) at ``width``."""
+    def run(self, width: float, batch: np.ndarray) -> np.ndarray:
+        """Logits ``[N, classes]`` (float32) for ``batch`` (``[N, C, H, W]`` float32) at ``width``."""
         return self._executors[width](batch)
 
     def warm_up(self, batch_sizes, repeats: int = 1) -> None:
@@ -344,30 +425,24 @@ class Runtime:
         for width in self.widths:
             for b in batch_sizes:
                 for _ in range(repeats):
-                    self.run(width, torch.zeros(b, *self.input_shape))
+                    self.run(width, np.zeros((b, *self.input_shape), np.float32))
 
 
-def _cached_export(net: SlimmableNet, width: float, block: int | None, cache) -> bytes:
-    """Switch ``width`` as ONNX from the start-up cache when it holds a valid entry, else exported (and stored)."""
+def _cached_export(net: "SlimmableNet", width: float, block: int | None, cache) -> bytes:
+    """Switch ``width`` as ONNX from the start-up cache when it holds an intact entry, else exported
+    (and stored)."""
     if cache is None:
         return export_switch_onnx(net, width, block)
-    import onnx
-
     key = cache.export_key(block)
-    model = cache.load_export(key, width)
-    if model is not None:
-        try:
-            onnx.checker.check_model(onnx.load_from_string(model))
-            return model
-        except Exception:  # truncated or corrupt entry: export again and overwrite it
-            log.warning("cached export of width %s is corrupt; exporting again", width)
-    model = export_switch_onnx(net, width, block)
-    cache.save_export(key, width, model)
+    model = cache.load_export(key, width)  # None when missing or corrupt (it says which)
+    if model is None:
+        model = export_switch_onnx(net, width, block)
+        cache.save_export(key, width, model)
     return model
 
 
 def runtime_fingerprint(
-    net: SlimmableNet, device: str = "auto", backend: str = "auto", threads: int | None = None, precision: str = "fp32"
+    net: "SlimmableNet", device: str = "auto", backend: str = "auto", threads: int | None = None, precision: str = "fp32"
 ) -> dict:
     """What a latency profile measures: this model on this device, backend, precision and thread count,
     as a :class:`Runtime` built with the same arguments in this process would run it.
@@ -380,6 +455,8 @@ def runtime_fingerprint(
     if backend == "onnxruntime":  # one pool per process, sized by the first session (use_global_thread_pool)
         threads = _GLOBAL_POOL_THREADS or threads or default_ort_threads()
     else:
+        import torch
+
         threads = threads or torch.get_num_threads()
     return {
         "arch": net.arch,
@@ -398,9 +475,15 @@ def profile_runtime(runtime: Runtime, batch_sizes, repeats: int = 15, progress=N
     fingerprint; ``progress(width)`` is called as each width is done."""
     from policies import measure_profile
 
-    example = torch.zeros(1, *runtime.input_shape)
+    examples = {}
+
+    def run(width: float, batch: int) -> None:
+        if batch not in examples:
+            examples[batch] = np.zeros((batch, *runtime.input_shape), np.float32)
+        runtime.run(width, examples[batch])
+
     profile = measure_profile(
-        lambda w, b: runtime.run(w, example.expand(b, -1, -1, -1).contiguous()), runtime.widths, batch_sizes,
+        run, runtime.widths, batch_sizes,
         repeats=repeats, progress=progress,
     )
     profile.fingerprint = dict(runtime.fingerprint)

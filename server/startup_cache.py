@@ -14,22 +14,26 @@ written (a read-only root filesystem) only costs the speed-up, never the start.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
 import platform
 import tempfile
+import zipfile
+from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
 
-from models import SlimmableNet
+if TYPE_CHECKING:
+    from models import SlimmableNet
 
-__all__ = ["StartupCache", "default_cache_dir", "model_digest"]
+__all__ = ["CacheDirectory", "StartupCache", "default_cache_dir", "model_digest", "file_digest"]
 
 log = logging.getLogger("widthwise.cache")
-FORMAT = 1  # bump when the layout of entries changes
+FORMAT = 2  # bump when the layout of entries changes (2: exports carry a digest; versions from metadata)
 
 
 def default_cache_dir() -> Path:
@@ -38,8 +42,10 @@ def default_cache_dir() -> Path:
     return Path(base) / "widthwise"
 
 
-def model_digest(net: SlimmableNet) -> str:
+def model_digest(net: "SlimmableNet") -> str:
     """SHA-256 of the model's weights and buffers (names, shapes, dtypes and bytes) and its shape."""
+    import torch
+
     digest = hashlib.sha256(json.dumps({"arch": net.arch, "widths": [float(w) for w in net.widths],
                                         "input_size": net.input_size, "in_channels": net.in_channels,
                                         "num_classes": net.num_classes}, sort_keys=True).encode())
@@ -48,6 +54,23 @@ def model_digest(net: SlimmableNet) -> str:
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
         digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes (a checkpoint: ~30 ms for S-MobileNet v2)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _version(package: str) -> str | None:
+    """An installed package's version without importing it (torch takes a second to import)."""
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def _cpu_model() -> str:
@@ -62,8 +85,11 @@ def _cpu_model() -> str:
 
 def _device_model(device: str) -> str:
     """What the profile was measured on: the GPU's name on CUDA, the CPU model otherwise."""
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return torch.cuda.get_device_name(torch.device(device))
+    if device.startswith("cuda"):
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(torch.device(device))
     return _cpu_model()
 
 
@@ -71,31 +97,15 @@ def _key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
-class StartupCache:
-    """Entries for one model in ``directory`` (created on first write)."""
+class CacheDirectory:
+    """Files in ``directory`` (created on first write), written atomically; unreadable ones read as missing."""
 
-    def __init__(self, directory: Path, net: SlimmableNet) -> None:
+    def __init__(self, directory: Path, warn_unwritable: bool = True) -> None:
+        """``warn_unwritable``: log once when the directory cannot be written (the engine's cache does;
+        the net description written before it stays quiet, so the operator reads it once)."""
         self.directory = Path(directory)
-        self.model = model_digest(net)
         self._writable = True
-
-    # -- exported switches ------------------------------------------------------
-
-    def export_key(self, channel_block: int | None) -> str:
-        import onnx
-
-        return _key(FORMAT, "export", self.model, torch.__version__, onnx.__version__, channel_block)
-
-    def load_export(self, key: str, width: float) -> bytes | None:
-        return self._read_bytes(self.directory / f"export-{key}" / f"{width!r}.onnx")
-
-    def save_export(self, key: str, width: float, model: bytes) -> None:
-        self._write(self.directory / f"export-{key}" / f"{width!r}.onnx", model)
-
-    # -- latency profile and costs ---------------------------------------------------
-
-    def profile_key(self, fingerprint: dict, batch_sizes: list[int]) -> str:
-        return _key(FORMAT, "profile", self.model, fingerprint, batch_sizes, _device_model(str(fingerprint.get("device"))))
+        self._warn_unwritable = warn_unwritable
 
     def load_json(self, name: str) -> dict | None:
         data = self._read_bytes(self.directory / name)
@@ -110,11 +120,6 @@ class StartupCache:
 
     def save_json(self, name: str, value: dict) -> None:
         self._write(self.directory / name, json.dumps(value).encode())
-
-    def costs_name(self) -> str:
-        return f"costs-{_key(FORMAT, 'costs', self.model)}.json"
-
-    # -- files -------------------------------------------------------------------------
 
     def _read_bytes(self, path: Path) -> bytes | None:
         try:
@@ -135,6 +140,69 @@ class StartupCache:
             os.replace(tmp.name, path)
         except OSError as exc:
             self._writable = False  # one warning, not one per entry
-            log.warning("start-up cache %s is not writable (%s): restarts will export and profile again; "
-                        "set --cache-dir to a writable directory or --startup-cache off", self.directory,
-                        exc.strerror or exc)
+            if self._warn_unwritable:
+                log.warning("start-up cache %s is not writable (%s): restarts will export and profile again; "
+                            "set --cache-dir to a writable directory or --startup-cache off", self.directory,
+                            exc.strerror or exc)
+
+
+class StartupCache(CacheDirectory):
+    """Entries for one model in ``directory`` (created on first write)."""
+
+    def __init__(self, directory: Path, net: "SlimmableNet") -> None:
+        """``net``: the model whose entries these are; a :class:`~server.cached_net.CachedNet` brings its
+        digest along (hashing the weights would load them)."""
+        super().__init__(directory)
+        self.model = getattr(net, "cached_digest", None) or model_digest(net)
+
+    # -- exported switches ------------------------------------------------------
+
+    def export_key(self, channel_block: int | None) -> str:
+        return _key(FORMAT, "export", self.model, _version("torch"), _version("onnx"), channel_block)
+
+    def load_export(self, key: str, width: float) -> bytes | None:
+        """The switch's ONNX bytes, or None when missing or not what was written (a SHA-256 beside
+        it: checking the bytes this way needs no ONNX parser on a warm start)."""
+        path = self.directory / f"export-{key}" / f"{width!r}.onnx"
+        model = self._read_bytes(path)
+        if model is None:
+            return None
+        expected = self._read_bytes(path.with_name(path.name + ".sha256"))
+        if expected is None or expected.decode(errors="replace").strip() != hashlib.sha256(model).hexdigest():
+            log.warning("cached export of width %s is corrupt; exporting again", width)
+            return None
+        return model
+
+    def save_export(self, key: str, width: float, model: bytes) -> None:
+        path = self.directory / f"export-{key}" / f"{width!r}.onnx"
+        self._write(path, model)
+        self._write(path.with_name(path.name + ".sha256"), hashlib.sha256(model).hexdigest().encode())
+
+    def load_arrays(self, name: str) -> dict[str, np.ndarray] | None:
+        """Arrays saved by :meth:`save_arrays` (no pickles), or None when missing or unreadable."""
+        data = self._read_bytes(self.directory / name)
+        if data is None:
+            return None
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+                return {key: archive[key] for key in archive.files}
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+            log.warning("cache entry %s is corrupt (%s); recomputing it", self.directory / name, exc)
+            return None
+
+    def save_arrays(self, name: str, arrays: dict[str, np.ndarray]) -> None:
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        self._write(self.directory / name, buffer.getvalue())
+
+    def shared_name(self, export_key: str, widths: tuple[float, ...]) -> str:
+        """Where the initializers that several of these switches share are kept (see runtime.shared_initializers)."""
+        return f"shared-{_key(FORMAT, 'shared', export_key, [float(w) for w in widths])}.npz"
+
+    # -- latency profile and costs ---------------------------------------------------
+
+    def profile_key(self, fingerprint: dict, batch_sizes: list[int]) -> str:
+        return _key(FORMAT, "profile", self.model, fingerprint, batch_sizes, _device_model(str(fingerprint.get("device"))))
+
+    def costs_name(self) -> str:
+        return f"costs-{_key(FORMAT, 'costs', self.model)}.json"

@@ -2,8 +2,8 @@
 
 The first request after start-up used to pay for work done once per process:
 Pillow registering its codec plugins (it imports every plugin the first time a
-format outside its core five is opened), python-multipart's import, torch's
-first softmax/top-k, the first JSON render. Measured on a quiet 2-core host
+format outside its core five is opened), python-multipart's import, the first
+softmax/top-k, the first JSON render. Measured on a quiet 2-core host
 that made the first ``/v1/classify`` take 13.5 ms in the server against 2.7 ms
 for the next ones, and a busy host stretched it past a 25 ms budget (504).
 This module runs the handlers' own helpers once, in-process, on synthetic
@@ -17,7 +17,6 @@ import json
 import logging
 
 import numpy as np
-import torch
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 import python_multipart
@@ -70,7 +69,7 @@ def warm_request_path(app: FastAPI) -> None:
     head = json.dumps(header).encode()
     parsed, tail = split_binary_body(memoryview(head + raw), str(len(head)))
     v2_input_tensor(parse_v2_request(parsed), tail, spec)
-    values = np.ascontiguousarray(logits.float().numpy())
+    values = np.ascontiguousarray(logits, dtype=np.float32)
     JSONResponse({"outputs": [{"data": values.ravel().tolist()}]})
     values.astype("<f4").tobytes()
 
@@ -109,5 +108,5 @@ class RequestPathToucher:
     def __call__(self) -> None:
         opened = open_image(self.png, "image/png", self.settings.max_image_pixels)
         native.decode_request_image(self.engine, self.settings, opened)
-        JSONResponse({"predictions": top_predictions(torch.from_numpy(self.logits), min(5, self.logits.size), self.engine.card.label),
+        JSONResponse({"predictions": top_predictions(self.logits, min(5, self.logits.size), self.engine.card.label),
                       "timing_ms": {"total": 1.0}})

@@ -10,12 +10,13 @@ and ``on_death`` is told, so the engine turns unready and the process exits.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
 
-import torch
+import numpy as np
 
 from policies import LatencyProfile, Pending, Policy, Reason, Refused, RefusalReason, Scheduler
 
@@ -24,19 +25,24 @@ from .keep_warm import KeepWarm
 from .metrics import BatchRecord, Metrics, QueueRecord
 from .watchdog import BatchWatchdog
 
-__all__ = ["BatchWorker", "InferenceResult", "OUT_OF_MEMORY"]
+__all__ = ["BatchWorker", "InferenceResult", "out_of_memory_errors"]
 
 log = logging.getLogger("widthwise.engine")
 
-# Raised by the device when a batch does not fit; CPU builds of torch define the class too.
-OUT_OF_MEMORY = (torch.cuda.OutOfMemoryError, MemoryError)
+
+
+def out_of_memory_errors() -> tuple[type[BaseException], ...]:
+    """What a batch that does not fit raises: MemoryError, and torch's CUDA error once torch is loaded
+    (the ONNX Runtime path never imports it, so nothing can raise it there)."""
+    torch = sys.modules.get("torch")
+    return (torch.cuda.OutOfMemoryError, MemoryError) if torch is not None else (MemoryError,)
 
 
 @dataclass(frozen=True)
 class InferenceResult:
     """What a served request gets back."""
 
-    logits: torch.Tensor  # [samples, num_classes]
+    logits: np.ndarray  # float32 [samples, num_classes]
     width: float
     reason: Reason
     queue_s: float
@@ -52,7 +58,7 @@ class BatchWorker:
         metrics: Metrics, batch_timeout_s: float, on_death: Callable[[str], None], keep_warm: KeepWarm | None = None,
     ) -> None:
         self.scheduler = scheduler
-        self.runtime = runtime  # anything with run(width, batch) -> logits and a torch .device
+        self.runtime = runtime  # anything with run(width, batch) -> logits and a .device
         self.widths = widths
         self.profile = profile
         self.policy = policy
@@ -133,9 +139,9 @@ class BatchWorker:
         self.scheduler.batch_done()
         self._start_thread()
 
-    def _execute(self, width: float, items: list[Pending]) -> torch.Tensor:
+    def _execute(self, width: float, items: list[Pending]) -> np.ndarray:
         tensors = [p.request.payload for p in items]
-        x = torch.cat(tensors) if len(tensors) > 1 else tensors[0]
+        x = np.concatenate(tensors) if len(tensors) > 1 else tensors[0]
         return self.runtime.run(width, x)
 
     def _serve(self, items: list[Pending], width: float, reason: Reason, token: int | None = None) -> None:
@@ -150,7 +156,7 @@ class BatchWorker:
         start = time.monotonic()
         try:
             logits = self._execute(width, items)
-        except OUT_OF_MEMORY as exc:
+        except out_of_memory_errors() as exc:
             self._release_memory()
             if len(items) > 1:
                 log.warning("out of memory at width %s, batch %d: splitting", width, samples)
@@ -193,4 +199,6 @@ class BatchWorker:
 
     def _release_memory(self) -> None:
         if self.runtime.device.type == "cuda":
+            import torch
+
             torch.cuda.empty_cache()

@@ -6,6 +6,7 @@ import asyncio
 import threading
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -18,10 +19,11 @@ def test_admit_then_infer_returns_the_served_widths_logits(make_client, tiny_che
     admission = engine.admit(0.5, None, arrival=time.monotonic())
     assert admission.width == 0.5 and admission.budget_s is None
     x = torch.randn(2, 3, 16, 16)
-    result = asyncio.run(engine.infer(admission, x))
+    result = asyncio.run(engine.infer(admission, x.numpy()))
     with torch.inference_mode():
         expected = models.load_checkpoint(tiny_checkpoint)(x, width=0.5)
-    assert result.width == 0.5 and torch.allclose(result.logits, expected, atol=1e-4)
+    assert result.width == 0.5 and result.logits.shape == (2, 10)
+    np.testing.assert_allclose(result.logits, expected.numpy(), atol=1e-4)
 
 
 def test_admit_applies_the_default_budget_and_refuses_before_any_decoding(make_client, synthetic_profile):

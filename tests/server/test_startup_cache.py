@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import subprocess
+import sys
 
 import numpy as np
 import torch
 
 import models
-from tests.helpers import make_net
+from server.cached_net import CachedNet
+from tests.helpers import REPO, make_net
 
 WIDTHS = (0.25, 0.5, 0.75, 1.0)
 
@@ -40,7 +44,7 @@ def test_a_restart_reuses_exports_profile_and_costs(make_client, tmp_path, monke
 
     monkeypatch.setattr(runtime_module, "export_switch_onnx", refuse)
     monkeypatch.setattr("server.engine.profile_runtime", refuse)
-    monkeypatch.setattr("server.engine.count_macs", refuse)
+    monkeypatch.setattr("models.profiling.count_macs", refuse)
     caplog.set_level(logging.INFO, "widthwise")
     second = make_client(startup_cache="on", cache_dir=cache)
     assert "latency profile from the cache" in caplog.text
@@ -52,6 +56,9 @@ def test_a_restart_reuses_exports_profile_and_costs(make_client, tmp_path, monke
         np.testing.assert_allclose(_logits(second, width), reference[width], rtol=1e-5, atol=1e-6)
         with torch.inference_mode():
             np.testing.assert_allclose(reference[width], net(x, width=width).numpy(), rtol=1e-4, atol=1e-5)
+    # The net itself came from the cache's description too: the checkpoint's weights were never read.
+    assert isinstance(second.engine.net, CachedNet) and second.engine.net._net is None
+    assert second.get("/v1/models").json()["models"][0]["labels"] == [f"class{i}" for i in range(10)]
 
 
 def test_other_weights_or_other_batch_sizes_miss_the_cache(make_client, tmp_path):
@@ -95,3 +102,47 @@ def test_an_unwritable_cache_directory_costs_only_the_speed_up(make_client, tmp_
 def test_the_cache_can_be_turned_off(make_client, tmp_path):
     client = make_client(startup_cache="off", cache_dir=tmp_path / "cache")
     assert client.engine.cache is None and not (tmp_path / "cache").exists()
+
+
+WARM_START = """
+import json, sys
+import numpy as np
+from fastapi.testclient import TestClient
+from server.app import build_app
+from server.settings import Settings
+settings = Settings(checkpoint=sys.argv[1], model_name="tiny", startup_cache=True, cache_dir=sys.argv[2], profile_repeats=3)
+with TestClient(build_app(settings)) as client:
+    client.app.state.engine.wait_ready(120)
+    x = np.zeros((1, 3, 16, 16), np.float32)
+    r = client.post("/v2/models/tiny/infer", json={"inputs": [{"name": "input", "shape": [1, 3, 16, 16],
+                                                              "datatype": "FP32", "data": x.ravel().tolist()}]})
+    print(json.dumps({"status": r.status_code, "logits": r.json()["outputs"][0]["data"],
+                      "torch": "torch" in sys.modules, "onnx": "onnx" in sys.modules}))
+"""
+
+
+def test_a_warm_start_serves_without_importing_torch_or_onnx(tmp_path, tiny_checkpoint):
+    """Importing torch was ~1 s of a 2.8 s warm restart of S-MobileNet v2 224 (BENCHMARKS.md, start-up)."""
+    runs = []
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-c", WARM_START, str(tiny_checkpoint), str(tmp_path / "cache")],
+                              cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    cold, warm = runs
+    assert cold["status"] == warm["status"] == 200
+    assert cold["torch"] and cold["onnx"]  # the cold start built the net and exported it
+    assert not warm["torch"] and not warm["onnx"]
+    np.testing.assert_allclose(warm["logits"], cold["logits"], rtol=1e-6, atol=1e-7)
+
+
+def test_a_changed_checkpoint_file_is_loaded_again(make_client, tmp_path, tiny_checkpoint):
+    cache = tmp_path / "cache"
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(tiny_checkpoint.read_bytes())
+    make_client(startup_cache="on", cache_dir=cache, checkpoint=path)
+    assert isinstance(make_client(startup_cache="on", cache_dir=cache, checkpoint=path).engine.net, CachedNet)
+    models.save_checkpoint(make_net("s_convnet6", seed=7), path, {"mean": [0.5] * 3, "std": [0.5] * 3})
+    third = make_client(startup_cache="on", cache_dir=cache, checkpoint=path)
+    assert not isinstance(third.engine.net, CachedNet)  # new bytes, new key: the weights were read
+    assert third.get("/v1/models").json()["models"][0]["labels"] is None  # and the new metadata served
