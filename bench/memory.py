@@ -7,6 +7,11 @@ again, runs a batch of every ``--batches`` size at every width (what warm-up and
 before ``/readyz``), and reads it a third time. Growth is compared with the widest switch's own
 (folded) weight bytes: "resident within 2x the widest switch" means a ratio <= 2.
 
+The heap freed on the way is given back (``malloc_trim``) before each reading, as the server does
+before ``/readyz``. Each configuration runs twice, as a server starts: cold (exporting every switch into a fresh
+start-up cache) and warm (a second interpreter loading the switches and shared initializers from
+that cache, as a restart does: no export heap).
+
     python -m bench.memory --out out/memory [--batches 1,2,4,8]
 """
 
@@ -16,6 +21,7 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -38,16 +44,19 @@ def resident_mb() -> float:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
-def measure(arch: str, widths_spec: str, batches: list[int]) -> dict:
-    """One configuration, in this process (run it in a fresh one)."""
+def measure(arch: str, widths_spec: str, batches: list[int], cache_dir: Path) -> dict:
+    """One configuration, in this process (run it in a fresh one), with the start-up cache in ``cache_dir``."""
     import numpy as np
+    import torch
 
     import models
     from models.widths import parse_widths
-    from server.runtime import Runtime, use_global_thread_pool
+    from server.runtime import Runtime, return_freed_heap, use_global_thread_pool
+    from server.startup_cache import StartupCache
 
     widths = parse_widths(widths_spec)
     extra = {"calibrated": widths} if arch.startswith("us_") else {}
+    torch.manual_seed(0)  # the same weights in the warm process: the same cache key
     net = models.create(arch, widths=widths, **extra).eval()
     widest = net.switch(max(widths), fold_bn=True)
     widest_mb = sum(t.numel() * t.element_size() for t in widest.state_dict().values()) / 2**20
@@ -59,14 +68,19 @@ def measure(arch: str, widths_spec: str, batches: list[int]) -> dict:
     throwaway = Runtime(tiny, device="cpu", backend="onnxruntime", threads=1)
     throwaway.run(1.0, np.zeros((1, *throwaway.input_shape), np.float32))
     del throwaway
+    cache = StartupCache(cache_dir, net)
+    warm = any(cache_dir.glob("export-*/*.onnx"))
     before = resident_mb()
-    runtime = Runtime(net, device="cpu", backend="onnxruntime", threads=1)
+    runtime = Runtime(net, device="cpu", backend="onnxruntime", threads=1, cache=cache)
+    return_freed_heap()  # as the server does before /readyz
     loaded = resident_mb()
     for width in widths:
         for b in batches:
             runtime.run(width, np.zeros((b, *runtime.input_shape), np.float32))
+    return_freed_heap()
     ran = resident_mb()
-    return {"arch": arch, "widths": widths_spec, "n_widths": len(widths), "input_size": net.input_size,
+    return {"arch": arch, "widths": widths_spec, "start": "warm" if warm else "cold", "n_widths": len(widths),
+            "input_size": net.input_size,
             "widest_switch_mb": widest_mb, "loaded_mb": loaded - before, "after_batches_mb": ran - before,
             "loaded_ratio": (loaded - before) / widest_mb, "after_batches_ratio": (ran - before) / widest_mb}
 
@@ -75,23 +89,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", default="1,2,4,8", help="batch sizes run at every width (default 1,2,4,8)")
     parser.add_argument("--out", type=Path, default=Path("out/memory"))
-    parser.add_argument("--one", nargs=2, metavar=("ARCH", "WIDTHS"), help=argparse.SUPPRESS)
+    parser.add_argument("--one", nargs=3, metavar=("ARCH", "WIDTHS", "CACHE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     if args.one:
-        print(json.dumps(measure(*args.one, batches)))
+        arch, widths, cache = args.one
+        print(json.dumps(measure(arch, widths, batches, Path(cache))))
         return
     rows = []
-    print(f"{'arch':>16} {'widths':>18} {'n':>3} {'widest MB':>9} {'loaded MB':>9} {'x':>5} "
+    print(f"{'arch':>16} {'widths':>18} {'start':>5} {'n':>3} {'widest MB':>9} {'loaded MB':>9} {'x':>5} "
           f"{'after batches MB':>16} {'x':>5}")
     for arch, widths in CONFIGURATIONS:
-        done = subprocess.run([sys.executable, "-m", "bench.memory", "--one", arch, widths, "--batches", args.batches],
-                              cwd=REPO, capture_output=True, text=True, check=True)
-        row = json.loads(done.stdout.strip().splitlines()[-1])
-        rows.append(row)
-        print(f"{arch:>16} {widths:>18} {row['n_widths']:>3} {row['widest_switch_mb']:>9.1f} "
-              f"{row['loaded_mb']:>9.1f} {row['loaded_ratio']:>5.1f} {row['after_batches_mb']:>16.1f} "
-              f"{row['after_batches_ratio']:>5.1f}")
+        with tempfile.TemporaryDirectory() as cache:
+            for _ in ("cold", "warm"):
+                done = subprocess.run([sys.executable, "-m", "bench.memory", "--one", arch, widths, cache,
+                                       "--batches", args.batches], cwd=REPO, capture_output=True, text=True, check=True)
+                row = json.loads(done.stdout.strip().splitlines()[-1])
+                rows.append(row)
+                print(f"{arch:>16} {widths:>18} {row['start']:>5} {row['n_widths']:>3} {row['widest_switch_mb']:>9.1f} "
+                      f"{row['loaded_mb']:>9.1f} {row['loaded_ratio']:>5.1f} {row['after_batches_mb']:>16.1f} "
+                      f"{row['after_batches_ratio']:>5.1f}")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "memory.json").write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "batches": batches,
                                                       "rows": rows}, indent=2))
