@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Callable
 
 import numpy as np
 from fastapi import Request
@@ -30,15 +29,11 @@ async def read_body(request: Request, limit: int) -> bytes:
     return await _bounded_in_time(request, _read_joined(request, limit))
 
 
-async def read_body_aligned(request: Request, limit: int, offset: int,
-                            on_header: Callable[[memoryview], None] | None = None) -> memoryview:
+async def read_body_aligned(request: Request, limit: int, offset: int) -> memoryview:
     """Like :func:`read_body`, but the body lands in one buffer where ``body[offset:]`` starts on
     a 64-byte boundary, so a binary tensor after a JSON header of ``offset`` bytes is used in
-    place: one copy from the socket chunks instead of three (join, slice, align).
-
-    ``on_header(body[:offset])`` runs once those bytes are in, before the rest is read; what it
-    raises ends the request there (a refusal need not receive the tensor behind the header)."""
-    return await _bounded_in_time(request, _read_aligned(request, limit, offset, on_header))
+    place: one copy from the socket chunks instead of three (join, slice, align)."""
+    return await _bounded_in_time(request, _read_aligned(request, limit, offset))
 
 
 ALIGNMENT = 64
@@ -81,8 +76,7 @@ async def _read_joined(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _read_aligned(request: Request, limit: int, offset: int,
-                        on_header: Callable[[memoryview], None] | None) -> memoryview:
+async def _read_aligned(request: Request, limit: int, offset: int) -> memoryview:
     length = _declared_length(request, limit)
     if length is None:  # chunked transfer: size unknown up front
         return memoryview(await _read_joined(request, limit))
@@ -90,16 +84,12 @@ async def _read_aligned(request: Request, limit: int, offset: int,
     start = -(buffer.ctypes.data + offset) % ALIGNMENT
     body = memoryview(buffer)[start:start + length]
     size = 0
-    pending_header = on_header if 0 < offset <= length else None
     async for chunk in request.stream():
         end = size + len(chunk)
         if end > length:
             raise ApiError(400, f"request body is longer than its Content-Length of {length} bytes")
         body[size:end] = chunk
         size = end
-        if pending_header is not None and size >= offset:
-            pending_header(body[:offset])
-            pending_header = None
     if size != length:
         raise ApiError(400, f"request body of {size} bytes is shorter than its Content-Length of {length} bytes")
     return body

@@ -17,14 +17,14 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from .. import v2_service
-from ..codecs import parse_budget_ms, parse_json, split_binary_body, v2_samples
+from ..codecs import parse_budget_ms, parse_json, split_binary_body
 from ..engine import Engine
 from ..errors import ApiError
 from ..http_util import arrival, get_engine, read_body, read_body_aligned, timing_headers
 from ..logs import log_fields
 from ..observe import count_outcome
 from ..schemas import INFER_OPENAPI, V2InferResponse, error_responses
-from ..v2_request import V2InferRequest, parse_v2_request
+from ..v2_request import parse_v2_request
 from ..v2_service import MODEL_VERSION, OUTPUT_NAME
 
 router = APIRouter(tags=["kserve-v2"])
@@ -133,32 +133,18 @@ async def infer(request: Request, name: str, model_version: str | None = None) -
     settings = request.app.state.settings
     async with count_outcome(engine, request) as record:
         header_length = request.headers.get("inference-header-content-length")
-        header_bytes = _int_or_zero(header_length)
-        width_header, budget_header = request.headers.get("x-width"), request.headers.get("x-latency-budget-ms")
-
-        def options(parsed: V2InferRequest) -> tuple[float | None, float | None]:
-            return v2_service.request_options(parsed.parameters, engine, width_header, parse_budget_ms(budget_header))
-
-        def admit_on_header(head: memoryview) -> None:
-            # The JSON header of a binary request is in: refuse now if the engine would, before the
-            # tensor's bytes are received (an overloaded server spent ~1 ms of its core receiving
-            # each 602 KB request it then refused). The same checks run again on the whole body.
-            parsed = parse_v2_request(split_binary_body(head, header_length)[0])
-            v2_service.check_outputs(parsed)
-            width, budget_ms = options(parsed)
-            engine.admit(width, budget_ms, arrival=started, samples=v2_samples(parsed))
-
-        early = admit_on_header if 0 < header_bytes <= INLINE_PARSE_BYTES else None
-        body = await read_body_aligned(request, settings.max_body_bytes, header_bytes, on_header=early)
+        body = await read_body_aligned(request, settings.max_body_bytes, _int_or_zero(header_length))
         # Parsing megabytes of JSON takes 100+ ms: never on the event loop. Binary tensors after a small
         # JSON header are cheap to use (a view of the body) and stay inline: two thread hand-offs cost
         # ~0.6 ms per request here (bench.overhead_ab).
-        json_bytes = header_bytes if header_length is not None else len(body)
+        json_bytes = _int_or_zero(header_length) if header_length is not None else len(body)
         large = json_bytes > INLINE_PARSE_BYTES
         header, tail = await run_in_threadpool(split_binary_body, body, header_length) if large else \
             split_binary_body(body, header_length)
         parsed = parse_v2_request(header)
-        width, budget_ms = options(parsed)
+        width, budget_ms = v2_service.request_options(
+            parsed.parameters, engine, request.headers.get("x-width"),
+            parse_budget_ms(request.headers.get("x-latency-budget-ms")))
         log_fields(request, budget_ms=budget_ms, pinned_width=width)
         answer = await v2_service.infer(engine, parsed, tail, width=width, budget_ms=budget_ms, arrival=started,
                                         record=record, offload=large)

@@ -1,8 +1,6 @@
 """Overload and concurrency against a live server (bounded in count and time, 127.0.0.1 only)."""
 
 import asyncio
-import json
-import socket
 import time
 
 import httpx2
@@ -91,50 +89,3 @@ def test_mixed_widths_under_concurrency_equal_sequential_logits(live_server, tin
         np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-5)
     batches = httpx2.get(server.url + "/metrics").text
     assert "widthwise_batch_size_bucket" in batches
-
-
-def _binary_v2(budget_ms: float, tensor: np.ndarray) -> tuple[bytes, bytes, bytes]:
-    """A v2 binary request on the wire: its HTTP head, its JSON header and its tensor's bytes."""
-    header = json.dumps({"inputs": [{"name": "input", "shape": list(tensor.shape), "datatype": "FP32",
-                                     "parameters": {"binary_data_size": tensor.nbytes}}]}).encode()
-    head = (f"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
-            f"Inference-Header-Content-Length: {len(header)}\r\nX-Latency-Budget-Ms: {budget_ms}\r\n"
-            f"Content-Length: {len(header) + tensor.nbytes}\r\n\r\n").encode()
-    return head, header, tensor.tobytes()
-
-
-def _read_answer(sock: socket.socket) -> tuple[int, bytes]:
-    data = b""
-    while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < _content_length(data):
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError(f"connection closed after {data[:200]!r}")
-        data += chunk
-    return int(data.split(b" ", 2)[1]), data.split(b"\r\n\r\n", 1)[1]
-
-
-def _content_length(data: bytes) -> int:
-    for line in data.split(b"\r\n\r\n", 1)[0].split(b"\r\n"):
-        if line.lower().startswith(b"content-length:"):
-            return int(line.split(b":", 1)[1])
-    return 0
-
-
-def test_a_refused_binary_v2_request_is_answered_before_its_tensor_arrives(live_server, synthetic_profile):
-    """An overloaded server must not spend its core receiving tensors it refuses: the engine's verdict
-    comes as soon as the JSON header is in, and the connection stays usable for the next request."""
-    server = live_server("--profile", str(synthetic_profile))
-    tensor = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
-    _, header, raw = _binary_v2(2, tensor)
-    whole = httpx2.post(server.url + "/v2/models/tiny/infer", content=header + raw,
-                        headers={"Content-Type": "application/octet-stream", "X-Latency-Budget-Ms": "2",
-                                 "Inference-Header-Content-Length": str(len(header))})
-    assert whole.status_code == 504, whole.text  # 2 ms: below the narrowest width (refused, INFEASIBLE)
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        sock.sendall(b"".join(_binary_v2(2, tensor))[:-len(raw) + 100])  # the JSON header, a sliver of the tensor
-        status, body = _read_answer(sock)  # before: no answer until the whole body, then the same 504
-        assert status == whole.status_code and json.loads(body) == whole.json()
-        sock.sendall(raw[100:])  # the rest is read and dropped; the next request on the connection is served
-        sock.sendall(b"".join(_binary_v2(5000, tensor)))
-        status, body = _read_answer(sock)
-        assert status == 200, body[:300]
