@@ -95,13 +95,23 @@ class LatencyProfile:
             row = self._raw.get(width)
             if row is None or seconds <= 0:
                 return
-            self._ratios.append(seconds / _interpolate(self._table[width], batch))
+            ratio = seconds / _interpolate(self._table[width], batch)
+            self._ratios.append(ratio)
             if not self.ewma_alpha:
                 return
+            # The nearest measured size moves by the observed / predicted ratio: folding a batch of 3's
+            # raw seconds into the entry for 2 (as this once did) made every batch of 2 look that slow.
             nearest = min(row, key=lambda b: abs(b - batch))
-            scaled = seconds * (nearest / batch) if batch > nearest * 2 or nearest > batch * 2 else seconds
-            row[nearest] += self.ewma_alpha * (scaled - row[nearest])
+            row[nearest] += self.ewma_alpha * (row[nearest] * ratio - row[nearest])
             self._table = monotone(self._raw)
+
+    def copy(self) -> "LatencyProfile":
+        """An independent profile with the same table, settings and recent tail (what a simulation
+        learns must not leak into the caller's profile)."""
+        with self._lock:
+            twin = LatencyProfile(self._raw, self.ewma_alpha, self.fingerprint)
+            twin._ratios.extend(self._ratios)
+        return twin
 
     def as_dict(self) -> dict:
         """``{"widths": {"0.5": {"1": 0.0012, ...}}}`` in seconds."""

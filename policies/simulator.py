@@ -107,7 +107,13 @@ def simulate(
     half of it (parsing) before a request reaches the queue and half (the reply) after its batch,
     and every arrival during a batch steals that much core time from it. The scheduler and policies see it as the
     live server's do, and the engine's reserve (1 ms + this) comes off every deadline.
+
+    Like the server's worker, every batch's time is fed back into the profile the scheduler and
+    policies plan with (its online update and the recent tail that max-width plans for). That is a
+    copy: batches take what the caller's profile says (the device's truth, which the server's
+    beliefs do not change), and the caller's profile is left as it was.
     """
+    truth, profile = profile, profile.copy()
     widths = profile.widths
     clock = _Clock()
     scheduler = Scheduler(policy, profile, widths, config, clock,
@@ -121,7 +127,7 @@ def simulate(
     busy_until: float | None = None
     next_arrival = 0
 
-    running: list = []  # the batch on the device: (width, pending requests)
+    running: list = []  # the batch on the device: (width, pending requests, samples, start)
 
     while True:
         if busy_until is None:
@@ -129,11 +135,11 @@ def simulate(
             if isinstance(polled, Batch):
                 rejected += len(polled.expired)
                 if polled.items:
-                    service = profile.predict(polled.decision.width, polled.samples)
+                    service = truth.predict(polled.decision.width, polled.samples)
                     if noise:
                         service *= float(rng.lognormal(0.0, noise))
                     busy_until = float(clock.now + service)
-                    running = [polled.decision.width, polled.items]
+                    running = [polled.decision.width, polled.items, polled.samples, clock.now]
                 continue
             due = polled if isinstance(polled, float) else math.inf
         else:
@@ -146,7 +152,8 @@ def simulate(
             break
         clock.now = max(clock.now, t_next)
         if t_next == t_free:
-            width, items = running
+            width, items, samples, started = running
+            profile.observe(width, samples, clock.now - started)  # as the worker does, request CPU included
             for pending in items:
                 req = pending.request
                 latency = clock.now + half - req.arrival  # the reply's half of the request's CPU after the batch

@@ -142,13 +142,13 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
     with open(args.profile) as f:
         raw = json.load(f)
-    profile = LatencyProfile.from_dict(raw)
+    settings = settings_from_args(args)
+    profile = LatencyProfile.from_dict(raw, settings.profile_ewma_alpha)  # learns from its batches as serve's does
     accuracy = {float(w): float(a) for w, a in (raw.get("accuracy") or {}).items()}
     if args.checkpoint:
         import models
 
         accuracy = dict(models.load_checkpoint(args.checkpoint).metadata.get("accuracy", {}))
-    settings = settings_from_args(args)
     policy = make_policy(settings.policy, profile.widths, accuracy or None)
     arrivals = arrival_times(args.trace, args.rate, args.duration, args.seed)
     result = simulate(profile, policy, arrivals, args.budget_ms / 1e3, accuracy or None, settings.scheduler_config(),

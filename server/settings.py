@@ -160,7 +160,8 @@ def _flag(name: str) -> str:
 
 # The settings `simulate` shares with `serve`: same flags, variables and defaults, so a simulation
 # runs the scheduler and policy exactly as configured for the server.
-SCHEDULING_FIELDS = ("policy", "max_batch_size", "max_queue_delay_ms", "queue_limit", "admission", "latency_margin")
+SCHEDULING_FIELDS = ("policy", "max_batch_size", "max_queue_delay_ms", "queue_limit", "admission", "latency_margin",
+                     "profile_ewma_alpha")
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:

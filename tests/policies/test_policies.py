@@ -116,6 +116,18 @@ def test_profile_follows_observed_slowdown():
     assert profile.predict(0.5, 1) == pytest.approx(0.003, rel=0.01)
 
 
+def test_profile_learns_from_unmeasured_batch_sizes_without_bias():
+    profile = LatencyProfile({0.5: {1: 0.002, 2: 0.003, 4: 0.005, 8: 0.009}})
+    for batch in (3, 5, 6, 7):  # between measured sizes, each exactly as predicted: nothing to learn
+        for _ in range(50):
+            profile.observe(0.5, batch, profile.predict(0.5, batch))
+    assert profile.as_dict()["widths"]["0.5"] == {"1": 0.002, "2": 0.003, "4": 0.005, "8": 0.009}
+    for _ in range(200):  # batches of 3 that run 1.5x their prediction: the prediction follows them
+        profile.observe(0.5, 3, 1.5 * 0.004)
+    assert profile.predict(0.5, 3) == pytest.approx(1.5 * 0.004, rel=0.02)
+    assert profile.predict(0.5, 1) == 0.002
+
+
 def test_profile_tail_ratio_is_the_recent_tail_of_observed_over_predicted():
     profile = LatencyProfile({0.5: {1: 0.010, 8: 0.040}}, ewma_alpha=0.0)  # predictions stay put
     for _ in range(LatencyProfile.TAIL_MIN_BATCHES - 1):
