@@ -150,6 +150,7 @@ class V2Answer:
     budget_ms: float | None
     deadline_met: bool
     total_s: float
+    input_s: float  # first byte until queued (receiving, parsing, building the tensor)
 
     def parameters(self) -> dict:
         """The response parameters: the served width, why the policy chose it, and the deadline."""
@@ -173,4 +174,4 @@ async def infer(engine: Engine, request: V2InferRequest, tail: bytes | memoryvie
     total = time.monotonic() - arrival
     met = record(result, total, admission.budget_s, input_s)
     logits = np.ascontiguousarray(result.logits, dtype=np.float32)
-    return V2Answer(logits, result, budget_ms, met, total)
+    return V2Answer(logits, result, budget_ms, met, total, input_s)

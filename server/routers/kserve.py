@@ -157,7 +157,7 @@ async def infer(request: Request, name: str, model_version: str | None = None) -
         }
         if parsed.id is not None:
             response["id"] = parsed.id
-        headers = timing_headers(answer.result, answer.total_s)
+        headers = timing_headers(answer.result, answer.total_s, answer.input_s)
         if not parsed.wants_binary_output():
             output["data"] = answer.logits.ravel().tolist()
             return JSONResponse(response, headers=headers)

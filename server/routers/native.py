@@ -69,7 +69,7 @@ async def classify(request: Request) -> JSONResponse:
             })
         if not several:
             body = {"model": engine.model_name, **answers[0], "budget_ms": budget_ms}
-            return JSONResponse(body, headers=timing_headers(results[0], total))
+            return JSONResponse(body, headers=timing_headers(results[0], total, input_s))
         body = {"model": engine.model_name, "results": answers, "timing_ms": {"total": total * 1e3},
                 "budget_ms": budget_ms, "deadline_met": all(a["deadline_met"] for a in answers)}
         headers = {"X-Served-Width": ", ".join(width_label(r.width) for r in results),

@@ -33,6 +33,9 @@ def test_classify_raw_png_returns_contract_and_reference_scores(make_client, tin
     assert r.headers["x-served-width"] == "1.0"  # spelled as in metric labels and logs
     assert r.headers["x-width-reason"] == "no_budget"
     assert r.headers["server-timing"].startswith("queue;dur=")
+    timing = dict(entry.split(";dur=") for entry in r.headers["server-timing"].split(", "))
+    assert set(timing) == {"queue", "inference", "total", "input"}
+    assert float(timing["input"]) + float(timing["queue"]) + float(timing["inference"]) <= float(timing["total"])
     assert set(body["timing_ms"]) == {"queue", "inference", "total"}
     assert body["timing_ms"]["total"] >= body["timing_ms"]["inference"]
     preds = body["predictions"]
