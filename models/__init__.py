@@ -7,8 +7,9 @@ start that must build the net touches the torch side.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .lazy import lazy_exports
 
 if TYPE_CHECKING:  # for type checkers and readers; at run time __getattr__ imports on demand
     from .checkpoint import load_checkpoint, save_checkpoint
@@ -31,20 +32,4 @@ __all__ = [
     "load_checkpoint", "profile_net", "read_labels", "register_model", "save_checkpoint", "shared_param_count",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:  # a submodule (``models.checkpoint.OFFICIAL_TOP1`` after ``import models``)
-        try:
-            return importlib.import_module(f".{name}", __name__)
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__name__}.{name}":
-                raise
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_WHERE))
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE, globals())

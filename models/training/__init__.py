@@ -6,8 +6,9 @@ sub-commands' definitions, which must not cost a torch import on every ``serve``
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_exports
 
 if TYPE_CHECKING:
     from .data import Dataset, load_dataset
@@ -18,16 +19,4 @@ _WHERE = {"Dataset": "data", "load_dataset": "data",
 
 __all__ = ["Dataset", "TrainConfig", "calibrate_bn", "evaluate", "load_dataset", "train"]
 
-
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:  # a submodule (``models.checkpoint.OFFICIAL_TOP1`` after ``import models``)
-        try:
-            return importlib.import_module(f".{name}", __name__)
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__name__}.{name}":
-                raise
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE, globals())
