@@ -92,8 +92,9 @@ def served_net(checkpoint: Path, widths: Sequence[float] | None, cache_dir: Path
     if description is not None:
         log.warning("cache entry %s is invalid; loading the checkpoint", cache.directory / name)
     net = load()
+    net.cached_digest = model_digest(net)  # the engine's StartupCache keys by it: hash the weights once
     try:
-        cache.save_json(name, describe(net, model_digest(net)))
+        cache.save_json(name, describe(net, net.cached_digest))
     except (TypeError, ValueError) as exc:  # metadata that JSON cannot hold: the next start loads the net too
         log.info("start-up cache: %s cannot be described (%s); later starts load it", checkpoint, exc)
     return net

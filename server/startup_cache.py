@@ -150,15 +150,17 @@ class StartupCache(CacheDirectory):
     """Entries for one model in ``directory`` (created on first write)."""
 
     def __init__(self, directory: Path, net: "SlimmableNet") -> None:
-        """``net``: the model whose entries these are; a :class:`~server.cached_net.CachedNet` brings its
-        digest along (hashing the weights would load them)."""
+        """``net``: the model whose entries these are; one :func:`~server.cached_net.served_net` returned
+        brings its digest along (``cached_digest``: hashing a CachedNet's weights would load them, and a
+        net it just described was hashed already)."""
         super().__init__(directory)
         self.model = getattr(net, "cached_digest", None) or model_digest(net)
+        self._versions = (_version("torch"), _version("onnx"))  # read once: ~1 ms each, asked once per width
 
     # -- exported switches ------------------------------------------------------
 
     def export_key(self, channel_block: int | None) -> str:
-        return _key(FORMAT, "export", self.model, _version("torch"), _version("onnx"), channel_block)
+        return _key(FORMAT, "export", self.model, *self._versions, channel_block)
 
     def load_export(self, key: str, width: float) -> bytes | None:
         """The switch's ONNX bytes, or None when missing or not what was written (a SHA-256 beside
