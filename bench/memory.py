@@ -37,11 +37,12 @@ CONFIGURATIONS = (
 )
 
 
-def resident_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
+def resident_mb(pid: int | str = "self") -> float:
+    """A process's resident memory (VmRSS) in MB; this process by default."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
+    raise RuntimeError(f"no VmRSS in /proc/{pid}/status")
 
 
 def measure(arch: str, widths_spec: str, batches: list[int], cache_dir: Path) -> dict:

@@ -2,7 +2,8 @@
 
 ``widthwise serve`` on S-MobileNet v2 224x224 (random weights, 4 widths), timed from spawning the
 process to the first ``/readyz`` 200, with a start-up cache of its own: cold starts begin with an
-empty cache, warm starts reuse what the previous start wrote. Medians of ``--runs`` each.
+empty cache, warm starts reuse what the previous start wrote. Medians of ``--runs`` each, and the
+server's resident memory (VmRSS) once it is ready.
 
     python -m bench.startup --out out/startup [--runs 3] [--arch s_mobilenet_v2]
 """
@@ -19,10 +20,11 @@ import time
 from pathlib import Path
 
 from bench.common import LiveServer, imagenet_checkpoint
+from bench.memory import resident_mb
 
 
-def time_to_ready(checkpoint: Path, cache: Path, extra: list[str]) -> tuple[float, float | None]:
-    """Seconds from spawn to /readyz 200, and the engine's own "ready in X s"."""
+def time_to_ready(checkpoint: Path, cache: Path, extra: list[str]) -> tuple[float, float | None, float]:
+    """Seconds from spawn to /readyz 200, the engine's own "ready in X s", and the server's MB resident then."""
     began = time.monotonic()
     server = LiveServer("--checkpoint", str(checkpoint), "--model-name", "v2", "--startup-cache", "on",
                         "--cache-dir", str(cache), *extra, env={"WIDTHWISE_STARTUP_CACHE": "on"})
@@ -30,7 +32,7 @@ def time_to_ready(checkpoint: Path, cache: Path, extra: list[str]) -> tuple[floa
         server.wait_ready(600)
         elapsed = time.monotonic() - began
         match = re.search(r"ready in ([0-9.]+) s", server.output())
-        return elapsed, float(match.group(1)) if match else None
+        return elapsed, float(match.group(1)) if match else None, resident_mb(server.proc.pid)
     finally:
         server.stop()
 
@@ -54,12 +56,13 @@ def main() -> None:
     rows = []
     print(f"{args.arch} 224x224, {args.runs} runs each; seconds from spawn to /readyz (engine's own 'ready in')")
     for name, values in (("cold", cold), ("warm", warm)):
-        row = {"start": name, "to_readyz_s": statistics.median(v for v, _ in values),
-               "engine_ready_s": statistics.median(e for _, e in values if e is not None),
-               "runs": [v for v, _ in values]}
+        row = {"start": name, "to_readyz_s": statistics.median(v for v, _, _ in values),
+               "engine_ready_s": statistics.median(e for _, e, _ in values if e is not None),
+               "resident_mb": statistics.median(m for _, _, m in values),
+               "runs": [v for v, _, _ in values]}
         rows.append(row)
         print(f"{name:>5}: {row['to_readyz_s']:.2f} s ({row['engine_ready_s']:.2f} s in the engine), "
-              f"runs {', '.join(f'{v:.2f}' for v in row['runs'])}")
+              f"{row['resident_mb']:.0f} MB resident, runs {', '.join(f'{v:.2f}' for v in row['runs'])}")
     (args.out / "startup.json").write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "arch": args.arch,
                                                        "rows": rows}, indent=2))
 
