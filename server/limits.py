@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-__all__ = ["InflightLimitMiddleware", "send_json_error"]
+__all__ = ["InflightGate", "InflightLimitMiddleware", "send_json_error"]
 
 EXEMPT = ("/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready")
 
@@ -21,15 +21,23 @@ async def send_json_error(send, status: int, message: str, extra_headers: list |
     await send({"type": "http.response.body", "body": body})
 
 
+class InflightGate:
+    """The HTTP requests in flight: one count per application, shared by the middleware instances of
+    both its request paths (FastAPI's stack and the hot inference routes, server/hot_path.py)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.inflight = 0  # only touched on the event loop thread
+
+
 class InflightLimitMiddleware:
     """Also refuses oversized header sets (431): the HTTP parser uvicorn picks (httptools) has no limit of its own."""
 
-    def __init__(self, app, limit: int, retry_after_s: int = 1, max_header_bytes: int = 16 * 1024) -> None:
+    def __init__(self, app, gate: InflightGate, retry_after_s: int = 1, max_header_bytes: int = 16 * 1024) -> None:
         self.app = app
-        self.limit = limit
+        self.gate = gate
         self.max_header_bytes = max_header_bytes
         self.retry_after = str(retry_after_s).encode()
-        self.inflight = 0  # only touched on the event loop thread
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -41,11 +49,12 @@ class InflightLimitMiddleware:
         if scope["path"] in EXEMPT:
             await self.app(scope, receive, send)
             return
-        if self.inflight >= self.limit:
-            await send_json_error(send, 503, f"overloaded: {self.limit} requests in flight", [(b"retry-after", self.retry_after)])
+        gate = self.gate
+        if gate.inflight >= gate.limit:
+            await send_json_error(send, 503, f"overloaded: {gate.limit} requests in flight", [(b"retry-after", self.retry_after)])
             return
-        self.inflight += 1
+        gate.inflight += 1
         try:
             await self.app(scope, receive, send)
         finally:
-            self.inflight -= 1
+            gate.inflight -= 1

@@ -224,21 +224,44 @@ def test_a_huge_learnt_reserve_cannot_lock_the_server_into_refusing(make_client,
     assert r.status_code == 200 and r.json()["width"] == 0.5  # planned with 75 ms: 0.5 needs 55 ms
 
 
-def test_inference_routes_are_matched_first_without_fastapi_resolution(make_client):
-    """The hot routes are plain Starlette routes in front (see app._route_inference_first), yet
-    stay documented, keep 405 for other methods, and errors still go through the JSON handlers."""
-    from starlette.routing import Route
-
+def test_inference_routes_are_answered_before_fastapis_stack(make_client):
+    """The hot routes (server/hot_path.py) never enter FastAPI's middleware stack or router, yet stay
+    documented, keep 405 for other methods, carry the request id, and their errors still go through
+    the app's JSON handlers."""
     client = make_client()
-    front = client.app.router.routes[:3]
-    assert all(type(r) is Route for r in front)
-    assert {r.path for r in front} == {"/v1/classify", "/v2/models/{name}/infer",
-                                       "/v2/models/{name}/versions/{model_version}/infer"}
     paths = client.get("/openapi.json").json()["paths"]
     assert "post" in paths["/v1/classify"] and "post" in paths["/v2/models/{name}/versions/{model_version}/infer"]
-    assert client.get("/v1/classify").status_code == 405
+    assert client.get("/v1/classify").status_code == 405  # other methods: FastAPI's router, as before
+
+    def stack_not_used(scope, receive, send):
+        raise AssertionError(f"{scope['method']} {scope['path']} went through FastAPI's stack")
+
+    client.app.middleware_stack = stack_not_used
+    r = client.post("/v1/classify", content=png_bytes(), headers={"content-type": "image/png", "X-Request-Id": "abc-1"})
+    assert r.status_code == 200 and r.headers["x-request-id"] == "abc-1" and "x-served-width" in r.headers
     r = client.post("/v2/models/tiny/versions/7/infer", json={})
     assert r.status_code == 404 and r.json() == {"error": "model 'tiny' has no version '7'"}
+    assert r.headers["content-type"] == "application/json" and r.headers["x-request-id"]
+    assert client.get("/v1/models").status_code == 500  # every other path still goes through it
+
+
+def test_both_request_paths_share_one_inflight_limit(make_client):
+    """FastAPI's stack and the hot routes each build the middleware, but the in-flight count is one."""
+    from server.limits import InflightLimitMiddleware
+
+    client = make_client()
+    client.post("/v1/classify", content=png_bytes(), headers={"content-type": "image/png"})  # builds the hot stack
+
+    def gates(app):
+        found = []
+        while app is not None:
+            if isinstance(app, InflightLimitMiddleware):
+                found.append(app.gate)
+            app = getattr(app, "app", None)
+        return found
+
+    fastapi_gates, hot_gates = gates(client.app.middleware_stack), gates(client.app.hot_routes._stack)
+    assert len(fastapi_gates) == len(hot_gates) == 1 and fastapi_gates[0] is hot_gates[0]
 
 
 def test_jpeg_draft_decodes_close_to_a_full_decode_and_leaves_png_alone():
