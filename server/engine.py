@@ -121,8 +121,11 @@ class Engine:
         self._lag_watch = asyncio.get_running_loop().create_task(self._watch_loop_lag())
         return self
 
-    LAG_PROBE_S = 0.005
-    LAG_WINDOW = 200  # probes: about the last second
+    # Every probe wakes the loop (and, on a shared core, preempts the batch): at 5 ms they cost an
+    # idle server 3-4% of a core, at 20 ms ~1% (BENCHMARKS.md, "Session 9").
+    LAG_PROBE_S = 0.02
+    LAG_WINDOW = 50  # probes: about the last second
+    LAG_PERCENTILE_EVERY = 5  # probes: about every 0.1 s
 
     async def _watch_loop_lag(self) -> None:
         """How late the event loop runs a timer: the delay a request's first bytes also wait before the
@@ -138,7 +141,7 @@ class Engine:
             now = loop.time()
             self._lags.append(max(0.0, now - before - self.LAG_PROBE_S))
             probes += 1
-            if probes % 20 == 0:  # every ~0.1 s: a percentile, so one stall (a GC pause) does not count
+            if probes % self.LAG_PERCENTILE_EVERY == 0:  # a percentile, so one stall (a GC pause) does not count
                 if self.ready:
                     self._loop_lag_s = sorted(self._lags)[int(0.9 * (len(self._lags) - 1))]
                 else:
