@@ -144,6 +144,7 @@ class Engine:
             if probes % self.LAG_PERCENTILE_EVERY == 0:  # a percentile, so one stall (a GC pause) does not count
                 if self.ready:
                     self._loop_lag_s = sorted(self._lags)[int(0.9 * (len(self._lags) - 1))]
+                    self.metrics.record_event_loop(self._loop_lag_s, self.request_cpu_s)
                 else:
                     self._lags.clear()
             if now - window_start >= self.CPU_WINDOW_S:
@@ -197,7 +198,8 @@ class Engine:
             self._sampler.start()
             self.worker = BatchWorker(self.scheduler, self.runtime, self.net.widths, self.profile, self.policy,
                                       self.metrics, self.settings.batch_timeout_s, on_death=self._fatal,
-                                      keep_warm=self._keep_warm())
+                                      keep_warm=self._keep_warm(),
+                                      nice=self.settings.worker_nice if self._shares_cores_with_model() else 0)
             self.worker.start()
             self._publish_static_metrics()
             self._advance(Readiness.READY)

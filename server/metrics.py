@@ -145,6 +145,19 @@ class Metrics:
             registry=registry,
         )
         self.queue_limit = Gauge("widthwise_queue_limit", "Configured queue capacity (requests).", ["model"], registry=registry)
+        # Why deadlines slip on a core shared by HTTP and the model: both feed the engine's planning.
+        self.event_loop_lag = Gauge(
+            "widthwise_event_loop_lag_seconds",
+            "How late the event loop runs a timer (90th percentile over about a second): the wait a request's first "
+            "bytes also have before the server reads them; kept in reserve before every deadline.",
+            ["model"], registry=registry,
+        )
+        self.request_cpu = Gauge(
+            "widthwise_request_cpu_seconds",
+            "The server's own CPU per request (HTTP, decoding, replies) on the cores the model runs on; "
+            "absent when they do not share cores.",
+            ["model"], registry=registry,
+        )
         self.gpu_utilization = Gauge(
             "widthwise_gpu_utilization_ratio", "GPU utilization (0-1) from NVML.", ["device"], registry=registry
         )
@@ -199,6 +212,11 @@ class Metrics:
         self._queue_depth.set(q.depth)
         if q.inflight is not None:
             self._inflight.set(q.inflight)
+
+    def record_event_loop(self, lag_s: float, request_cpu_s: float | None) -> None:
+        self.event_loop_lag.labels(self.model).set(lag_s)
+        if request_cpu_s is not None:
+            self.request_cpu.labels(self.model).set(request_cpu_s)
 
     def record_model(self, m: ModelRecord) -> None:
         for width in m.widths:

@@ -109,6 +109,11 @@ class Settings(BaseSettings):
         "(0: off)"
     )
     batch_timeout_s: float = Field(30.0, gt=0, le=3600, description="a batch running longer fails its requests (500)")
+    worker_nice: int = Field(
+        5, ge=0, le=19, description="on a CPU whose cores the model takes all of, run the inference thread this much "
+        "nicer (Linux) than the HTTP event loop, so reading requests and sending answers never waits for a batch "
+        "(0: off)"
+    )
     api_token: str | None = Field(None, description="bearer token required by inference and model endpoints", repr=False)
     auth_metrics: bool = Field(False, description="also require the token on /metrics")
     cors_origins: str | None = Field(None, description="comma-separated allowed CORS origins (default: CORS off)")

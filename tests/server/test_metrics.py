@@ -66,3 +66,27 @@ def test_nothing_outside_metrics_py_touches_prometheus_objects():
                     and "policy.observe" not in line:
                 offenders.append(f"{path.relative_to(REPO)}:{number}: {line.strip()}")
     assert not offenders, offenders
+
+
+def test_event_loop_stalls_show_in_the_loop_lag_gauge(make_client):
+    """Blocking the event loop (as a saturated core does) must show in widthwise_event_loop_lag_seconds
+    within about a second, and the same lag goes into the engine's reply reserve."""
+    import time
+
+    client = make_client()
+
+    def lag() -> float | None:
+        return client.registry.get_sample_value("widthwise_event_loop_lag_seconds", {"model": "tiny"})
+
+    deadline = time.monotonic() + 2.0
+    while lag() is None and time.monotonic() < deadline:  # published every ~0.1 s once ready
+        time.sleep(0.05)
+    assert lag() is not None and lag() < 0.02
+    for _ in range(15):  # each stall makes the probe due meanwhile 10-30 ms late
+        client.portal.call(time.sleep, 0.03)
+        time.sleep(0.005)
+    time.sleep(0.15)
+    assert lag() >= 0.008
+    assert client.engine.reserve_s(1.0) >= 0.001 + lag() - 1e-9
+    cpu = client.registry.get_sample_value("widthwise_request_cpu_seconds", {"model": "tiny"})
+    assert (cpu is None) == (client.engine.request_cpu_s is None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -39,11 +40,11 @@ def request(i: int, samples: int = 1, width: float | None = None) -> ScheduledRe
     return ScheduledRequest(i, samples, width, float("inf"), time.monotonic(), None, torch.zeros(samples, 1))
 
 
-def make_worker(runtime, deaths=None):
+def make_worker(runtime, deaths=None, nice=0):
     registry = CollectorRegistry()
     scheduler = Scheduler(MaxWidthPolicy(), PROFILE, WIDTHS, SchedulerConfig(max_batch_size=4, margin=0.0))
     worker = BatchWorker(scheduler, runtime, WIDTHS, PROFILE, MaxWidthPolicy(), Metrics(registry, "m"), 5.0,
-                         on_death=(deaths.append if deaths is not None else lambda message: None))
+                         on_death=(deaths.append if deaths is not None else lambda message: None), nice=nice)
     return worker, scheduler, registry
 
 
@@ -74,6 +75,28 @@ def test_serves_each_request_its_rows_of_one_batch():
     assert all(isinstance(r, InferenceResult) and r.reason is Reason.NO_BUDGET for r in results.values())
     assert results[1].logits.shape == (2, 3) and results[2].logits.shape == (1, 3) and results[1].batch_samples == 3
     assert registry.get_sample_value("widthwise_batch_size_sum", {"model": "m", "width": "1.0"}) == 3
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="no per-thread nice here")
+def test_batches_run_at_a_lower_priority_than_the_rest_of_the_process():
+    """--worker-nice: the inference thread yields the core to the event loop; other threads keep theirs."""
+    priorities = []
+
+    class RecordingRuntime(FakeRuntime):
+        def run(self, width, batch):
+            priorities.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+            return super().run(width, batch)
+
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    worker, scheduler, _ = make_worker(RecordingRuntime(), nice=3)
+    results, done, resolver = answers(1)
+    scheduler.admit(Pending(request(1), resolver(1)))
+    worker.start()
+    assert done.wait(5)
+    scheduler.close()
+    worker.join(5)
+    assert priorities == [min(19, mine + 3)]
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine
 
 
 def test_out_of_memory_splits_then_steps_down():
