@@ -58,7 +58,8 @@ def lower_thread_priority(by: int) -> None:
     other. A request's first bytes (where its budget starts), its parsing and its answer are short
     and late ones cost deadlines outright; a batch absorbs the delay and the profile learns it.
     Pinned to one core at fixed rates, 3 alternating rounds with nice 5: late 200s 19 -> 9, attainment
-    at ~1.6x load 0.82-0.84 -> 0.85-0.86, unchanged at lower loads (BENCHMARKS.md, "Session 9").
+    at ~1.6x load 0.82-0.84 -> 0.85-0.86; but at 2.3-2.7x 0.63 -> 0.58, where the loop's priority
+    goes to requests it refuses (BENCHMARKS.md, "Session 9").
     Raising one's own nice needs no privilege."""
     try:
         tid = threading.get_native_id()
