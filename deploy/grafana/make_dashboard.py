@@ -76,6 +76,11 @@ def build() -> dict:
               quantiles("widthwise_inference_duration_seconds", "width, ", "{p} width {{width}}")[::2], 12, 32, "s"),
         panel(11, "GPU utilization", [q("widthwise_gpu_utilization_ratio", "{{device}}")], 0, 40, "percentunit"),
         panel(12, "GPU memory used", [q("widthwise_gpu_memory_used_bytes", "{{device}}")], 12, 40, "bytes"),
+        # On a CPU host whose cores HTTP and the model share, these explain misses the queue does not.
+        panel(13, "Event loop lag (p90) and HTTP CPU per request", [
+            q(f"max by (model) (widthwise_event_loop_lag_seconds{{{M}}})", "loop lag {{model}}"),
+            q(f"max by (model) (widthwise_request_cpu_seconds{{{M}}})", "request CPU {{model}}"),
+        ], 0, 48, "s"),
     ]
     return {
         "uid": "widthwise", "title": "widthwise", "tags": ["widthwise", "inference"], "timezone": "browser",
