@@ -16,7 +16,6 @@ import itertools
 import json
 import logging
 import math
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from policies import (
 )
 from policies.load import DeviceMonitor
 
+from .cpus import usable_cpus
 from .errors import InvalidRequest
 from .keep_warm import KeepWarm
 from .metrics import DeviceRecord, Metrics, ModelRecord, QueueRecord, width_label
@@ -164,7 +164,7 @@ class Engine:
         runtime = self.runtime
         if runtime is None or runtime.device.type != "cpu":
             return False
-        return runtime.threads >= len(os.sched_getaffinity(0))
+        return runtime.threads >= usable_cpus()
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.close()
@@ -203,8 +203,9 @@ class Engine:
             self.worker.start()
             self._publish_static_metrics()
             self._advance(Readiness.READY)
-            log.info("ready in %.1f s: %s on %s (%s backend), widths %s", time.monotonic() - began, self.model_name,
-                     self.runtime.device, self.runtime.backend, ", ".join(width_label(w) for w in widths))
+            log.info("ready in %.1f s: %s on %s (%s backend, %d threads, %d usable CPUs), widths %s",
+                     time.monotonic() - began, self.model_name, self.runtime.device, self.runtime.backend,
+                     self.runtime.threads, usable_cpus(), ", ".join(width_label(w) for w in widths))
         except Exception as exc:
             log.debug("start-up failed", exc_info=True)
             self._fatal(f"start-up failed: {type(exc).__name__}: {exc}")

@@ -200,10 +200,13 @@ def return_freed_heap() -> None:
 
 
 def default_ort_threads() -> int:
-    """All cores but one: ORT's pool threads spin after each batch, and the event loop
+    """All usable cores but one: ORT's pool threads spin after each batch, and the event loop
     needs a core to parse requests meanwhile (on 2 cores, 2 pool threads doubled the
-    HTTP overhead without making batch-1 inference faster inside the server)."""
-    return max(1, (os.cpu_count() or 2) - 1)
+    HTTP overhead without making batch-1 inference faster inside the server). Usable means
+    the affinity mask and the container's CPU quota, not the host's core count."""
+    from server.cpus import usable_cpus
+
+    return max(1, usable_cpus() - 1)
 
 
 def ort_session_options():
