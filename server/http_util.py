@@ -9,6 +9,7 @@ import numpy as np
 from fastapi import Request
 from starlette.requests import ClientDisconnect
 
+from .direct_body import ALIGNMENT, BODY_KEY
 from .engine import Engine, InferenceResult
 from .errors import ApiError
 from .metrics import width_label
@@ -34,9 +35,6 @@ async def read_body_aligned(request: Request, limit: int, offset: int) -> memory
     a 64-byte boundary, so a binary tensor after a JSON header of ``offset`` bytes is used in
     place: one copy from the socket chunks instead of three (join, slice, align)."""
     return await _bounded_in_time(request, _read_aligned(request, limit, offset))
-
-
-ALIGNMENT = 64
 
 
 CLIENT_CLOSED = 499  # nginx's status for a client that went away; nobody receives it, the log and metrics do
@@ -80,6 +78,12 @@ async def _read_aligned(request: Request, limit: int, offset: int) -> memoryview
     length = _declared_length(request, limit)
     if length is None:  # chunked transfer: size unknown up front
         return memoryview(await _read_joined(request, limit))
+    sink = request.scope.get(BODY_KEY)
+    if sink is not None and sink.offset == offset and len(sink.view) == length:
+        # The protocol reads this body into its own aligned buffer; receive() says when it is all in.
+        async for _ in request.stream():
+            pass
+        return sink.view
     buffer = np.empty(length + ALIGNMENT, dtype=np.uint8)
     start = -(buffer.ctypes.data + offset) % ALIGNMENT
     body = memoryview(buffer)[start:start + length]

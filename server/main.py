@@ -102,7 +102,7 @@ def run_server(settings: Settings) -> int:
         host=settings.host,
         port=settings.port,
         loop=settings.event_loop,
-        http=protocol_class(settings.http_parser, settings.header_timeout_s),
+        http=protocol_class(settings.http_parser, settings.header_timeout_s, settings.max_body_bytes),
         log_level=settings.log_level,
         timeout_keep_alive=5,
         timeout_graceful_shutdown=30,

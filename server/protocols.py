@@ -17,6 +17,8 @@ import time
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from .direct_body import BufferedAdapter, DirectBody
+
 __all__ = ["protocol_class", "HeaderDeadline", "ARRIVAL_KEY"]
 
 # ASGI scope key: time.monotonic() when the server read the request's first byte. Budgets count
@@ -91,8 +93,12 @@ class HeaderDeadline:
         self.transport.close()
 
 
-def protocol_class(parser: str, header_timeout_s: float) -> type:
-    """The protocol class for ``--http-parser`` (auto: httptools, installed with widthwise)."""
-    base = H11Protocol if parser == "h11" else HttpToolsProtocol
-    return type(f"WidthWise{base.__name__}", (HeaderDeadline, base),
-                {"header_timeout_s": header_timeout_s, "connections_accepted": 0})
+def protocol_class(parser: str, header_timeout_s: float, body_limit: int = 8 * 1024 * 1024) -> type:
+    """The protocol class for ``--http-parser`` (auto: httptools, installed with widthwise). With
+    httptools, binary tensor bodies up to ``body_limit`` bytes are read in place (server/direct_body.py)."""
+    attributes = {"header_timeout_s": header_timeout_s, "connections_accepted": 0}
+    if parser == "h11":
+        return type("WidthWiseH11Protocol", (HeaderDeadline, H11Protocol), attributes)
+    http = type("WidthWiseHttpToolsProtocol", (HeaderDeadline, DirectBody, HttpToolsProtocol),
+                {**attributes, "body_limit": body_limit})
+    return type("WidthWiseBufferedHttpTools", (BufferedAdapter,), {"protocol_class": http, "connections_accepted": 0})

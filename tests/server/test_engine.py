@@ -95,7 +95,7 @@ def test_the_reserve_grows_with_the_event_loops_scheduling_delay(make_client):
 def test_the_loops_cpu_per_request_is_measured_when_it_shares_the_models_cores(make_client, monkeypatch, cores, shared):
     import server.engine
 
-    monkeypatch.setattr(server.engine.os, "sched_getaffinity", lambda pid: cores)
+    monkeypatch.setattr(server.engine, "usable_cpus", lambda: len(cores))
     client = make_client()
     x = {"inputs": [{"name": "input", "shape": [1, 3, 16, 16], "datatype": "FP32", "data": [0.0] * 768}]}
     deadline = time.monotonic() + 5
