@@ -1,0 +1,101 @@
+"""Server CPU per request, pinned: this tree against a baseline commit and the bare FastAPI + ORT app.
+
+Issue #14's per-request CPU target compares widthwise's CPU over raw ONNX Runtime with the bare
+app's. Both move by +-20% between minutes on a shared VM, so the servers run side by side, each
+pinned to core 0 with one ORT thread (this client on core 1), and take turns in blocks of
+closed-loop requests on one keep-alive connection; the table gives medians over blocks. Every
+server loads the same checkpoint (and the bare app the ONNX file widthwise exported for the width).
+
+    python -m bench.request_cpu --baseline 5ed2f9b --blocks 8 --out out/request_cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import httpx2
+
+from bench.common import imagenet_checkpoint, live_server
+from bench.overhead import serving_requests
+from bench.overhead_ab import worktree
+from bench.grpc_overhead import process_cpu_s
+from bench.peers import bare_server, raw_ort_ms, tree_cpu_s
+
+SERVER_CORE, CLIENT_CORE = 0, 1
+
+
+def closed_loop_cpu_ms(url: str, pid: int, path: str, body: bytes, headers: dict, n: int) -> tuple[float, float]:
+    """Server CPU per request: the whole process, and its main thread alone (the event loop: HTTP,
+    parsing, scheduling, replies; widthwise's inference runs on another thread, the bare app's on it)."""
+    with httpx2.Client(timeout=30) as client:
+        for _ in range(20):
+            client.post(url + path, content=body, headers=headers)
+        process0, loop0 = tree_cpu_s(pid), process_cpu_s(pid, thread=pid)
+        for _ in range(n):
+            r = client.post(url + path, content=body, headers=headers)
+            if r.status_code != 200:
+                raise RuntimeError(f"{url}: HTTP {r.status_code} {r.text[:200]}")
+        return (tree_cpu_s(pid) - process0) / n * 1e3, (process_cpu_s(pid, thread=pid) - loop0) / n * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline", default=None, help="commit (or ref) to compare this tree against")
+    parser.add_argument("--blocks", type=int, default=8, help="turns per server")
+    parser.add_argument("--requests", type=int, default=300, help="requests per block")
+    parser.add_argument("--width", default="0.35")
+    parser.add_argument("--out", type=Path, default=Path("out/request_cpu"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    checkpoint = imagenet_checkpoint("s_mobilenet_v2", args.out.resolve())  # the baseline runs in its worktree
+    cache = args.out.resolve() / "cache"
+    flags = ["--checkpoint", str(checkpoint), "--model-name", "v2", "--threads", "1", "--startup-cache", "on",
+             "--cache-dir", str(cache)]
+    requests = serving_requests(args.width)
+    os.sched_setaffinity(0, {CLIENT_CORE})
+    with contextlib.ExitStack() as stack:
+        servers = {"this tree": stack.enter_context(live_server(*flags, cpus={SERVER_CORE}))}
+        if args.baseline:
+            base = stack.enter_context(worktree(args.baseline))
+            servers[args.baseline] = stack.enter_context(live_server(*flags, cpus={SERVER_CORE}, tree=base))
+        onnx = next(cache.glob(f"export-*/{float(args.width)!r}.onnx")).resolve()
+        bare_url, bare_pid = stack.enter_context(bare_server(onnx, float(args.width), {SERVER_CORE}))
+        os.sched_setaffinity(0, {SERVER_CORE})  # raw ORT on the servers' core, then back
+        raw = raw_ort_ms(onnx)
+        os.sched_setaffinity(0, {CLIENT_CORE})
+        cells: dict[tuple[str, str], list[tuple[float, float]]] = {}
+        for _ in range(args.blocks):
+            for kind, (path, body, headers) in requests.items():
+                targets = [(name, url, url.pid) for name, url in servers.items()]
+                if kind == "v2_binary_tensor":  # the bare app serves the v2 tensor only
+                    targets.append(("bare app", bare_url, bare_pid))
+                for name, url, pid in targets:
+                    cells.setdefault((name, kind), []).append(
+                        closed_loop_cpu_ms(url, pid, path, body, headers, n=args.requests))
+    rows = []
+    bare = statistics.median(cpu for cpu, _ in cells[("bare app", "v2_binary_tensor")]) - raw
+    print(f"width {args.width}, raw ORT {raw:.3f} ms (batch 1, one thread, core {SERVER_CORE}); "
+          f"median of {args.blocks} blocks x {args.requests} requests; loop = the main thread's CPU")
+    print(f"{'request':>22} {'server':>12} {'CPU ms/req':>11} {'over raw':>9} {'vs bare':>8} {'loop ms/req':>12}  blocks")
+    for (name, kind), values in cells.items():
+        median = statistics.median(cpu for cpu, _ in values)
+        loop = statistics.median(loop for _, loop in values)
+        ratio = (median - raw) / bare if kind == "v2_binary_tensor" and bare > 0 else None
+        rows.append({"request": kind, "server": name, "cpu_ms": median, "over_raw_ms": median - raw,
+                     "over_raw_vs_bare": ratio, "loop_cpu_ms": loop, "blocks": values})
+        print(f"{kind:>22} {name:>12} {median:11.3f} {median - raw:9.3f} "
+              f"{f'{ratio:.2f}x' if ratio is not None else '':>8} {loop:12.3f}  {[round(v, 2) for v, _ in values]}")
+    report = {"date": time.strftime("%Y-%m-%d"), "width": args.width, "raw_ort_ms": raw, "baseline": args.baseline,
+              "blocks": args.blocks, "requests": args.requests, "rows": rows}
+    (args.out / "request_cpu.json").write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out / 'request_cpu.json'}")
+
+
+if __name__ == "__main__":
+    main()
