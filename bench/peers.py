@@ -45,7 +45,7 @@ from bench.grpc_overhead import process_cpu_s
 from bench.load import describe, measure_point, v2_request
 
 BARE_APP = '''
-import json, os, sys
+import json, os, sys, time
 import numpy as np, onnxruntime as ort
 from fastapi import FastAPI, Request, Response
 
@@ -63,12 +63,15 @@ async def infer(request: Request) -> Response:
     header = json.loads(body[:length])
     shape = header["inputs"][0]["shape"]
     x = np.frombuffer(body, dtype="<f4", offset=length).reshape(shape)
+    began = time.thread_time()
     logits = session.run(None, {"input": x})[0]
+    inference_ms = (time.thread_time() - began) * 1e3
     raw = logits.astype("<f4").tobytes()
     head = json.dumps({"model_name": "v2", "outputs": [{"name": "logits", "datatype": "FP32",
                        "shape": list(logits.shape), "parameters": {"binary_data_size": len(raw)}}]}).encode()
     return Response(head + raw, media_type="application/octet-stream",
-                    headers={"Inference-Header-Content-Length": str(len(head)), "X-Served-Width": width})
+                    headers={"Inference-Header-Content-Length": str(len(head)), "X-Served-Width": width,
+                             "Server-Timing": f"inference;dur={inference_ms:.3f}"})
 
 @app.get("/readyz")
 async def ready() -> dict:
