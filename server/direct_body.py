@@ -41,24 +41,30 @@ V2_INFER_PATH = re.compile(r"/v2/models/[^/]+(?:/versions/[^/]+)?/infer\Z")
 class BodySink:
     """One request body's buffer: ``view[offset:]`` starts on an :data:`ALIGNMENT` boundary."""
 
-    __slots__ = ("view", "offset", "filled")
+    __slots__ = ("view", "offset", "length", "filled")
 
     def __init__(self, length: int, offset: int) -> None:
         buffer = np.empty(length + ALIGNMENT, dtype=np.uint8)
         start = -(buffer.ctypes.data + offset) % ALIGNMENT
-        self.view = memoryview(buffer)[start:start + length]
+        self.view: memoryview | None = memoryview(buffer)[start:start + length]
         self.offset = offset
+        self.length = length
         self.filled = 0
 
     @property
     def complete(self) -> bool:
-        return self.filled == len(self.view)
+        return self.filled == self.length
 
     def write(self, data: bytes) -> None:
         """Body bytes the parser saw (those that arrived with the headers)."""
         end = self.filled + len(data)
-        self.view[self.filled:end] = data  # the parser never delivers more than Content-Length
+        if self.view is not None:
+            self.view[self.filled:end] = data  # the parser never delivers more than Content-Length
         self.filled = end
+
+    def release(self) -> None:
+        """Nobody will read this body (its request was answered first): drop the buffer, keep counting."""
+        self.view = None
 
 
 class DirectBody:
@@ -76,7 +82,14 @@ class DirectBody:
 
     def get_buffer(self, sizehint: int) -> memoryview:
         sink = self._sink
-        return sink.view[sink.filled:] if sink is not None else self._read_view
+        if sink is None:
+            return self._read_view
+        if sink.view is None or self.cycle.response_complete:
+            # Answered before its body arrived (a 503, a 404): the rest of the body is read and
+            # dropped, as uvicorn does, instead of holding up to --max-body-bytes per connection.
+            sink.release()
+            return self._read_view[:sink.length - sink.filled]
+        return sink.view[sink.filled:]
 
     def buffer_updated(self, nbytes: int) -> None:
         sink = self._sink

@@ -168,3 +168,46 @@ def test_the_tensor_after_the_json_header_starts_on_a_64_byte_boundary(offset):
     assert address % 64 == 0 and len(sink.view) == offset + 4096
     sink.write(b"a" * 100)
     assert sink.filled == 100 and not sink.complete and bytes(sink.view[:100]) == b"a" * 100
+
+
+class _StubHttp:
+    """What DirectBody needs of uvicorn's protocol, recording what it is told."""
+
+    def connection_made(self, transport) -> None:
+        self.completed, self.fed = 0, []
+
+    def data_received(self, data) -> None:
+        self.fed.append(bytes(data))
+
+    def on_message_complete(self) -> None:
+        self.completed += 1
+
+
+class _Probe(DirectBody, _StubHttp):
+    pass
+
+
+def test_a_body_answered_early_is_read_and_dropped_not_kept():
+    """Once its request is answered (a 503 at the in-flight limit, a 404), the rest of a body is
+    still read to its end -- the next request starts after it -- but not into its buffer."""
+    from types import SimpleNamespace
+
+    protocol = _Probe()
+    protocol.connection_made(None)
+    protocol.cycle = SimpleNamespace(response_complete=False)
+    sink = BodySink(600_000, 100)
+    protocol._sink = sink
+    first = protocol.get_buffer(-1)
+    assert len(first) == 600_000 and first.obj is sink.view.obj  # straight into the body's buffer
+    first[:1000] = b"x" * 1000
+    protocol.buffer_updated(1000)
+    protocol.cycle.response_complete = True
+    for _ in range(3):  # 599,000 bytes left: reads of at most the scratch buffer's size
+        scratch = protocol.get_buffer(-1)
+        assert sink.view is None and scratch.obj is protocol._read_view.obj
+        assert len(scratch) == min(DirectBody.READ_BYTES, 600_000 - sink.filled)
+        protocol.buffer_updated(len(scratch))
+    assert sink.complete and protocol._sink is None and protocol.completed == 1
+    assert protocol.get_buffer(-1).obj is protocol._read_view.obj  # the next request goes to the parser
+    protocol.buffer_updated(5)
+    assert len(protocol.fed) == 1 and len(protocol.fed[0]) == 5
