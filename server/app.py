@@ -170,11 +170,10 @@ def build_app(
 
 
 def _hot_routes() -> list:
-    """The inference endpoints' paths, as their FastAPI routes declare them (which describe them in OpenAPI)."""
+    """The inference endpoints' FastAPI routes (which also describe them in OpenAPI)."""
     found = []
     for router, endpoint in HOT_ROUTES:
-        found += [(route.path, endpoint) for route in router.routes
-                  if isinstance(route, APIRoute) and route.endpoint is endpoint]
+        found += [route for route in router.routes if isinstance(route, APIRoute) and route.endpoint is endpoint]
     return found
 
 

@@ -15,16 +15,12 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Awaitable, Callable
 
 from starlette.requests import Request
-from starlette.responses import Response
 
 __all__ = ["HotRoutes"]
 
 log = logging.getLogger("widthwise.http")
-
-Endpoint = Callable[..., Awaitable[Response]]
 
 
 def _path_pattern(template: str) -> re.Pattern:
@@ -37,27 +33,29 @@ def _path_pattern(template: str) -> re.Pattern:
 class HotRoutes:
     """POST routes answered past FastAPI's stack, behind the app's own (user) middleware."""
 
-    def __init__(self, app, routes: list[tuple[str, Endpoint]]) -> None:
+    def __init__(self, app, routes: list) -> None:
         """``app`` is the FastAPI application (its middleware, exception handlers and state);
-        ``routes`` pairs path templates with endpoints taking ``(request, **path_params)``."""
+        ``routes`` are its routes (``.path`` templates, ``.endpoint`` taking ``(request, **path_params)``)
+        to answer here."""
         self.app = app
-        self.routes = [(_path_pattern(path), endpoint) for path, endpoint in routes]
+        self.routes = [(_path_pattern(route.path), route) for route in routes]
         self._stack = None  # built on first use: middleware may be added until the app starts
 
-    def match(self, scope) -> tuple[Endpoint, dict[str, str]] | None:
+    def match(self, scope) -> tuple[object, dict[str, str]] | None:
         if scope["method"] != "POST":
             return None
         path = scope["path"]
-        for pattern, endpoint in self.routes:
+        for pattern, route in self.routes:
             found = pattern.fullmatch(path)
             if found:
-                return endpoint, found.groupdict()
+                return route, found.groupdict()
         return None
 
-    async def serve(self, scope, receive, send, endpoint: Endpoint, params: dict[str, str]) -> None:
+    async def serve(self, scope, receive, send, route, params: dict[str, str]) -> None:
         scope["app"] = self.app
         scope["path_params"] = params
-        scope["endpoint"] = endpoint
+        scope["endpoint"] = route.endpoint
+        scope["route"] = route  # as FastAPI's router sets it: instrumentation names requests by its template
         if self._stack is None:
             self._stack = self._build_stack()
         await self._stack(scope, receive, send)

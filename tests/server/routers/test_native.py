@@ -245,6 +245,31 @@ def test_inference_routes_are_answered_before_fastapis_stack(make_client):
     assert client.get("/v1/models").status_code == 500  # every other path still goes through it
 
 
+def test_hot_routes_tell_middleware_their_route_as_fastapi_does(make_client):
+    """Instrumentation (OpenTelemetry, Prometheus instrumentators) names a request by
+    ``scope["route"].path``; the inference routes must carry it past FastAPI's router too."""
+    client = make_client()
+    seen = []
+
+    def recorder(app):
+        async def middleware(scope, receive, send):
+            await app(scope, receive, send)
+            route = scope.get("route")
+            seen.append((scope["path"], getattr(route, "path", None)))
+        return middleware
+
+    from starlette.middleware import Middleware
+
+    client.app.user_middleware.insert(0, Middleware(recorder))  # the app has started: both stacks are rebuilt
+    client.app.middleware_stack, client.app.hot_routes._stack = None, None
+    client.post("/v1/classify", content=png_bytes(), headers={"content-type": "image/png"})
+    client.post("/v2/models/tiny/versions/1/infer", json={})
+    client.get("/v1/models")
+    assert seen == [("/v1/classify", "/v1/classify"),
+                    ("/v2/models/tiny/versions/1/infer", "/v2/models/{name}/versions/{model_version}/infer"),
+                    ("/v1/models", "/v1/models")]
+
+
 def test_both_request_paths_share_one_inflight_limit(make_client):
     """FastAPI's stack and the hot routes each build the middleware, but the in-flight count is one."""
     from server.limits import InflightLimitMiddleware
