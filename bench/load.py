@@ -148,6 +148,9 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--budget-ms", type=float, default=None,
                         help="per-request budget (default: 3x the widest width's batch-1 engine latency)")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="serve with this latency profile instead of measuring one at start-up: A/Bs of two "
+                             "commits then plan from the same numbers (start-up profiles differ by up to 1.8x here)")
     parser.add_argument("--out", type=Path, default=Path("out/load"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -155,7 +158,7 @@ def main() -> None:
     size = models.load_checkpoint(checkpoint).input_size
     path, body, headers = ("/v1/classify", noise_jpeg(np.random.default_rng(0), size), JPEG) if args.request == "jpeg" \
         else v2_request(size=size)
-    profile_path = args.out / "profile.json"
+    profile_path = args.profile.resolve() if args.profile else args.out / "profile.json"
     common = ["--checkpoint", str(checkpoint), "--model-name", "v2", "--max-batch-size", str(args.max_batch_size)]
     if args.widths:
         common += ["--widths", args.widths]
@@ -164,8 +167,10 @@ def main() -> None:
         common += ["--threads", "1"]
         cpus = {0}
         os.sched_setaffinity(0, {1})
-    # Measure the profile once, then every policy's server reuses it (same decisions basis, faster start).
-    with live_server(*common, "--policy", "max-width", "--save-profile", str(profile_path), cpus=cpus) as url:
+    # Measure the profile once (unless given), then every policy's server reuses it (same decisions basis,
+    # faster start).
+    profile_flag = "--profile" if args.profile else "--save-profile"
+    with live_server(*common, "--policy", "max-width", profile_flag, str(profile_path), cpus=cpus) as url:
         model = httpx2.get(url + "/v1/models").json()["models"][0]
     widths = [w["width"] for w in model["widths"]]
     accuracy = {w["width"]: w["expected_accuracy"] for w in model["widths"]}
