@@ -203,7 +203,7 @@ class Engine:
             self.worker.start()
             self._publish_static_metrics()
             self._advance(Readiness.READY)
-            log.info("ready in %.1f s: %s on %s (%s backend, %d threads, %d usable CPUs), widths %s",
+            log.info("ready in %.1f s: %s on %s (%s backend, intra-op threads %d of %d usable CPUs), widths %s",
                      time.monotonic() - began, self.model_name, self.runtime.device, self.runtime.backend,
                      self.runtime.threads, usable_cpus(), ", ".join(width_label(w) for w in widths))
         except Exception as exc:
