@@ -14,39 +14,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import statistics
 import time
 from pathlib import Path
 
-import httpx2
-
-from bench.common import imagenet_checkpoint, live_server, server_timing
+from bench.common import imagenet_checkpoint, live_server
 from bench.overhead import serving_requests
 from bench.overhead_ab import worktree
-from bench.grpc_overhead import process_cpu_s
-from bench.peers import bare_server, raw_ort_ms, tree_cpu_s
+from bench.peers import bare_server, closed_loop_costs, raw_ort_ms
 
 SERVER_CORE, CLIENT_CORE = 0, 1
-
-
-def closed_loop_cpu_ms(url: str, pid: int, path: str, body: bytes, headers: dict, n: int) -> tuple[float, float, float]:
-    """Per request: the server process's CPU, its main thread's alone (the event loop: HTTP, parsing,
-    scheduling, replies; widthwise's inference runs on another thread, the bare app's on it), and the
-    inference time the server reports (``Server-Timing``). ONNX Runtime's own speed on this VM moves
-    by 30% between minutes; CPU minus inference is what the serving costs, whatever it did."""
-    with httpx2.Client(timeout=30) as client:
-        for _ in range(20):
-            client.post(url + path, content=body, headers=headers)
-        process0, loop0, inference_ms = tree_cpu_s(pid), process_cpu_s(pid, thread=pid), 0.0
-        for _ in range(n):
-            r = client.post(url + path, content=body, headers=headers)
-            if r.status_code != 200:
-                raise RuntimeError(f"{url}: HTTP {r.status_code} {r.text[:200]}")
-            inference_ms += server_timing(r.headers.get("server-timing", "")).get("inference", math.nan)
-        return ((tree_cpu_s(pid) - process0) / n * 1e3, (process_cpu_s(pid, thread=pid) - loop0) / n * 1e3,
-                inference_ms / n)
 
 
 def main() -> None:
@@ -83,7 +61,7 @@ def main() -> None:
                 shift = block % len(targets)  # each server takes each place in the order in turn
                 for name, url, pid in targets[shift:] + targets[:shift]:
                     cells.setdefault((name, kind), []).append(
-                        closed_loop_cpu_ms(url, pid, path, body, headers, n=args.requests))
+                        closed_loop_costs(url, pid, path, body, headers, n=args.requests, warmup=20))
     rows = []
     bare = statistics.median(cpu - inference for cpu, _, inference in cells[("bare app", "v2_binary_tensor")])
     print(f"width {args.width}, raw ORT {raw:.3f} ms (batch 1, one thread, core {SERVER_CORE}); "

@@ -27,7 +27,7 @@ import re
 import httptools
 import numpy as np
 
-__all__ = ["DirectBody", "BufferedAdapter", "BodySink", "BODY_KEY", "ALIGNMENT", "V2_INFER_PATH"]
+__all__ = ["DirectBody", "BufferedAdapter", "BodySink", "aligned_buffer", "BODY_KEY", "ALIGNMENT", "V2_INFER_PATH"]
 
 # ASGI scope key: the request's BodySink, when the protocol reads its body directly.
 BODY_KEY = "widthwise.body"
@@ -38,15 +38,21 @@ ALIGNMENT = 64  # bytes; ONNX Runtime's and numpy's kernels read aligned tensors
 V2_INFER_PATH = re.compile(r"/v2/models/[^/]+(?:/versions/[^/]+)?/infer\Z")
 
 
+def aligned_buffer(length: int, offset: int) -> memoryview:
+    """A writable ``length``-byte buffer whose bytes from ``offset`` on start on an :data:`ALIGNMENT`
+    boundary (where a binary tensor follows a JSON header of ``offset`` bytes)."""
+    buffer = np.empty(length + ALIGNMENT, dtype=np.uint8)
+    start = -(buffer.ctypes.data + offset) % ALIGNMENT
+    return memoryview(buffer)[start:start + length]
+
+
 class BodySink:
     """One request body's buffer: ``view[offset:]`` starts on an :data:`ALIGNMENT` boundary."""
 
     __slots__ = ("view", "offset", "length", "filled")
 
     def __init__(self, length: int, offset: int) -> None:
-        buffer = np.empty(length + ALIGNMENT, dtype=np.uint8)
-        start = -(buffer.ctypes.data + offset) % ALIGNMENT
-        self.view: memoryview | None = memoryview(buffer)[start:start + length]
+        self.view: memoryview | None = aligned_buffer(length, offset)
         self.offset = offset
         self.length = length
         self.filled = 0

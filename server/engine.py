@@ -85,6 +85,7 @@ class Engine:
         self.card = card if card is not None else ModelCard.from_net(net)
         self.policy: Policy = make_policy(settings.policy, net.widths, dict(self.card.accuracy) or None)  # validate before start-up work
         self.runtime: Runtime | None = None
+        self.usable_cpus = 1  # the affinity mask capped by the CPU quota, read at start-up (server/cpus.py)
         self.profile: LatencyProfile | None = None
         self.scheduler: Scheduler | None = None
         self.state = Readiness.STARTING
@@ -164,7 +165,7 @@ class Engine:
         runtime = self.runtime
         if runtime is None or runtime.device.type != "cpu":
             return False
-        return runtime.threads >= usable_cpus()
+        return runtime.threads >= self.usable_cpus
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.close()
@@ -178,6 +179,7 @@ class Engine:
             widths = self.net.widths
             log.info("start-up: exporting %d widths of %s (%s)%s", len(widths), self.model_name, self.net.arch,
                      f", cache {self.cache.directory}" if self.cache else "")
+            self.usable_cpus = usable_cpus()
             self.runtime = self._runtime_factory.from_config(
                 self.net, self.settings.runtime_config(), batch_sizes,
                 progress=_progress_logger("exported", widths, began), cache=self.cache,
@@ -205,7 +207,7 @@ class Engine:
             self._advance(Readiness.READY)
             log.info("ready in %.1f s: %s on %s (%s backend, intra-op threads %d of %d usable CPUs), widths %s",
                      time.monotonic() - began, self.model_name, self.runtime.device, self.runtime.backend,
-                     self.runtime.threads, usable_cpus(), ", ".join(width_label(w) for w in widths))
+                     self.runtime.threads, self.usable_cpus, ", ".join(width_label(w) for w in widths))
         except Exception as exc:
             log.debug("start-up failed", exc_info=True)
             self._fatal(f"start-up failed: {type(exc).__name__}: {exc}")

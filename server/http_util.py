@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 
-import numpy as np
 from fastapi import Request
 from starlette.requests import ClientDisconnect
 
-from .direct_body import ALIGNMENT, BODY_KEY
+from .direct_body import BODY_KEY, aligned_buffer
 from .engine import Engine, InferenceResult
 from .errors import ApiError
 from .metrics import width_label
@@ -79,14 +78,12 @@ async def _read_aligned(request: Request, limit: int, offset: int) -> memoryview
     if length is None:  # chunked transfer: size unknown up front
         return memoryview(await _read_joined(request, limit))
     sink = request.scope.get(BODY_KEY)
-    if sink is not None and sink.offset == offset and len(sink.view) == length:
+    if sink is not None and sink.offset == offset and sink.length == length:
         # The protocol reads this body into its own aligned buffer; receive() says when it is all in.
         async for _ in request.stream():
             pass
         return sink.view
-    buffer = np.empty(length + ALIGNMENT, dtype=np.uint8)
-    start = -(buffer.ctypes.data + offset) % ALIGNMENT
-    body = memoryview(buffer)[start:start + length]
+    body = aligned_buffer(length, offset)
     size = 0
     async for chunk in request.stream():
         end = size + len(chunk)

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from . import cpus
 from .runtime_config import RuntimeConfig
 
 if TYPE_CHECKING:
@@ -204,9 +205,7 @@ def default_ort_threads() -> int:
     needs a core to parse requests meanwhile (on 2 cores, 2 pool threads doubled the
     HTTP overhead without making batch-1 inference faster inside the server). Usable means
     the affinity mask and the container's CPU quota, not the host's core count."""
-    from server.cpus import usable_cpus
-
-    return max(1, usable_cpus() - 1)
+    return max(1, cpus.usable_cpus() - 1)
 
 
 def ort_session_options():

@@ -90,5 +90,6 @@ def test_the_engine_sees_the_model_take_every_core_the_quota_allows(monkeypatch,
     from server import engine
 
     monkeypatch.setattr(engine, "usable_cpus", lambda: usable)
-    holder = SimpleNamespace(runtime=SimpleNamespace(device=SimpleNamespace(type="cpu"), threads=1))
+    holder = SimpleNamespace(runtime=SimpleNamespace(device=SimpleNamespace(type="cpu"), threads=1),
+                             usable_cpus=engine.usable_cpus())  # as start-up reads it
     assert engine.Engine._shares_cores_with_model(holder) is shares
