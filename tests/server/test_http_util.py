@@ -8,7 +8,8 @@ import pytest
 from starlette.requests import Request
 
 from server.errors import ApiError
-from server.http_util import ALIGNMENT, read_body_aligned
+from server.direct_body import ALIGNMENT
+from server.http_util import read_body_aligned
 
 
 def make_request(chunks: list[bytes], content_length: int | None) -> Request:
