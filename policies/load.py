@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
+from typing import Callable, Iterable
 
-__all__ = ["DeviceSample", "CpuMonitor", "NvmlMonitor", "DeviceMonitor"]
+__all__ = ["DeviceSample", "CpuMonitor", "QuotaCpuMonitor", "NvmlMonitor", "DeviceMonitor"]
 
 log = logging.getLogger("widthwise.load")
 
@@ -22,20 +24,32 @@ class DeviceSample:
 
 
 class CpuMonitor:
-    """CPU utilization between two reads of /proc/stat."""
+    """CPU utilization between two reads of /proc/stat: of the CPUs in ``cpus`` (their ``cpuN``
+    lines), or of the whole host (the ``cpu`` line) when ``cpus`` is None."""
 
-    def __init__(self, path: str = "/proc/stat") -> None:
+    def __init__(self, path: str = "/proc/stat", cpus: Iterable[int] | None = None) -> None:
         self.path = path
+        self.names = None if cpus is None else {f"cpu{n}" for n in cpus}
         self._last = self._read()
 
     def _read(self) -> tuple[int, int] | None:
+        total = idle = 0
+        found = False
         try:
             with open(self.path) as f:
-                fields = [int(v) for v in f.readline().split()[1:]]
-        except (OSError, ValueError):
+                for line in f:
+                    name, _, values = line.partition(" ")
+                    if not name.startswith("cpu"):
+                        break  # the cpu lines come first
+                    if (name != "cpu") if self.names is None else (name not in self.names):
+                        continue
+                    fields = [int(v) for v in values.split()]
+                    total += sum(fields)
+                    idle += fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+                    found = True
+        except (OSError, ValueError, IndexError):
             return None
-        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-        return sum(fields), idle
+        return (total, idle) if found else None
 
     def sample(self) -> DeviceSample:
         now = self._read()
@@ -44,6 +58,26 @@ class CpuMonitor:
             return DeviceSample(None)
         total, idle = now[0] - last[0], now[1] - last[1]
         return DeviceSample(max(0.0, min(1.0, 1.0 - idle / total)))
+
+
+class QuotaCpuMonitor:
+    """CPU time used by a cgroup between two reads, over what its quota allows in that time (``limit``
+    CPUs): 1.0 is where the kernel starts throttling it. ``read_usage_s`` returns the cgroup's CPU
+    seconds so far (None when unreadable)."""
+
+    def __init__(self, read_usage_s: Callable[[], float | None], limit: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.read_usage_s = read_usage_s
+        self.limit = limit
+        self.clock = clock
+        self._last = (clock(), read_usage_s())
+
+    def sample(self) -> DeviceSample:
+        now = (self.clock(), self.read_usage_s())
+        (t0, u0), self._last = self._last, now
+        if u0 is None or now[1] is None or now[0] <= t0 or self.limit <= 0:
+            return DeviceSample(None)
+        return DeviceSample(max(0.0, min(1.0, (now[1] - u0) / ((now[0] - t0) * self.limit))))
 
 
 class NvmlMonitor:
@@ -75,9 +109,11 @@ class NvmlMonitor:
 class DeviceMonitor:
     """Keeps the latest sample of the serving device; ``latest`` is safe to read from any thread."""
 
-    def __init__(self, device_type: str, index: int = 0) -> None:
+    def __init__(self, device_type: str, index: int = 0, cpu_reader=None) -> None:
+        """``cpu_reader``: the CPU signal to sample on a CPU device (default: the whole host's /proc/stat;
+        the server passes ``server.cpus.cpu_monitor()``, which knows its cores and quota)."""
         self.device_type = device_type
-        self._reader = NvmlMonitor(index) if device_type == "cuda" else CpuMonitor()
+        self._reader = NvmlMonitor(index) if device_type == "cuda" else (cpu_reader or CpuMonitor())
         self._lock = threading.Lock()
         self._latest = DeviceSample(None)
 

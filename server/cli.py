@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=["auto", "torch", "onnxruntime"], default="auto", help="as serve's --backend")
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32", help="as serve's --precision")
     p.add_argument("--threads", type=int, default=None,
-                   help="intra-op threads (default: as serve, ONNX Runtime all cores but one)")
+                   help="intra-op threads (default: as serve, ONNX Runtime all usable CPUs but one)")
     p.add_argument("--repeats", type=int, default=15, help="timed runs per (width, batch size); the median is kept")
     p.add_argument("--max-batch-size", type=int, default=8, help="largest batch size measured")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -14,7 +14,7 @@ import math
 import os
 from pathlib import Path
 
-__all__ = ["usable_cpus", "cgroup_cpu_limit"]
+__all__ = ["usable_cpus", "cgroup_cpu_limit", "cgroup_cpu_usage_s", "cpu_monitor"]
 
 
 def usable_cpus(cgroup_root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/self/cgroup") -> int:
@@ -81,3 +81,66 @@ def _read_cfs_quota(directory: Path) -> float | None:
     except (OSError, ValueError):
         return None
     return quota / period if quota > 0 and period > 0 else None
+
+
+def cgroup_cpu_usage_s(cgroup_root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/self/cgroup") -> float | None:
+    """CPU seconds the process's cgroup has used so far (v2 ``cpu.stat`` ``usage_usec``, v1
+    ``cpuacct.usage``); None when unreadable. Inside a container whose ``/proc/self/cgroup`` names the
+    host's path, the mount's own files are the container's."""
+    try:
+        lines = Path(proc_cgroup).read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hierarchy == "0" and controllers == "":
+            for directory in _own_directory(Path(cgroup_root), path):
+                usage = _read_usage_usec(directory)
+                if usage is not None:
+                    return usage / 1e6
+        elif "cpuacct" in controllers.split(","):
+            for mount in (Path(cgroup_root) / controllers, Path(cgroup_root) / "cpuacct", Path(cgroup_root) / "cpu,cpuacct"):
+                if mount.is_dir():
+                    for directory in _own_directory(mount, path):
+                        try:
+                            return int((directory / "cpuacct.usage").read_text()) / 1e9
+                        except (OSError, ValueError):
+                            continue
+                    break
+    return None
+
+
+def _own_directory(mount: Path, path: str) -> list[Path]:
+    """The cgroup directory at ``path`` under ``mount`` if it exists, else the mount itself (a container's view)."""
+    leaf = mount / path.lstrip("/")
+    return [leaf] if leaf.is_dir() else [mount]
+
+
+def _read_usage_usec(directory: Path) -> int | None:
+    try:
+        for line in (directory / "cpu.stat").read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == "usage_usec":
+                return int(value)
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def cpu_monitor(cgroup_root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/self/cgroup",
+                proc_stat: str = "/proc/stat"):
+    """The CPU load signal for a server on CPUs: under a CPU quota (a Kubernetes ``limits.cpu``), the
+    cgroup's usage over its quota -- what throttling is measured against; otherwise how busy the CPUs
+    this process may run on are (other processes on them count: they take the same cores). Never
+    the host's cores as a whole: a pod's utilization is not its node's."""
+    from policies.load import CpuMonitor, QuotaCpuMonitor
+
+    limit = cgroup_cpu_limit(cgroup_root, proc_cgroup)
+    if limit is not None and cgroup_cpu_usage_s(cgroup_root, proc_cgroup) is not None:
+        return QuotaCpuMonitor(lambda: cgroup_cpu_usage_s(cgroup_root, proc_cgroup), limit)
+    try:
+        cores = os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        cores = None
+    return CpuMonitor(proc_stat, cores)

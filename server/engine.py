@@ -30,7 +30,7 @@ from policies import (
 )
 from policies.load import DeviceMonitor
 
-from .cpus import usable_cpus
+from .cpus import cpu_monitor, usable_cpus
 from .errors import InvalidRequest
 from .keep_warm import KeepWarm
 from .metrics import DeviceRecord, Metrics, ModelRecord, QueueRecord, width_label
@@ -190,7 +190,8 @@ class Engine:
             for hook in self.before_ready:  # e.g. warming the HTTP request path (server/warmup.py)
                 hook()
             return_freed_heap()
-            self.monitor = DeviceMonitor(self.runtime.device.type, self.runtime.device.index or 0)
+            self.monitor = DeviceMonitor(self.runtime.device.type, self.runtime.device.index or 0,
+                                         cpu_monitor() if self.runtime.device.type == "cpu" else None)
             self.scheduler = Scheduler(
                 self.policy, self.profile, self.net.widths, self.settings.scheduler_config(),
                 utilization=lambda: self.monitor.latest.utilization,

@@ -208,6 +208,14 @@ def default_ort_threads() -> int:
     return max(1, cpus.usable_cpus() - 1)
 
 
+def default_torch_threads() -> int:
+    """torch's own default (the machine's physical cores) capped by the usable CPUs: in a pod with
+    ``limits.cpu: 2`` on a 64-core node, torch would otherwise start 32 threads on 2 CPUs of quota."""
+    import torch
+
+    return max(1, min(torch.get_num_threads(), cpus.usable_cpus()))
+
+
 def ort_session_options():
     import onnxruntime as ort
 
@@ -394,8 +402,7 @@ class Runtime:
         else:
             import torch
 
-            if threads:
-                torch.set_num_threads(threads)
+            torch.set_num_threads(threads or default_torch_threads())
             self.threads = torch.get_num_threads()
             for width in net.widths:
                 module = net.switch(width, fold_bn=True)
@@ -457,9 +464,7 @@ def runtime_fingerprint(
     if backend == "onnxruntime":  # one pool per process, sized by the first session (use_global_thread_pool)
         threads = _GLOBAL_POOL_THREADS or threads or default_ort_threads()
     else:
-        import torch
-
-        threads = threads or torch.get_num_threads()
+        threads = threads or default_torch_threads()
     return {
         "arch": net.arch,
         "widths": [float(w) for w in net.widths],

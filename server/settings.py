@@ -90,7 +90,8 @@ class Settings(BaseSettings):
         "photos; pixels differ slightly from a full decode)"
     )
     threads: int | None = Field(
-        None, ge=1, le=1024, description="intra-op threads (default: ONNX Runtime all cores but one; torch its own choice)"
+        None, ge=1, le=1024, description="intra-op threads (default: ONNX Runtime all usable CPUs but one; torch its own choice, at most "
+        "the usable CPUs; usable = the affinity mask capped by the container's CPU quota)"
     )
     profile_repeats: int = Field(15, ge=3, le=10_000, description="timed runs per (width, batch) when profiling at startup")
     reserve_ms: float | None = Field(

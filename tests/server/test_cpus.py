@@ -5,9 +5,10 @@ from pathlib import Path
 
 import pytest
 
+from policies.load import QuotaCpuMonitor
 from server import cpus
 from server.cpus import cgroup_cpu_limit, usable_cpus
-from server.runtime import default_ort_threads
+from server.runtime import default_ort_threads, default_torch_threads
 
 
 def write(path: Path, text: str) -> None:
@@ -81,6 +82,16 @@ def test_onnx_runtime_threads_default_to_the_usable_cpus_not_the_hosts_cores(mon
     assert default_ort_threads() == 1
 
 
+def test_torch_threads_default_to_its_own_choice_capped_by_the_usable_cpus(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 32)  # torch's default on a 32-core node
+    monkeypatch.setattr(cpus, "usable_cpus", lambda: 2)  # a pod with limits.cpu: 2
+    assert default_torch_threads() == 2
+    monkeypatch.setattr(cpus, "usable_cpus", lambda: 64)
+    assert default_torch_threads() == 32
+
+
 @pytest.mark.parametrize("usable, shares", [(1, True), (2, False)])
 def test_the_engine_sees_the_model_take_every_core_the_quota_allows(monkeypatch, usable, shares):
     """One ORT thread in a 1-CPU pod shares its core with the event loop (so --worker-nice applies)
@@ -93,3 +104,36 @@ def test_the_engine_sees_the_model_take_every_core_the_quota_allows(monkeypatch,
     holder = SimpleNamespace(runtime=SimpleNamespace(device=SimpleNamespace(type="cpu"), threads=1),
                              usable_cpus=engine.usable_cpus())  # as start-up reads it
     assert engine.Engine._shares_cores_with_model(holder) is shares
+
+
+def test_cgroup_usage_is_read_from_v2_cpu_stat_and_v1_cpuacct(tmp_path):
+    root, proc = v2_tree(tmp_path / "v2", {})
+    write(Path(root) / "kubepods/pod1/ctr/cpu.stat", "usage_usec 2500000\nuser_usec 2000000\nsystem_usec 500000\n")
+    assert cpus.cgroup_cpu_usage_s(root, proc) == pytest.approx(2.5)
+    v1 = tmp_path / "v1"
+    write(v1 / "cpu,cpuacct" / "docker" / "abc" / "cpuacct.usage", "1500000000\n")
+    proc_v1 = tmp_path / "proc_v1"
+    proc_v1.write_text("4:cpu,cpuacct:/docker/abc\n")
+    assert cpus.cgroup_cpu_usage_s(str(v1), str(proc_v1)) == pytest.approx(1.5)
+    assert cpus.cgroup_cpu_usage_s(root, str(tmp_path / "missing")) is None
+
+
+def test_under_a_quota_cpu_utilization_is_the_cgroups_usage_over_its_quota(tmp_path):
+    # A pod limited to 2 CPUs that used 1 CPU-second per second is half-way to being throttled,
+    # whatever the rest of its node does.
+    root, proc = v2_tree(tmp_path, {"/kubepods/pod1/ctr": "200000 100000"})
+    stat = Path(root) / "kubepods/pod1/ctr/cpu.stat"
+    write(stat, "usage_usec 10000000\n")
+    monitor = cpus.cpu_monitor(root, proc)
+    assert isinstance(monitor, QuotaCpuMonitor) and monitor.limit == pytest.approx(2.0)
+    write(stat, "usage_usec 12000000\n")
+    assert monitor.read_usage_s() == pytest.approx(12.0)  # the cgroup's own counter, not /proc/stat
+
+
+def test_without_a_quota_cpu_utilization_covers_only_the_processs_cpus(tmp_path):
+    root, proc = v2_tree(tmp_path, {"/kubepods/pod1/ctr": "max 100000"})
+    lines = ["cpu  0 0 0 0 0 0 0 0 0 0"] + [f"cpu{n} 0 0 0 100 0 0 0 0 0 0" for n in range(os.cpu_count() or 1)]
+    stat = tmp_path / "stat"
+    stat.write_text("\n".join(lines) + "\nintr 1\n")
+    monitor = cpus.cpu_monitor(root, proc, str(stat))
+    assert monitor.names == {f"cpu{n}" for n in os.sched_getaffinity(0)}
