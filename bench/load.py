@@ -37,10 +37,12 @@ MAX_REQUESTS = 5000  # hard bound per point
 
 
 async def fire(client: LeanClient, send_at: float, t0: float, results: list, lags: list,
-               width: float | None = None) -> None:
+               width: float | None = None, answers: list | None = None) -> None:
     await asyncio.sleep(max(0.0, t0 + send_at - time.perf_counter()))
     lags.append((time.perf_counter() - (t0 + send_at)) * 1e3)
     answer = await client.post()
+    if answers is not None:
+        answers.append((send_at, answer))
     served = answer.headers.get("x-served-width")  # a peer server at one width does not say it
     results.append((answer.status, answer.elapsed_ms,
                     (float(served) if served else width) if answer.status == 200 else None))
@@ -61,11 +63,12 @@ def v2_request(model: str = "v2", size: int = 224) -> tuple[str, bytes, dict]:
 
 
 async def run_point(url: str, body: bytes, rate: float, duration: float, budget_ms: float, trace: str,
-                    headers: dict = JPEG, width: float | None = None) -> tuple[list, dict]:
+                    headers: dict = JPEG, width: float | None = None, answers: list | None = None) -> tuple[list, dict]:
     """The answers (status, client latency ms, width) and the client's own costs; ``width``: the width
     of a server that does not send ``X-Served-Width`` (a peer serving one width). The client is
     :class:`~bench.http_client.LeanClient`: httpx cost ~2 ms of CPU per request on the client's core,
-    which queued answers behind each other and counted against the server at the client."""
+    which queued answers behind each other and counted against the server at the client. ``answers``,
+    when given, receives ``(scheduled send time, Answer)`` for every request (headers included)."""
     arrivals = arrival_times(trace, rate, duration, seed=11)[:MAX_REQUESTS]
     results: list = []
     lags: list = []
@@ -75,7 +78,7 @@ async def run_point(url: str, body: bytes, rate: float, duration: float, budget_
     cpu0 = time.process_time()
     t0 = time.perf_counter() + 0.2
     try:
-        await asyncio.gather(*(fire(client, a, t0, results, lags, width) for a in arrivals))
+        await asyncio.gather(*(fire(client, a, t0, results, lags, width, answers) for a in arrivals))
     finally:
         client.close()
     client_costs = {"client_cpu_ms_per_request": (time.process_time() - cpu0) / max(1, len(arrivals)) * 1e3,
@@ -85,9 +88,11 @@ async def run_point(url: str, body: bytes, rate: float, duration: float, budget_
 
 
 def measure_point(url: str, body: bytes, rate: float, duration: float, budget_ms: float, accuracy: dict[float, float],
-                  trace: str = "poisson", headers: dict = JPEG, width: float | None = None) -> dict:
-    """One open-loop point against ``url``: :func:`summarize` of the answers and the client's own costs."""
-    results, client = asyncio.run(run_point(url, body, rate, duration, budget_ms, trace, headers, width))
+                  trace: str = "poisson", headers: dict = JPEG, width: float | None = None,
+                  answers: list | None = None) -> dict:
+    """One open-loop point against ``url``: :func:`summarize` of the answers and the client's own costs
+    (``answers``: as :func:`run_point`)."""
+    results, client = asyncio.run(run_point(url, body, rate, duration, budget_ms, trace, headers, width, answers))
     return {**summarize(results, budget_ms, duration, accuracy), **client}
 
 

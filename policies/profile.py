@@ -1,6 +1,6 @@
 """Latency profile: service time of each (width, batch size), measured on the serving device.
 
-Measured at startup (median after warm-up), optionally loaded from / saved to
+Measured at startup (medians, in rounds over the whole table), optionally loaded from / saved to
 JSON, and updated online from observed batch times (EWMA) so it follows the
 machine when it slows down.
 """
@@ -172,28 +172,66 @@ def _interpolate(row: Mapping[int, float], batch: int) -> float:
     return row[largest] * batch / largest
 
 
+# Timed runs of one (width, batch) pair per round of :func:`measure_profile`, after one untimed run.
+PROFILE_BLOCK = 3
+
+
 def measure_profile(
-    run: Callable[[float, int], None], widths: Iterable[float], batch_sizes: Iterable[int], warmup: int = 3,
+    run: Callable[[float, int], None], widths: Iterable[float], batch_sizes: Iterable[int], warmup: int = 1,
     repeats: int = 15, progress: Callable[[float], None] | None = None,
 ) -> LatencyProfile:
-    """Median seconds of ``run(width, batch)`` for every pair, after ``warmup`` untimed runs;
-    ``progress(width)`` is called as each width is done."""
-    table: dict[float, dict[int, float]] = {}
-    batch_sizes = list(batch_sizes)
-    for width in widths:
-        table[width] = {}
-        for batch in batch_sizes:
-            for _ in range(warmup):
-                run(width, batch)
-            times = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                run(width, batch)
-                times.append(time.perf_counter() - start)
-            table[width][batch] = statistics.median(times)
-        if progress is not None:
-            progress(width)
+    """Seconds of ``run(width, batch)`` for every pair, from ``repeats`` timed runs each.
+
+    The table is measured in rounds: each round runs every pair ``warmup`` times untimed (the switch
+    from the previous pair stays out of the figure) and then up to :data:`PROFILE_BLOCK` times timed,
+    until every pair has ``repeats``. Each round thus sees the host at one speed for all pairs, and
+    :func:`_without_round_speed` takes that speed out before the pairs are compared. Measuring width
+    after width instead put each width in whatever speed the host had at that moment: on a VM whose
+    speed drifts by 1.5x for seconds at a time, the ratio of two widths' batch-1 times varied with a
+    standard deviation of 0.35-0.64 over six start-ups (BENCHMARKS.md), and a narrow width could come
+    out as slow as a wider one. ``progress(width)`` is called as each width finishes its last round."""
+    widths, batch_sizes = list(widths), list(batch_sizes)
+    pairs = [(w, b) for w in widths for b in batch_sizes]
+    timed = {pair: 0 for pair in pairs}
+    rounds: list[dict[tuple[float, int], float]] = []  # per round: each pair's median of its block
+    while any(n < repeats for n in timed.values()):
+        last_round = all(n + PROFILE_BLOCK >= repeats for n in timed.values())
+        block: dict[tuple[float, int], float] = {}
+        for width in widths:
+            for batch in batch_sizes:
+                count = min(PROFILE_BLOCK, repeats - timed[(width, batch)])
+                if count <= 0:
+                    continue
+                for _ in range(warmup):
+                    run(width, batch)
+                seconds = []
+                for _ in range(count):
+                    start = time.perf_counter()
+                    run(width, batch)
+                    seconds.append(time.perf_counter() - start)
+                timed[(width, batch)] += count
+                block[(width, batch)] = statistics.median(seconds)
+            if last_round and progress is not None:
+                progress(width)
+        rounds.append(block)
+    base = _without_round_speed(rounds, pairs)
+    table = {w: {b: base[(w, b)] for b in batch_sizes} for w in widths}
     return LatencyProfile(monotone(table))
+
+
+def _without_round_speed(rounds: list[dict], pairs: list) -> dict:
+    """Each pair's time with the host's speed in each round taken out (a two-way median fit:
+    ``time(pair, round) = base(pair) x speed(round)``, the median round's speed as the level). A
+    host that slows down for part of the measurement then slows every pair's figure alike, and a
+    change within one round is outvoted by the others."""
+    speed = [1.0] * len(rounds)
+    base: dict = {}
+    for _ in range(3):
+        base = {pair: statistics.median(r[pair] / speed[i] for i, r in enumerate(rounds) if pair in r) for pair in pairs}
+        speed = [statistics.median(t / base[pair] for pair, t in r.items()) for r in rounds]
+        level = statistics.median(speed)
+        speed = [s / level for s in speed]
+    return base
 
 
 def monotone(table: Mapping[float, Mapping[int, float]]) -> dict[float, dict[int, float]]:

@@ -2,8 +2,9 @@
 
 It drives the real :class:`policies.scheduler.Scheduler` and the real policies
 with a virtual clock, and a single worker whose batch times come from the
-latency profile (with optional log-normal noise). It answers "what would this
-policy do at that load on that device" without the device.
+latency profile (with optional log-normal noise, and optionally the device's
+speed over time). It answers "what would this policy do at that load on that
+device" without the device.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import math
 import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -21,7 +22,7 @@ from .base import Policy
 from .profile import LatencyProfile
 from .scheduler import Batch, Pending, Refused, ScheduledRequest, Scheduler, SchedulerConfig
 
-__all__ = ["SimResult", "arrival_times", "simulate", "TRACES"]
+__all__ = ["SimResult", "SpeedTrace", "arrival_times", "simulate", "TRACES"]
 
 TRACES = ("poisson", "bursty", "step")
 
@@ -80,6 +81,49 @@ def arrival_times(trace: str, rate: float, duration: float, seed: int = 0) -> li
     return sorted(float(v) for v in values)
 
 
+class SpeedTrace:
+    """The device's speed over time, relative to the profile (1.5 = batches take 1.5x as profiled), as a
+    callable for :func:`simulate`: the median of the measured ``(time s, factor)`` points within
+    ``window_s`` of ``t``; before the first point the first factor, after the last the last, and
+    between points that leave a window empty the nearest point's. A window of about half a second
+    follows a VM's slow and fast spells (seconds long) without replaying each batch's own noise."""
+
+    def __init__(self, points: Sequence[tuple[float, float]], window_s: float = 0.5, step_s: float = 0.05) -> None:
+        points = sorted((float(t), float(f)) for t, f in points if f > 0)
+        if not points:
+            raise ValueError("a speed trace needs at least one (time, factor) point with factor > 0")
+        self.points = points
+        self.step_s = step_s
+        times = np.array([t for t, _ in points])
+        factors = np.array([f for _, f in points])
+        self.start = times[0]
+        grid = np.arange(times[0], times[-1] + step_s, step_s)
+        lo = np.searchsorted(times, grid - window_s / 2, "left")
+        hi = np.searchsorted(times, grid + window_s / 2, "right")
+        nearest = np.clip(np.searchsorted(times, grid), 0, len(times) - 1)
+        self._grid = [float(np.median(factors[a:b])) if b > a else float(factors[n]) for a, b, n in zip(lo, hi, nearest)]
+
+    def __call__(self, t: float) -> float:
+        index = int((t - self.start) / self.step_s + 0.5)
+        return self._grid[min(max(index, 0), len(self._grid) - 1)]
+
+    def mean(self) -> float:
+        return statistics.fmean(self._grid)
+
+    def share_above(self, factor: float) -> float:
+        """The share of the traced time the device ran more than ``factor`` times slower than profiled."""
+        return sum(f > factor for f in self._grid) / len(self._grid)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SpeedTrace":
+        """A JSON file ``{"points": [[t, factor], ...], "window_s": 0.5}`` (what bench.sim_vs_live writes)
+        or a bare list of points."""
+        data = json.loads(Path(path).read_text())
+        if isinstance(data, dict):
+            return cls(data["points"], float(data.get("window_s", 0.5)))
+        return cls(data)
+
+
 class _Clock:
     def __init__(self) -> None:
         self.now = 0.0
@@ -98,6 +142,7 @@ def simulate(
     noise: float = 0.0,
     seed: int = 0,
     request_cpu_s: float = 0.0,
+    speed: Callable[[float], float] | None = None,
 ) -> SimResult:
     """Run ``arrivals`` through the scheduler (``config``, as ``serve`` builds it from its settings)
     and ``policy``; every request has ``budget_s``.
@@ -107,6 +152,10 @@ def simulate(
     half of it (parsing) before a request reaches the queue and half (the reply) after its batch,
     and every arrival during a batch steals that much core time from it. The scheduler and policies see it as the
     live server's do, and the engine's reserve (1 ms + this) comes off every deadline.
+
+    ``speed(t)`` scales the batch starting at simulated time ``t`` (1 = as profiled): a host whose
+    speed drifts (a VM's neighbours, thermal limits) serves the same batch 1.5x slower for seconds at a
+    time, which no static profile shows; ``bench.sim_vs_live`` measures it from the live run's batches.
 
     Like the server's worker, every batch's time is fed back into the profile the scheduler and
     policies plan with (its online update and the recent tail that max-width plans for). That is a
@@ -136,6 +185,8 @@ def simulate(
                 rejected += len(polled.expired)
                 if polled.items:
                     service = truth.predict(polled.decision.width, polled.samples)
+                    if speed is not None:
+                        service *= speed(clock.now)
                     if noise:
                         service *= float(rng.lognormal(0.0, noise))
                     busy_until = float(clock.now + service)

@@ -14,7 +14,7 @@ __all__ = ["main", "build_parser"]
 
 
 HELP_FORMAT = argparse.ArgumentDefaultsHelpFormatter  # every flag's help ends with its default
-BENCHMARKS = ("engine", "ladder", "overhead", "overhead_ab", "decode", "policy_sim", "load", "soak", "grpc_overhead", "startup", "http_servers", "sim_vs_live", "peers", "idle_gap", "us_grid", "memory", "request_cpu")
+BENCHMARKS = ("engine", "ladder", "overhead", "overhead_ab", "decode", "policy_sim", "load", "soak", "grpc_overhead", "startup", "http_servers", "sim_vs_live", "peers", "idle_gap", "us_grid", "memory", "request_cpu", "profile_stability")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--request-cpu-ms", type=float, default=0.0,
                    help="the server's own CPU per request on the model's cores (serve's /v1/models request_cpu_ms; "
                         "0: the server has cores of its own)")
+    p.add_argument("--speed-trace", default=None, metavar="FILE",
+                   help="the device's measured speed over time relative to the profile (JSON points [[t, factor], ...], "
+                        "as bench.sim_vs_live writes them): replays a host whose speed drifts")
     p.add_argument("--seed", type=int, default=0, help="seed of arrivals and noise")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
@@ -136,7 +139,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from policies import LatencyProfile, make_policy
-    from policies.simulator import arrival_times, simulate
+    from policies.simulator import SpeedTrace, arrival_times, simulate
 
     from .settings import settings_from_args
 
@@ -151,8 +154,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         accuracy = dict(models.load_checkpoint(args.checkpoint).metadata.get("accuracy", {}))
     policy = make_policy(settings.policy, profile.widths, accuracy or None)
     arrivals = arrival_times(args.trace, args.rate, args.duration, args.seed)
+    speed = SpeedTrace.load(args.speed_trace) if args.speed_trace else None
     result = simulate(profile, policy, arrivals, args.budget_ms / 1e3, accuracy or None, settings.scheduler_config(),
-                      args.noise, args.seed, request_cpu_s=args.request_cpu_ms / 1e3)
+                      args.noise, args.seed, request_cpu_s=args.request_cpu_ms / 1e3, speed=speed)
     report = {"policy": policy.name, "trace": args.trace, "rate": args.rate, "budget_ms": args.budget_ms, **result.as_dict()}
     if args.json:
         print(json.dumps(report))

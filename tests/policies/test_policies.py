@@ -179,6 +179,37 @@ def test_measure_profile_is_monotone_and_uses_the_callable():
     assert monotone(noisy) == {0.5: {1: 0.003, 2: 0.003}, 1.0: {1: 0.003, 2: 0.004}}
 
 
+def test_measure_profile_spreads_every_pair_over_the_whole_measurement():
+    """A host that slows down half-way through must slow every width's figure alike: each pair is timed
+    in rounds (a few runs at a time, after one untimed run), not all at once."""
+    calls, done = [], []
+    measure_profile(lambda w, b: calls.append((w, b)), (0.5, 1.0), [1], warmup=1, repeats=7, progress=done.append)
+    rounds = 3  # 7 timed runs in blocks of 3, 3 and 1, each after an untimed run
+    assert len(calls) == 2 * (7 + rounds)
+    assert calls[:8] == [(0.5, 1)] * 4 + [(1.0, 1)] * 4  # round one: untimed + 3 timed per pair
+    assert calls[-4:] == [(0.5, 1)] * 2 + [(1.0, 1)] * 2  # the last round: untimed + the 7th timed run
+    assert done == [0.5, 1.0]
+
+    clock = {"t": 0.0}
+    runs = {"n": 0}
+
+    def slows_down(width: float, batch: int) -> None:  # 1 ms per width unit, 3x slower after 20 runs
+        runs["n"] += 1
+        clock["t"] += width * 1e-3 * (3 if runs["n"] > 20 else 1)
+
+    import policies.profile as profile_module
+
+    real = profile_module.time.perf_counter
+    profile_module.time.perf_counter = lambda: clock["t"]
+    try:
+        profile = measure_profile(slows_down, (0.5, 1.0), [1], repeats=15)
+    finally:
+        profile_module.time.perf_counter = real
+    # Width by width, 0.5 would be timed fast and 1.0 slow (ratio 6). In rounds, the round the host
+    # slowed down in (half-way through it) is outvoted by the two fast and two slow ones around it.
+    assert profile.predict(1.0, 1) / profile.predict(0.5, 1) == pytest.approx(2.0)
+
+
 def test_batch_sizes_up_to():
     assert batch_sizes_up_to(8) == [1, 2, 4, 8]
     assert batch_sizes_up_to(6) == [1, 2, 4, 6]

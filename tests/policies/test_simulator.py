@@ -3,7 +3,7 @@ import json
 import pytest
 
 from policies import FixedPolicy, LatencyProfile, SlackPolicy, make_policy
-from policies.simulator import arrival_times, simulate
+from policies.simulator import SpeedTrace, arrival_times, simulate
 from server.cli import main
 
 # A CPU-like ladder: the narrowest width is 3x faster than the widest.
@@ -122,3 +122,28 @@ def test_the_servers_own_cpu_per_request_slows_the_shared_core():
     assert shared.attainment <= free.attainment
     tight = simulate(profile, FixedPolicy(0.25), arrivals, budget_s=0.003, request_cpu_s=0.003)
     assert tight.attainment < 0.5  # 3 ms of CPU cannot fit a 3 ms budget with the model's time on top
+
+
+def test_speed_trace_follows_slow_spells_and_not_single_batches():
+    # 0-1 s at profile speed, 1-2 s at 1.5x, one outlier batch at 0.5 s
+    points = [(t / 100, 1.0) for t in range(100)] + [(1 + t / 100, 1.5) for t in range(100)] + [(0.5, 4.0)]
+    speed = SpeedTrace(points, window_s=0.5)
+    assert speed(0.5) == 1.0  # one slow batch inside a fast spell is outvoted
+    assert speed(1.6) == 1.5
+    assert speed(-3.0) == 1.0 and speed(99.0) == 1.5  # before the first point, after the last
+    assert 1.2 < speed.mean() < 1.3 and 0.45 < speed.share_above(1.25) < 0.55
+    with pytest.raises(ValueError):
+        SpeedTrace([])
+
+
+def test_simulate_runs_batches_at_the_traced_speed():
+    """The same arrivals and profile on a device 2x slower for the second half: the batches there take
+    twice as long, so latency grows and a tight budget is missed there only."""
+    profile = LatencyProfile({1.0: {1: 0.004}})
+    arrivals = [i * 0.02 for i in range(100)]  # 50 req/s, 2 s, one at a time
+    steady = simulate(profile, make_policy("fixed:1.0", (1.0,)), arrivals, budget_s=0.006, noise=0.0)
+    drifting = simulate(profile, make_policy("fixed:1.0", (1.0,)), arrivals, budget_s=0.006, noise=0.0,
+                        speed=lambda t: 2.0 if t >= 1.0 else 1.0)
+    assert steady.attainment == 1.0 and steady.p99_ms == pytest.approx(4.0)
+    assert drifting.on_time == 50  # the second half's 8 ms batches miss a 6 ms budget
+    assert drifting.p99_ms == pytest.approx(8.0)
