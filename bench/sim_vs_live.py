@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx2
 
 from bench.common import imagenet_checkpoint, live_server, server_timing
-from bench.load import measure_point, v2_request
+from bench.load import MAX_REQUESTS, measure_point, v2_request
 from policies import LatencyProfile, make_policy
 from policies.simulator import SpeedTrace, arrival_times, simulate
 from server.settings import Settings
@@ -103,7 +103,7 @@ def main() -> None:
             live = measure_point(url + path, body, rate, args.duration, budget_s * 1e3, accuracy, headers=headers,
                                  answers=answers)
             cpu_ms = httpx2.get(url + "/v1/models").json()["models"][0]["request_cpu_ms"] or 0.0
-            arrivals = arrival_times("poisson", rate, args.duration, seed=SEED)
+            arrivals = arrival_times("poisson", rate, args.duration, seed=SEED)[:MAX_REQUESTS]  # as live
             points = speed_points(live_batches(answers), [a for a, _ in answers], profile, cpu_ms / 1e3)
             speed = SpeedTrace(points) if points else None
             trace_path = args.out / f"speed_{load:g}x.json"

@@ -124,6 +124,12 @@ class SpeedTrace:
         return cls(data)
 
 
+# The live server's floor for the time an answer still needs once ready (server.engine.reply_margin_s,
+# which adds the event loop's recent lag the simulation does not have): with --admission reject, an
+# answer ready closer than this to its budget is refused (504) rather than sent late.
+REPLY_MARGIN_S = 0.001
+
+
 class _Clock:
     def __init__(self) -> None:
         self.now = 0.0
@@ -157,6 +163,9 @@ def simulate(
     speed drifts (a VM's neighbours, thermal limits) serves the same batch 1.5x slower for seconds at a
     time, which no static profile shows; ``bench.sim_vs_live`` measures it from the live run's batches.
 
+    With ``config.admission == "reject"`` (serve's default) an answer ready less than
+    :data:`REPLY_MARGIN_S` before its budget counts as refused, as the server answers it 504.
+
     Like the server's worker, every batch's time is fed back into the profile the scheduler and
     policies plan with (its online update and the recent tail that max-width plans for). That is a
     copy: batches take what the caller's profile says (the device's truth, which the server's
@@ -168,6 +177,7 @@ def simulate(
     scheduler = Scheduler(policy, profile, widths, config, clock,
                           request_cpu=(lambda: request_cpu_s) if request_cpu_s else (lambda: None))
     reserve = 0.001 + request_cpu_s if request_cpu_s else 0.0
+    late_refused = config.admission == "reject"
     half = request_cpu_s / 2
     rng = np.random.default_rng(seed + 1)
     latencies: list[float] = []
@@ -207,6 +217,9 @@ def simulate(
             profile.observe(width, samples, clock.now - started)  # as the worker does, request CPU included
             for pending in items:
                 req = pending.request
+                if late_refused and clock.now - req.arrival + REPLY_MARGIN_S > req.budget_s:
+                    rejected += 1  # the server's late check: 504, never a late 200
+                    continue
                 latency = clock.now + half - req.arrival  # the reply's half of the request's CPU after the batch
                 met = bool(latency <= req.budget_s)
                 latencies.append(latency)
