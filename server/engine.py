@@ -134,7 +134,7 @@ class Engine:
         Kept as the 90th percentile of the last second's probes; what start-up did (exports and
         profiling hold the GIL) is forgotten at readiness."""
         loop = asyncio.get_running_loop()
-        window_start, cpu_start, seen_start = loop.time(), time.thread_time(), self._requests_seen
+        window_start, cpu_start, seen_start = loop.time(), self._serving_cpu_s(), self._requests_seen
         probes = 0
         while True:
             before = loop.time()
@@ -149,8 +149,9 @@ class Engine:
                 else:
                     self._lags.clear()
             if now - window_start >= self.CPU_WINDOW_S:
-                # The loop's own CPU (this thread: HTTP, inline decoding, replies) per request seen.
-                cpu, seen = time.thread_time(), self._requests_seen
+                # The server's own CPU per request seen: this thread's (HTTP, inline decoding, replies) and
+                # the worker thread's outside the model (scheduling, the policy, answering).
+                cpu, seen = self._serving_cpu_s(), self._requests_seen
                 if seen > seen_start and self._shares_cores_with_model():
                     per_request = (cpu - cpu_start) / (seen - seen_start)
                     previous = self.request_cpu_s
@@ -158,6 +159,10 @@ class Engine:
                 window_start, cpu_start, seen_start = now, cpu, seen
 
     CPU_WINDOW_S = 1.0
+
+    def _serving_cpu_s(self) -> float:
+        """CPU seconds so far of the event loop (the calling thread) and of the worker outside the model."""
+        return time.thread_time() + (self.worker.request_cpu_s if self.worker is not None else 0.0)
 
     def _shares_cores_with_model(self) -> bool:
         """The model's threads take every core this process may use (CPU runtime), so the event loop's

@@ -154,7 +154,7 @@ class Metrics:
         )
         self.request_cpu = Gauge(
             "widthwise_request_cpu_seconds",
-            "The server's own CPU per request (HTTP, decoding, replies) on the cores the model runs on; "
+            "The server's own CPU per request (HTTP, decoding, scheduling, replies) on the cores the model runs on; "
             "absent when they do not share cores.",
             ["model"], registry=registry,
         )

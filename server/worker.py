@@ -90,6 +90,11 @@ class BatchWorker:
         self.nice = nice
         self._watchdog = BatchWatchdog(batch_timeout_s, self._on_hung_batch)
         self._thread: threading.Thread | None = None
+        # CPU this thread spent on requests outside the model (scheduling, the policy, answering): on
+        # a core shared with the model it is per-request cost like the event loop's (engine.request_cpu_s).
+        self.request_cpu_s = 0.0
+        self._cpu_mark = 0.0  # this thread's CPU clock at the last account
+        self._model_cpu_s = 0.0  # CPU in the model (batches, keep-warm) since then
 
     def start(self) -> None:
         self._watchdog.start()
@@ -106,6 +111,7 @@ class BatchWorker:
         self._thread.start()
 
     def _work(self) -> None:
+        self._cpu_mark, self._model_cpu_s = time.thread_time(), 0.0  # a thread's CPU clock starts at its own 0
         if self.nice:
             lower_thread_priority(self.nice)
         try:
@@ -120,6 +126,7 @@ class BatchWorker:
     def _serve_batches(self) -> None:
         """The loop: runs batches inline (no hand-off per batch; see server/watchdog.py)."""
         while True:
+            self._account_cpu()
             if self.keep_warm is not None and not self.scheduler.wait_for_work(self.keep_warm.wait_s()):
                 self._keep_warm()
                 continue
@@ -145,13 +152,22 @@ class BatchWorker:
                 if not owned:
                     return  # the watchdog answered this batch and started another worker
 
+    def _account_cpu(self) -> None:
+        """Add this thread's CPU since the last call, less what the model took, to ``request_cpu_s``."""
+        now = time.thread_time()
+        self.request_cpu_s += max(0.0, now - self._cpu_mark - self._model_cpu_s)
+        self._cpu_mark, self._model_cpu_s = now, 0.0
+
     def _keep_warm(self) -> None:
-        """One idle-time run; admission sees the worker busy meanwhile, as if it ran a batch."""
+        """One idle-time run; admission sees the worker busy meanwhile, as if it ran a batch. Its CPU
+        (the run and the request path in small) is nobody's request: it counts as the model's."""
         width = self.keep_warm.width()
         self.scheduler.reserve_worker(self.scheduler.service(width, 1))
+        began = time.thread_time()
         try:
             self.keep_warm.run()
         finally:
+            self._model_cpu_s += time.thread_time() - began
             self.scheduler.release_worker()
         self.metrics.record_keep_warm()
 
@@ -166,7 +182,11 @@ class BatchWorker:
     def _execute(self, width: float, items: list[Pending]) -> np.ndarray:
         tensors = [p.request.payload for p in items]
         x = np.concatenate(tensors) if len(tensors) > 1 else tensors[0]
-        return self.runtime.run(width, x)
+        began = time.thread_time()
+        try:
+            return self.runtime.run(width, x)
+        finally:
+            self._model_cpu_s += time.thread_time() - began
 
     def _serve(self, items: list[Pending], width: float, reason: Reason, token: int | None = None) -> None:
         """Run ``items`` at ``width`` and answer them.

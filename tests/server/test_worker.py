@@ -141,3 +141,34 @@ def test_a_dying_loop_answers_its_batch_refuses_the_queue_and_reports():
     assert deaths == ["inference worker died: KeyError: 'bug'"]
     with pytest.raises(Refused):
         scheduler.admit(Pending(request(4), lambda value: None))
+
+
+class BusyRuntime(FakeRuntime):
+    """Spends ``cpu_s`` of CPU in every run, as a model does."""
+
+    def __init__(self, cpu_s: float) -> None:
+        super().__init__()
+        self.cpu_s = cpu_s
+
+    def run(self, width: float, batch: torch.Tensor) -> torch.Tensor:
+        end = time.thread_time() + self.cpu_s
+        while time.thread_time() < end:
+            pass
+        return super().run(width, batch)
+
+
+def test_the_workers_own_cpu_outside_the_model_is_counted_as_request_cpu():
+    """Scheduling, the policy and answering cost CPU on the model's core; the model's own runs do not
+    count (else the policies would plan for every batch twice)."""
+    runtime = BusyRuntime(0.02)
+    worker, scheduler, _ = make_worker(runtime)
+    results, done, resolver = answers(5)
+    for i in range(5):
+        scheduler.admit(Pending(request(i, width=0.5), resolver(i)))  # pinned: one batch
+    worker.start()
+    assert done.wait(5)
+    scheduler.close()
+    worker.join(5)
+    assert len(runtime.calls) >= 1
+    model_cpu = 0.02 * len(runtime.calls)
+    assert 0 < worker.request_cpu_s < model_cpu / 2  # some, and not the model's 20 ms per run
