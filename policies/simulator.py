@@ -157,7 +157,7 @@ def simulate(
     the cores the model computes on, as ``serve`` measures it (``/v1/models`` ``request_cpu_ms``):
     half of it (parsing) before a request reaches the queue and half (the reply) after its batch,
     and every arrival during a batch steals that much core time from it. The scheduler and policies see it as the
-    live server's do, and the engine's reserve (1 ms + this) comes off every deadline.
+    live server's do, and the engine's reserve (1 ms + this; 1 ms without it) comes off every deadline.
 
     ``speed(t)`` scales the batch starting at simulated time ``t`` (1 = as profiled): a host whose
     speed drifts (a VM's neighbours, thermal limits) serves the same batch 1.5x slower for seconds at a
@@ -176,7 +176,7 @@ def simulate(
     clock = _Clock()
     scheduler = Scheduler(policy, profile, widths, config, clock,
                           request_cpu=(lambda: request_cpu_s) if request_cpu_s else (lambda: None))
-    reserve = 0.001 + request_cpu_s if request_cpu_s else 0.0
+    reserve = 0.001 + request_cpu_s  # the engine's: 1 ms at least, as serve keeps for the reply
     late_refused = config.admission == "reject"
     half = request_cpu_s / 2
     rng = np.random.default_rng(seed + 1)
