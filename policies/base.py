@@ -74,10 +74,18 @@ class DispatchView:
     max_batch_size: int
     load: LoadSignals = field(default_factory=LoadSignals)
     margin: float = 0.0  # safety margin on predicted service times (0.1 = plan for 10% slower)
+    # One decision asks for the same (width, samples) many times -- ~25 per batch on four widths, ~200
+    # on a 14-width grid, on the inference thread between batches -- so each answer is kept for the
+    # view's life. init=False: dataclasses.replace (a view with another margin) starts a fresh one.
+    _services: dict = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def service(self, width: float, samples: int) -> float:
         """Seconds to plan for running ``samples`` at ``width`` (:func:`~policies.profile.service_time`)."""
-        return service_time(self.profile, width, samples, self.margin)
+        key = (width, samples)
+        seconds = self._services.get(key)
+        if seconds is None:
+            seconds = self._services[key] = service_time(self.profile, width, samples, self.margin)
+        return seconds
 
 
 @dataclass(frozen=True)

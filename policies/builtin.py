@@ -61,17 +61,24 @@ def best_split(view: DispatchView, batch: list[QueuedItem],
     rest_deadline = [min(i.deadline for i in batch[k:]) if k < len(batch) else None for k in range(len(batch) + 1)]
     best, best_key = None, None
     allowed = allowed or (lambda _items: view.widths)
+    # what allowed() says depends on the items only, not on the width tried: once per split point
+    head_allowed: dict[int, list[float]] = {}
+    rest_allowed: dict[int, list[float]] = {}
     for width in view.widths:
         for count in range(1, len(batch) + 1):
             finish = view.now + view.service(width, samples[count])
             if finish > head_deadline:
                 break
-            if width not in allowed(batch[:count]):
+            if count not in head_allowed:
+                head_allowed[count] = allowed(batch[:count])
+            if width not in head_allowed[count]:
                 continue
             utility, on_time, busy_until = value(width) * samples[count], samples[count], finish
             rest = samples[-1] - samples[count]
             if rest:
-                rest_widths = allowed(batch[count:])
+                if count not in rest_allowed:
+                    rest_allowed[count] = allowed(batch[count:])
+                rest_widths = rest_allowed[count]
                 later = next((w for w in reversed(rest_widths)
                               if finish + view.service(w, rest) <= rest_deadline[count]), None)
                 if later is not None:

@@ -368,3 +368,16 @@ def test_max_width_with_accuracy_still_serves_the_widest_among_equals():
     assert policy.select(view([item(1, deadline=0.003)])).width == 0.5  # 0.5 and 0.25 fit: the wider
     # accuracy for only some widths: valued by width
     assert make_policy("max-width", WIDTHS, {1.0: 0.7}).value is None
+
+
+def test_a_views_service_times_are_kept_per_view_and_follow_its_margin():
+    """One decision asks for the same service time many times; the answers are kept, but a view with
+    another margin (tail_view's dataclasses.replace) must not read the first view's."""
+    import dataclasses
+
+    profile = LatencyProfile({0.5: {1: 0.002}, 1.0: {1: 0.004}})
+    base = view([QueuedItem(1, 1, 1.0, 0.0)], profile=profile)
+    assert base.service(1.0, 1) == pytest.approx(0.004)
+    wider = dataclasses.replace(base, margin=0.5)
+    assert wider.service(1.0, 1) == pytest.approx(0.006)
+    assert base.service(1.0, 1) == pytest.approx(0.004)
