@@ -25,7 +25,7 @@ import numpy as np
 import models
 from bench.common import imagenet_checkpoint
 from policies import batch_sizes_up_to, measure_profile
-from policies.profile import monotone
+from policies.profile import monotone, time_runs
 from server.runtime import Runtime
 
 
@@ -35,14 +35,7 @@ def width_after_width(run, widths, batch_sizes, warmup: int = 3, repeats: int = 
     for width in widths:
         table[width] = {}
         for batch in batch_sizes:
-            for _ in range(warmup):
-                run(width, batch)
-            times = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                run(width, batch)
-                times.append(time.perf_counter() - start)
-            table[width][batch] = statistics.median(times)
+            table[width][batch] = statistics.median(time_runs(run, width, batch, warmup, repeats))
     return monotone(table)  # as measure_profile did
 
 

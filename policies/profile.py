@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
-__all__ = ["LatencyProfile", "batch_sizes_up_to", "measure_profile", "monotone", "service_time"]
+__all__ = ["LatencyProfile", "batch_sizes_up_to", "measure_profile", "monotone", "service_time", "time_runs"]
 
 
 def batch_sizes_up_to(max_batch: int) -> list[int]:
@@ -202,13 +202,7 @@ def measure_profile(
                 count = min(PROFILE_BLOCK, repeats - timed[(width, batch)])
                 if count <= 0:
                     continue
-                for _ in range(warmup):
-                    run(width, batch)
-                seconds = []
-                for _ in range(count):
-                    start = time.perf_counter()
-                    run(width, batch)
-                    seconds.append(time.perf_counter() - start)
+                seconds = time_runs(run, width, batch, warmup, count)
                 timed[(width, batch)] += count
                 block[(width, batch)] = statistics.median(seconds)
             if last_round and progress is not None:
@@ -217,6 +211,18 @@ def measure_profile(
     base = _without_round_speed(rounds, pairs)
     table = {w: {b: base[(w, b)] for b in batch_sizes} for w in widths}
     return LatencyProfile(monotone(table))
+
+
+def time_runs(run: Callable[[float, int], None], width: float, batch: int, warmup: int, count: int) -> list[float]:
+    """Seconds of each of ``count`` timed ``run(width, batch)`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        run(width, batch)
+    seconds = []
+    for _ in range(count):
+        start = time.perf_counter()
+        run(width, batch)
+        seconds.append(time.perf_counter() - start)
+    return seconds
 
 
 def _without_round_speed(rounds: list[dict], pairs: list) -> dict:
