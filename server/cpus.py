@@ -10,11 +10,13 @@ is visible (a parent's limit binds its children too). Imports nothing heavy.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from pathlib import Path
+from typing import Callable
 
-__all__ = ["usable_cpus", "cgroup_cpu_limit", "cgroup_cpu_usage_s", "cpu_monitor"]
+__all__ = ["usable_cpus", "cgroup_cpu_limit", "cgroup_cpu_usage_reader", "cpu_monitor"]
 
 
 def usable_cpus(cgroup_root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/self/cgroup") -> int:
@@ -32,37 +34,44 @@ def usable_cpus(cgroup_root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/s
 def cgroup_cpu_limit(cgroup_root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/self/cgroup") -> float | None:
     """CPUs' worth of time per period the process's cgroup may use (quota / period); None when unlimited
     or unreadable. The tightest limit on the path from the process's cgroup up to the mount wins."""
-    try:
-        lines = Path(proc_cgroup).read_text().splitlines()
-    except OSError:
-        return None
-    limits: list[float] = []
-    for line in lines:
-        hierarchy, _, rest = line.partition(":")
-        controllers, _, path = rest.partition(":")
-        if hierarchy == "0" and controllers == "":  # cgroup v2: one unified hierarchy
-            limits += _limits_on_path(Path(cgroup_root), path, _read_cpu_max)
-        elif "cpu" in controllers.split(","):  # cgroup v1: the hierarchy the cpu controller is on
-            for mount in (Path(cgroup_root) / controllers, Path(cgroup_root) / "cpu", Path(cgroup_root) / "cpu,cpuacct"):
-                if mount.is_dir():
-                    limits += _limits_on_path(mount, path, _read_cfs_quota)
-                    break
+    limits = [limit for v2, directories in _cgroup_paths(cgroup_root, proc_cgroup, "cpu") for directory in directories
+              if (limit := (_read_cpu_max if v2 else _read_cfs_quota)(directory)) is not None]
     return min(limits) if limits else None
 
 
-def _limits_on_path(mount: Path, path: str, read) -> list[float]:
-    """The limits of the cgroup at ``path`` under ``mount`` and of its ancestors. Inside a container
-    the mount is often the container's own cgroup while ``path`` names it from the host's root:
-    then only the mount's own files describe it."""
-    leaf = mount / path.lstrip("/")
-    directories = [leaf, *leaf.parents] if leaf.is_dir() else [mount]
+def _cgroup_paths(cgroup_root: str, proc_cgroup: str, v1_controller: str) -> list[tuple[bool, list[Path]]]:
+    """Per hierarchy the process's CPU accounting lives in (cgroup v2's unified one; in v1 the one
+    ``v1_controller`` is on): whether it is v2, and the directories from the process's own cgroup up
+    to the mount. Inside a container the mount is often the container's own cgroup while
+    ``/proc/self/cgroup`` names it from the host's root: then the mount alone describes it."""
+    try:
+        lines = Path(proc_cgroup).read_text().splitlines()
+    except OSError:
+        return []
+    root = Path(cgroup_root)
     found = []
-    for directory in directories:
-        limit = read(directory)
-        if limit is not None:
-            found.append(limit)
-        if directory == mount:
-            break
+    for line in lines:
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        v2 = hierarchy == "0" and controllers == ""
+        if v2:
+            mount: Path | None = root
+        elif v1_controller in controllers.split(","):
+            mount = next((m for m in (root / controllers, root / v1_controller, root / "cpu,cpuacct") if m.is_dir()), None)
+        else:
+            continue
+        if mount is None:
+            continue
+        leaf = mount / path.lstrip("/")
+        if not leaf.is_dir():
+            found.append((v2, [mount]))
+            continue
+        directories = []
+        for directory in (leaf, *leaf.parents):
+            directories.append(directory)
+            if directory == mount:
+                break
+        found.append((v2, directories))
     return found
 
 
@@ -83,49 +92,33 @@ def _read_cfs_quota(directory: Path) -> float | None:
     return quota / period if quota > 0 and period > 0 else None
 
 
-def cgroup_cpu_usage_s(cgroup_root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/self/cgroup") -> float | None:
-    """CPU seconds the process's cgroup has used so far (v2 ``cpu.stat`` ``usage_usec``, v1
-    ``cpuacct.usage``); None when unreadable. Inside a container whose ``/proc/self/cgroup`` names the
-    host's path, the mount's own files are the container's."""
-    try:
-        lines = Path(proc_cgroup).read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        hierarchy, _, rest = line.partition(":")
-        controllers, _, path = rest.partition(":")
-        if hierarchy == "0" and controllers == "":
-            for directory in _own_directory(Path(cgroup_root), path):
-                usage = _read_usage_usec(directory)
-                if usage is not None:
-                    return usage / 1e6
-        elif "cpuacct" in controllers.split(","):
-            for mount in (Path(cgroup_root) / controllers, Path(cgroup_root) / "cpuacct", Path(cgroup_root) / "cpu,cpuacct"):
-                if mount.is_dir():
-                    for directory in _own_directory(mount, path):
-                        try:
-                            return int((directory / "cpuacct.usage").read_text()) / 1e9
-                        except (OSError, ValueError):
-                            continue
-                    break
+def cgroup_cpu_usage_reader(cgroup_root: str = "/sys/fs/cgroup",
+                            proc_cgroup: str = "/proc/self/cgroup") -> Callable[[], float | None] | None:
+    """A reader of the CPU seconds the process's own cgroup has used so far (v2 ``cpu.stat``
+    ``usage_usec``, v1 ``cpuacct.usage``), its file found once; None when there is none to read."""
+    for v2, directories in _cgroup_paths(cgroup_root, proc_cgroup, "cpuacct"):
+        reader = functools.partial(_read_usage_usec if v2 else _read_cpuacct_usage, directories[0])
+        if reader() is not None:
+            return reader
     return None
 
 
-def _own_directory(mount: Path, path: str) -> list[Path]:
-    """The cgroup directory at ``path`` under ``mount`` if it exists, else the mount itself (a container's view)."""
-    leaf = mount / path.lstrip("/")
-    return [leaf] if leaf.is_dir() else [mount]
-
-
-def _read_usage_usec(directory: Path) -> int | None:
+def _read_usage_usec(directory: Path) -> float | None:
     try:
         for line in (directory / "cpu.stat").read_text().splitlines():
             name, _, value = line.partition(" ")
             if name == "usage_usec":
-                return int(value)
+                return int(value) / 1e6
     except (OSError, ValueError):
         return None
     return None
+
+
+def _read_cpuacct_usage(directory: Path) -> float | None:
+    try:
+        return int((directory / "cpuacct.usage").read_text()) / 1e9
+    except (OSError, ValueError):
+        return None
 
 
 def cpu_monitor(cgroup_root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/self/cgroup",
@@ -137,8 +130,9 @@ def cpu_monitor(cgroup_root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/s
     from policies.load import CpuMonitor, QuotaCpuMonitor
 
     limit = cgroup_cpu_limit(cgroup_root, proc_cgroup)
-    if limit is not None and cgroup_cpu_usage_s(cgroup_root, proc_cgroup) is not None:
-        return QuotaCpuMonitor(lambda: cgroup_cpu_usage_s(cgroup_root, proc_cgroup), limit)
+    usage = cgroup_cpu_usage_reader(cgroup_root, proc_cgroup) if limit is not None else None
+    if usage is not None:
+        return QuotaCpuMonitor(usage, limit)
     try:
         cores = os.sched_getaffinity(0)
     except (AttributeError, OSError):

@@ -109,13 +109,13 @@ def test_the_engine_sees_the_model_take_every_core_the_quota_allows(monkeypatch,
 def test_cgroup_usage_is_read_from_v2_cpu_stat_and_v1_cpuacct(tmp_path):
     root, proc = v2_tree(tmp_path / "v2", {})
     write(Path(root) / "kubepods/pod1/ctr/cpu.stat", "usage_usec 2500000\nuser_usec 2000000\nsystem_usec 500000\n")
-    assert cpus.cgroup_cpu_usage_s(root, proc) == pytest.approx(2.5)
+    assert cpus.cgroup_cpu_usage_reader(root, proc)() == pytest.approx(2.5)
     v1 = tmp_path / "v1"
     write(v1 / "cpu,cpuacct" / "docker" / "abc" / "cpuacct.usage", "1500000000\n")
     proc_v1 = tmp_path / "proc_v1"
     proc_v1.write_text("4:cpu,cpuacct:/docker/abc\n")
-    assert cpus.cgroup_cpu_usage_s(str(v1), str(proc_v1)) == pytest.approx(1.5)
-    assert cpus.cgroup_cpu_usage_s(root, str(tmp_path / "missing")) is None
+    assert cpus.cgroup_cpu_usage_reader(str(v1), str(proc_v1))() == pytest.approx(1.5)
+    assert cpus.cgroup_cpu_usage_reader(root, str(tmp_path / "missing")) is None
 
 
 def test_under_a_quota_cpu_utilization_is_the_cgroups_usage_over_its_quota(tmp_path):
