@@ -92,7 +92,6 @@ class SpeedTrace:
         points = sorted((float(t), float(f)) for t, f in points if f > 0)
         if not points:
             raise ValueError("a speed trace needs at least one (time, factor) point with factor > 0")
-        self.points = points
         self.step_s = step_s
         times = np.array([t for t, _ in points])
         factors = np.array([f for _, f in points])
