@@ -117,10 +117,14 @@ class SpeedTrace:
     def load(cls, path: str | Path) -> "SpeedTrace":
         """A JSON file ``{"points": [[t, factor], ...], "window_s": 0.5}`` (what bench.sim_vs_live writes)
         or a bare list of points."""
-        data = json.loads(Path(path).read_text())
-        if isinstance(data, dict):
-            return cls(data["points"], float(data.get("window_s", 0.5)))
-        return cls(data)
+        try:
+            data = json.loads(Path(path).read_text())
+            if isinstance(data, dict):
+                return cls(data["points"], float(data.get("window_s", 0.5)))
+            return cls(data)
+        except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise ValueError(f"speed trace {path}: expected {{\"points\": [[t, factor], ...]}} or a list of "
+                             f"[t, factor] pairs ({type(exc).__name__}: {exc})") from None
 
 
 # The live server's floor for the time an answer still needs once ready (server.engine.reply_margin_s,

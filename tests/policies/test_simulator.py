@@ -136,6 +136,18 @@ def test_speed_trace_follows_slow_spells_and_not_single_batches():
         SpeedTrace([])
 
 
+def test_a_malformed_speed_trace_file_is_a_clear_error_not_a_traceback(tmp_path, capsys):
+    bad = tmp_path / "trace.json"
+    profile = tmp_path / "profile.json"
+    LatencyProfile({1.0: {1: 0.004}}).save(profile)
+    for text in ('{"x": 1}', "not json", '[["a", "b"]]', '[["a", 2]]', "[1, 2]", "[]"):
+        bad.write_text(text)
+        with pytest.raises(ValueError, match="speed trace"):
+            SpeedTrace.load(bad)
+        assert main(["simulate", "--profile", str(profile), "--budget-ms", "20", "--speed-trace", str(bad)]) == 2
+        assert "speed trace" in capsys.readouterr().err
+
+
 def test_simulate_runs_batches_at_the_traced_speed():
     """The same arrivals and profile on a device 2x slower for the second half: the batches there take
     twice as long, so a tight budget is missed there only (answered 504 by the server's late check,
