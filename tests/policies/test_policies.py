@@ -381,3 +381,16 @@ def test_a_views_service_times_are_kept_per_view_and_follow_its_margin():
     wider = dataclasses.replace(base, margin=0.5)
     assert wider.service(1.0, 1) == pytest.approx(0.006)
     assert base.service(1.0, 1) == pytest.approx(0.004)
+
+
+def test_max_width_plans_for_the_95th_percentile_of_recent_batch_times():
+    """8% of recent batches ran 1.5x their prediction: p90 sees none of them, p95 does, and the tail
+    view plans every batch 1.5x long."""
+    from policies.builtin import tail_view
+
+    profile = LatencyProfile({1.0: {1: 0.004}}, ewma_alpha=0.0)  # ratios exactly 1.0 and 1.5
+    for i in range(100):
+        profile.observe(1.0, 1, 0.006 if i % 12 == 0 else 0.004)  # 9 of 100 slow
+    assert profile.tail_ratio(0.9) == 1.0
+    cautious = tail_view(view([QueuedItem(1, 1, 1.0, 0.0)], profile=profile, margin=0.1))
+    assert cautious is not None and cautious.service(1.0, 1) == pytest.approx(0.006)

@@ -173,3 +173,12 @@ def test_simulate_refuses_an_answer_ready_too_close_to_its_budget_as_serve_does(
                        config=SchedulerConfig(admission="best_effort"))
     assert (strict.rejected, strict.served) == (10, 0)
     assert (lenient.on_time, lenient.served) == (10, 10)
+
+
+def test_without_request_cpu_the_simulation_still_keeps_the_servers_1_ms_reserve():
+    """serve keeps at least 1 ms of every budget for the reply and refuses answers ready later than
+    that: a plan filling the whole budget would be refused, so max-width must plan without it."""
+    profile = LatencyProfile({0.5: {1: 0.002}, 1.0: {1: 0.005}}, ewma_alpha=0.0)
+    arrivals = [i * 0.05 for i in range(20)]  # one at a time
+    result = simulate(profile, make_policy("max-width", (0.5, 1.0)), arrivals, budget_s=0.0058, noise=0.0)
+    assert result.attainment == 1.0 and result.width_mix == {"0.5": 1.0, "1.0": 0.0}
