@@ -1,16 +1,17 @@
-"""Which tail quantile should max-width plan for? Replayed on measured device-speed traces.
+"""How should max-width plan for a drifting device? Replayed on measured device-speed traces.
 
 max-width plans each batch for a quantile of the recent observed / predicted batch times
-(``policies.builtin.TAIL_QUANTILE``). Live A/Bs on a VM whose speed drifts cannot resolve a change of
-a few thousandths, but ``simulate`` with a device-speed trace measured by ``bench.sim_vs_live``
-reproduces the live server within 0.02 (BENCHMARKS.md, "Session 11"). This program replays every
-trace it is given (each run's 0.5x, 1x and 2x) through max-width at each quantile, for a width grid
-and for four widths of the same profile, at several budgets and arrival seeds, and prints
-attainment / top-1 per request sent per cell and on average. Writes JSON.
+(``tail_quantile``) and can weigh each plan by its chance of ending in time (``weigh_risk``). Live
+A/Bs on a VM whose speed drifts cannot resolve a change of a few thousandths, but ``simulate`` with a
+device-speed trace measured by ``bench.sim_vs_live`` reproduces the live server within 0.02
+(BENCHMARKS.md, "Session 11"). This program replays every trace it is given (each run's 0.5x, 1x and
+2x) through each max-width variant (``--variants``), for a width grid and for four widths of the
+same profile, at several budgets and arrival seeds, and prints attainment / top-1 per request sent
+per cell and on average. Writes JSON.
 
     R=bench/results; python -m bench.tail_quantile --profile $R/us_grid_s11_profile.json \\
         --accuracy $R/us_grid_sim_s11.json --out out/tail_quantile \\
-        --traces $R/sim_vs_live_s11/run3,$R/sim_vs_live_s11/run4,$R/sim_vs_live_s11/run5
+        --traces $R/sim_vs_live_s11/run3,$R/sim_vs_live_s11/run4,$R/sim_vs_live_s11/run5,$R/sim_vs_live_s11/run6
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import statistics
 import time
 from pathlib import Path
 
-from policies import LatencyProfile, builtin, make_policy
+from policies import LatencyProfile
+from policies.builtin import MaxWidthPolicy
 from policies.simulator import SpeedTrace, arrival_times, simulate
 from server.settings import Settings
 
@@ -34,7 +36,9 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, required=True, help="a grid's latency profile (bench.us_grid's profile.json)")
     parser.add_argument("--accuracy", type=Path, required=True, help="bench.us_grid's JSON: top-1 per width")
     parser.add_argument("--traces", required=True, help="comma-separated bench.sim_vs_live output folders")
-    parser.add_argument("--quantiles", default="0.9,0.95")
+    parser.add_argument("--variants", default="p95,p95+risk",
+                        help="max-width plans to compare: pQ plans for quantile Q of recent batch times, +risk "
+                             "also weighs each plan by its chance of ending in time")
     parser.add_argument("--budgets", default="3,6", help="multiples of the widest batch-1 time")
     parser.add_argument("--seeds", default="11,12,13")
     parser.add_argument("--request-cpu-ms", type=float, default=1.5)
@@ -46,7 +50,7 @@ def main() -> None:
     four = LatencyProfile({w: {b: grid.predict(w, b) for b in (1, 2, 4, 8)} for w in grid.widths if w in FOUR})
     top1 = {float(w): a for w, a in json.loads(args.accuracy.read_text())["top1"].items()}
     widest = grid.predict(grid.widths[-1], 1)
-    quantiles = [float(q) for q in args.quantiles.split(",")]
+    variants = args.variants.split(",")
     rows = []
     for folder in (Path(f) for f in args.traces.split(",")):
         for load, name in TRACES:
@@ -55,28 +59,35 @@ def main() -> None:
                 cells = []
                 for label, profile in (("grid", grid), ("4 widths", four)):
                     accuracy = {w: top1[w] for w in profile.widths}
-                    for quantile in quantiles:
-                        builtin.TAIL_QUANTILE = quantile  # read by tail_view at each decision
-                        runs = [simulate(profile, make_policy("max-width", profile.widths, accuracy),
+                    for variant in variants:
+                        runs = [simulate(profile, max_width(variant, accuracy),
                                          arrival_times("poisson", float(load) / widest, args.duration, seed=seed),
                                          budget * widest, accuracy, Settings().scheduler_config(), noise=0.05, seed=seed,
                                          request_cpu_s=args.request_cpu_ms / 1e3, speed=speed)
                                 for seed in (int(s) for s in args.seeds.split(","))]
                         row = {"trace": str(folder), "load": float(load), "budget": budget, "widths": label,
-                               "quantile": quantile, "attainment": statistics.fmean(r.attainment for r in runs),
+                               "variant": variant, "attainment": statistics.fmean(r.attainment for r in runs),
                                "accuracy_per_sent": statistics.fmean(r.attainment * (r.mean_accuracy or 0.0) for r in runs)}
                         rows.append(row)
-                        cells.append(f"{label} p{quantile * 100:g} {row['attainment']:.3f}/{row['accuracy_per_sent']:.3f}")
+                        cells.append(f"{label} {variant} {row['attainment']:.3f}/{row['accuracy_per_sent']:.3f}")
                 print(f"{folder.name} {load}x, budget {budget:g}x: " + "  ".join(cells), flush=True)
     print()
     for label in ("grid", "4 widths"):
-        for quantile in quantiles:
-            mine = [r for r in rows if r["widths"] == label and r["quantile"] == quantile]
-            print(f"{label:>8} p{quantile * 100:g}: mean attainment {statistics.fmean(r['attainment'] for r in mine):.4f}, "
+        for variant in variants:
+            mine = [r for r in rows if r["widths"] == label and r["variant"] == variant]
+            print(f"{label:>8} {variant}: mean attainment {statistics.fmean(r['attainment'] for r in mine):.4f}, "
                   f"mean top-1 per sent {statistics.fmean(r['accuracy_per_sent'] for r in mine):.4f}, "
                   f"lowest attainment {min(r['attainment'] for r in mine):.3f}")
     (args.out / "tail_quantile.json").write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=1))
     print(f"wrote {args.out / 'tail_quantile.json'}")
+
+
+def max_width(variant: str, accuracy: dict[float, float]) -> MaxWidthPolicy:
+    """``p95`` or ``p95+risk`` (see --variants) as a policy."""
+    quantile, _, risk = variant.partition("+")
+    if not quantile.startswith("p") or risk not in ("", "risk"):
+        raise SystemExit(f"variant {variant!r}: expected pQ or pQ+risk, e.g. p95+risk")
+    return MaxWidthPolicy(accuracy, tail_quantile=float(quantile[1:]) / 100, weigh_risk=bool(risk))
 
 
 if __name__ == "__main__":

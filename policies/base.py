@@ -9,6 +9,7 @@ the ``reason`` label of ``widthwise_width_selections_total``.
 
 from __future__ import annotations
 
+import bisect
 import enum
 import math
 from dataclasses import dataclass, field
@@ -78,6 +79,7 @@ class DispatchView:
     # on a 14-width grid, on the inference thread between batches -- so each answer is kept for the
     # view's life. init=False: dataclasses.replace (a view with another margin) starts a fresh one.
     _services: dict = field(default_factory=dict, init=False, compare=False, repr=False)
+    _ratios: tuple | None = field(default=None, init=False, compare=False, repr=False)
 
     def service(self, width: float, samples: int) -> float:
         """Seconds to plan for running ``samples`` at ``width`` (:func:`~policies.profile.service_time`)."""
@@ -86,6 +88,18 @@ class DispatchView:
         if seconds is None:
             seconds = self._services[key] = service_time(self.profile, width, samples, self.margin)
         return seconds
+
+    def on_time_chance(self, planned_s: float, seconds_left: float) -> float:
+        """The chance that work planned at ``planned_s`` (this view's service times, margin included)
+        ends within ``seconds_left``: the share of the recent batches whose observed / predicted time
+        would have fitted (the same ratio for all of it: this device's speed drifts for seconds, not
+        per batch). 1 until the profile has seen enough batches, as its tail ratio is."""
+        if self._ratios is None:
+            object.__setattr__(self, "_ratios", self.profile.recent_ratios())
+        if not self._ratios:
+            return 1.0
+        limit = seconds_left * (1.0 + self.margin) / planned_s
+        return bisect.bisect_right(self._ratios, limit) / len(self._ratios)
 
 
 @dataclass(frozen=True)

@@ -46,13 +46,18 @@ def budget_width(view: DispatchView, item: QueuedItem) -> float:
 
 def best_split(view: DispatchView, batch: list[QueuedItem],
                allowed: Callable[[list[QueuedItem]], list[float]] | None = None,
-               value: Callable[[float], float] | None = None) -> tuple[float, int] | None:
+               value: Callable[[float], float] | None = None, weigh_risk: bool = False) -> tuple[float, int] | None:
     """``(width, count)``: serve ``batch[:count]`` now at ``width``, chosen to maximise the value served
     (samples x ``value(width)``, default the width itself) over this batch and the one after it (the rest
     at the widest width meeting its earliest deadline), minus what requests expected to arrive while
     the plan runs lose (:func:`arrivals_lost`), after the number of samples served in time (a rest that
     no width serves in time counts none), and among equals the larger batch wins. None when the head
-    cannot finish in time at any width."""
+    cannot finish in time at any width.
+
+    ``weigh_risk``: each batch's value is weighed by its chance of ending in time
+    (:meth:`DispatchView.on_time_chance`), so that of two plans that both fit the margin, the one that
+    ends at its edge loses to a slightly narrower one that ends well inside it, unless its width is
+    worth the risk. On a fine width grid a plan can nearly always fill the margin exactly."""
     value = value or (lambda w: w)
     head_deadline = batch[0].deadline
     samples = [0]
@@ -73,7 +78,8 @@ def best_split(view: DispatchView, batch: list[QueuedItem],
                 head_allowed[count] = allowed(batch[:count])
             if width not in head_allowed[count]:
                 continue
-            utility, on_time, busy_until = value(width) * samples[count], samples[count], finish
+            chance = view.on_time_chance(finish - view.now, head_deadline - view.now) if weigh_risk else 1.0
+            utility, on_time, busy_until = value(width) * samples[count] * chance, samples[count], finish
             rest = samples[-1] - samples[count]
             if rest:
                 if count not in rest_allowed:
@@ -82,7 +88,9 @@ def best_split(view: DispatchView, batch: list[QueuedItem],
                 later = next((w for w in reversed(rest_widths)
                               if finish + view.service(w, rest) <= rest_deadline[count]), None)
                 if later is not None:
-                    utility += value(later) * rest
+                    rest_s = finish - view.now + view.service(later, rest)
+                    chance = view.on_time_chance(rest_s, rest_deadline[count] - view.now) if weigh_risk else 1.0
+                    utility += value(later) * rest * chance
                     on_time += rest
                     # the rest runs before newcomers (EDF) unless they have earlier deadlines than it
                     if rest_deadline[count] <= view.now + batch[0].planning_budget:
@@ -178,12 +186,12 @@ def allowed_widths(view: DispatchView, items: list[QueuedItem], sustainable: lis
 TAIL_QUANTILE = 0.95
 
 
-def tail_view(view: DispatchView) -> DispatchView | None:
+def tail_view(view: DispatchView, quantile: float = TAIL_QUANTILE) -> DispatchView | None:
     """``view`` planning for the recent tail of batch times (:meth:`LatencyProfile.tail_ratio` at
-    :data:`TAIL_QUANTILE`) when that runs past the margin, else None. Policies try it first and fall
+    ``quantile``) when that runs past the margin, else None. Policies try it first and fall
     back to ``view``: admission promised what the profile plus margin allow, so a request it admitted
     is never refused for the tail."""
-    tail = view.profile.tail_ratio(TAIL_QUANTILE)
+    tail = view.profile.tail_ratio(quantile)
     return dataclasses.replace(view, margin=tail - 1.0) if tail > 1.0 + view.margin else None
 
 
@@ -229,7 +237,12 @@ class MaxWidthPolicy:
 
     name = "max-width"
 
-    def __init__(self, accuracy: dict[float, float] | None = None) -> None:
+    def __init__(self, accuracy: dict[float, float] | None = None, tail_quantile: float = TAIL_QUANTILE,
+                 weigh_risk: bool = True) -> None:
+        """``tail_quantile``: of the recent batch times, which one to plan for (:func:`tail_view`);
+        ``weigh_risk``: weigh plans by their chance of ending in time (:func:`best_split`)."""
+        self.tail_quantile = tail_quantile
+        self.weigh_risk = weigh_risk
         # What a sample served at each width is worth: its expected accuracy when the model card has
         # one for every width (made non-decreasing, plus a hair of width so that equal accuracies still
         # go to the wider width: at low load this policy serves the widest), else the width itself.
@@ -253,11 +266,11 @@ class MaxWidthPolicy:
         allowed = None if len(sustainable) == len(view.widths) else (
             lambda items: allowed_widths(view, items, sustainable))
         plan = None
-        cautious = tail_view(view)
+        cautious = tail_view(view, self.tail_quantile)
         if cautious is not None:  # plan for the recent tail when some width still fits it
-            plan = best_split(cautious, batch, allowed, self.value)
+            plan = best_split(cautious, batch, allowed, self.value, self.weigh_risk)
         if plan is None:  # else as before: the profile plus margin, as admission promised
-            plan = best_split(view, batch, allowed, self.value)
+            plan = best_split(view, batch, allowed, self.value, self.weigh_risk)
         if plan is None:  # the head is late whatever runs: the narrowest, for everyone queued with it
             return Decision(view.widths[0], tuple(i.id for i in batch), Reason.FALLBACK)
         width, count = plan

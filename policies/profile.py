@@ -64,6 +64,7 @@ class LatencyProfile:
         self._lock = threading.Lock()
         # observed / predicted seconds of the recent batches: how far the live tail runs past the profile
         self._ratios: collections.deque[float] = collections.deque(maxlen=self.TAIL_WINDOW)
+        self._ordered_ratios: tuple[float, ...] | None = None  # sorted _ratios, until the next observe
 
     @property
     def widths(self) -> tuple[float, ...]:
@@ -82,11 +83,20 @@ class LatencyProfile:
         ``TAIL_WINDOW`` (never below 1; 1 until ``TAIL_MIN_BATCHES`` are seen). On a core shared with
         the event loop the median batch runs as profiled but the tail does not (requests arriving
         during a batch take the core from it); a plan that fills a budget to the median misses there."""
+        ordered = self.recent_ratios()
+        if not ordered:
+            return 1.0
+        return max(1.0, ordered[min(len(ordered) - 1, int(quantile * len(ordered)))])
+
+    def recent_ratios(self) -> tuple[float, ...]:
+        """Observed / predicted seconds of the last ``TAIL_WINDOW`` batches, ascending; empty until
+        ``TAIL_MIN_BATCHES`` are seen. Sorted once per observed batch, not once per question."""
         with self._lock:
             if len(self._ratios) < self.TAIL_MIN_BATCHES:
-                return 1.0
-            ordered = sorted(self._ratios)
-        return max(1.0, ordered[min(len(ordered) - 1, int(quantile * len(ordered)))])
+                return ()
+            if self._ordered_ratios is None:
+                self._ordered_ratios = tuple(sorted(self._ratios))
+            return self._ordered_ratios
 
     def observe(self, width: float, batch: int, seconds: float) -> None:
         """Fold an observed batch time into the profile (EWMA on the nearest measured batch size) and
@@ -97,6 +107,7 @@ class LatencyProfile:
                 return
             ratio = seconds / _interpolate(self._table[width], batch)
             self._ratios.append(ratio)
+            self._ordered_ratios = None
             if not self.ewma_alpha:
                 return
             # The nearest measured size moves by the observed / predicted ratio: folding a batch of 3's

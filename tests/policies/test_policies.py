@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import math
 
@@ -373,8 +374,6 @@ def test_max_width_with_accuracy_still_serves_the_widest_among_equals():
 def test_a_views_service_times_are_kept_per_view_and_follow_its_margin():
     """One decision asks for the same service time many times; the answers are kept, but a view with
     another margin (tail_view's dataclasses.replace) must not read the first view's."""
-    import dataclasses
-
     profile = LatencyProfile({0.5: {1: 0.002}, 1.0: {1: 0.004}})
     base = view([QueuedItem(1, 1, 1.0, 0.0)], profile=profile)
     assert base.service(1.0, 1) == pytest.approx(0.004)
@@ -394,3 +393,24 @@ def test_max_width_plans_for_the_95th_percentile_of_recent_batch_times():
     assert profile.tail_ratio(0.9) == 1.0
     cautious = tail_view(view([QueuedItem(1, 1, 1.0, 0.0)], profile=profile, margin=0.1))
     assert cautious is not None and cautious.service(1.0, 1) == pytest.approx(0.006)
+
+
+def test_max_width_weighs_a_plan_by_its_chance_of_ending_in_time():
+    """Two widths that both fit the margin, worth 0.701 and 0.700: 4% of recent batches ran 1.3x their
+    prediction, which the wider one's plan would not survive (0.96 x 0.701 < 0.700) and the narrower
+    one's would, so the narrower runs; without that history, or without weighing risk, the wider."""
+    profile = LatencyProfile({0.9: {1: 0.009}, 1.0: {1: 0.010}}, ewma_alpha=0.0)
+    for i in range(100):
+        profile.observe(1.0, 1, 0.013 if i % 25 == 0 else 0.010)  # ratios 1.0, and 1.3 in 4 of 100
+    assert profile.tail_ratio() == 1.0  # p95 sees none of the slow ones: no tail view
+    accuracy = {0.9: 0.700, 1.0: 0.701}
+    queue = [QueuedItem(1, 1, 0.0118, 0.0)]  # 1.0 needs ratio <= 1.18 (96%), 0.9 <= 1.31 (100%)
+    planned = DispatchView(now=0.0, queue=queue, widths=(0.9, 1.0), profile=profile, max_batch_size=8, margin=0.1)
+    assert planned.on_time_chance(planned.service(1.0, 1), 0.0118) == pytest.approx(0.96)
+    assert planned.on_time_chance(planned.service(0.9, 1), 0.0118) == 1.0
+    assert MaxWidthPolicy(accuracy).select(planned).width == 0.9
+    assert MaxWidthPolicy(accuracy, weigh_risk=False).select(planned).width == 1.0
+    fresh = LatencyProfile({0.9: {1: 0.009}, 1.0: {1: 0.010}})  # no batches seen: every chance is 1
+    assert MaxWidthPolicy(accuracy).select(dataclasses.replace(planned, profile=fresh)).width == 1.0
+    # a width that is worth its risk keeps it: 0.96 x 0.75 > 0.700
+    assert MaxWidthPolicy({0.9: 0.700, 1.0: 0.750}).select(planned).width == 1.0
