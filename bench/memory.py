@@ -27,13 +27,16 @@ from pathlib import Path
 
 from bench.common import REPO
 
-# (architecture, served widths): a 4-switch S-Net, and a US-Net at 4 widths and on a 0.05 grid.
+# (architecture, served widths, serve's --weights): a 4-switch S-Net, and a US-Net at 4 widths and on a
+# 0.05 grid, each width its own folded copy (ONNX Runtime) or all widths on one copy (torch).
 CONFIGURATIONS = (
-    ("s_mobilenet_v2", "0.35,0.5,0.75,1.0"),
-    ("us_mobilenet_v2", "0.35,0.5,0.75,1.0"),
-    ("us_mobilenet_v2", "0.35:1.0:0.05"),
-    ("us_convnet6", "0.35,0.5,0.75,1.0"),
-    ("us_convnet6", "0.35:1.0:0.05"),
+    ("s_mobilenet_v2", "0.35,0.5,0.75,1.0", "per-width"),
+    ("us_mobilenet_v2", "0.35,0.5,0.75,1.0", "per-width"),
+    ("us_mobilenet_v2", "0.35:1.0:0.05", "per-width"),
+    ("us_convnet6", "0.35,0.5,0.75,1.0", "per-width"),
+    ("us_convnet6", "0.35:1.0:0.05", "per-width"),
+    ("s_mobilenet_v2", "0.35,0.5,0.75,1.0", "shared"),
+    ("us_mobilenet_v2", "0.35:1.0:0.05", "shared"),
 )
 
 
@@ -45,8 +48,12 @@ def resident_mb(pid: int | str = "self") -> float:
     raise RuntimeError(f"no VmRSS in /proc/{pid}/status")
 
 
-def measure(arch: str, widths_spec: str, batches: list[int], cache_dir: Path) -> dict:
-    """One configuration, in this process (run it in a fresh one), with the start-up cache in ``cache_dir``."""
+def measure(arch: str, widths_spec: str, batches: list[int], cache_dir: Path, weights: str = "per-width") -> dict:
+    """One configuration, in this process (run it in a fresh one), with the start-up cache in ``cache_dir``.
+
+    With ``weights == "shared"`` the runtime adds no weights of its own: it runs the net itself, so the
+    net's tensor bytes (all widths' weights once, every width's BN) count as loaded, on top of what
+    the runtime and the batches add."""
     import numpy as np
     import torch
 
@@ -62,6 +69,8 @@ def measure(arch: str, widths_spec: str, batches: list[int], cache_dir: Path) ->
     widest = net.switch(max(widths), fold_bn=True)
     widest_mb = sum(t.numel() * t.element_size() for t in widest.state_dict().values()) / 2**20
     del widest
+    if weights == "shared":
+        return _measure_shared(net, arch, widths_spec, widths, batches, widest_mb)
     use_global_thread_pool(1)
     # One-time costs (the exporter's and ORT's code and registries) are not per width: pay them on a
     # throw-away tiny model first.
@@ -83,31 +92,61 @@ def measure(arch: str, widths_spec: str, batches: list[int], cache_dir: Path) ->
     return {"arch": arch, "widths": widths_spec, "start": "warm" if warm else "cold", "n_widths": len(widths),
             "input_size": net.input_size,
             "widest_switch_mb": widest_mb, "loaded_mb": loaded - before, "after_batches_mb": ran - before,
-            "loaded_ratio": (loaded - before) / widest_mb, "after_batches_ratio": (ran - before) / widest_mb}
+            "loaded_ratio": (loaded - before) / widest_mb, "after_batches_ratio": (ran - before) / widest_mb,
+            "weights": "per-width"}
+
+
+def _measure_shared(net, arch: str, widths_spec: str, widths, batches: list[int], widest_mb: float) -> dict:
+    import numpy as np
+    import torch
+
+    from server.runtime import Runtime, return_freed_heap
+
+    net_mb = sum(t.numel() * t.element_size() for t in [*net.parameters(), *net.buffers()]) / 2**20
+    # torch's one-time costs (kernels, allocator pools) on a throw-away batch of the widest width first
+    with torch.inference_mode():
+        net(torch.zeros(1, net.in_channels, net.input_size, net.input_size), max(widths))
+    return_freed_heap()
+    before = resident_mb()
+    runtime = Runtime(net, device="cpu", backend="torch", threads=1, weights="shared")
+    return_freed_heap()
+    loaded = resident_mb() - before + net_mb
+    for width in widths:
+        for b in batches:
+            runtime.run(width, np.zeros((b, *runtime.input_shape), np.float32))
+    return_freed_heap()
+    ran = resident_mb() - before + net_mb
+    return {"arch": arch, "widths": widths_spec, "start": "-", "n_widths": len(widths), "input_size": net.input_size,
+            "widest_switch_mb": widest_mb, "net_mb": net_mb, "loaded_mb": loaded, "after_batches_mb": ran,
+            "loaded_ratio": loaded / widest_mb, "after_batches_ratio": ran / widest_mb, "weights": "shared"}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", default="1,2,4,8", help="batch sizes run at every width (default 1,2,4,8)")
     parser.add_argument("--out", type=Path, default=Path("out/memory"))
-    parser.add_argument("--one", nargs=3, metavar=("ARCH", "WIDTHS", "CACHE"), help=argparse.SUPPRESS)
+    parser.add_argument("--one", nargs=4, metavar=("ARCH", "WIDTHS", "CACHE", "WEIGHTS"), help=argparse.SUPPRESS)
+    parser.add_argument("--weights", choices=["per-width", "shared", "both"], default="both",
+                        help="which configurations to run (serve's --weights)")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     if args.one:
-        arch, widths, cache = args.one
-        print(json.dumps(measure(arch, widths, batches, Path(cache))))
+        arch, widths, cache, weights = args.one
+        print(json.dumps(measure(arch, widths, batches, Path(cache), weights)))
         return
     rows = []
-    print(f"{'arch':>16} {'widths':>18} {'start':>5} {'n':>3} {'widest MB':>9} {'loaded MB':>9} {'x':>5} "
+    print(f"{'arch':>16} {'widths':>18} {'weights':>9} {'start':>5} {'n':>3} {'widest MB':>9} {'loaded MB':>9} {'x':>5} "
           f"{'after batches MB':>16} {'x':>5}")
-    for arch, widths in CONFIGURATIONS:
+    for arch, widths, weights in CONFIGURATIONS:
+        if args.weights not in ("both", weights):
+            continue
         with tempfile.TemporaryDirectory() as cache:
-            for _ in ("cold", "warm"):
-                done = subprocess.run([sys.executable, "-m", "bench.memory", "--one", arch, widths, cache,
+            for _ in ("cold", "warm") if weights == "per-width" else ("-",):  # shared weights cache no exports
+                done = subprocess.run([sys.executable, "-m", "bench.memory", "--one", arch, widths, cache, weights,
                                        "--batches", args.batches], cwd=REPO, capture_output=True, text=True, check=True)
                 row = json.loads(done.stdout.strip().splitlines()[-1])
                 rows.append(row)
-                print(f"{arch:>16} {widths:>18} {row['start']:>5} {row['n_widths']:>3} {row['widest_switch_mb']:>9.1f} "
+                print(f"{arch:>16} {widths:>18} {weights:>9} {row['start']:>5} {row['n_widths']:>3} {row['widest_switch_mb']:>9.1f} "
                       f"{row['loaded_mb']:>9.1f} {row['loaded_ratio']:>5.1f} {row['after_batches_mb']:>16.1f} "
                       f"{row['after_batches_ratio']:>5.1f}")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -123,6 +123,14 @@ class SlimmableNet(nn.Module):
         """What the layers' ``export`` takes for ``width``: the switch index."""
         return self.width_index(width)
 
+    def at_width(self, width: float) -> nn.Module:
+        """This net at ``width`` as a plain ``nn.Module`` that holds no weights of its own: each call
+        reads the leading slices of this net's tensors and the width's own BN, as the paper's one set
+        of weights does. Unlike :meth:`switch` nothing is copied (every width together costs the widest's
+        weights once) and BN is not folded (slower on CPU). An undeclared or uncalibrated width is refused
+        here, not at the first batch."""
+        return _AtWidth(self, self._export_arg(width))
+
     def switch(self, width: float, fold_bn: bool = False) -> nn.Module:
         """A plain ``nn.Module`` (Conv2d/BatchNorm2d/Linear) computing this net at ``width``.
 
@@ -132,6 +140,19 @@ class SlimmableNet(nn.Module):
         idx = self._export_arg(width)
         module = nn.Sequential(self.features.export(idx), nn.Flatten(1), self.classifier.export(idx)).eval()
         return fold_batchnorm(module) if fold_bn else module
+
+
+class _AtWidth(nn.Module):
+    """:meth:`SlimmableNet.at_width`: the net (a submodule, so ``.to()`` and ``.eval()`` reach it) and
+    the width argument its layers take."""
+
+    def __init__(self, net: SlimmableNet, arg) -> None:
+        super().__init__()
+        self.net = net
+        self.arg = arg
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_head(self.net.forward_features(x, self.arg), self.arg)
 
 
 def slot_key(key: str, old_slot) -> str | None:

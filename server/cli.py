@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="as serve's --device")
     p.add_argument("--backend", choices=["auto", "torch", "onnxruntime"], default="auto", help="as serve's --backend")
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32", help="as serve's --precision")
+    p.add_argument("--weights", choices=["per-width", "shared"], default="per-width", help="as serve's --weights")
     p.add_argument("--threads", type=int, default=None,
                    help="intra-op threads (default: as serve, ONNX Runtime all usable CPUs but one)")
     p.add_argument("--repeats", type=int, default=15, help="timed runs per (width, batch size); the median is kept")
@@ -107,7 +108,8 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         def advance(_width: float) -> None:
             bar.update()
 
-        config = RuntimeConfig(device=args.device, backend=args.backend, threads=args.threads, precision=args.precision)
+        config = RuntimeConfig(device=args.device, backend=args.backend, threads=args.threads, precision=args.precision,
+                               weights=args.weights)
         runtime = Runtime.from_config(net, config, batch_sizes, progress=advance)
         bar.set_description("profiling")
         profile = profile_runtime(runtime, batch_sizes, args.repeats, progress=advance)

@@ -90,11 +90,14 @@ def _onnxruntime_available() -> bool:
     return True
 
 
-def resolve_backend(backend: str, device: Device) -> str:
-    """``auto``: ONNX Runtime on CPU when installed (2-4x faster than eager PyTorch there), torch on CUDA."""
+def resolve_backend(backend: str, device: Device, weights: str = "per-width") -> str:
+    """``auto``: ONNX Runtime on CPU when installed (2-4x faster than eager PyTorch there), torch on CUDA
+    or with shared weights (ONNX Runtime needs each width's weights as its own constants)."""
     if backend == "auto":
-        return "onnxruntime" if device.type == "cpu" and _onnxruntime_available() else "torch"
+        return "onnxruntime" if device.type == "cpu" and weights != "shared" and _onnxruntime_available() else "torch"
     if backend == "onnxruntime":
+        if weights == "shared":
+            raise ValueError("shared weights run on the torch backend; use --backend torch (or auto)")
         if device.type != "cpu":
             raise ValueError("the onnxruntime backend runs on CPU; use --backend torch on CUDA")
         if not _onnxruntime_available():
@@ -373,11 +376,17 @@ class Runtime:
         channel_padding: bool = True,
         progress=None,
         cache=None,
+        weights: str = "per-width",
     ) -> None:
         """``progress(width)`` is called as each width's executor is ready (start-up progress lines);
-        ``cache`` (a :class:`~server.startup_cache.StartupCache`) keeps exported switches between starts."""
+        ``cache`` (a :class:`~server.startup_cache.StartupCache`) keeps exported switches between starts;
+        ``weights``: ``per-width`` (each width a BN-folded copy) or ``shared`` (every width reads the
+        net's one copy: :meth:`~models.net.SlimmableNet.at_width`)."""
+        if weights not in ("per-width", "shared"):
+            raise ValueError(f"weights must be per-width or shared, not {weights!r}")
         self.device = resolve_device(device)
-        self.backend = resolve_backend(backend, self.device)
+        self.backend = resolve_backend(backend, self.device, weights)
+        self.weights = weights
         if precision != "fp32" and self.device.type != "cuda":
             raise ValueError(f"precision {precision} needs CUDA; use fp32 on CPU")
         self.widths = net.widths
@@ -405,15 +414,18 @@ class Runtime:
             torch.set_num_threads(threads or default_torch_threads())
             self.threads = torch.get_num_threads()
             for width in net.widths:
-                module = net.switch(width, fold_bn=True)
+                module = net.at_width(width).eval() if weights == "shared" else net.switch(width, fold_bn=True)
                 if self.device.type == "cuda":
+                    # no graphs on shared weights: each captured graph would keep its own contiguous copies of
+                    # the sliced weights in its private memory pool, the copies sharing exists to avoid
                     self._executors[width] = TorchCudaExecutor(
-                        module, self.input_shape, self.device, precision, cuda_graphs, batch_buckets or [1])
+                        module, self.input_shape, self.device, precision, cuda_graphs and weights != "shared",
+                        batch_buckets or [1])
                 else:
                     self._executors[width] = TorchCpuExecutor(module)
                 if progress is not None:
                     progress(width)
-        self.fingerprint = runtime_fingerprint(net, device, backend, self.threads, precision)
+        self.fingerprint = runtime_fingerprint(net, device, backend, self.threads, precision, weights)
         log.info("runtime: %s backend on %s (%s)", self.backend, self.device, precision)
 
     @classmethod
@@ -421,7 +433,7 @@ class Runtime:
                     progress=None, cache=None) -> "Runtime":
         """The runtime ``config`` describes (``Settings.runtime_config()``)."""
         return cls(net, config.device, config.backend, config.threads, config.precision, config.cuda_graphs,
-                   batch_buckets, progress=progress, cache=cache)
+                   batch_buckets, progress=progress, cache=cache, weights=config.weights)
 
     def run(self, width: float, batch: np.ndarray) -> np.ndarray:
         """Logits ``[N, classes]`` (float32) for ``batch`` (``[N, C, H, W]`` float32) at ``width``."""
@@ -451,7 +463,8 @@ def _cached_export(net: "SlimmableNet", width: float, block: int | None, cache) 
 
 
 def runtime_fingerprint(
-    net: "SlimmableNet", device: str = "auto", backend: str = "auto", threads: int | None = None, precision: str = "fp32"
+    net: "SlimmableNet", device: str = "auto", backend: str = "auto", threads: int | None = None, precision: str = "fp32",
+    weights: str = "per-width",
 ) -> dict:
     """What a latency profile measures: this model on this device, backend, precision and thread count,
     as a :class:`Runtime` built with the same arguments in this process would run it.
@@ -460,7 +473,7 @@ def runtime_fingerprint(
     S-MobileNet v2 profile loaded into the 32px digits server was 10x off).
     """
     resolved = resolve_device(device)
-    backend = resolve_backend(backend, resolved)
+    backend = resolve_backend(backend, resolved, weights)
     if backend == "onnxruntime":  # one pool per process, sized by the first session (use_global_thread_pool)
         threads = _GLOBAL_POOL_THREADS or threads or default_ort_threads()
     else:
@@ -474,6 +487,8 @@ def runtime_fingerprint(
         "backend": backend,
         "precision": precision,
         "threads": threads,
+        # only when shared: a per-width profile (the default) keeps the fingerprint it always had
+        **({"weights": weights} if weights != "per-width" else {}),
     }
 
 

@@ -14,3 +14,4 @@ class RuntimeConfig:
     threads: int | None = None  # intra-op threads (None: the backend's default)
     precision: str = "fp32"  # fp32, fp16, bf16 (CUDA)
     cuda_graphs: bool = True  # capture a CUDA graph per (width, batch bucket) on CUDA
+    weights: str = "per-width"  # per-width (a BN-folded copy per width), shared (one copy; torch)

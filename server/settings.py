@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     )
     precision: Literal["fp32", "fp16", "bf16"] = Field("fp32", description="CUDA compute precision")
     cuda_graphs: bool = Field(True, description="capture CUDA graphs per (width, batch bucket) on CUDA")
+    weights: Literal["per-width", "shared"] = Field(
+        "per-width", description="per-width: each width runs its own BN-folded copy of its weights (fastest; "
+        "memory grows with the number of widths); shared: every width reads one copy, as the paper's network does "
+        "(memory of the widest width once; torch backend, BN not folded: slower on CPU)"
+    )
     policy: str = Field("max-width", description="width-selection policy: max-width, fixed:<width>, ...")
     profile: Path | None = Field(
         None, description="latency profile JSON to load instead of measuring at startup (must have been measured "
@@ -124,7 +129,7 @@ class Settings(BaseSettings):
     def runtime_config(self) -> RuntimeConfig:
         """How the model runs (serve's engine and `widthwise profile` build runtimes from it)."""
         return RuntimeConfig(device=self.device, backend=self.backend, threads=self.threads, precision=self.precision,
-                             cuda_graphs=self.cuda_graphs)
+                             cuda_graphs=self.cuda_graphs, weights=self.weights)
 
     def scheduler_config(self) -> SchedulerConfig:
         """The scheduler's part of these settings (serve and simulate build it the same way)."""

@@ -23,6 +23,38 @@ def test_runtime_outputs_equal_slimmable_forward(arch, backend):
             assert rel <= 1e-4, (width, batch, float(rel))
 
 
+@pytest.mark.parametrize("arch", ["s_mobilenet_v2_cifar", "s_shufflenet", "us_convnet6"])
+def test_shared_weights_serve_every_width_from_the_nets_one_copy(arch):
+    """--weights shared: the paper's one set of weights, each width its own BN, nothing copied or folded."""
+    net = make_net(arch).eval()
+    runtime = Runtime(net, "cpu", weights="shared")
+    assert runtime.backend == "torch"  # auto: ONNX Runtime cannot share one weight tensor between widths
+    assert runtime.fingerprint["weights"] == "shared"
+    x = torch.randn(3, 3, net.input_size, net.input_size)
+    held = {t.data_ptr() for t in net.parameters()}
+    for width in net.widths:
+        with torch.inference_mode():
+            expected = net(x, width=width)
+        np.testing.assert_allclose(runtime.run(width, x.numpy()), expected.numpy(), rtol=1e-5, atol=1e-6)
+        module = runtime._executors[width].module
+        assert {t.data_ptr() for t in module.parameters()} == held  # the net's own tensors, no copy
+
+
+def test_shared_weights_refuse_onnxruntime_and_per_width_keeps_its_fingerprint():
+    net = make_net("s_convnet6")
+    with pytest.raises(ValueError, match="torch backend"):
+        Runtime(net, "cpu", "onnxruntime", weights="shared")
+    with pytest.raises(ValueError, match="per-width or shared"):
+        Runtime(net, "cpu", "torch", weights="sliced")
+    assert "weights" not in Runtime(net, "cpu", "torch").fingerprint  # profiles saved before stay valid
+
+
+def test_an_uncalibrated_width_is_refused_when_shared_weights_are_built():
+    net = make_net("us_convnet6", widths=(0.5, 0.75, 1.0), calibrated=(0.5, 1.0)).eval()
+    with pytest.raises(ValueError, match="calibrat"):
+        Runtime(net, "cpu", weights="shared")
+
+
 def test_auto_backend_is_onnxruntime_on_cpu():
     assert resolve_backend("auto", torch.device("cpu")) == "onnxruntime"
     with pytest.raises(ValueError, match="CPU"):
@@ -48,6 +80,23 @@ def test_server_reports_its_backend(make_client):
     assert client.get("/v1/models").json()["models"][0]["backend"] == "onnxruntime"
     torch_client = make_client(backend="torch")
     assert torch_client.get("/v1/models").json()["models"][0]["backend"] == "torch"
+
+
+def test_a_server_with_shared_weights_answers_as_one_with_a_copy_per_width(make_client):
+    from tests.helpers import png_bytes
+
+    body = png_bytes((16, 16), seed=3)
+    answers = {}
+    for weights in ("per-width", "shared"):
+        client = make_client(weights=weights)
+        model = client.get("/v1/models").json()["models"][0]
+        assert model["backend"] == ("torch" if weights == "shared" else "onnxruntime")
+        for width in (0.5, 1.0):
+            reply = client.post("/v1/classify", content=body, headers={"Content-Type": "image/png", "X-Width": str(width)})
+            assert reply.status_code == 200 and reply.json()["width"] == width
+            answers[weights, width] = [p["score"] for p in reply.json()["predictions"]]
+    for width in (0.5, 1.0):
+        np.testing.assert_allclose(answers["shared", width], answers["per-width", width], rtol=1e-4, atol=1e-6)
 
 
 def test_serves_without_onnx_and_onnxruntime_installed(tiny_checkpoint):
