@@ -10,8 +10,10 @@
    capacity, for each budget (``--budgets``, multiples of the widest batch-1 latency) and policy:
    attainment, and mean expected top-1 per request *sent* (a late or refused request counts 0:
    on-time share x mean top-1 of answers).
-5. With ``--live``: the same loads, budgets and policies against ``widthwise serve --widths`` (the grid,
-   then the 4 widths) pinned to core 0 with one ORT thread, this client on core 1, v2 binary tensors.
+5. With ``--live``: the same loads, budgets and policies against ``widthwise serve --widths``, a grid
+   server and a 4-width server up together, pinned to core 0 with one ORT thread and no keep-warm,
+   each point run on both in turn (``--live-rounds``, alternating order), this client on core 1, v2
+   binary tensors.
 
 ``--official us_mobilenet_v2`` takes the paper-size model instead (224x224, random weights, every
 slot marked calibrated) with the official model zoo's ImageNet top-1 per width as its accuracy: a
@@ -24,6 +26,7 @@ curve that keeps rising with width, where the digits models' is flat.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import time
@@ -97,6 +100,8 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, default=None, help="reuse a profile.json this program saved")
     parser.add_argument("--live", action="store_true", help="also run the loads against live servers (pinned)")
     parser.add_argument("--live-duration", type=float, default=8.0, help="seconds per live point")
+    parser.add_argument("--live-rounds", type=int, default=2,
+                        help="live points per (budget, load, policy, width list), the two lists alternating")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -143,11 +148,13 @@ def main() -> None:
                     rows.append({"mode": "simulated", "budget_ms": budget * 1e3, "load": load, "policy": policy,
                                  "grid": name, "attainment": result.attainment, "accuracy_per_sent": per_sent,
                                  "mean_accuracy_served": result.mean_accuracy, "width_mix": result.width_mix})
+    rounds = []
     if args.live:
-        rows += live_rows(args, checkpoint, profile, budgets, loads, cap)
+        rounds = live_rows(args, checkpoint, profile, budgets, loads, cap)
+        rows += mean_over_rounds(rounds)
     print_table(rows, budgets, loads)
     report = {"top1": {str(w): a for w, a in top1.items()}, "budgets_ms": [b * 1e3 for b in budgets],
-              "capacity_rps": cap, "profile": profile.as_dict(), "rows": rows,
+              "capacity_rps": cap, "profile": profile.as_dict(), "rows": rows, "live_rounds": rounds,
               "model": args.official or str(checkpoint)}
     (args.out / "us_grid.json").write_text(json.dumps(report, indent=1))
     plot(rows, top1, budgets, args.out / "us_grid.png", args.official or "us model on digits-hard")
@@ -156,7 +163,11 @@ def main() -> None:
 
 def live_rows(args, checkpoint: Path, profile: LatencyProfile, budgets: list[float], loads: list[float],
               cap: float) -> list[dict]:
-    """Every (width list, policy) as a pinned live server; every budget and load against it."""
+    """Per policy, a live server of each width list, both up at once and pinned to the same core; every
+    (budget, load) runs on one and then the other, ``--live-rounds`` times in alternating order, so
+    that each pair of points meets the same minute of this host's drifting speed (run one list's
+    points after the other's, as this did until session 12, and the VM's slow spells land on one
+    side). Rows carry their round; :func:`mean_over_rounds` gives the table's cells."""
     net = models.load_checkpoint(checkpoint)
     path, body, headers = v2_request(size=net.input_size)
     os.sched_setaffinity(0, {1})
@@ -164,26 +175,50 @@ def live_rows(args, checkpoint: Path, profile: LatencyProfile, budgets: list[flo
     grids = (("14 widths", "0.35:1.0:0.05"), ("4 widths", ",".join(f"{w:g}" for w in FOUR)))
     for name, _ in grids:
         (args.out / f"live_profile_{name.split()[0]}_widths.json").unlink(missing_ok=True)
-    for turn, policy in enumerate(POLICIES):
-        for name, widths in grids if turn % 2 == 0 else grids[::-1]:  # alternate which list runs first
-            saved = args.out / f"live_profile_{name.split()[0]}_widths.json"
-            # the first server of a width list measures its profile, the second reuses it
-            source = ["--profile", str(saved)] if saved.exists() else ["--save-profile", str(saved)]
-            with live_server("--checkpoint", str(checkpoint), "--model-name", "v2", "--widths", widths,
-                             "--threads", "1", "--max-batch-size", "8", "--policy", policy, *source, cpus={0},
-                             ready_timeout=900) as url:
-                model = httpx2.get(url + "/v1/models").json()["models"][0]
-                accuracy = {w["width"]: w["expected_accuracy"] for w in model["widths"]}
-                for budget in budgets:
-                    for load in loads:
-                        row = measure_point(url + path, body, load * cap, args.live_duration, budget * 1e3, accuracy,
-                                            headers=headers)
-                        rows.append({"mode": "live", "budget_ms": budget * 1e3, "load": load, "policy": policy,
-                                     "grid": name, **row})
-                        print(f"live {name:>9} {policy:>9} budget {budget * 1e3:.1f} ms {load:g}x: {describe(row)}",
-                              flush=True)
-                        time.sleep(1.0)
+    for policy in POLICIES:
+        with contextlib.ExitStack() as servers:
+            urls = {}
+            for name, widths in grids:
+                saved = args.out / f"live_profile_{name.split()[0]}_widths.json"
+                # the first server of a width list measures its profile, the second reuses it
+                source = ["--profile", str(saved)] if saved.exists() else ["--save-profile", str(saved)]
+                # no keep-warm: the idle server's would take 5% of the core from the one under load
+                urls[name] = servers.enter_context(live_server(
+                    "--checkpoint", str(checkpoint), "--model-name", "v2", "--widths", widths, "--threads", "1",
+                    "--max-batch-size", "8", "--policy", policy, "--keep-warm-ms", "0", *source, cpus={0},
+                    ready_timeout=900))
+            accuracy = {name: {w["width"]: w["expected_accuracy"]
+                               for w in httpx2.get(url + "/v1/models").json()["models"][0]["widths"]}
+                        for name, url in urls.items()}
+            for budget in budgets:
+                for load in loads:
+                    for turn in range(args.live_rounds):
+                        for name, _ in grids if turn % 2 == 0 else grids[::-1]:
+                            row = measure_point(urls[name] + path, body, load * cap, args.live_duration, budget * 1e3,
+                                                accuracy[name], headers=headers)
+                            rows.append({"mode": "live", "budget_ms": budget * 1e3, "load": load, "policy": policy,
+                                         "grid": name, "round": turn, **row})
+                            print(f"live {name:>9} {policy:>9} budget {budget * 1e3:.1f} ms {load:g}x round {turn}: "
+                                  f"{describe(row)}", flush=True)
+                            time.sleep(1.0)
     return rows
+
+
+def mean_over_rounds(rows: list[dict]) -> list[dict]:
+    """One row per (mode, budget, load, policy, width list): attainment and top-1 per request sent
+    averaged over the live rounds (simulated rows pass through)."""
+    cells: dict[tuple, list[dict]] = {}
+    for row in rows:
+        cells.setdefault((row["mode"], row["budget_ms"], row["load"], row["policy"], row["grid"]), []).append(row)
+    merged = []
+    for group in cells.values():
+        if len(group) == 1:
+            merged.append(group[0])
+            continue
+        merged.append({**group[0], "round": None, "rounds": len(group),
+                       "attainment": sum(r["attainment"] for r in group) / len(group),
+                       "accuracy_per_sent": sum(r["accuracy_per_sent"] for r in group) / len(group)})
+    return merged
 
 
 def print_table(rows: list[dict], budgets: list[float], loads: list[float]) -> None:
