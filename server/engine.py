@@ -211,9 +211,10 @@ class Engine:
             self.worker.start()
             self._publish_static_metrics()
             self._advance(Readiness.READY)
-            log.info("ready in %.1f s: %s on %s (%s backend, intra-op threads %d of %d usable CPUs), widths %s",
-                     time.monotonic() - began, self.model_name, self.runtime.device, self.runtime.backend,
-                     self.runtime.threads, self.usable_cpus, ", ".join(width_label(w) for w in widths))
+            log.info("ready in %.1f s: %s on %s (%s backend, %s weights, intra-op threads %d of %d usable CPUs), "
+                     "widths %s", time.monotonic() - began, self.model_name, self.runtime.device, self.runtime.backend,
+                     getattr(self.runtime, "weights", "per-width"), self.runtime.threads, self.usable_cpus,
+                     ", ".join(width_label(w) for w in widths))
         except Exception as exc:
             log.debug("start-up failed", exc_info=True)
             self._fatal(f"start-up failed: {type(exc).__name__}: {exc}")
