@@ -155,3 +155,23 @@ def pinned_process_server(cmd: list[str], port: int, cpus: set[int], env: dict |
             proc.kill()
             proc.wait(timeout=10)
         log.close()
+
+
+def mean_over_rounds(rows: list[dict], keys: tuple[str, ...]) -> list[dict]:
+    """One row per distinct ``keys`` (a table cell) with attainment and top-1 per request sent
+    averaged over the rows that share them (paired live rounds), ``rounds`` saying how many, and the
+    ``sent`` and ``late_200`` counts summed; other fields are the first round's. A cell of one row is
+    that row."""
+    cells: dict[tuple, list[dict]] = {}
+    for row in rows:
+        cells.setdefault(tuple(row[k] for k in keys), []).append(row)
+    merged = []
+    for group in cells.values():
+        if len(group) == 1:
+            merged.append(group[0])
+            continue
+        counts = {k: sum(r[k] for r in group) for k in ("sent", "late_200") if k in group[0]}  # over all rounds
+        merged.append({**group[0], "round": None, "rounds": len(group), **counts,
+                       "attainment": sum(r["attainment"] for r in group) / len(group),
+                       "accuracy_per_sent": sum(r["accuracy_per_sent"] for r in group) / len(group)})
+    return merged

@@ -8,16 +8,22 @@ budget, at the client), p50/p99 latency, width mix, mean expected accuracy per
 request sent (late or refused = 0) and per answer, the client's own CPU per
 request and its send lag (actual minus scheduled send time). With ``--pin`` the
 server runs on core 0 with one ONNX Runtime thread and this client on core 1.
+By default each policy's server runs all its loads, one policy after another; on a host whose speed
+drifts for minutes (this project's VM) that compares policies across different minutes, so
+``--paired N`` keeps every policy's server up at once and runs each load on all of them in turn, N
+rounds in alternating order (the table and PNG average the rounds; the JSON keeps each).
 Writes JSON and a PNG; the live counterpart of bench/policy_sim.py.
 
     python -m bench.load --out out/load [--loads 0.5,1,2,3] [--duration 10] [--pin]
     python -m bench.load --checkpoint us.safetensors --widths 0.35:1.0:0.05 --policies max-width,slack --pin ...
+    python -m bench.load --pin --request v2 --policies max-width,fixed:0.35,fixed:0.5 --paired 2 ...
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -29,7 +35,7 @@ import httpx2
 import numpy as np
 
 import models
-from bench.common import imagenet_checkpoint, live_server, noise_jpeg
+from bench.common import imagenet_checkpoint, live_server, mean_over_rounds, noise_jpeg
 from bench.http_client import LeanClient
 from policies.simulator import arrival_times
 
@@ -156,6 +162,10 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, default=None,
                         help="serve with this latency profile instead of measuring one at start-up: A/Bs of two "
                              "commits then plan from the same numbers (start-up profiles differ by up to 1.8x here)")
+    parser.add_argument("--paired", type=int, default=0, metavar="ROUNDS",
+                        help="every policy's server up at once (keep-warm off in all, as an idle server's would take "
+                             "the core from the one under load); each rate runs on every policy in turn, ROUNDS times "
+                             "in alternating order, so the policies meet the same minutes of a drifting host")
     parser.add_argument("--out", type=Path, default=Path("out/load"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -187,21 +197,59 @@ def main() -> None:
     rates = [float(r) for r in args.rates.split(",")] if args.rates else [round(m * cap, 1) for m in loads]
     policies = args.policies.split(",") if args.policies else [f"fixed:{w:g}" for w in widths] + ["max-width", "slack", "feedback"]
     print(f"budget {budget_ms:.1f} ms (3x widest batch-1 {widest_b1_ms:.2f} ms), widest capacity ~{cap:.0f} req/s, rates {rates}")
-    rows = []
-    for policy in policies:
-        with live_server(*common, "--policy", policy, "--profile", str(profile_path), cpus=cpus) as url:
-            for rate in rates:
-                row = {"policy": policy, "rate": rate, "load": rate / cap,
-                       **measure_point(url + path, body, rate, args.duration, budget_ms, accuracy, args.trace, headers)}
-                rows.append(row)
-                print(f"{policy:>11} {rate:>7.1f} req/s ({row['load']:.1f}x): {describe(row)}, late excess ms "
-                      f"{row['late_200_excess_ms']}")
-                time.sleep(1.0)  # let the queue drain between points
+    point = dict(body=body, duration=args.duration, budget_ms=budget_ms, accuracy=accuracy, trace=args.trace,
+                 headers=headers, path=path, cap=cap)
+    if args.paired:
+        rounds = paired_rows(common, profile_path, cpus, policies, rates, args.paired, point)
+        rows = mean_over_rounds(rounds, ("policy", "rate"))
+        print_cells(rows, policies, rates)
+    else:
+        rounds, rows = [], []
+        for policy in policies:
+            with live_server(*common, "--policy", policy, "--profile", str(profile_path), cpus=cpus) as url:
+                for rate in rates:
+                    rows.append(run_one(url, policy, rate, point))
     report = {"date": time.strftime("%Y-%m-%d"), "budget_ms": budget_ms, "capacity_rps": cap, "rows": rows,
-              "profile": table, "pinned": args.pin, "duration_s": args.duration, "request": args.request}
+              "rounds": rounds, "profile": table, "pinned": args.pin, "duration_s": args.duration,
+              "request": args.request, "paired": args.paired}
     (args.out / "load.json").write_text(json.dumps(report, indent=2))
     plot(rows, policies, cap, args.out / "load.png", budget_ms)
     print(f"wrote {args.out / 'load.json'} and {args.out / 'load.png'}")
+
+
+def run_one(url: str, policy: str, rate: float, point: dict, **extra) -> dict:
+    """One open-loop point against a server running ``policy``; printed as it ends."""
+    row = {"policy": policy, "rate": rate, "load": rate / point["cap"], **extra,
+           **measure_point(url + point["path"], point["body"], rate, point["duration"], point["budget_ms"],
+                           point["accuracy"], point["trace"], point["headers"])}
+    print(f"{policy:>11} {rate:>7.1f} req/s ({row['load']:.1f}x){'' if 'round' not in extra else ' round %d' % extra['round']}: "
+          f"{describe(row)}, late excess ms {row['late_200_excess_ms']}", flush=True)
+    time.sleep(1.0)  # let the queue drain between points
+    return row
+
+
+def paired_rows(common: list[str], profile_path: Path, cpus, policies: list[str], rates: list[float], rounds: int,
+                point: dict) -> list[dict]:
+    """``--paired``: all policies' servers at once, each rate on every policy, ``rounds`` times."""
+    rows = []
+    with contextlib.ExitStack() as servers:
+        urls = {policy: servers.enter_context(live_server(*common, "--policy", policy, "--profile", str(profile_path),
+                                                          "--keep-warm-ms", "0", cpus=cpus))
+                for policy in policies}
+        for rate in rates:
+            for turn in range(rounds):
+                for policy in policies if turn % 2 == 0 else policies[::-1]:
+                    rows.append(run_one(urls[policy], policy, rate, point, round=turn))
+    return rows
+
+
+def print_cells(rows: list[dict], policies: list[str], rates: list[float]) -> None:
+    """The paired rounds' means: attainment / top-1 per request sent, a row per rate."""
+    cell = {(r["policy"], r["rate"]): r for r in rows}
+    print("\n   req/s | " + " | ".join(f"{p:>15}" for p in policies))
+    for rate in rates:
+        print(f"{rate:>8.1f} | " + " | ".join(f"{cell[p, rate]['attainment']:.3f} / {cell[p, rate]['accuracy_per_sent']:.3f}"
+                                               for p in policies))
 
 
 def plot(rows, policies, cap, path, budget_ms) -> None:

@@ -39,6 +39,7 @@ import models
 from models.training import TrainConfig, evaluate, load_dataset, train
 from models.widths import width_grid
 from policies import LatencyProfile, batch_sizes_up_to, make_policy
+from bench import common
 from bench.common import live_server
 from bench.load import describe, measure_point, v2_request
 from bench.policy_sim import capacity
@@ -205,20 +206,9 @@ def live_rows(args, checkpoint: Path, profile: LatencyProfile, budgets: list[flo
 
 
 def mean_over_rounds(rows: list[dict]) -> list[dict]:
-    """One row per (mode, budget, load, policy, width list): attainment and top-1 per request sent
-    averaged over the live rounds (simulated rows pass through)."""
-    cells: dict[tuple, list[dict]] = {}
-    for row in rows:
-        cells.setdefault((row["mode"], row["budget_ms"], row["load"], row["policy"], row["grid"]), []).append(row)
-    merged = []
-    for group in cells.values():
-        if len(group) == 1:
-            merged.append(group[0])
-            continue
-        merged.append({**group[0], "round": None, "rounds": len(group),
-                       "attainment": sum(r["attainment"] for r in group) / len(group),
-                       "accuracy_per_sent": sum(r["accuracy_per_sent"] for r in group) / len(group)})
-    return merged
+    """One row per (mode, budget, load, policy, width list): the live rounds averaged (simulated rows
+    pass through)."""
+    return common.mean_over_rounds(rows, ("mode", "budget_ms", "load", "policy", "grid"))
 
 
 def print_table(rows: list[dict], budgets: list[float], loads: list[float]) -> None:
