@@ -484,6 +484,8 @@ class Engine:
             "state": self.state.value,
             "device": str(self.runtime.device) if self.runtime else None,
             "backend": self.runtime.backend if self.runtime else None,
+            # per-width (each width its own folded copy) or shared (--weights: one copy for every width)
+            "weights": getattr(self.runtime, "weights", "per-width") if self.runtime else None,
             "policy": self.policy.name,
             # the event loop's CPU per request on the model's cores (null: it has cores of its own);
             # `widthwise simulate --request-cpu-ms` models it

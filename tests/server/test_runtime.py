@@ -91,6 +91,7 @@ def test_a_server_with_shared_weights_answers_as_one_with_a_copy_per_width(make_
         client = make_client(weights=weights)
         model = client.get("/v1/models").json()["models"][0]
         assert model["backend"] == ("torch" if weights == "shared" else "onnxruntime")
+        assert model["weights"] == weights
         for width in (0.5, 1.0):
             reply = client.post("/v1/classify", content=body, headers={"Content-Type": "image/png", "X-Width": str(width)})
             assert reply.status_code == 200 and reply.json()["width"] == width
