@@ -34,6 +34,7 @@ def measure(profile_path: Path, repeats: int, duration: float) -> dict[str, floa
     from server.settings import Settings
 
     grid = LatencyProfile.load(profile_path)
+    # not grid.at_widths(FOUR): this file also runs in baseline worktrees whose profile lacks it
     four = LatencyProfile({w: {b: grid.predict(w, b) for b in (1, 2, 4, 8)} for w in grid.widths if w in FOUR})
     out = {}
     for profile in (grid, four):

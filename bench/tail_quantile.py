@@ -47,7 +47,7 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     grid = LatencyProfile.load(args.profile)
-    four = LatencyProfile({w: {b: grid.predict(w, b) for b in (1, 2, 4, 8)} for w in grid.widths if w in FOUR})
+    four = grid.at_widths(FOUR)
     top1 = {float(w): a for w, a in json.loads(args.accuracy.read_text())["top1"].items()}
     widest = grid.predict(grid.widths[-1], 1)
     variants = args.variants.split(",")

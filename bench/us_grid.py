@@ -126,8 +126,7 @@ def main() -> None:
         runtime.warm_up(sizes)
         profile = profile_runtime(runtime, sizes, repeats=args.repeats)
         profile.save(args.out / "profile.json")
-    four = LatencyProfile({w: {int(b): s for b, s in row.items()} for w, row in profile.as_dict()["widths"].items()
-                           if float(w) in FOUR})
+    four = profile.at_widths(FOUR)
     widest_b1 = profile.predict(1.0, 1)
     budgets = [float(b) * widest_b1 for b in args.budgets.split(",")]
     loads = [float(x) for x in args.loads.split(",")]

@@ -116,6 +116,17 @@ class LatencyProfile:
             row[nearest] += self.ewma_alpha * (row[nearest] * ratio - row[nearest])
             self._table = monotone(self._raw)
 
+    def at_widths(self, widths: Iterable[float]) -> "LatencyProfile":
+        """The same measurements for ``widths`` only (e.g. four widths of a measured grid), as this profile
+        predicts them; no recent tail and no fingerprint (it names the width list that was measured).
+        ``ValueError`` for a width this profile has not measured."""
+        with self._lock:
+            missing = [w for w in widths if w not in self._table]
+            if missing:
+                raise ValueError(f"widths {missing} are not in this profile ({sorted(self._table)})")
+            table = {w: dict(self._table[w]) for w in widths}
+        return LatencyProfile(table, self.ewma_alpha)
+
     def copy(self) -> "LatencyProfile":
         """An independent profile with the same table, settings and recent tail (what a simulation
         learns must not leak into the caller's profile)."""

@@ -213,7 +213,7 @@ class Engine:
             self._advance(Readiness.READY)
             log.info("ready in %.1f s: %s on %s (%s backend, %s weights, intra-op threads %d of %d usable CPUs), "
                      "widths %s", time.monotonic() - began, self.model_name, self.runtime.device, self.runtime.backend,
-                     getattr(self.runtime, "weights", "per-width"), self.runtime.threads, self.usable_cpus,
+                     self.weights_mode, self.runtime.threads, self.usable_cpus,
                      ", ".join(width_label(w) for w in widths))
         except Exception as exc:
             log.debug("start-up failed", exc_info=True)
@@ -473,6 +473,12 @@ class Engine:
             self.cache.save_json(name, {repr(w): c for w, c in costs.items()})
         return costs
 
+    @property
+    def weights_mode(self) -> str | None:
+        """``per-width`` (each width its own folded copy) or ``shared`` (``--weights``: one copy for every
+        width); None before the runtime is built. A runtime that does not say (a test double) is per-width."""
+        return getattr(self.runtime, "weights", "per-width") if self.runtime else None
+
     def describe(self) -> dict:
         """What ``GET /v1/models`` returns."""
         card = self.card
@@ -484,8 +490,7 @@ class Engine:
             "state": self.state.value,
             "device": str(self.runtime.device) if self.runtime else None,
             "backend": self.runtime.backend if self.runtime else None,
-            # per-width (each width its own folded copy) or shared (--weights: one copy for every width)
-            "weights": getattr(self.runtime, "weights", "per-width") if self.runtime else None,
+            "weights": self.weights_mode,
             "policy": self.policy.name,
             # the event loop's CPU per request on the model's cores (null: it has cores of its own);
             # `widthwise simulate --request-cpu-ms` models it

@@ -414,3 +414,16 @@ def test_max_width_weighs_a_plan_by_its_chance_of_ending_in_time():
     assert MaxWidthPolicy(accuracy).select(dataclasses.replace(planned, profile=fresh)).width == 1.0
     # a width that is worth its risk keeps it: 0.96 x 0.75 > 0.700
     assert MaxWidthPolicy({0.9: 0.700, 1.0: 0.750}).select(planned).width == 1.0
+
+
+def test_a_profile_at_some_of_its_widths_keeps_their_measurements_and_refuses_others():
+    grid = LatencyProfile({0.5: {1: 0.002, 8: 0.010}, 0.75: {1: 0.003, 8: 0.015}, 1.0: {1: 0.004, 8: 0.020}},
+                          fingerprint={"widths": [0.5, 0.75, 1.0]})
+    for _ in range(40):
+        grid.observe(1.0, 1, 0.006)
+    two = grid.at_widths((0.5, 1.0))
+    assert two.widths == (0.5, 1.0)
+    assert two.predict(1.0, 8) == grid.predict(1.0, 8) and two.predict(0.5, 4) == grid.predict(0.5, 4)
+    assert two.fingerprint is None and two.tail_ratio() == 1.0  # neither the width list nor the tail carries over
+    with pytest.raises(ValueError, match="not in this profile"):
+        grid.at_widths((0.5, 0.6))
