@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Literal, get_args, get_origin
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.widths import parse_widths
@@ -152,6 +152,14 @@ class Settings(BaseSettings):
     def _widths_parse(cls, value: str | None) -> str | None:
         if value is not None:
             parse_widths(value)  # raises with the reason
+        return value
+
+    @field_validator("weights")
+    @classmethod
+    def _shared_weights_need_torch(cls, value: str, info: ValidationInfo) -> str:
+        # known from the flags alone: refuse before listening (exit 2), not at start-up (exit 3)
+        if value == "shared" and info.data.get("backend") == "onnxruntime":
+            raise ValueError("shared weights run on the torch backend; use --backend torch (or auto)")
         return value
 
     def served_widths(self) -> tuple[float, ...] | None:

@@ -92,3 +92,16 @@ def test_switches_are_bools_written_on_or_off(monkeypatch):
     assert Settings().jpeg_draft is True
     assert "default off" in parser._subparsers._group_actions[0].choices["serve"].format_help().replace("\n", " ")
     assert settings.runtime_config().cuda_graphs is False and settings.runtime_config().device == "auto"
+
+
+def test_shared_weights_on_onnxruntime_are_refused_before_listening(capsys):
+    """A flag combination that cannot run is a usage error (exit 2, one line naming the flag), not a
+    start-up failure after the port is bound."""
+    from server.cli import build_parser
+
+    parser = build_parser()
+    with pytest.raises(ValueError, match=r"--weights \(WIDTHWISE_WEIGHTS\): shared weights run on the torch backend"):
+        settings_from_args(parser.parse_args(["serve", "--backend", "onnxruntime", "--weights", "shared"]))
+    assert settings_from_args(parser.parse_args(["serve", "--weights", "shared"])).runtime_config().weights == "shared"
+    assert main(["serve", "--backend", "onnxruntime", "--weights", "shared", "--port", "0"]) == 2
+    assert "shared weights run on the torch backend" in capsys.readouterr().err
