@@ -12,11 +12,14 @@ By default each policy's server runs all its loads, one policy after another; on
 drifts for minutes (this project's VM) that compares policies across different minutes, so
 ``--paired N`` keeps every policy's server up at once and runs each load on all of them in turn, N
 rounds in alternating order (the table and PNG average the rounds; the JSON keeps each).
+With ``--baseline REV`` as well, each policy also runs on a server from a worktree of that commit
+(column ``policy@REV``), paired the same way: a live A/B of two trees in the same minutes.
 Writes JSON and a PNG; the live counterpart of bench/policy_sim.py.
 
     python -m bench.load --out out/load [--loads 0.5,1,2,3] [--duration 10] [--pin]
     python -m bench.load --checkpoint us.safetensors --widths 0.35:1.0:0.05 --policies max-width,slack --pin ...
     python -m bench.load --pin --request v2 --policies max-width,fixed:0.35,fixed:0.5 --paired 2 ...
+    python -m bench.load --pin --request v2 --policies max-width --paired 2 --baseline 8804cba ...
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import httpx2
 import numpy as np
 
 import models
-from bench.common import imagenet_checkpoint, live_server, mean_over_rounds, noise_jpeg
+from bench.common import REPO, imagenet_checkpoint, live_server, mean_over_rounds, noise_jpeg
 from bench.http_client import LeanClient
 from policies.simulator import arrival_times
 
@@ -166,14 +169,18 @@ def main() -> None:
                         help="every policy's server up at once (keep-warm off in all, as an idle server's would take "
                              "the core from the one under load); each rate runs on every policy in turn, ROUNDS times "
                              "in alternating order, so the policies meet the same minutes of a drifting host")
+    parser.add_argument("--baseline", default=None, metavar="REV",
+                        help="with --paired: each policy also on a server from a worktree of this commit")
     parser.add_argument("--out", type=Path, default=Path("out/load"))
     args = parser.parse_args()
+    if args.baseline and not args.paired:
+        parser.error("--baseline compares trees in the same minutes: it needs --paired")
     args.out.mkdir(parents=True, exist_ok=True)
-    checkpoint = args.checkpoint or imagenet_checkpoint(args.arch)
+    checkpoint = (args.checkpoint or imagenet_checkpoint(args.arch)).resolve()  # a baseline runs in its worktree
     size = models.load_checkpoint(checkpoint).input_size
     path, body, headers = ("/v1/classify", noise_jpeg(np.random.default_rng(0), size), JPEG) if args.request == "jpeg" \
         else v2_request(size=size)
-    profile_path = args.profile.resolve() if args.profile else args.out / "profile.json"
+    profile_path = args.profile.resolve() if args.profile else (args.out / "profile.json").resolve()
     common = ["--checkpoint", str(checkpoint), "--model-name", "v2", "--max-batch-size", str(args.max_batch_size)]
     if args.widths:
         common += ["--widths", args.widths]
@@ -200,7 +207,8 @@ def main() -> None:
     point = dict(body=body, duration=args.duration, budget_ms=budget_ms, accuracy=accuracy, trace=args.trace,
                  headers=headers, path=path, cap=cap)
     if args.paired:
-        rounds = paired_rows(common, profile_path, cpus, policies, rates, args.paired, point)
+        rounds = paired_rows(common, profile_path, cpus, policies, rates, args.paired, point, args.baseline)
+        policies = list(dict.fromkeys(r["policy"] for r in rounds))  # with the baseline's columns
         rows = mean_over_rounds(rounds, ("policy", "rate"))
         print_cells(rows, policies, rates)
     else:
@@ -211,7 +219,7 @@ def main() -> None:
                     rows.append(run_one(url, policy, rate, point))
     report = {"date": time.strftime("%Y-%m-%d"), "budget_ms": budget_ms, "capacity_rps": cap, "rows": rows,
               "rounds": rounds, "profile": table, "pinned": args.pin, "duration_s": args.duration,
-              "request": args.request, "paired": args.paired}
+              "request": args.request, "paired": args.paired, "baseline": args.baseline}
     (args.out / "load.json").write_text(json.dumps(report, indent=2))
     plot(rows, policies, cap, args.out / "load.png", budget_ms)
     print(f"wrote {args.out / 'load.json'} and {args.out / 'load.png'}")
@@ -222,24 +230,35 @@ def run_one(url: str, policy: str, rate: float, point: dict, **extra) -> dict:
     row = {"policy": policy, "rate": rate, "load": rate / point["cap"], **extra,
            **measure_point(url + point["path"], point["body"], rate, point["duration"], point["budget_ms"],
                            point["accuracy"], point["trace"], point["headers"])}
+    # the server's learnt device speed over its start-up profile as the point ends (absent before session 13)
+    row["device_speed"] = httpx2.get(url + "/v1/models").json()["models"][0].get("device_speed")
+    speed = f", device speed {row['device_speed']:.2f}x" if row["device_speed"] else ""
     print(f"{policy:>11} {rate:>7.1f} req/s ({row['load']:.1f}x){'' if 'round' not in extra else ' round %d' % extra['round']}: "
-          f"{describe(row)}, late excess ms {row['late_200_excess_ms']}", flush=True)
+          f"{describe(row)}, late excess ms {row['late_200_excess_ms']}{speed}", flush=True)
     time.sleep(1.0)  # let the queue drain between points
     return row
 
 
 def paired_rows(common: list[str], profile_path: Path, cpus, policies: list[str], rates: list[float], rounds: int,
-                point: dict) -> list[dict]:
-    """``--paired``: all policies' servers at once, each rate on every policy, ``rounds`` times."""
+                point: dict, baseline: str | None = None) -> list[dict]:
+    """``--paired``: all policies' servers at once (and with ``baseline``, each policy again on a server
+    from a worktree of that commit, labelled ``policy@baseline``), each rate on every one, ``rounds`` times."""
+    from bench.overhead_ab import worktree
+
     rows = []
     with contextlib.ExitStack() as servers:
-        urls = {policy: servers.enter_context(live_server(*common, "--policy", policy, "--profile", str(profile_path),
-                                                          "--keep-warm-ms", "0", cpus=cpus))
-                for policy in policies}
+        trees = {"": REPO}
+        if baseline:
+            trees[f"@{baseline}"] = servers.enter_context(worktree(baseline))
+        urls = {policy + suffix: servers.enter_context(live_server(
+                    *common, "--policy", policy, "--profile", str(profile_path), "--keep-warm-ms", "0", cpus=cpus,
+                    tree=tree))
+                for suffix, tree in trees.items() for policy in policies}
+        labels = list(urls)
         for rate in rates:
             for turn in range(rounds):
-                for policy in policies if turn % 2 == 0 else policies[::-1]:
-                    rows.append(run_one(urls[policy], policy, rate, point, round=turn))
+                for label in labels if turn % 2 == 0 else labels[::-1]:
+                    rows.append(run_one(urls[label], label, rate, point, round=turn))
     return rows
 
 
@@ -261,7 +280,7 @@ def plot(rows, policies, cap, path, budget_ms) -> None:
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
     for p in policies:
         pts = [r for r in rows if r["policy"] == p]
-        style = "--" if p.startswith("fixed") else "-"
+        style = ":" if "@" in p else "--" if p.startswith("fixed") else "-"
         a1.plot([r["rate"] / cap for r in pts], [r["attainment"] for r in pts], style, marker="o", label=p)
         a2.plot([r["rate"] / cap for r in pts], [r["accuracy_per_sent"] for r in pts], style, marker="o", label=p)
     a1.set(xlabel="offered load (x widest capacity)", ylabel="deadline attainment", ylim=(0, 1.02), title=f"live, budget {budget_ms:.0f} ms")

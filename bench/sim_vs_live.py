@@ -12,6 +12,13 @@ gets wrong about the server itself. Each trace is written beside the results for
 ``widthwise simulate --speed-trace``.
 
     python -m bench.sim_vs_live --out out/sim_vs_live [--policy max-width] [--loads 0.5,1,2] [--duration 8]
+
+``--checkpoint`` / ``--widths`` / ``--budget`` run another model, width list or budget (a multiple of
+the widest batch-1 time), e.g. a US-MobileNet v2 width grid against its own four widths:
+
+    python -m bench.us_grid --official us_mobilenet_v2 --out out/us_grid  # writes the checkpoint
+    python -m bench.sim_vs_live --checkpoint out/us_grid/us_mobilenet_v2_random.safetensors \
+        --widths 0.35:1.0:0.05 --out out/sim_vs_live_grid
 """
 
 from __future__ import annotations
@@ -80,12 +87,17 @@ def main() -> None:
     parser.add_argument("--policy", default="max-width")
     parser.add_argument("--loads", default="0.5,1,2")
     parser.add_argument("--duration", type=float, default=8.0)
+    parser.add_argument("--checkpoint", type=Path, default=None, help="default: S-MobileNet v2 224, random weights")
+    parser.add_argument("--widths", default=None, help="serve's --widths (a list or lo:hi:step)")
+    parser.add_argument("--budget", type=float, default=3.0, help="budget, x the widest width's batch-1 time")
     parser.add_argument("--out", type=Path, default=Path("out/sim_vs_live"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    checkpoint = imagenet_checkpoint("s_mobilenet_v2")
+    checkpoint = args.checkpoint or imagenet_checkpoint("s_mobilenet_v2")
     profile_path = args.out / "profile.json"
     flags = ["--checkpoint", str(checkpoint), "--model-name", "v2", "--threads", "1", "--policy", args.policy]
+    if args.widths:
+        flags += ["--widths", args.widths]
     os.sched_setaffinity(0, {1})
     path, body, headers = v2_request()
     settings = Settings(policy=args.policy, threads=1)  # serve's defaults for everything else, as live
@@ -95,7 +107,7 @@ def main() -> None:
         accuracy = {w["width"]: w["expected_accuracy"] for w in model["widths"]}
         profile = LatencyProfile.load(profile_path)
         widest_b1 = profile.predict(profile.widths[-1], 1)
-        budget_s = 3 * widest_b1
+        budget_s = args.budget * widest_b1
         capacity = 1 / widest_b1
         for load in (float(x) for x in args.loads.split(",")):
             rate = load * capacity
@@ -127,7 +139,8 @@ def main() -> None:
                       f"{result['mean_accuracy'] or 0:.3f}")
             time.sleep(1.0)
     (args.out / "sim_vs_live.json").write_text(json.dumps(
-        {"date": time.strftime("%Y-%m-%d"), "policy": args.policy, "budget_ms": budget_s * 1e3, "rows": rows}, indent=2))
+        {"date": time.strftime("%Y-%m-%d"), "policy": args.policy, "budget_ms": budget_s * 1e3,
+         "widths": profile.widths, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -39,6 +39,9 @@ def main() -> None:
     parser.add_argument("--variants", default="p95,p95+risk",
                         help="max-width plans to compare: pQ plans for quantile Q of recent batch times, +risk "
                              "also weighs each plan by its chance of ending in time")
+    parser.add_argument("--learning", default="speed",
+                        help="how the server's profile learns from batches, compared: speed (a device speed shared "
+                             "by every width, and each entry's own difference) and/or entry (only the entry that ran)")
     parser.add_argument("--budgets", default="3,6", help="multiples of the widest batch-1 time")
     parser.add_argument("--seeds", default="11,12,13")
     parser.add_argument("--request-cpu-ms", type=float, default=1.5)
@@ -50,17 +53,23 @@ def main() -> None:
     four = grid.at_widths(FOUR)
     top1 = {float(w): a for w, a in json.loads(args.accuracy.read_text())["top1"].items()}
     widest = grid.predict(grid.widths[-1], 1)
-    variants = args.variants.split(",")
+    if not set(args.learning.split(",")) <= {"speed", "entry"}:
+        raise SystemExit(f"--learning {args.learning!r}: expected speed, entry or both (comma-separated)")
+    variants = [f"{variant}/{learning}" if "," in args.learning else variant
+                for variant in args.variants.split(",") for learning in args.learning.split(",")]
     rows = []
     for folder in (Path(f) for f in args.traces.split(",")):
         for load, name in TRACES:
             speed = SpeedTrace.load(folder / name)
             for budget in (float(b) for b in args.budgets.split(",")):
                 cells = []
-                for label, profile in (("grid", grid), ("4 widths", four)):
-                    accuracy = {w: top1[w] for w in profile.widths}
+                for label, measured in (("grid", grid), ("4 widths", four)):
+                    accuracy = {w: top1[w] for w in measured.widths}
                     for variant in variants:
-                        runs = [simulate(profile, max_width(variant, accuracy),
+                        policy_variant, _, learning = variant.partition("/")
+                        profile = measured.copy()  # simulate's server copies this one, learning as it says
+                        profile.learn_speed = (learning or args.learning) == "speed"
+                        runs = [simulate(profile, max_width(policy_variant, accuracy),
                                          arrival_times("poisson", float(load) / widest, args.duration, seed=seed),
                                          budget * widest, accuracy, Settings().scheduler_config(), noise=0.05, seed=seed,
                                          request_cpu_s=args.request_cpu_ms / 1e3, speed=speed)

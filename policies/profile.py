@@ -46,10 +46,13 @@ class LatencyProfile:
     """
 
     def __init__(
-        self, table: Mapping[float, Mapping[int, float]], ewma_alpha: float = 0.1, fingerprint: Mapping | None = None
+        self, table: Mapping[float, Mapping[int, float]], ewma_alpha: float = 0.1, fingerprint: Mapping | None = None,
+        learn_speed: bool = True,
     ) -> None:
         """``fingerprint`` names what was measured (model, device, backend, threads; see
-        ``server.runtime.runtime_fingerprint``); a server refuses a profile whose fingerprint is not its own."""
+        ``server.runtime.runtime_fingerprint``); a server refuses a profile whose fingerprint is not its own.
+        ``learn_speed``: observed batches also move one device speed shared by every entry (see
+        :meth:`observe`); off, only the entry a batch ran at learns from it (as before session 13)."""
         if not table:
             raise ValueError("a latency profile needs at least one width")
         # Observations update the raw table; predictions read its monotone view (a close pair of grid
@@ -59,7 +62,10 @@ class LatencyProfile:
         for w, row in self._raw.items():
             if not row or any(s <= 0 for s in row.values()):
                 raise ValueError(f"width {w}: latencies must be positive")
+        self._measured = self._table  # as measured: the device speed is learnt against it
+        self._speed = 1.0  # the device's recent speed over the measured table (>1: slower)
         self.ewma_alpha = ewma_alpha
+        self.learn_speed = learn_speed
         self.fingerprint = dict(fingerprint) if fingerprint is not None else None
         self._lock = threading.Lock()
         # observed / predicted seconds of the recent batches: how far the live tail runs past the profile
@@ -73,7 +79,13 @@ class LatencyProfile:
     def predict(self, width: float, batch: int) -> float:
         """Predicted seconds to run ``batch`` samples at ``width``."""
         with self._lock:
-            return _interpolate(self._table[width], batch)
+            return _interpolate(self._table[width], batch) * self._speed
+
+    @property
+    def speed(self) -> float:
+        """The device's learnt speed over the measured table, shared by every width (1.25: batches
+        run 25% slower than measured at start-up)."""
+        return self._speed
 
     TAIL_WINDOW = 256  # batches
     TAIL_MIN_BATCHES = 32  # fewer observed: no tail estimate yet
@@ -99,17 +111,27 @@ class LatencyProfile:
             return self._ordered_ratios
 
     def observe(self, width: float, batch: int, seconds: float) -> None:
-        """Fold an observed batch time into the profile (EWMA on the nearest measured batch size) and
-        into the tail estimate (:meth:`tail_ratio`)."""
+        """Fold an observed batch time into the profile and into the tail estimate (:meth:`tail_ratio`).
+
+        Two things learn from it (EWMA, ``ewma_alpha``): the device's speed, one factor over the
+        table measured at start-up that every entry shares, and the entry nearest this batch, which
+        keeps only what this width and size do unlike the rest. A host that slows down slows every
+        width; when only the entries that ran learnt it, a width grid's rarely-run widths kept their
+        start-up times, and max-width chose exactly those, planning a 1.5x-slow device as at
+        start-up (BENCHMARKS.md, "Session 13")."""
         with self._lock:
             row = self._raw.get(width)
             if row is None or seconds <= 0:
                 return
-            ratio = seconds / _interpolate(self._table[width], batch)
+            ratio = seconds / (_interpolate(self._table[width], batch) * self._speed)
             self._ratios.append(ratio)
             self._ordered_ratios = None
             if not self.ewma_alpha:
                 return
+            if self.learn_speed:
+                measured = seconds / _interpolate(self._measured[width], batch)
+                self._speed += self.ewma_alpha * (measured - self._speed)
+                ratio = seconds / (_interpolate(self._table[width], batch) * self._speed)
             # The nearest measured size moves by the observed / predicted ratio: folding a batch of 3's
             # raw seconds into the entry for 2 (as this once did) made every batch of 2 look that slow.
             nearest = min(row, key=lambda b: abs(b - batch))
@@ -124,21 +146,23 @@ class LatencyProfile:
             missing = [w for w in widths if w not in self._table]
             if missing:
                 raise ValueError(f"widths {missing} are not in this profile ({sorted(self._table)})")
-            table = {w: dict(self._table[w]) for w in widths}
-        return LatencyProfile(table, self.ewma_alpha)
+            table = {w: {b: t * self._speed for b, t in self._table[w].items()} for w in widths}
+        return LatencyProfile(table, self.ewma_alpha, learn_speed=self.learn_speed)
 
     def copy(self) -> "LatencyProfile":
         """An independent profile with the same table, settings and recent tail (what a simulation
         learns must not leak into the caller's profile)."""
         with self._lock:
-            twin = LatencyProfile(self._raw, self.ewma_alpha, self.fingerprint)
+            twin = LatencyProfile(self._raw, self.ewma_alpha, self.fingerprint, self.learn_speed)
+            twin._measured, twin._speed = self._measured, self._speed
             twin._ratios.extend(self._ratios)
         return twin
 
     def as_dict(self) -> dict:
         """``{"widths": {"0.5": {"1": 0.0012, ...}}}`` in seconds."""
         with self._lock:
-            widths = {str(w): {str(b): s for b, s in sorted(row.items())} for w, row in sorted(self._table.items())}
+            widths = {str(w): {str(b): s * self._speed for b, s in sorted(row.items())}
+                      for w, row in sorted(self._table.items())}
         data: dict = {"unit": "seconds", "widths": widths}
         if self.fingerprint is not None:
             data["fingerprint"] = self.fingerprint

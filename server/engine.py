@@ -145,7 +145,8 @@ class Engine:
             if probes % self.LAG_PERCENTILE_EVERY == 0:  # a percentile, so one stall (a GC pause) does not count
                 if self.ready:
                     self._loop_lag_s = sorted(self._lags)[int(0.9 * (len(self._lags) - 1))]
-                    self.metrics.record_event_loop(self._loop_lag_s, self.request_cpu_s)
+                    self.metrics.record_event_loop(self._loop_lag_s, self.request_cpu_s,
+                                                   self.profile.speed if self.profile else None)
                 else:
                     self._lags.clear()
             if now - window_start >= self.CPU_WINDOW_S:
@@ -495,6 +496,8 @@ class Engine:
             # the event loop's CPU per request on the model's cores (null: it has cores of its own);
             # `widthwise simulate --request-cpu-ms` models it
             "request_cpu_ms": self.request_cpu_s * 1e3 if self.request_cpu_s is not None else None,
+            # recent batch times over the start-up profile, shared by every width (latency_ms includes it)
+            "device_speed": self.profile.speed if self.profile else None,
             "input": {"channels": card.input.channels, "size": card.input.size,
                       "mean": list(card.input.mean), "std": list(card.input.std)},
             "num_classes": card.num_classes,

@@ -158,6 +158,12 @@ class Metrics:
             "absent when they do not share cores.",
             ["model"], registry=registry,
         )
+        self.device_speed = Gauge(
+            "widthwise_device_speed_ratio",
+            "How much longer batches recently ran than the start-up latency profile measured (1.3: 30% slower), "
+            "learnt across all widths; every width's planned service time is scaled by it.",
+            ["model"], registry=registry,
+        )
         self.gpu_utilization = Gauge(
             "widthwise_gpu_utilization_ratio", "GPU utilization (0-1) from NVML.", ["device"], registry=registry
         )
@@ -213,10 +219,12 @@ class Metrics:
         if q.inflight is not None:
             self._inflight.set(q.inflight)
 
-    def record_event_loop(self, lag_s: float, request_cpu_s: float | None) -> None:
+    def record_event_loop(self, lag_s: float, request_cpu_s: float | None, device_speed: float | None = None) -> None:
         self.event_loop_lag.labels(self.model).set(lag_s)
         if request_cpu_s is not None:
             self.request_cpu.labels(self.model).set(request_cpu_s)
+        if device_speed is not None:
+            self.device_speed.labels(self.model).set(device_speed)
 
     def record_model(self, m: ModelRecord) -> None:
         for width in m.widths:

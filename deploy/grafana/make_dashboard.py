@@ -81,6 +81,10 @@ def build() -> dict:
             q(f"max by (model) (widthwise_event_loop_lag_seconds{{{M}}})", "loop lag {{model}}"),
             q(f"max by (model) (widthwise_request_cpu_seconds{{{M}}})", "request CPU {{model}}"),
         ], 0, 48, "s"),
+        panel(14, "Device speed over the start-up profile", [
+            q(f"max by (model) (widthwise_device_speed_ratio{{{M}}})", "{{model}}"),
+        ], 12, 48, "none", description="1.3: batches run 30% slower than measured at start-up (a busy or throttled "
+                                        "host); every width's planned time is scaled by it."),
     ]
     return {
         "uid": "widthwise", "title": "widthwise", "tags": ["widthwise", "inference"], "timezone": "browser",

@@ -118,7 +118,8 @@ def test_profile_follows_observed_slowdown():
 
 
 def test_profile_learns_from_unmeasured_batch_sizes_without_bias():
-    profile = LatencyProfile({0.5: {1: 0.002, 2: 0.003, 4: 0.005, 8: 0.009}})
+    # entry learning alone: the shared device speed would (rightly) move size 1 too
+    profile = LatencyProfile({0.5: {1: 0.002, 2: 0.003, 4: 0.005, 8: 0.009}}, learn_speed=False)
     for batch in (3, 5, 6, 7):  # between measured sizes, each exactly as predicted: nothing to learn
         for _ in range(50):
             profile.observe(0.5, batch, profile.predict(0.5, batch))
@@ -127,6 +128,45 @@ def test_profile_learns_from_unmeasured_batch_sizes_without_bias():
         profile.observe(0.5, 3, 1.5 * 0.004)
     assert profile.predict(0.5, 3) == pytest.approx(1.5 * 0.004, rel=0.02)
     assert profile.predict(0.5, 1) == 0.002
+
+
+def test_profile_slowdown_seen_at_one_width_moves_every_width():
+    # A host that slows down slows every width: a width that has not run since must not keep its
+    # start-up time (on a grid max-width would pick exactly that width, planning a fast device).
+    table = {0.5: {1: 0.002, 8: 0.008}, 0.75: {1: 0.003, 8: 0.012}, 1.0: {1: 0.004, 8: 0.016}}
+    learning, entry_only = LatencyProfile(table), LatencyProfile(table, learn_speed=False)
+    for profile in (learning, entry_only):
+        for _ in range(150):
+            profile.observe(1.0, 1, 1.5 * 0.004)
+        assert profile.predict(1.0, 1) == pytest.approx(1.5 * 0.004, rel=0.02)
+    assert learning.speed == pytest.approx(1.5, rel=0.02)
+    assert learning.predict(0.75, 1) == pytest.approx(1.5 * 0.003, rel=0.02)
+    assert learning.predict(0.5, 8) == pytest.approx(1.5 * 0.008, rel=0.02)
+    assert entry_only.predict(0.75, 1) == 0.003
+    assert learning.as_dict()["widths"]["0.75"]["1"] == pytest.approx(1.5 * 0.003, rel=0.02)  # what it predicts now
+
+
+def test_profile_keeps_what_one_width_does_unlike_the_rest():
+    # width 1.0 runs 1.2x its start-up time while 0.5 runs as measured: the shared speed settles between
+    # them and each width's own entry holds the rest, so both are predicted as they run
+    profile = LatencyProfile({0.5: {1: 0.002}, 1.0: {1: 0.004}})
+    for _ in range(400):
+        profile.observe(1.0, 1, 1.2 * 0.004)
+        profile.observe(0.5, 1, 0.002)
+    assert profile.predict(1.0, 1) == pytest.approx(1.2 * 0.004, rel=0.03)
+    assert profile.predict(0.5, 1) == pytest.approx(0.002, rel=0.03)
+    assert 1.0 < profile.speed < 1.2
+
+
+def test_profile_copy_keeps_the_learnt_speed():
+    profile = LatencyProfile({0.5: {1: 0.002}, 1.0: {1: 0.004}})
+    for _ in range(100):
+        profile.observe(1.0, 1, 0.008)
+    twin = profile.copy()
+    assert twin.predict(0.5, 1) == profile.predict(0.5, 1) > 0.0035
+    twin.observe(1.0, 1, 0.004)
+    assert profile.predict(1.0, 1) != twin.predict(1.0, 1)
+    assert profile.at_widths([0.5]).predict(0.5, 1) == pytest.approx(profile.predict(0.5, 1))
 
 
 def test_profile_tail_ratio_is_the_recent_tail_of_observed_over_predicted():

@@ -90,3 +90,31 @@ def test_event_loop_stalls_show_in_the_loop_lag_gauge(make_client):
     assert client.engine.reserve_s(1.0) >= 0.001 + lag() - 1e-9
     cpu = client.registry.get_sample_value("widthwise_request_cpu_seconds", {"model": "tiny"})
     assert (cpu is None) == (client.engine.request_cpu_s is None)
+
+
+def test_device_speed_gauge_and_models_field_follow_the_profile(make_client):
+    """A device that runs slower than its start-up profile shows in widthwise_device_speed_ratio and
+    /v1/models device_speed, and every width's reported latency carries it."""
+    import time
+
+    client = make_client()
+    profile = client.engine.profile
+    before = client.get("/v1/models").json()["models"][0]
+    assert before["device_speed"] == pytest.approx(1.0)
+    widest, narrowest = before["widths"][-1]["width"], before["widths"][0]["width"]
+    profiled = profile.predict(widest, 1)
+    for _ in range(100):  # the widest width's batches of 1 run twice as long as profiled
+        profile.observe(widest, 1, 2.0 * profiled)
+    after = client.get("/v1/models").json()["models"][0]
+    assert after["device_speed"] == pytest.approx(2.0, rel=0.05)
+    assert after["widths"][0]["latency_ms"]["1"] == pytest.approx(  # a width that never ran
+        2.0 * before["widths"][0]["latency_ms"]["1"], rel=0.05)
+    assert narrowest != widest
+    deadline = time.monotonic() + 2.0
+    gauge = None
+    while time.monotonic() < deadline:  # published with the loop lag, every ~0.1 s
+        gauge = client.registry.get_sample_value("widthwise_device_speed_ratio", {"model": "tiny"})
+        if gauge is not None and gauge > 1.5:
+            break
+        time.sleep(0.05)
+    assert gauge == pytest.approx(profile.speed)
