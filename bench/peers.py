@@ -168,23 +168,32 @@ def bare_server(onnx_path: Path, width: float, cpus: set[int]):
         with pinned_process_server(cmd, port, cpus, env, cwd=Path(tmp), name="bare app", timeout=120) as server:
             yield server
 
+class RawOrt:
+    """Batch-1 ONNX Runtime of one file on one thread in this process: the floor every server pays."""
+
+    def __init__(self, onnx_path: Path) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        self.x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+        for _ in range(20):
+            self.session.run(None, {"input": self.x})
+
+    def median_ms(self, repeats: int) -> float:
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            self.session.run(None, {"input": self.x})
+            times.append((time.perf_counter() - start) * 1e3)
+        return statistics.median(times)
+
+
 def raw_ort_ms(onnx_path: Path, repeats: int = 300) -> float:
     """Median batch-1 ONNX Runtime time of this file on one thread, in this (pinned) process."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
-    for _ in range(20):
-        session.run(None, {"input": x})
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        session.run(None, {"input": x})
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    return RawOrt(onnx_path).median_ms(repeats)
 
 
 def closed_loop_costs(url: str, pid: int, path: str, body: bytes, headers: dict, n: int = 600,
