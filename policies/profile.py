@@ -129,7 +129,10 @@ class LatencyProfile:
             if not self.ewma_alpha:
                 return
             if self.learn_speed:
+                # one stalled batch (a GC pause, a preempted vCPU) must not slow every width's plan at
+                # once: a step counts at most twice (or half) the current speed
                 measured = seconds / _interpolate(self._measured[width], batch)
+                measured = min(max(measured, 0.5 * self._speed), 2.0 * self._speed)
                 self._speed += self.ewma_alpha * (measured - self._speed)
                 ratio = seconds / (_interpolate(self._table[width], batch) * self._speed)
             # The nearest measured size moves by the observed / predicted ratio: folding a batch of 3's

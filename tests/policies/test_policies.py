@@ -146,6 +146,13 @@ def test_profile_slowdown_seen_at_one_width_moves_every_width():
     assert learning.as_dict()["widths"]["0.75"]["1"] == pytest.approx(1.5 * 0.003, rel=0.02)  # what it predicts now
 
 
+def test_one_stalled_batch_moves_the_shared_speed_only_a_little():
+    profile = LatencyProfile({0.5: {1: 0.002}, 1.0: {1: 0.004}})
+    profile.observe(1.0, 1, 20 * 0.004)  # a 20x stall
+    assert profile.speed == pytest.approx(1.1)  # one step of at most 2x
+    assert profile.predict(0.5, 1) == pytest.approx(1.1 * 0.002)
+
+
 def test_profile_keeps_what_one_width_does_unlike_the_rest():
     # width 1.0 runs 1.2x its start-up time while 0.5 runs as measured: the shared speed settles between
     # them and each width's own entry holds the rest, so both are predicted as they run
