@@ -21,10 +21,20 @@ import models
 REPO = Path(__file__).resolve().parents[1]
 
 
+_PORTS_GIVEN: set[int] = set()  # by free_port in this process
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free on 127.0.0.1 now and never given out before by this process: the kernel can hand
+    the same ephemeral port to two probes in a row (a server's HTTP port and its gRPC port once came
+    out equal, and the second bind failed)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _PORTS_GIVEN:
+            _PORTS_GIVEN.add(port)
+            return port
 
 
 def imagenet_checkpoint(arch: str = "s_mobilenet_v2", folder: Path | None = None) -> Path:
