@@ -7,11 +7,12 @@ from bench.http_client import LeanClient
 
 async def _serve(responses: list[bytes], delay_s: float = 0.0, chunk: int | None = None):
     """A server answering every request (whole body read) with the next of ``responses``;
-    returns (server, list of request bodies seen, list of connection ids)."""
+    returns (server, list of request bodies seen, list of the connections' writers: the objects, not
+    their ``id()``s, which a closed and collected connection can hand on to the next one)."""
     bodies, connections = [], []
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        connections.append(id(writer))
+        connections.append(writer)
         try:
             await answer(reader, writer)
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
