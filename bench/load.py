@@ -110,7 +110,13 @@ def describe(row: dict) -> str:
     return (f"attainment {row['attainment']:.3f}, late 200s {row['late_200']}, accuracy/sent "
             f"{row['accuracy_per_sent'] or 0:.3f} (/answer {row['mean_accuracy'] or 0:.3f}), p50 {row['p50_ms'] or 0:.1f} "
             f"ms, p99 {row['p99_ms'] or 0:.1f} ms, statuses {row['statuses']}, client CPU "
-            f"{row['client_cpu_ms_per_request']:.2f} ms/req, send lag p99 {row['send_lag_p99_ms'] or 0:.1f} ms")
+            f"{row['client_cpu_ms_per_request']:.2f} ms/req, send lag p99 {row['send_lag_p99_ms'] or 0:.1f} ms"
+            + (f", device speed {row['device_speed']:.2f}x" if row.get("device_speed") else ""))
+
+
+def server_device_speed(url: str) -> float | None:
+    """The server's learnt device speed over its start-up profile, now (None from servers before session 13)."""
+    return httpx2.get(url + "/v1/models").json()["models"][0].get("device_speed")
 
 
 def _percentiles(values: list[float]) -> dict | None:
@@ -230,11 +236,9 @@ def run_one(url: str, policy: str, rate: float, point: dict, **extra) -> dict:
     row = {"policy": policy, "rate": rate, "load": rate / point["cap"], **extra,
            **measure_point(url + point["path"], point["body"], rate, point["duration"], point["budget_ms"],
                            point["accuracy"], point["trace"], point["headers"])}
-    # the server's learnt device speed over its start-up profile as the point ends (absent before session 13)
-    row["device_speed"] = httpx2.get(url + "/v1/models").json()["models"][0].get("device_speed")
-    speed = f", device speed {row['device_speed']:.2f}x" if row["device_speed"] else ""
+    row["device_speed"] = server_device_speed(url)  # as the point ends
     print(f"{policy:>11} {rate:>7.1f} req/s ({row['load']:.1f}x){'' if 'round' not in extra else ' round %d' % extra['round']}: "
-          f"{describe(row)}, late excess ms {row['late_200_excess_ms']}{speed}", flush=True)
+          f"{describe(row)}, late excess ms {row['late_200_excess_ms']}", flush=True)
     time.sleep(1.0)  # let the queue drain between points
     return row
 

@@ -41,7 +41,7 @@ from models.widths import width_grid
 from policies import LatencyProfile, batch_sizes_up_to, make_policy
 from bench import common
 from bench.common import live_server
-from bench.load import describe, measure_point, v2_request
+from bench.load import describe, measure_point, server_device_speed, v2_request
 from bench.policy_sim import capacity
 from models.checkpoint import OFFICIAL_TOP1
 from policies.simulator import arrival_times, simulate
@@ -196,14 +196,11 @@ def live_rows(args, checkpoint: Path, profile: LatencyProfile, budgets: list[flo
                         for name, _ in grids if turn % 2 == 0 else grids[::-1]:
                             row = measure_point(urls[name] + path, body, load * cap, args.live_duration, budget * 1e3,
                                                 accuracy[name], headers=headers)
-                            # the server's learnt device speed over its start-up profile as the point ends
-                            row["device_speed"] = httpx2.get(urls[name] + "/v1/models").json()["models"][0].get(
-                                "device_speed")
+                            row["device_speed"] = server_device_speed(urls[name])  # as the point ends
                             rows.append({"mode": "live", "budget_ms": budget * 1e3, "load": load, "policy": policy,
                                          "grid": name, "round": turn, **row})
-                            speed = f", device speed {row['device_speed']:.2f}x" if row["device_speed"] else ""
                             print(f"live {name:>9} {policy:>9} budget {budget * 1e3:.1f} ms {load:g}x round {turn}: "
-                                  f"{describe(row)}{speed}", flush=True)
+                                  f"{describe(row)}", flush=True)
                             time.sleep(1.0)
     return rows
 
