@@ -197,18 +197,19 @@ def raw_ort_ms(onnx_path: Path, repeats: int = 300) -> float:
 
 
 def closed_loop_costs(url: str, pid: int, path: str, body: bytes, headers: dict, n: int = 600,
-                      warmup: int = 30) -> tuple[float, float, float]:
+                      warmup: int = 30, expect: int = 200) -> tuple[float, float, float]:
     """One keep-alive connection sending back to back; per request: the server's CPU (every process
     of it), its main thread's alone (the event loop: HTTP, parsing, scheduling, replies; widthwise's
     inference runs on another thread, the bare app's on it), and the inference time the server
-    reports in ``Server-Timing`` (NaN where it does not), all in ms."""
+    reports in ``Server-Timing`` (NaN where it does not), all in ms. Every answer must have status
+    ``expect`` (a refusal's cost is timed with requests the server must refuse)."""
     with httpx2.Client(timeout=30) as client:
         for _ in range(warmup):
             client.post(url + path, content=body, headers=headers)
         cpu0, loop0, inference_ms = tree_cpu_s(pid), process_cpu_s(pid, thread=pid), 0.0
         for _ in range(n):
             r = client.post(url + path, content=body, headers=headers)
-            if r.status_code != 200:
+            if r.status_code != expect:
                 raise RuntimeError(f"{url}: HTTP {r.status_code} {r.text[:200]}")
             inference_ms += server_timing(r.headers.get("server-timing", "")).get("inference", math.nan)
         return ((tree_cpu_s(pid) - cpu0) / n * 1e3, (process_cpu_s(pid, thread=pid) - loop0) / n * 1e3,
