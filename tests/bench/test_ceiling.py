@@ -19,3 +19,25 @@ def test_refusals_that_cost_cpu_lower_the_bound():
     assert attainment_ceiling(500.0, cost_ms=4.0, refusal_ms=1.0) == pytest.approx((500.0 / 3) / 500.0)
     # refusing alone fills the core: nothing can be answered
     assert attainment_ceiling(2000.0, cost_ms=4.0, refusal_ms=1.0) == 0.0
+
+
+def test_the_ideal_server_answers_in_arrival_order_and_refuses_only_what_would_be_late():
+    from bench.ceiling import ideal_on_time
+
+    # three at once, 1 s each, 2.5 s budget: the third would end at 3 s
+    assert ideal_on_time([0.0, 0.0, 0.0], cost_s=1.0, refusal_s=0.0, budget_s=2.5) == 2
+    # a refusal takes the core for 0.5 s: the fourth would start at 2.5 s and is refused too
+    assert ideal_on_time([0.0, 0.0, 0.0, 0.0], cost_s=1.0, refusal_s=0.5, budget_s=2.5) == 2
+    # the core idles between spaced arrivals: all on time
+    assert ideal_on_time([0.0, 2.0, 4.0], cost_s=1.0, refusal_s=0.5, budget_s=1.0) == 3
+
+
+def test_the_ideal_server_is_bounded_by_the_core_and_by_waiting():
+    from bench.ceiling import ideal_attainment
+
+    assert ideal_attainment(100.0, cost_ms=5.0, refusal_ms=0.0, budget_ms=4.0) == 0.0  # no answer fits the budget
+    assert ideal_attainment(60.0, cost_ms=5.0, refusal_ms=0.0, budget_ms=50.0) > 0.99  # 0.3 of the core, 10 services of slack
+    overloaded = ideal_attainment(600.0, cost_ms=5.0, refusal_ms=0.0, budget_ms=50.0)
+    assert overloaded <= attainment_ceiling(600.0, 5.0) + 0.02  # not above what the core can do (Poisson count noise)
+    # near saturation waiting costs what the throughput bound does not see
+    assert ideal_attainment(190.0, cost_ms=5.0, refusal_ms=0.0, budget_ms=20.0) < attainment_ceiling(190.0, 5.0) - 0.03
