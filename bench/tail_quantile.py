@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from policies import LatencyProfile
-from policies.builtin import MaxWidthPolicy
+from policies.builtin import ARRIVAL_BURST_Z, MaxWidthPolicy
 from policies.simulator import SpeedTrace, arrival_times, simulate
 from server.settings import Settings
 
@@ -38,7 +38,9 @@ def main() -> None:
     parser.add_argument("--traces", required=True, help="comma-separated bench.sim_vs_live output folders")
     parser.add_argument("--variants", default="p95,p95+risk",
                         help="max-width plans to compare: pQ plans for quantile Q of recent batch times, +risk "
-                             "also weighs each plan by its chance of ending in time")
+                             "also weighs each plan by its chance of ending in time, +burstZ sizes the arrivals "
+                             "during a plan Z standard deviations above the mean, with their request CPU "
+                             "(default: the server's), +mean by their mean count alone (before session 14)")
     parser.add_argument("--learning", default="speed",
                         help="how the server's profile learns from batches, compared: speed (a device speed shared "
                              "by every width, and each entry's own difference) and/or entry (only the entry that ran)")
@@ -92,11 +94,18 @@ def main() -> None:
 
 
 def max_width(variant: str, accuracy: dict[float, float]) -> MaxWidthPolicy:
-    """``p95`` or ``p95+risk`` (see --variants) as a policy."""
-    quantile, _, risk = variant.partition("+")
-    if not quantile.startswith("p") or risk not in ("", "risk"):
-        raise SystemExit(f"variant {variant!r}: expected pQ or pQ+risk, e.g. p95+risk")
-    return MaxWidthPolicy(accuracy, tail_quantile=float(quantile[1:]) / 100, weigh_risk=bool(risk))
+    """``p95``, ``p95+risk``, ``p95+risk+burst1.28``, ``p95+risk+mean`` (see --variants) as a policy."""
+    quantile, *options = variant.split("+")
+    if not quantile.startswith("p") or any(o not in ("risk", "mean") and not o.startswith("burst") for o in options):
+        raise SystemExit(f"variant {variant!r}: expected pQ[+risk][+burstZ|+mean], e.g. p95+risk+burst1.28")
+    burst_z = ARRIVAL_BURST_Z  # the server's
+    for option in options:
+        if option == "mean":
+            burst_z = None
+        elif option.startswith("burst"):
+            burst_z = float(option[5:])
+    return MaxWidthPolicy(accuracy, tail_quantile=float(quantile[1:]) / 100, weigh_risk="risk" in options,
+                          burst_z=burst_z)
 
 
 if __name__ == "__main__":

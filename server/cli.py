@@ -14,7 +14,7 @@ __all__ = ["main", "build_parser"]
 
 
 HELP_FORMAT = argparse.ArgumentDefaultsHelpFormatter  # every flag's help ends with its default
-BENCHMARKS = ("engine", "ladder", "overhead", "overhead_ab", "decode", "policy_sim", "load", "soak", "grpc_overhead", "startup", "http_servers", "sim_vs_live", "peers", "idle_gap", "us_grid", "memory", "request_cpu", "profile_stability", "tail_quantile", "decision_cpu")
+BENCHMARKS = ("engine", "ladder", "overhead", "overhead_ab", "decode", "policy_sim", "load", "soak", "grpc_overhead", "startup", "http_servers", "sim_vs_live", "peers", "idle_gap", "us_grid", "memory", "request_cpu", "profile_stability", "tail_quantile", "decision_cpu", "ceiling")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -474,3 +474,23 @@ def test_a_profile_at_some_of_its_widths_keeps_their_measurements_and_refuses_ot
     assert two.fingerprint is None and two.tail_ratio() == 1.0  # neither the width list nor the tail carries over
     with pytest.raises(ValueError, match="not in this profile"):
         grid.at_widths((0.5, 0.6))
+
+
+def test_max_width_sizes_the_arrivals_during_a_plan_for_a_burst_with_their_request_cpu():
+    from policies.base import LoadSignals
+    from policies.builtin import arrivals_lost
+
+    accuracy = {0.25: 0.50, 0.5: 0.60, 0.75: 0.69, 1.0: 0.70}
+    queue = [item(1, deadline=0.012)]  # 1.0 takes 8 ms and leaves 4 ms
+    busy = view(queue, load=LoadSignals(arrival_rate=80.0, request_cpu_s=0.0015))  # 1.0 keeps up: 80 x 9.5 ms
+    # 0.64 arrivals expected in 8 ms: one at the narrowest (1 ms) plus its 1.5 ms of request CPU fits
+    assert arrivals_lost(busy, queue[0], 0.008) == 0.0
+    assert arrivals_lost(busy, queue[0], 0.008, burst_z=0.0) == 0.0
+    # the 90th percentile of that count is 2: 1.43 ms at the narrowest + 2 x 1.5 ms no longer fits
+    assert arrivals_lost(busy, queue[0], 0.008, burst_z=1.28) == pytest.approx(80 * (0.008 + 0.001 + (0.004 - 0.001) / 7 + 0.003 - 0.012))
+    # without request CPU the same burst fits
+    quiet = view(queue, load=LoadSignals(arrival_rate=80.0))
+    assert arrivals_lost(quiet, queue[0], 0.008, burst_z=1.28) == 0.0
+    # the policy: by default it leaves room for the burst; sized by the mean it serves 1.0
+    assert MaxWidthPolicy(accuracy).select(busy).width == 0.75
+    assert MaxWidthPolicy(accuracy, burst_z=None).select(busy).width == 1.0
