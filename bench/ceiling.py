@@ -17,6 +17,7 @@ block times raw ORT at the narrowest and the widest width (the capacity unit of 
 closed-loop costs, then one open-loop point per load, all on core 0 (this client on core 1).
 
     python -m bench.ceiling --blocks 4 --loads 2,3 --out out/ceiling
+    python -m bench.ceiling --blocks 3 --loads 1,2,3 --policies max-width,fixed:0.35
     python -m bench.ceiling --rates 154,231 --budget-ms 38.9   # the issue's fixed rates and budget
 """
 
@@ -96,17 +97,24 @@ def main() -> None:
     parser.add_argument("--budget-ms", type=float, default=None, help="default: 3x the first block's widest batch-1")
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per open-loop point")
     parser.add_argument("--requests", type=int, default=300, help="closed-loop requests per cost")
+    parser.add_argument("--policies", default="max-width",
+                        help="live servers run side by side (e.g. max-width,fixed:0.35: is a shortfall the policy's?)")
     parser.add_argument("--out", type=Path, default=Path("out/ceiling"))
     args = parser.parse_args()
+    policies = args.policies.split(",")
     args.out.mkdir(parents=True, exist_ok=True)
     checkpoint = imagenet_checkpoint("s_mobilenet_v2", args.out.resolve())
     cache = args.out.resolve() / "cache"
     flags = ["--checkpoint", str(checkpoint), "--model-name", "v2", "--threads", "1", "--startup-cache", "on",
-             "--cache-dir", str(cache), "--policy", "max-width"]
+             "--cache-dir", str(cache)]
+    if len(policies) > 1:
+        flags += ["--keep-warm-ms", "0"]  # an idle server's keep-warm would take the core from the one under load
     os.sched_setaffinity(0, {CLIENT_CORE})
     blocks = []
     with contextlib.ExitStack() as stack:
-        url = stack.enter_context(live_server(*flags, cpus={SERVER_CORE}))
+        servers = {policy: stack.enter_context(live_server(*flags, "--policy", policy, cpus={SERVER_CORE}))
+                   for policy in policies}
+        url = servers[policies[0]]  # the closed-loop costs (the width is pinned per request)
         model = httpx2.get(url + "/v1/models").json()["models"][0]
         widths = [w["width"] for w in model["widths"]]
         accuracy = {w["width"]: w["expected_accuracy"] for w in model["widths"]}
@@ -149,33 +157,37 @@ def main() -> None:
                   + "; ideal server, budget 3x the widest: "
                   + ", ".join(f"{m}x {c:.3f}" for m, c in b["ideal_at_load"].items()), flush=True)
             b["points"] = []
-            for rate in rates:
-                row = measure_point(url + lpath, lbody, rate, args.duration, budget_ms, accuracy, headers=lheaders)
-                row.update(rate=rate, load=rate / capacity,
+            for rate, policy in [(rate, policy) for rate in rates
+                                 for policy in (policies if block % 2 == 0 else policies[::-1])]:
+                row = measure_point(servers[policy] + lpath, lbody, rate, args.duration, budget_ms, accuracy,
+                                    headers=lheaders)
+                row.update(policy=policy, rate=rate, load=rate / capacity,
                            ceiling_free_refusals=attainment_ceiling(rate, b["cost_ms"]),
                            ceiling=attainment_ceiling(rate, b["cost_ms"], b["refusal_ms"]),
                            bare_ceiling=attainment_ceiling(rate, b["bare_cost_ms"]),
                            ideal=ideal_attainment(rate, b["cost_ms"], b["refusal_ms"], budget_ms, args.duration),
                            bare_ideal=ideal_attainment(rate, b["bare_cost_ms"], 0.0, budget_ms, args.duration))
                 b["points"].append(row)
-                print(f"  {rate:.0f} req/s ({row['load']:.1f}x): ideal server {row['ideal']:.3f} (bare app's costs, "
+                print(f"  {policy:>11} {rate:.0f} req/s ({row['load']:.1f}x): ideal server {row['ideal']:.3f} (bare app's costs, "
                       f"free refusals {row['bare_ideal']:.3f}), throughput ceiling {row['ceiling']:.3f}; live {describe(row)}",
                       flush=True)
                 time.sleep(1.0)
             blocks.append(b)
     print(f"\nbudget {budget_ms:.1f} ms; medians over {len(blocks)} blocks")
-    print("| load | req/s | throughput ceiling | ideal server | ideal, bare app's costs, free refusals | live max-width | live / ideal |")
-    print("|---|---|---|---|---|---|---|")
+    print("| policy | load | req/s | throughput ceiling | ideal server | ideal, bare app's costs, free refusals | live | live / ideal |")
+    print("|---|---|---|---|---|---|---|---|")
     summary = []
-    for i in range(len(blocks[0]["points"])):
-        pts = [b["points"][i] for b in blocks]
+    for policy, i in [(policy, i) for i in range(len(blocks[0]["points"]) // len(policies)) for policy in policies]:
+        pts = [[p for p in b["points"] if p["policy"] == policy][i] for b in blocks]
         med = {k: statistics.median(p[k] for p in pts)
                for k in ("load", "rate", "ceiling", "ceiling_free_refusals", "bare_ceiling", "ideal", "bare_ideal",
                          "attainment")}
         med["live_over_ideal"] = statistics.median(p["attainment"] / p["ideal"] for p in pts)
-        summary.append(med)
-        print(f"| {med['load']:.2f}x | {med['rate']:.0f} | {med['ceiling']:.3f} | {med['ideal']:.3f} | "
-              f"{med['bare_ideal']:.3f} | {med['attainment']:.3f} | {med['live_over_ideal']:.2f} |")
+        med["accuracy_per_sent"] = statistics.median(p["accuracy_per_sent"] for p in pts)
+        summary.append({"policy": policy, **med})
+        print(f"| {policy} | {med['load']:.2f}x | {med['rate']:.0f} | {med['ceiling']:.3f} | {med['ideal']:.3f} | "
+              f"{med['bare_ideal']:.3f} | {med['attainment']:.3f} / {med['accuracy_per_sent']:.3f} | "
+              f"{med['live_over_ideal']:.2f} |")
     costs = {k: statistics.median(b[k] for b in blocks)
              for k in ("raw_narrow_ms", "raw_widest_ms", "cost_ms", "loop_ms", "refusal_ms", "bare_cost_ms")}
     print("costs (ms, medians): " + ", ".join(f"{k} {v:.2f}" for k, v in costs.items()))
