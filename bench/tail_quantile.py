@@ -40,7 +40,8 @@ def main() -> None:
                         help="max-width plans to compare: pQ plans for quantile Q of recent batch times, +risk "
                              "also weighs each plan by its chance of ending in time, +burstZ sizes the arrivals "
                              "during a plan Z standard deviations above the mean, with their request CPU "
-                             "(default: the server's), +mean by their mean count alone (before session 14)")
+                             "(default: the server's), +mean by their mean count alone (before session 14), +strict "
+                             "keeps unsustainable widths from a batch that is the whole queue too (before session 14)")
     parser.add_argument("--learning", default="speed",
                         help="how the server's profile learns from batches, compared: speed (a device speed shared "
                              "by every width, and each entry's own difference) and/or entry (only the entry that ran)")
@@ -94,10 +95,12 @@ def main() -> None:
 
 
 def max_width(variant: str, accuracy: dict[float, float]) -> MaxWidthPolicy:
-    """``p95``, ``p95+risk``, ``p95+risk+burst1.28``, ``p95+risk+mean`` (see --variants) as a policy."""
+    """``p95``, ``p95+risk``, ``p95+risk+burst1.28``, ``p95+risk+mean``, ``p95+risk+strict`` (see
+    --variants) as a policy."""
     quantile, *options = variant.split("+")
-    if not quantile.startswith("p") or any(o not in ("risk", "mean") and not o.startswith("burst") for o in options):
-        raise SystemExit(f"variant {variant!r}: expected pQ[+risk][+burstZ|+mean], e.g. p95+risk+burst1.28")
+    if not quantile.startswith("p") or any(o not in ("risk", "mean", "strict") and not o.startswith("burst")
+                                           for o in options):
+        raise SystemExit(f"variant {variant!r}: expected pQ[+risk][+burstZ|+mean][+strict], e.g. p95+risk+burst1.28")
     burst_z = ARRIVAL_BURST_Z  # the server's
     for option in options:
         if option == "mean":
@@ -105,7 +108,7 @@ def max_width(variant: str, accuracy: dict[float, float]) -> MaxWidthPolicy:
         elif option.startswith("burst"):
             burst_z = float(option[5:])
     return MaxWidthPolicy(accuracy, tail_quantile=float(quantile[1:]) / 100, weigh_risk="risk" in options,
-                          burst_z=burst_z)
+                          burst_z=burst_z, idle_wide="strict" not in options)
 
 
 if __name__ == "__main__":

@@ -192,12 +192,22 @@ def sustainable_widths(view: DispatchView, utilization: float = SUSTAINABLE_UTIL
 PATIENT_SLACK_FACTOR = 4.0
 
 
-def allowed_widths(view: DispatchView, items: list[QueuedItem], sustainable: list[float]) -> list[float]:
-    """Widths max-width may give ``items`` (run as one batch): the ``sustainable`` ones, and any width
-    at which the batch is patient (earliest deadline >= PATIENT_SLACK_FACTOR service times away)."""
+def allowed_widths(view: DispatchView, items: list[QueuedItem], sustainable: list[float],
+                   idle_behind: bool = False) -> list[float]:
+    """Widths max-width may give ``items`` (run as one batch): the ``sustainable`` ones, any width at
+    which the batch is patient (earliest deadline >= PATIENT_SLACK_FACTOR service times away), and with
+    ``idle_behind``, for a lone request with nothing queued behind it, any width the device could
+    sustain at the arrival rate using all of it (the limit's headroom is for a backlog, and there is
+    none; what the next arrivals lose to the wider batch is charged by :func:`arrivals_lost`).
+    Excluding a width just over the limit outright made max-width serve the next narrower width for
+    every batch at half the real capacity (the widest rated at 0.855 of the core against 0.85: live
+    1.0 for 7-58% of answers, BENCHMARKS.md "Session 14"); now lone requests get it and batches of two
+    or more keep to the limit, a mix that settles near it."""
     slack = min(i.deadline for i in items) - view.now
     samples = sum(i.samples for i in items)
-    return [w for w in view.widths if w in sustainable or slack >= PATIENT_SLACK_FACTOR * view.service(w, samples)]
+    lone = idle_behind and len(items) == 1 and len(view.queue) == 1  # nothing queued behind it
+    return [w for w in view.widths if w in sustainable or slack >= PATIENT_SLACK_FACTOR * view.service(w, samples)
+            or (lone and keeps_up(view, w, 1.0))]
 
 
 # Which quantile of the recent observed / predicted batch times max-width plans for. 0.9 was
@@ -260,14 +270,16 @@ class MaxWidthPolicy:
     name = "max-width"
 
     def __init__(self, accuracy: dict[float, float] | None = None, tail_quantile: float = TAIL_QUANTILE,
-                 weigh_risk: bool = True, burst_z: float | None = ARRIVAL_BURST_Z) -> None:
+                 weigh_risk: bool = True, burst_z: float | None = ARRIVAL_BURST_Z, idle_wide: bool = True) -> None:
         """``tail_quantile``: of the recent batch times, which one to plan for (:func:`tail_view`);
         ``weigh_risk``: weigh plans by their chance of ending in time (:func:`best_split`);
         ``burst_z``: how the arrivals during a plan are sized (:func:`arrivals_lost`; None: their mean
-        count, as before session 14)."""
+        count, as before session 14); ``idle_wide``: an unsustainable width may serve a batch that is the
+        whole queue (:func:`allowed_widths`)."""
         self.tail_quantile = tail_quantile
         self.weigh_risk = weigh_risk
         self.burst_z = burst_z
+        self.idle_wide = idle_wide
         # What a sample served at each width is worth: its expected accuracy when the model card has
         # one for every width (made non-decreasing, plus a hair of width so that equal accuracies still
         # go to the wider width: at low load this policy serves the widest), else the width itself.
@@ -289,7 +301,7 @@ class MaxWidthPolicy:
             return Decision(view.widths[-1], tuple(i.id for i in batch), Reason.NO_BUDGET)
         sustainable = sustainable_widths(view, sustainable_utilization(view))  # once per dispatch, not per split
         allowed = None if len(sustainable) == len(view.widths) else (
-            lambda items: allowed_widths(view, items, sustainable))
+            lambda items: allowed_widths(view, items, sustainable, self.idle_wide))
         plan = None
         cautious = tail_view(view, self.tail_quantile)
         if cautious is not None:  # plan for the recent tail when some width still fits it

@@ -371,8 +371,12 @@ def test_max_width_leaves_more_headroom_when_the_servers_own_cpu_shares_the_core
     # ...but with 1 ms of HTTP and decoding per request on the same core it is 0.9: above the 0.85
     # kept for a shared core (the 1.2 limit would have allowed it); 0.75 (4 + 1 ms: 0.5) stays.
     shared = view(queue, load=LoadSignals(arrival_rate=100.0, request_cpu_s=0.001))
-    decision = MaxWidthPolicy().select(shared)
+    decision = MaxWidthPolicy(idle_wide=False).select(shared)
     assert decision.width == 0.75 and decision.reason == "load"
+    # (a lone request may still get 1.0, which the core sustains at 0.9 of it: the headroom is for a
+    # backlog; test_max_width_gives_a_lone_request_the_widest_...)
+    backlog = view(queue + [item(2, deadline=0.013)], load=LoadSignals(arrival_rate=100.0, request_cpu_s=0.001))
+    assert MaxWidthPolicy().select(backlog).width <= 0.75
 
 
 def test_max_width_does_not_throttle_patient_requests():
@@ -494,3 +498,21 @@ def test_max_width_sizes_the_arrivals_during_a_plan_for_a_burst_with_their_reque
     # the policy: by default it leaves room for the burst; sized by the mean it serves 1.0
     assert MaxWidthPolicy(accuracy).select(busy).width == 0.75
     assert MaxWidthPolicy(accuracy, burst_z=None).select(busy).width == 1.0
+
+
+def test_max_width_gives_a_lone_request_the_widest_even_when_the_widest_cannot_sustain_the_rate():
+    from policies.base import LoadSignals
+    from policies.builtin import keeps_up
+
+    accuracy = {0.25: 0.50, 0.5: 0.60, 0.75: 0.69, 1.0: 0.70}
+    load = LoadSignals(arrival_rate=100.0, request_cpu_s=0.001)  # 1.0: 100 x (8 + 1) ms = 0.9 of the core
+    lone = view([item(1, deadline=0.030)], load=load)  # 30 ms: 1.0 fits, but not 4 of its service times
+    assert not keeps_up(lone, 1.0, 0.85) and keeps_up(lone, 0.75, 0.85)
+    assert MaxWidthPolicy(accuracy).select(lone).width == 1.0  # nothing behind it: no backlog to guard
+    assert MaxWidthPolicy(accuracy, idle_wide=False).select(lone).width == 0.75  # as before session 14
+    # a backlog (two queued) keeps to the widths that sustain the rate
+    backlog = view([item(1, deadline=0.030), item(2, deadline=0.031)], load=load)
+    assert MaxWidthPolicy(accuracy).select(backlog).width <= 0.75
+    # a width the core cannot sustain even using all of it stays out, lone request or not
+    flood = view([item(1, deadline=0.030)], load=LoadSignals(arrival_rate=150.0, request_cpu_s=0.001))
+    assert MaxWidthPolicy(accuracy).select(flood).width <= 0.75  # 1.0: 150 x 9 ms = 1.35 of the core
