@@ -274,8 +274,9 @@ class MaxWidthPolicy:
         """``tail_quantile``: of the recent batch times, which one to plan for (:func:`tail_view`);
         ``weigh_risk``: weigh plans by their chance of ending in time (:func:`best_split`);
         ``burst_z``: how the arrivals during a plan are sized (:func:`arrivals_lost`; None: their mean
-        count, as before session 14); ``idle_wide``: an unsustainable width may serve a batch that is the
-        whole queue (:func:`allowed_widths`)."""
+        count, as before session 14); ``idle_wide``: a lone request with nothing queued behind it may have
+        a width just over the sustainability limit, one the core sustains using all of itself
+        (:func:`allowed_widths`; False: the limit for every batch, as before session 14)."""
         self.tail_quantile = tail_quantile
         self.weigh_risk = weigh_risk
         self.burst_z = burst_z
