@@ -36,7 +36,7 @@ import httpx2
 from bench.common import imagenet_checkpoint, live_server
 from bench.load import describe, measure_point, v2_request
 from bench.overhead import serving_requests
-from bench.peers import RawOrt, bare_server, closed_loop_costs
+from bench.peers import RawOrt, bare_server, closed_loop_costs, on_core
 from policies.simulator import arrival_times
 
 SERVER_CORE, CLIENT_CORE = 0, 1
@@ -77,16 +77,6 @@ def ideal_attainment(rate: float, cost_ms: float, refusal_ms: float, budget_ms: 
     if not arrivals:
         return 1.0
     return ideal_on_time(arrivals, cost_ms / 1e3, refusal_ms / 1e3, budget_ms / 1e3) / len(arrivals)
-
-
-def on_core(core: int, fn, *args):
-    """Run ``fn`` with this process moved to ``core`` (raw ORT on the servers' core), then back."""
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {core})
-    try:
-        return fn(*args)
-    finally:
-        os.sched_setaffinity(0, before)
 
 
 def main() -> None:

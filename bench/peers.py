@@ -191,6 +191,16 @@ class RawOrt:
         return statistics.median(times)
 
 
+def on_core(core: int, fn, *args):
+    """Run ``fn`` with this process moved to ``core`` (raw ORT on the servers' core), then back."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {core})
+    try:
+        return fn(*args)
+    finally:
+        os.sched_setaffinity(0, before)
+
+
 def raw_ort_ms(onnx_path: Path, repeats: int = 300) -> float:
     """Median batch-1 ONNX Runtime time of this file on one thread, in this (pinned) process."""
     return RawOrt(onnx_path).median_ms(repeats)
@@ -246,9 +256,7 @@ def main() -> None:
         onnx = {w: next(cache.glob(f"export-*/{w!r}.onnx")).resolve() for w in widths}
         # Serving overhead at two widths: widthwise pinned to the width vs the bare app of that width.
         for width in (widths[0], widths[-1]):
-            os.sched_setaffinity(0, {0})  # raw ORT on the server's core, then back
-            raw = raw_ort_ms(onnx[width])
-            os.sched_setaffinity(0, {1})
+            raw = on_core(0, raw_ort_ms, onnx[width])
             ours = closed_loop_cpu_ms(url, url.pid, path, body, {**headers, "X-Width": repr(width)})
             with bare_server(onnx[width], width, {0}) as (bare_url, bare_pid):
                 bare = closed_loop_cpu_ms(bare_url, bare_pid, path, body, headers)

@@ -25,7 +25,7 @@ from pathlib import Path
 from bench.common import imagenet_checkpoint, live_server
 from bench.overhead import serving_requests
 from bench.overhead_ab import worktree
-from bench.peers import RawOrt, bare_server, closed_loop_costs
+from bench.peers import RawOrt, bare_server, closed_loop_costs, on_core
 
 SERVER_CORE, CLIENT_CORE = 0, 1
 
@@ -52,16 +52,12 @@ def main() -> None:
             servers[args.baseline] = stack.enter_context(live_server(*flags, cpus={SERVER_CORE}, tree=base))
         onnx = next(cache.glob(f"export-*/{float(args.width)!r}.onnx")).resolve()
         bare_url, bare_pid = stack.enter_context(bare_server(onnx, float(args.width), {SERVER_CORE}))
-        os.sched_setaffinity(0, {SERVER_CORE})  # raw ORT on the servers' core, then back
-        raw_ort = RawOrt(onnx)
-        raw = raw_ort.median_ms(300)
-        os.sched_setaffinity(0, {CLIENT_CORE})
+        raw_ort = on_core(SERVER_CORE, RawOrt, onnx)  # raw ORT on the servers' core
+        raw = on_core(SERVER_CORE, raw_ort.median_ms, 300)
         cells: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
         raw_per_block = []
         for block in range(args.blocks):
-            os.sched_setaffinity(0, {SERVER_CORE})
-            raw_per_block.append(raw_ort.median_ms(100))
-            os.sched_setaffinity(0, {CLIENT_CORE})
+            raw_per_block.append(on_core(SERVER_CORE, raw_ort.median_ms, 100))
             for kind, (path, body, headers) in requests.items():
                 targets = [(name, url, url.pid) for name, url in servers.items()]
                 if kind == "v2_binary_tensor":  # the bare app serves the v2 tensor only

@@ -41,7 +41,7 @@ def main() -> None:
                              "also weighs each plan by its chance of ending in time, +burstZ sizes the arrivals "
                              "during a plan Z standard deviations above the mean, with their request CPU "
                              "(default: the server's), +mean by their mean count alone (before session 14), +strict "
-                             "keeps unsustainable widths from a batch that is the whole queue too (before session 14)")
+                             "keeps unsustainable widths from a lone request too (before session 14)")
     parser.add_argument("--learning", default="speed",
                         help="how the server's profile learns from batches, compared: speed (a device speed shared "
                              "by every width, and each entry's own difference) and/or entry (only the entry that ran)")
