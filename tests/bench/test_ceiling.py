@@ -41,3 +41,17 @@ def test_the_ideal_server_is_bounded_by_the_core_and_by_waiting():
     assert overloaded <= attainment_ceiling(600.0, 5.0) + 0.02  # not above what the core can do (Poisson count noise)
     # near saturation waiting costs what the throughput bound does not see
     assert ideal_attainment(190.0, cost_ms=5.0, refusal_ms=0.0, budget_ms=20.0) < attainment_ceiling(190.0, 5.0) - 0.03
+
+
+def test_on_core_runs_there_and_gives_the_caller_its_cores_back():
+    import os
+
+    from bench.peers import on_core
+
+    before = os.sched_getaffinity(0)
+    core = min(before)
+    assert on_core(core, lambda: os.sched_getaffinity(0)) == {core}
+    assert os.sched_getaffinity(0) == before
+    with pytest.raises(ZeroDivisionError):
+        on_core(core, lambda: 1 / 0)
+    assert os.sched_getaffinity(0) == before  # also when the work raises
