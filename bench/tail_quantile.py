@@ -41,7 +41,8 @@ def main() -> None:
                              "also weighs each plan by its chance of ending in time, +burstZ sizes the arrivals "
                              "during a plan Z standard deviations above the mean, with their request CPU "
                              "(default: the server's), +mean by their mean count alone (before session 14), +strict "
-                             "keeps unsustainable widths from a lone request too (before session 14)")
+                             "keeps unsustainable widths from a lone request too (before session 14), +shrink lets "
+                             "the tail shrink batches at the narrowest width too (before session 15)")
     parser.add_argument("--learning", default="speed",
                         help="how the server's profile learns from batches, compared: speed (a device speed shared "
                              "by every width, and each entry's own difference) and/or entry (only the entry that ran)")
@@ -95,12 +96,12 @@ def main() -> None:
 
 
 def max_width(variant: str, accuracy: dict[float, float]) -> MaxWidthPolicy:
-    """``p95``, ``p95+risk``, ``p95+risk+burst1.28``, ``p95+risk+mean``, ``p95+risk+strict`` (see
-    --variants) as a policy."""
+    """``p95``, ``p95+risk``, ``p95+risk+burst1.28``, ``p95+risk+mean``, ``p95+risk+strict``,
+    ``p95+risk+shrink`` (see --variants) as a policy."""
     quantile, *options = variant.split("+")
-    if not quantile.startswith("p") or any(o not in ("risk", "mean", "strict") and not o.startswith("burst")
+    if not quantile.startswith("p") or any(o not in ("risk", "mean", "strict", "shrink") and not o.startswith("burst")
                                            for o in options):
-        raise SystemExit(f"variant {variant!r}: expected pQ[+risk][+burstZ|+mean][+strict], e.g. p95+risk+burst1.28")
+        raise SystemExit(f"variant {variant!r}: expected pQ[+risk][+burstZ|+mean][+strict][+shrink], e.g. p95+risk+burst1.28")
     burst_z = ARRIVAL_BURST_Z  # the server's
     for option in options:
         if option == "mean":
@@ -108,7 +109,8 @@ def max_width(variant: str, accuracy: dict[float, float]) -> MaxWidthPolicy:
         elif option.startswith("burst"):
             burst_z = float(option[5:])
     return MaxWidthPolicy(accuracy, tail_quantile=float(quantile[1:]) / 100, weigh_risk="risk" in options,
-                          burst_z=burst_z, idle_wide="strict" not in options)
+                          burst_z=burst_z, idle_wide="strict" not in options,
+                          tail_narrows_only="shrink" not in options)
 
 
 if __name__ == "__main__":

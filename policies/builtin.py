@@ -270,17 +270,23 @@ class MaxWidthPolicy:
     name = "max-width"
 
     def __init__(self, accuracy: dict[float, float] | None = None, tail_quantile: float = TAIL_QUANTILE,
-                 weigh_risk: bool = True, burst_z: float | None = ARRIVAL_BURST_Z, idle_wide: bool = True) -> None:
+                 weigh_risk: bool = True, burst_z: float | None = ARRIVAL_BURST_Z, idle_wide: bool = True,
+                 tail_narrows_only: bool = True) -> None:
         """``tail_quantile``: of the recent batch times, which one to plan for (:func:`tail_view`);
         ``weigh_risk``: weigh plans by their chance of ending in time (:func:`best_split`);
         ``burst_z``: how the arrivals during a plan are sized (:func:`arrivals_lost`; None: their mean
         count, as before session 14); ``idle_wide``: a lone request with nothing queued behind it may have
         a width just over the sustainability limit, one the core sustains using all of itself
-        (:func:`allowed_widths`; False: the limit for every batch, as before session 14)."""
+        (:func:`allowed_widths`; False: the limit for every batch, as before session 14);
+        ``tail_narrows_only``: when the plan for the recent tail runs at the narrowest width, as the plain
+        plan does, the plain plan's batch is taken -- there the tail cannot narrow the width, only split
+        the batch, which under overload (tail ratios of ~2 from arrivals stealing the core) served one
+        request per batch and gave up throughput (False: the tail's batch, as before session 15)."""
         self.tail_quantile = tail_quantile
         self.weigh_risk = weigh_risk
         self.burst_z = burst_z
         self.idle_wide = idle_wide
+        self.tail_narrows_only = tail_narrows_only
         # What a sample served at each width is worth: its expected accuracy when the model card has
         # one for every width (made non-decreasing, plus a hair of width so that equal accuracies still
         # go to the wider width: at low load this policy serves the widest), else the width itself.
@@ -307,6 +313,12 @@ class MaxWidthPolicy:
         cautious = tail_view(view, self.tail_quantile)
         if cautious is not None:  # plan for the recent tail when some width still fits it
             plan = best_split(cautious, batch, allowed, self.value, self.weigh_risk, self.burst_z)
+            if self.tail_narrows_only and plan is not None and plan[0] == view.widths[0]:
+                # at the narrowest width the tail can only shrink the batch: under overload that sheds
+                # throughput when it is scarcest, so the batch is sized as admission promised
+                plain = best_split(view, batch, allowed, self.value, self.weigh_risk, self.burst_z)
+                if plain is not None and plain[0] == plan[0]:
+                    plan = plain
         if plan is None:  # else as before: the profile plus margin, as admission promised
             plan = best_split(view, batch, allowed, self.value, self.weigh_risk, self.burst_z)
         if plan is None:  # the head is late whatever runs: the narrowest, for everyone queued with it
