@@ -235,6 +235,13 @@ def pinned_decision(view: DispatchView) -> Decision | None:
     return Decision(head.width, tuple(i.id for i in batch), Reason.PINNED)
 
 
+# How likely, by the recent batches, the plain plan's batch must be to end in time for max-width to
+# take it over the tail plan's smaller batch at the narrowest width (``tail_narrows_only``). Without
+# this check, simulated at 2x-3x load with a budget of 6x the widest batch-1, the bigger batches ran
+# past the head's deadline more often than the throughput they bought (BENCHMARKS.md, "Session 15").
+PLAIN_BATCH_CHANCE = 0.8
+
+
 class FixedPolicy:
     """Every unpinned request runs at one width: the baseline adaptive policies are judged against."""
 
@@ -279,8 +286,9 @@ class MaxWidthPolicy:
         a width just over the sustainability limit, one the core sustains using all of itself
         (:func:`allowed_widths`; False: the limit for every batch, as before session 14);
         ``tail_narrows_only``: when the plan for the recent tail runs at the narrowest width, as the plain
-        plan does, the plain plan's batch is taken -- there the tail cannot narrow the width, only split
-        the batch, which under overload (tail ratios of ~2 from arrivals stealing the core) served one
+        plan does, the plain plan's batch is taken if the recent batches give it a good chance of ending
+        in time (:data:`PLAIN_BATCH_CHANCE`) -- there the tail cannot narrow the width, only split the
+        batch, which under overload (tail ratios of ~2 from arrivals stealing the core) served one
         request per batch and gave up throughput (False: the tail's batch, as before session 15)."""
         self.tail_quantile = tail_quantile
         self.weigh_risk = weigh_risk
@@ -317,7 +325,9 @@ class MaxWidthPolicy:
                 # at the narrowest width the tail can only shrink the batch: under overload that sheds
                 # throughput when it is scarcest, so the batch is sized as admission promised
                 plain = best_split(view, batch, allowed, self.value, self.weigh_risk, self.burst_z)
-                if plain is not None and plain[0] == plan[0]:
+                if plain is not None and plain[0] == plan[0] and view.on_time_chance(
+                        view.service(plain[0], sum(i.samples for i in batch[:plain[1]])),
+                        head.deadline - view.now) >= PLAIN_BATCH_CHANCE:
                     plan = plain
         if plan is None:  # else as before: the profile plus margin, as admission promised
             plan = best_split(view, batch, allowed, self.value, self.weigh_risk, self.burst_z)

@@ -211,19 +211,26 @@ def test_max_width_plans_for_the_recent_tail_when_a_width_still_fits_it():
 def test_max_width_lets_the_tail_narrow_widths_but_not_shrink_batches_at_the_narrowest():
     from policies.base import LoadSignals
 
-    profile = LatencyProfile.from_dict(PROFILE.as_dict(), ewma_alpha=0.0)
-    for _ in range(100):
-        profile.observe(0.25, 1, 0.001 * 2.0)  # batches have been running 2x their profile
+    def profile_with_recent(ratios):
+        profile = LatencyProfile.from_dict(PROFILE.as_dict(), ewma_alpha=0.0)
+        for ratio in ratios:
+            profile.observe(0.25, 1, 0.001 * ratio)
+        return profile
+
     # overload: only the narrowest keeps up; two queued with 3 ms budgets, 2.5 and 2.9 ms left
     load = LoadSignals(arrival_rate=2000.0)
     queue = [item(1, deadline=0.0035, arrival=0.0005), item(2, deadline=0.0039, arrival=0.0009)]
-    overloaded = view(queue, now=0.001, profile=profile, margin=0.1, load=load)
-    # planned for the 2x tail, a batch of two (2.86 ms) misses the head's deadline and one (2 ms) leaves
-    # too little for the second: the tail only shrinks the batch at the width it would run anyway, so
-    # both run together as the profile and margin plan it (1.57 ms)
-    decision = MaxWidthPolicy().select(overloaded)
+    # 10% of recent batches ran 2x their profile: planned for that tail (p95), a batch of two (2.86 ms)
+    # misses the head's deadline and one (2 ms) leaves too little for the second; the tail only shrinks
+    # the batch at the width it would run anyway, and 90% of recent batches would have ended the pair in
+    # time (1.57 ms planned against 2.5 ms), so both run together as the profile and margin plan it
+    tailing = view(queue, now=0.001, profile=profile_with_recent([1.0] * 90 + [2.0] * 10), margin=0.1, load=load)
+    decision = MaxWidthPolicy().select(tailing)
     assert (decision.width, decision.request_ids) == (0.25, (1, 2))
-    assert MaxWidthPolicy(tail_narrows_only=False).select(overloaded).request_ids == (1,)  # before session 15
+    assert MaxWidthPolicy(tail_narrows_only=False).select(tailing).request_ids == (1,)  # before session 15
+    # ...unless the recent batches say the pair would likely miss: every one ran 2x
+    slow = view(queue, now=0.001, profile=profile_with_recent([2.0] * 100), margin=0.1, load=load)
+    assert MaxWidthPolicy().select(slow).request_ids == (1,)
     # where the tail changes the width, it still decides (the plan above, at low load)
     lone = view([item(1, deadline=0.012)], profile=LatencyProfile.from_dict(PROFILE.as_dict(), ewma_alpha=0.0), margin=0.1)
     for _ in range(100):
