@@ -322,13 +322,7 @@ class MaxWidthPolicy:
         if cautious is not None:  # plan for the recent tail when some width still fits it
             plan = best_split(cautious, batch, allowed, self.value, self.weigh_risk, self.burst_z)
             if self.tail_narrows_only and plan is not None and plan[0] == view.widths[0]:
-                # at the narrowest width the tail can only shrink the batch: under overload that sheds
-                # throughput when it is scarcest, so the batch is sized as admission promised
-                plain = best_split(view, batch, allowed, self.value, self.weigh_risk, self.burst_z)
-                if plain is not None and plain[0] == plan[0] and view.on_time_chance(
-                        view.service(plain[0], sum(i.samples for i in batch[:plain[1]])),
-                        head.deadline - view.now) >= PLAIN_BATCH_CHANCE:
-                    plan = plain
+                plan = self._plain_batch_if_likely(view, batch, allowed, plan)
         if plan is None:  # else as before: the profile plus margin, as admission promised
             plan = best_split(view, batch, allowed, self.value, self.weigh_risk, self.burst_z)
         if plan is None:  # the head is late whatever runs: the narrowest, for everyone queued with it
@@ -336,6 +330,20 @@ class MaxWidthPolicy:
         width, count = plan
         reason = Reason.BUDGET if width >= budget_width(view, head) else Reason.LOAD
         return Decision(width, tuple(i.id for i in batch[:count]), reason)
+
+    def _plain_batch_if_likely(self, view: DispatchView, batch: list[QueuedItem],
+                               allowed: Callable[[list[QueuedItem]], list[float]] | None,
+                               tail_plan: tuple[float, int]) -> tuple[float, int]:
+        """At the narrowest width the tail cannot narrow the width, only shrink the batch, and under
+        overload that sheds throughput when it is scarcest: the plain plan's batch (profile and margin,
+        as admission promised) when it runs at the same width and the recent batches give it
+        :data:`PLAIN_BATCH_CHANCE` of ending in time; else ``tail_plan``."""
+        plain = best_split(view, batch, allowed, self.value, self.weigh_risk, self.burst_z)
+        if plain is None or plain[0] != tail_plan[0]:
+            return tail_plan
+        planned = view.service(plain[0], sum(i.samples for i in batch[:plain[1]]))
+        likely = view.on_time_chance(planned, batch[0].deadline - view.now) >= PLAIN_BATCH_CHANCE
+        return plain if likely else tail_plan
 
     def observe(self, width: float, latency_s: float, budget_s: float | None, deadline_met: bool) -> None:
         pass
