@@ -139,7 +139,7 @@ class LatencyProfile:
             # raw seconds into the entry for 2 (as this once did) made every batch of 2 look that slow.
             nearest = min(row, key=lambda b: abs(b - batch))
             row[nearest] += self.ewma_alpha * (row[nearest] * ratio - row[nearest])
-            self._table = monotone(self._raw)
+            self._table = _remonotone(self._raw, self._table, width)
 
     def at_widths(self, widths: Iterable[float]) -> "LatencyProfile":
         """The same measurements for ``widths`` only (e.g. four widths of a measured grid), as this profile
@@ -287,6 +287,27 @@ def _without_round_speed(rounds: list[dict], pairs: list) -> dict:
         level = statistics.median(speed)
         speed = [s / level for s in speed]
     return base
+
+
+def _remonotone(raw: Mapping[float, Mapping[int, float]], table: dict[float, dict[int, float]],
+                changed: float) -> dict[float, dict[int, float]]:
+    """``monotone(raw)`` after only ``raw[changed]`` moved, given ``table == monotone(raw before)``:
+    rows narrower than ``changed`` stay, and each wider row depends only on its own raw row and the
+    made-monotone row below it, so the work stops at the first row that comes out as it was. Every
+    observed batch re-made the whole table, 22 us per batch on a 14-width grid on the inference thread."""
+    widths = sorted(raw)
+    at = widths.index(changed)
+    out = dict(table)  # a new table: the rows of the old one stay as they were (``_measured`` keeps one)
+    previous = out[widths[at - 1]] if at else {}
+    for width in widths[at:]:
+        row, floor = {}, 0.0
+        for batch in sorted(raw[width]):
+            floor = max(floor, raw[width][batch], previous.get(batch, 0.0))
+            row[batch] = floor
+        if row == table[width]:
+            break
+        out[width] = previous = row
+    return out
 
 
 def monotone(table: Mapping[float, Mapping[int, float]]) -> dict[float, dict[int, float]]:

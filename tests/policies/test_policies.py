@@ -546,3 +546,20 @@ def test_max_width_gives_a_lone_request_the_widest_even_when_the_widest_cannot_s
     # a width the core cannot sustain even using all of it stays out, lone request or not
     flood = view([item(1, deadline=0.030)], load=LoadSignals(arrival_rate=150.0, request_cpu_s=0.001))
     assert MaxWidthPolicy(accuracy).select(flood).width <= 0.75  # 1.0: 150 x 9 ms = 1.35 of the core
+
+
+def test_learning_keeps_the_table_exactly_as_remaking_it_whole_would():
+    """The profile re-makes only the rows an observed batch can move; after any sequence of batches
+    its table is what making the whole table monotone again gives."""
+    import random
+
+    rng = random.Random(7)
+    table = {w: {1: 0.001 * (1 + 4 * w), 2: 0.0018 * (1 + 4 * w), 8: 0.006 * (1 + 4 * w)}
+             for w in (0.35, 0.4, 0.5, 0.6, 0.75, 0.9, 1.0)}
+    profile = LatencyProfile(table, ewma_alpha=0.3)
+    measured = {w: dict(row) for w, row in profile._measured.items()}
+    for _ in range(500):
+        width, batch = rng.choice(profile.widths), rng.choice((1, 2, 3, 5, 8))
+        profile.observe(width, batch, profile.predict(width, batch) * rng.uniform(0.3, 3.0))
+        assert profile._table == monotone(profile._raw)
+    assert profile._measured == measured  # what the device speed is learnt against never moves
