@@ -300,10 +300,7 @@ def _remonotone(raw: Mapping[float, Mapping[int, float]], table: dict[float, dic
     out = dict(table)  # a new table: the rows of the old one stay as they were (``_measured`` keeps one)
     previous = out[widths[at - 1]] if at else {}
     for width in widths[at:]:
-        row, floor = {}, 0.0
-        for batch in sorted(raw[width]):
-            floor = max(floor, raw[width][batch], previous.get(batch, 0.0))
-            row[batch] = floor
+        row = _monotone_row(raw[width], previous)
         if row == table[width]:
             break
         out[width] = previous = row
@@ -319,9 +316,14 @@ def monotone(table: Mapping[float, Mapping[int, float]]) -> dict[float, dict[int
     out: dict[float, dict[int, float]] = {}
     previous: dict[int, float] = {}
     for width in sorted(table):
-        row, floor = {}, 0.0
-        for batch in sorted(table[width]):
-            floor = max(floor, table[width][batch], previous.get(batch, 0.0))
-            row[batch] = floor
-        out[width] = previous = row
+        out[width] = previous = _monotone_row(table[width], previous)
+    return out
+
+
+def _monotone_row(row: Mapping[int, float], below: Mapping[int, float]) -> dict[int, float]:
+    """One width's row, non-decreasing in batch size and never below the narrower width's ``below``."""
+    out, floor = {}, 0.0
+    for batch in sorted(row):
+        floor = max(floor, row[batch], below.get(batch, 0.0))
+        out[batch] = floor
     return out
