@@ -321,7 +321,8 @@ class MaxWidthPolicy:
         cautious = tail_view(view, self.tail_quantile)
         if cautious is not None:  # plan for the recent tail when some width still fits it
             plan = best_split(cautious, batch, allowed, self.value, self.weigh_risk, self.burst_z)
-            if self.tail_narrows_only and plan is not None and plan[0] == view.widths[0]:
+            # (a lone candidate has no batch to shrink: the plain plan would be the same or wider)
+            if self.tail_narrows_only and plan is not None and plan[0] == view.widths[0] and len(batch) > 1:
                 plan = self._plain_batch_if_likely(view, batch, allowed, plan)
         if plan is None:  # else as before: the profile plus margin, as admission promised
             plan = best_split(view, batch, allowed, self.value, self.weigh_risk, self.burst_z)
