@@ -55,6 +55,6 @@ class SlimBlock(nn.Module):
             out = out + (self.shortcut(x, idx) if self.shortcut is not None else x)
         return torch.relu(out) if self.post_relu else out
 
-    def export(self, idx: int) -> PlainBlock:
-        shortcut = self.shortcut.export(idx) if self.shortcut is not None else None
-        return PlainBlock(self.body.export(idx), shortcut, self.residual, self.post_relu)
+    def export(self, idx: int, share: bool = False) -> PlainBlock:
+        shortcut = self.shortcut.export(idx, share) if self.shortcut is not None else None
+        return PlainBlock(self.body.export(idx, share), shortcut, self.residual, self.post_relu)

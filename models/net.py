@@ -124,35 +124,23 @@ class SlimmableNet(nn.Module):
         return self.width_index(width)
 
     def at_width(self, width: float) -> nn.Module:
-        """This net at ``width`` as a plain ``nn.Module`` that holds no weights of its own: each call
-        reads the leading slices of this net's tensors and the width's own BN, as the paper's one set
-        of weights does. Unlike :meth:`switch` nothing is copied (every width together costs the widest's
-        weights once) and BN is not folded (slower on CPU). An undeclared or uncalibrated width is refused
-        here, not at the first batch."""
-        return _AtWidth(self, self._export_arg(width))
+        """This net at ``width`` as a plain module that copies none of its weights: each call reads the
+        leading slices of this net's tensors (``switch(width, fold_bn=True, share=True)``), as the paper's
+        one set of weights does, so every width together costs the widest's weights once plus each
+        width's BN scale and shift. BN is folded at each call (:class:`~models.slimmable.FoldOnCallConv2d`).
+        An undeclared or uncalibrated width is refused here, not at the first batch."""
+        return self.switch(width, fold_bn=True, share=True)
 
-    def switch(self, width: float, fold_bn: bool = False) -> nn.Module:
-        """A plain ``nn.Module`` (Conv2d/BatchNorm2d/Linear) computing this net at ``width``.
+    def switch(self, width: float, fold_bn: bool = False, share: bool = False) -> nn.Module:
+        """A plain ``nn.Module`` (Conv2d/BatchNorm2d/Linear) computing this net at ``width``, in eval mode.
 
-        The module owns copies of the sliced weights and is in eval mode.
-        With ``fold_bn`` every BN is folded into its preceding conv.
+        The module owns copies of the sliced weights, or with ``share`` reads this net's own tensors
+        (its sliced layers hold the net's Parameters; layers that are the same at every width are
+        the net's own modules). With ``fold_bn`` every BN is folded into its preceding conv.
         """
         idx = self._export_arg(width)
-        module = nn.Sequential(self.features.export(idx), nn.Flatten(1), self.classifier.export(idx)).eval()
-        return fold_batchnorm(module) if fold_bn else module
-
-
-class _AtWidth(nn.Module):
-    """:meth:`SlimmableNet.at_width`: the net (a submodule, so ``.to()`` and ``.eval()`` reach it) and
-    the width argument its layers take."""
-
-    def __init__(self, net: SlimmableNet, arg) -> None:
-        super().__init__()
-        self.net = net
-        self.arg = arg
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.forward_head(self.net.forward_features(x, self.arg), self.arg)
+        module = nn.Sequential(self.features.export(idx, share), nn.Flatten(1), self.classifier.export(idx, share))
+        return fold_batchnorm(module.eval()) if fold_bn else module.eval()
 
 
 def slot_key(key: str, old_slot) -> str | None:

@@ -86,9 +86,9 @@ class SlimShuffleUnit(nn.Module):
         c = [lambda t, m=m: m(t, idx) for m in self._branches("c")]
         return _unit(x, a, lambda t: self.b(t, idx), c, self.residual, self.split_input, self.pool)
 
-    def export(self, idx: int) -> "PlainShuffleUnit":
-        return PlainShuffleUnit([m.export(idx) for m in self._branches("a")], self.b.export(idx),
-                                [m.export(idx) for m in self._branches("c")], self.residual, self.split_input)
+    def export(self, idx: int, share: bool = False) -> "PlainShuffleUnit":
+        return PlainShuffleUnit([m.export(idx, share) for m in self._branches("a")], self.b.export(idx, share),
+                                [m.export(idx, share) for m in self._branches("c")], self.residual, self.split_input)
 
 
 class PlainShuffleUnit(nn.Module):
@@ -145,12 +145,13 @@ class SlimShuffleNet(SlimmableNet):
         x = torch.cat([head(x, idx) for head in self._heads()], 1)
         return torch.flatten(self.features(x, idx), 1)
 
-    def switch(self, width: float, fold_bn: bool = False) -> nn.Module:
+    def switch(self, width: float, fold_bn: bool = False, share: bool = False) -> nn.Module:
         from .fold import fold_batchnorm
 
         idx = self.width_index(width)
-        module = nn.Sequential(_GroupedStem([h.export(idx) for h in self._heads()]), self.features.export(idx),
-                               nn.Flatten(1), self.classifier.export(idx)).eval()
+        module = nn.Sequential(_GroupedStem([h.export(idx, share) for h in self._heads()]),
+                               self.features.export(idx, share), nn.Flatten(1),
+                               self.classifier.export(idx, share)).eval()
         return fold_batchnorm(module) if fold_bn else module
 
 

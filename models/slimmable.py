@@ -26,6 +26,9 @@ __all__ = [
     "SwitchableBatchNorm2d",
     "SharedBatchNorm2d",
     "SlimSequential",
+    "SharedSliceConv2d",
+    "SharedSliceLinear",
+    "FoldOnCallConv2d",
 ]
 
 
@@ -45,6 +48,69 @@ def with_params(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | No
         if bias is not None:
             module.bias.copy_(bias)
     return module
+
+
+class SharedSliceConv2d(nn.Module):
+    """One switch of a slimmable conv that copies nothing (``export(..., share=True)``): it holds the
+    widest weight *Parameter itself* -- so ``.to()`` converts the one tensor in place, once for every
+    width -- and reads its leading ``[:out, :in]`` slice at each call."""
+
+    def __init__(self, source: nn.Conv2d, out_c: int, in_c: int, groups: int) -> None:
+        super().__init__()
+        self.weight = source.weight
+        self.bias = source.bias
+        self.out_c, self.in_c, self.groups = out_c, in_c, groups
+        self.stride, self.padding, self.dilation = source.stride, source.padding, source.dilation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = self.bias[: self.out_c] if self.bias is not None else None
+        return F.conv2d(x, self.weight[: self.out_c, : self.in_c], bias, self.stride, self.padding, self.dilation,
+                        self.groups)
+
+    def folded(self, bn: nn.BatchNorm2d) -> "FoldOnCallConv2d":
+        return FoldOnCallConv2d(self, bn)
+
+
+class FoldOnCallConv2d(nn.Module):
+    """A :class:`SharedSliceConv2d` followed by its width's eval-mode BN, folded at each call.
+
+    Only the per-channel scale and shift are kept (a few KB per width); the folded weight
+    ``W[:out, :in] * scale`` is made per call and dropped after it. That one multiply (0.2-0.7 ms
+    for all of S-MobileNet v2's convs on one core) replaces a BN pass over the activations and hands
+    the conv a contiguous weight, which oneDNN needs for its fast path (a strided slice falls back to
+    a slow im2col conv on CPU)."""
+
+    def __init__(self, conv: SharedSliceConv2d, bn: nn.BatchNorm2d) -> None:
+        super().__init__()
+        self.weight = conv.weight
+        self.out_c, self.in_c, self.groups = conv.out_c, conv.in_c, conv.groups
+        self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
+        with torch.no_grad():
+            scale = bn.weight.detach() * torch.rsqrt(bn.running_var + bn.eps) if bn.affine else \
+                torch.rsqrt(bn.running_var + bn.eps)
+            shift = (bn.bias.detach() if bn.affine else torch.zeros_like(scale)) - bn.running_mean * scale
+            if conv.bias is not None:
+                shift = shift + conv.bias.detach()[: self.out_c] * scale
+        self.register_buffer("scale", scale.clone())
+        self.register_buffer("shift", shift.clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight[: self.out_c, : self.in_c] * self.scale.view(-1, 1, 1, 1)
+        return F.conv2d(x, weight, self.shift, self.stride, self.padding, self.dilation, self.groups)
+
+
+class SharedSliceLinear(nn.Module):
+    """One switch of a slimmable linear layer that copies nothing (see :class:`SharedSliceConv2d`)."""
+
+    def __init__(self, source: nn.Linear, out_f: int, in_f: int) -> None:
+        super().__init__()
+        self.weight = source.weight
+        self.bias = source.bias
+        self.out_f, self.in_f = out_f, in_f
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = self.bias[: self.out_f] if self.bias is not None else None
+        return F.linear(x, self.weight[: self.out_f, : self.in_f], bias)
 
 
 class SlimmableConv2d(nn.Conv2d):
@@ -89,8 +155,10 @@ class SlimmableConv2d(nn.Conv2d):
         weight, bias, groups = self.switch_params(idx)
         return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, groups)
 
-    def export(self, idx: int) -> nn.Conv2d:
+    def export(self, idx: int, share: bool = False) -> nn.Module:
         weight, bias, groups = self.switch_params(idx)
+        if share:
+            return SharedSliceConv2d(self, weight.shape[0], weight.shape[1], groups)
         conv = nn.Conv2d(
             self.in_channels_list[idx],
             self.out_channels_list[idx],
@@ -120,8 +188,10 @@ class SlimmableLinear(nn.Linear):
         weight, bias = self.switch_params(idx)
         return F.linear(x, weight, bias)
 
-    def export(self, idx: int) -> nn.Linear:
+    def export(self, idx: int, share: bool = False) -> nn.Module:
         weight, bias = self.switch_params(idx)
+        if share:
+            return SharedSliceLinear(self, weight.shape[0], weight.shape[1])
         return with_params(nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None), weight, bias)
 
 
@@ -152,7 +222,8 @@ class SwitchableBatchNorm2d(nn.Module):
     def forward(self, x: torch.Tensor, idx: int) -> torch.Tensor:
         return self.bn[idx](x)
 
-    def export(self, idx: int) -> nn.BatchNorm2d:
+    def export(self, idx: int, share: bool = False) -> nn.BatchNorm2d:
+        # copied even when sharing: a width's own statistics, a few KB, which folding consumes
         return _copy_bn(self.bn[idx], self.channels_list[idx])
 
 
@@ -183,8 +254,8 @@ class SharedBatchNorm2d(nn.BatchNorm2d):
             self.eps,
         )
 
-    def export(self, idx: int) -> nn.BatchNorm2d:
-        return _copy_bn(self, self.channels_list[idx])
+    def export(self, idx: int, share: bool = False) -> nn.BatchNorm2d:
+        return _copy_bn(self, self.channels_list[idx])  # copied even when sharing, as above
 
 
 class SlimSequential(nn.ModuleList):
@@ -198,21 +269,21 @@ class SlimSequential(nn.ModuleList):
             x = layer(x, idx) if _takes_switch(layer) else layer(x)
         return x
 
-    def export(self, idx: int) -> nn.Sequential:
-        return nn.Sequential(*(export_layer(layer, idx) for layer in self))
+    def export(self, idx: int, share: bool = False) -> nn.Sequential:
+        return nn.Sequential(*(export_layer(layer, idx, share) for layer in self))
 
 
 def _takes_switch(layer: nn.Module) -> bool:
     return hasattr(layer, "export")
 
 
-def export_layer(layer: nn.Module, idx: int) -> nn.Module:
+def export_layer(layer: nn.Module, idx: int, share: bool = False) -> nn.Module:
     """The plain module for switch ``idx``.
 
     Slimmable layers export their slice; plain layers are the same at every
     switch (e.g. S-MobileNet v2's shared last BN and classifier) and are copied
-    so the exported module owns its weights.
+    so the exported module owns its weights -- or, with ``share``, used as they are.
     """
     if _takes_switch(layer):
-        return layer.export(idx)
-    return copy.deepcopy(layer)
+        return layer.export(idx, share)
+    return layer if share else copy.deepcopy(layer)

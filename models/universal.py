@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .net import SlimmableNet
-from .slimmable import make_divisible, with_params
+from .slimmable import SharedSliceConv2d, SharedSliceLinear, make_divisible, with_params
 
 __all__ = ["USWidth", "USConv2d", "USLinear", "USBatchNorm2d", "UniversalNet", "us_channels"]
 
@@ -70,8 +70,10 @@ class USConv2d(nn.Conv2d):
         weight, bias, groups = self.switch_params(sw)
         return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, groups)
 
-    def export(self, sw: USWidth) -> nn.Conv2d:
+    def export(self, sw: USWidth, share: bool = False) -> nn.Module:
         weight, bias, groups = self.switch_params(sw)
+        if share:
+            return SharedSliceConv2d(self, weight.shape[0], weight.shape[1], groups)
         in_c, out_c = self.channels(sw.value)
         conv = nn.Conv2d(in_c, out_c, self.kernel_size, self.stride, self.padding, groups=groups, bias=bias is not None)
         return with_params(conv, weight, bias)
@@ -93,8 +95,10 @@ class USLinear(nn.Linear):
         weight, bias = self.switch_params(sw)
         return F.linear(x, weight, bias)
 
-    def export(self, sw: USWidth) -> nn.Linear:
+    def export(self, sw: USWidth, share: bool = False) -> nn.Module:
         weight, bias = self.switch_params(sw)
+        if share:
+            return SharedSliceLinear(self, weight.shape[0], weight.shape[1])
         return with_params(nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None), weight, bias)
 
 
@@ -128,7 +132,8 @@ class USBatchNorm2d(nn.BatchNorm2d):
     def reset_slot(self, slot: int) -> None:
         self.bn[slot].reset_running_stats()
 
-    def export(self, sw: USWidth) -> nn.BatchNorm2d:
+    def export(self, sw: USWidth, share: bool = False) -> nn.BatchNorm2d:
+        # copied even when sharing: the width's statistics and affine slice, channels-sized, which folding consumes
         if sw.slot is None:
             raise ValueError(f"width {sw.value:g} has no calibrated BN statistics")
         c = self.channels(sw.value)

@@ -44,16 +44,30 @@ def test_macs_match_design_table():
 
 
 @pytest.mark.parametrize("arch,width", ALL_SWITCHES)
-@pytest.mark.parametrize("fold_bn", [False, True])
-def test_switch_export_equals_slimmable_forward(arch, width, fold_bn):
-    net = make_net(arch)
+@pytest.mark.parametrize("fold_bn,share", [(False, False), (True, False), (False, True), (True, True)])
+def test_switch_export_equals_slimmable_forward(arch, width, fold_bn, share):
+    net = make_net(arch).eval()
     x = torch.randn(2, net.in_channels, net.input_size, net.input_size)
     with torch.inference_mode():
         expected = net(x, width=width)
-        exported = net.switch(width, fold_bn=fold_bn)
+        exported = net.switch(width, fold_bn=fold_bn, share=share)
         got = exported(x)
-    rel = (got - expected).abs().max() / expected.abs().max()
-    assert rel <= 1e-5
+        got_nhwc = exported(x.contiguous(memory_format=torch.channels_last))
+    for out in (got, got_nhwc):
+        rel = (out - expected).abs().max() / expected.abs().max()
+        assert rel <= 1e-5
+
+
+@pytest.mark.parametrize("arch", models.list_models())
+def test_a_shared_switch_holds_only_the_nets_tensors_and_per_channel_bn(arch):
+    """``at_width``: nothing weight-shaped is copied, and every BN is folded (at each call)."""
+    net = make_net(arch).eval()
+    held = {id(p) for p in net.parameters()}
+    for width in _some_widths(arch):
+        shared = net.at_width(width)
+        assert {id(p) for p in shared.parameters()} <= held
+        assert all(b.dim() == 1 for b in shared.buffers())
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in shared.modules())
 
 
 @pytest.mark.parametrize("arch", models.list_models())

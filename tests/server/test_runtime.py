@@ -25,19 +25,24 @@ def test_runtime_outputs_equal_slimmable_forward(arch, backend):
 
 @pytest.mark.parametrize("arch", ["s_mobilenet_v2_cifar", "s_shufflenet", "us_convnet6"])
 def test_shared_weights_serve_every_width_from_the_nets_one_copy(arch):
-    """--weights shared: the paper's one set of weights, each width its own BN, nothing copied or folded."""
+    """--weights shared: the paper's one set of weights, each width its own BN; no weight is copied (BN is
+    folded at each call, so a width keeps only its per-channel scale and shift)."""
     net = make_net(arch).eval()
     runtime = Runtime(net, "cpu", weights="shared")
     assert runtime.backend == "torch"  # auto: ONNX Runtime cannot share one weight tensor between widths
     assert runtime.fingerprint["weights"] == "shared"
     x = torch.randn(3, 3, net.input_size, net.input_size)
     held = {t.data_ptr() for t in net.parameters()}
+    per_width_values = 0
     for width in net.widths:
         with torch.inference_mode():
             expected = net(x, width=width)
-        np.testing.assert_allclose(runtime.run(width, x.numpy()), expected.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(runtime.run(width, x.numpy()), expected.numpy(), rtol=1e-5, atol=1e-5)
         module = runtime._executors[width].module
-        assert {t.data_ptr() for t in module.parameters()} == held  # the net's own tensors, no copy
+        assert {t.data_ptr() for t in module.parameters()} <= held  # the net's own tensors, no copy
+        assert all(b.dim() == 1 for b in module.buffers())  # per-channel scale and shift only
+        per_width_values += sum(b.numel() for b in module.buffers())
+    assert per_width_values < sum(p.numel() for p in net.parameters()) / 10  # all widths together
 
 
 def test_shared_weights_refuse_onnxruntime_and_per_width_keeps_its_fingerprint():
