@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import statistics
@@ -77,6 +78,22 @@ def ideal_attainment(rate: float, cost_ms: float, refusal_ms: float, budget_ms: 
     if not arrivals:
         return 1.0
     return ideal_on_time(arrivals, cost_ms / 1e3, refusal_ms / 1e3, budget_ms / 1e3) / len(arrivals)
+
+
+def summarise(blocks: list[dict], policies: list[str]) -> list[dict]:
+    """Per load and policy, the medians over the blocks. Each block's points hold, per policy, one
+    point per load in the same order, whichever policy went first in that block."""
+    keys = ("load", "rate", "ceiling", "ceiling_free_refusals", "bare_ceiling", "ideal", "bare_ideal", "attainment",
+            "accuracy_per_sent")
+    by_policy = [{policy: [p for p in b["points"] if p["policy"] == policy] for policy in policies} for b in blocks]
+    summary = []
+    for i in range(len(blocks[0]["points"]) // len(policies)):
+        for policy in policies:
+            points = [block[policy][i] for block in by_policy]
+            med = {k: statistics.median(p[k] for p in points) for k in keys}
+            med["live_over_ideal"] = statistics.median(p["attainment"] / p["ideal"] for p in points)
+            summary.append({"policy": policy, **med})
+    return summary
 
 
 def main() -> None:
@@ -147,8 +164,8 @@ def main() -> None:
                   + "; ideal server, budget 3x the widest: "
                   + ", ".join(f"{m}x {c:.3f}" for m, c in b["ideal_at_load"].items()), flush=True)
             b["points"] = []
-            for rate, policy in [(rate, policy) for rate in rates
-                                 for policy in (policies if block % 2 == 0 else policies[::-1])]:
+            turn = policies if block % 2 == 0 else policies[::-1]  # each block reverses who goes first
+            for rate, policy in itertools.product(rates, turn):
                 row = measure_point(servers[policy] + lpath, lbody, rate, args.duration, budget_ms, accuracy,
                                     headers=lheaders)
                 row.update(policy=policy, rate=rate, load=rate / capacity,
@@ -166,16 +183,9 @@ def main() -> None:
     print(f"\nbudget {budget_ms:.1f} ms; medians over {len(blocks)} blocks")
     print("| policy | load | req/s | throughput ceiling | ideal server | ideal, bare app's costs, free refusals | live | live / ideal |")
     print("|---|---|---|---|---|---|---|---|")
-    summary = []
-    for policy, i in [(policy, i) for i in range(len(blocks[0]["points"]) // len(policies)) for policy in policies]:
-        pts = [[p for p in b["points"] if p["policy"] == policy][i] for b in blocks]
-        med = {k: statistics.median(p[k] for p in pts)
-               for k in ("load", "rate", "ceiling", "ceiling_free_refusals", "bare_ceiling", "ideal", "bare_ideal",
-                         "attainment")}
-        med["live_over_ideal"] = statistics.median(p["attainment"] / p["ideal"] for p in pts)
-        med["accuracy_per_sent"] = statistics.median(p["accuracy_per_sent"] for p in pts)
-        summary.append({"policy": policy, **med})
-        print(f"| {policy} | {med['load']:.2f}x | {med['rate']:.0f} | {med['ceiling']:.3f} | {med['ideal']:.3f} | "
+    summary = summarise(blocks, policies)
+    for med in summary:
+        print(f"| {med['policy']} | {med['load']:.2f}x | {med['rate']:.0f} | {med['ceiling']:.3f} | {med['ideal']:.3f} | "
               f"{med['bare_ideal']:.3f} | {med['attainment']:.3f} / {med['accuracy_per_sent']:.3f} | "
               f"{med['live_over_ideal']:.2f} |")
     costs = {k: statistics.median(b[k] for b in blocks)

@@ -55,3 +55,21 @@ def test_on_core_runs_there_and_gives_the_caller_its_cores_back():
     with pytest.raises(ZeroDivisionError):
         on_core(core, lambda: 1 / 0)
     assert os.sched_getaffinity(0) == before  # also when the work raises
+
+
+def test_the_summary_takes_medians_per_load_and_policy_whichever_policy_went_first():
+    from bench.ceiling import summarise
+
+    def point(policy, load, attainment):
+        return {"policy": policy, "load": load, "rate": 100 * load, "ceiling": 1.0, "ceiling_free_refusals": 1.0,
+                "bare_ceiling": 1.0, "ideal": 0.5, "bare_ideal": 1.0, "attainment": attainment,
+                "accuracy_per_sent": attainment * 0.7}
+
+    blocks = [{"points": [point("a", 1, 0.9), point("b", 1, 0.8), point("a", 2, 0.4), point("b", 2, 0.3)]},
+              {"points": [point("b", 1, 0.6), point("a", 1, 0.7), point("b", 2, 0.1), point("a", 2, 0.2)]},
+              {"points": [point("a", 1, 1.0), point("b", 1, 1.0), point("a", 2, 0.3), point("b", 2, 0.2)]}]
+    summary = summarise(blocks, ["a", "b"])
+    assert [(s["policy"], s["load"]) for s in summary] == [("a", 1), ("b", 1), ("a", 2), ("b", 2)]
+    assert [s["attainment"] for s in summary] == [0.9, 0.8, 0.3, 0.2]
+    assert summary[2]["live_over_ideal"] == pytest.approx(0.6)  # median of 0.8, 0.4, 0.6
+    assert summary[0]["accuracy_per_sent"] == pytest.approx(0.63)
