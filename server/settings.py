@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     weights: Literal["per-width", "shared"] = Field(
         "per-width", description="per-width: each width runs its own BN-folded copy of its weights (fastest; "
         "memory grows with the number of widths); shared: every width reads one copy, as the paper's network does "
-        "(memory of the widest width once; torch backend, BN not folded: slower on CPU)"
+        "(memory of the widest width once; torch backend, BN folded at each call: about 2x slower on CPU)"
     )
     policy: str = Field("max-width", description="width-selection policy: max-width, fixed:<width>, ...")
     profile: Path | None = Field(

@@ -152,3 +152,21 @@ def test_concurrent_widths_are_bit_identical_to_sequential():
         t.join()
     assert not errors
     assert not mismatches
+
+
+def test_moving_shared_switches_converts_the_nets_one_tensor_once():
+    """What the CUDA executor does to each width's module (``.to(device, dtype, channels_last)``), here with
+    float64: every width still reads one tensor, converted in place, and computes the converted net."""
+    net = make_net("s_mobilenet_v2_cifar").eval()
+    switches = {w: net.at_width(w) for w in net.widths}  # all built first, as the runtime does
+    moved = {w: m.to(dtype=torch.float64, memory_format=torch.channels_last) for w, m in switches.items()}
+    first_conv_weights = {id(next(m.parameters())) for m in moved.values()}
+    assert first_conv_weights == {id(next(net.parameters()))}
+    assert next(net.parameters()).dtype == torch.float64
+    x = torch.randn(2, 3, net.input_size, net.input_size, dtype=torch.float64)
+    with torch.inference_mode():
+        for w, m in moved.items():
+            expected, got = net.double()(x, width=w), m(x)
+            assert got.dtype == torch.float64
+            # to float32's precision: a width's BN scale and shift were computed before the move
+            assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6)
