@@ -136,7 +136,8 @@ class SlimmableNet(nn.Module):
 
         The module owns copies of the sliced weights, or with ``share`` reads this net's own tensors
         (its sliced layers hold the net's Parameters; layers that are the same at every width are
-        the net's own modules). With ``fold_bn`` every BN is folded into its preceding conv.
+        the net's own modules, so this puts those in eval mode too). With ``fold_bn`` every BN is folded
+        into its preceding conv.
         """
         idx = self._export_arg(width)
         module = nn.Sequential(self.features.export(idx, share), nn.Flatten(1), self.classifier.export(idx, share))
