@@ -5,9 +5,9 @@ max-width plans each batch for a quantile of the recent observed / predicted bat
 A/Bs on a VM whose speed drifts cannot resolve a change of a few thousandths, but ``simulate`` with a
 device-speed trace measured by ``bench.sim_vs_live`` reproduces the live server within 0.02
 (BENCHMARKS.md, "Session 11"). This program replays every trace it is given (each run's 0.5x, 1x and
-2x) through each max-width variant (``--variants``), for a width grid and for four widths of the
-same profile, at several budgets and arrival seeds, and prints attainment / top-1 per request sent
-per cell and on average. Writes JSON.
+2x) through each max-width variant (``--variants``; ``slack`` and ``slack+lone`` run the slack policy),
+for a width grid and for four widths of the same profile, at several budgets and arrival seeds, and
+prints attainment / top-1 per request sent per cell and on average. Writes JSON.
 
     R=bench/results; python -m bench.tail_quantile --profile $R/us_grid_s11_profile.json \\
         --accuracy $R/us_grid_sim_s11.json --out out/tail_quantile \\
@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from policies import LatencyProfile
+from policies.adaptive import SlackPolicy
 from policies.builtin import ARRIVAL_BURST_Z, MaxWidthPolicy
 from policies.simulator import SpeedTrace, arrival_times, simulate
 from server.settings import Settings
@@ -42,7 +43,8 @@ def main() -> None:
                              "during a plan Z standard deviations above the mean, with their request CPU "
                              "(default: the server's), +mean by their mean count alone (before session 14), +strict "
                              "keeps unsustainable widths from a lone request too (before session 14), +shrink lets "
-                             "the tail shrink batches at the narrowest width too (before session 15)")
+                             "the tail shrink batches at the narrowest width too (before session 15); slack and "
+                             "slack+lone run the slack policy (+lone: a lone request may use all of the core)")
     parser.add_argument("--learning", default="speed",
                         help="how the server's profile learns from batches, compared: speed (a device speed shared "
                              "by every width, and each entry's own difference) and/or entry (only the entry that ran)")
@@ -73,7 +75,7 @@ def main() -> None:
                         policy_variant, _, learning = variant.partition("/")
                         profile = measured.copy()  # simulate's server copies this one, learning as it says
                         profile.learn_speed = (learning or args.learning) == "speed"
-                        runs = [simulate(profile, max_width(policy_variant, accuracy),
+                        runs = [simulate(profile, variant_policy(policy_variant, accuracy),
                                          arrival_times("poisson", float(load) / widest, args.duration, seed=seed),
                                          budget * widest, accuracy, Settings().scheduler_config(), noise=0.05, seed=seed,
                                          request_cpu_s=args.request_cpu_ms / 1e3, speed=speed)
@@ -95,9 +97,15 @@ def main() -> None:
     print(f"wrote {args.out / 'tail_quantile.json'}")
 
 
-def max_width(variant: str, accuracy: dict[float, float]) -> MaxWidthPolicy:
+def variant_policy(variant: str, accuracy: dict[float, float]) -> MaxWidthPolicy | SlackPolicy:
     """``p95``, ``p95+risk``, ``p95+risk+burst1.28``, ``p95+risk+mean``, ``p95+risk+strict``,
-    ``p95+risk+shrink`` (see --variants) as a policy."""
+    ``p95+risk+shrink`` (see --variants) as a policy; ``slack`` and ``slack+lone`` as the slack policy
+    (``+lone``: a lone request may use all of the core)."""
+    if variant.split("+")[0] == "slack":
+        options = variant.split("+")[1:]
+        if any(o != "lone" for o in options):
+            raise SystemExit(f"variant {variant!r}: expected slack or slack+lone")
+        return SlackPolicy(lone_full_core="lone" in options)
     quantile, *options = variant.split("+")
     if not quantile.startswith("p") or any(o not in ("risk", "mean", "strict", "shrink") and not o.startswith("burst")
                                            for o in options):

@@ -28,8 +28,9 @@ class SlackPolicy:
 
     name = "slack"
 
-    def __init__(self, target_utilization: float = 0.7) -> None:
+    def __init__(self, target_utilization: float = 0.7, lone_full_core: bool = False) -> None:
         self.target_utilization = target_utilization
+        self.lone_full_core = lone_full_core
 
     def _sustainable(self, view: DispatchView, width: float) -> bool:
         """Could the device keep up with the offered load at this width, at the target utilization?
@@ -47,7 +48,10 @@ class SlackPolicy:
         if not head.has_budget:
             batch = take_batch(view.queue, None, view.max_batch_size)
             return Decision(view.widths[-1], tuple(i.id for i in batch), Reason.NO_BUDGET)
-        allowed = [w for w in view.widths if w == view.widths[0] or self._sustainable(view, w)]
+        # A lone request (nothing queued behind it) may take any width the device sustains with all of
+        # its core: the target's headroom is for a backlog, and there is none.
+        utilization = 1.0 if self.lone_full_core and len(view.queue) == 1 else self.target_utilization
+        allowed = [w for w in view.widths if w == view.widths[0] or keeps_up(view, w, utilization)]
         for width in reversed(allowed):
             batch = self._batch_at(view, candidates, width)
             if batch and self._rest_feasible(view, candidates, batch, width):

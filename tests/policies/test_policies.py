@@ -372,6 +372,18 @@ def test_slack_counts_the_servers_own_cpu_per_request_against_capacity():
     assert decision.width == 0.75 and decision.reason == "load"  # 4 + 8 ms per request: 60%
 
 
+def test_slack_lone_full_core_lets_a_lone_request_use_all_of_the_core_but_not_a_queue():
+    """The replay variant ``slack+lone`` (not the default: BENCHMARKS.md, session 16)."""
+    from policies.base import LoadSignals
+
+    signals = LoadSignals(arrival_rate=50.0, request_cpu_s=0.008)  # width 1.0: 80% of the core
+    lone = view([item(1, deadline=0.5)], load=signals)
+    assert SlackPolicy().select(lone).width == 0.75
+    assert SlackPolicy(lone_full_core=True).select(lone).width == 1.0
+    queued = view([item(1, deadline=0.5), item(2, deadline=0.5)], load=signals)
+    assert SlackPolicy(lone_full_core=True).select(queued).width == 0.75
+
+
 def test_max_width_keeps_to_widths_that_keep_up_with_the_arrival_rate():
     from policies.base import LoadSignals
     from policies.builtin import sustainable_widths
