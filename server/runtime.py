@@ -105,6 +105,12 @@ def resolve_backend(backend: str, device: Device, weights: str = "per-width") ->
     return backend
 
 
+# Bump when a change to how widths execute changes their speed: latency profiles cached by earlier code
+# (server.startup_cache) are then measured again instead of planning with the old speeds.
+# 2: shared weights fold BN at each call; the torch CPU executor runs channels_last.
+EXECUTION_REVISION = 2
+
+
 class Executor(Protocol):
     def __call__(self, batch: np.ndarray) -> np.ndarray: ...
 

@@ -5,8 +5,9 @@ A cold start of S-MobileNet v2 224 spends most of its time exporting four switch
 measuring the latency profile; neither changes between restarts of the same model on the same
 machine. Entries are keyed by a hash of the model's weights and everything that changes the result
 (arch, widths, input size; for exports the torch/ONNX versions and channel block; for profiles the
-runtime fingerprint, batch sizes and CPU model), so a new checkpoint, another machine or other
-flags miss the cache and recompute. Files are written atomically (temporary name, then rename);
+runtime fingerprint, batch sizes, CPU model, torch/ONNX Runtime versions and the runtime's
+``EXECUTION_REVISION``), so a new checkpoint, another machine, other flags or an upgrade that runs
+widths differently miss the cache and recompute. Files are written atomically (temporary name, then rename);
 an unreadable or corrupt entry is recomputed and overwritten, and a cache directory that cannot be
 written (a read-only root filesystem) only costs the speed-up, never the start.
 """
@@ -26,6 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from .runtime import EXECUTION_REVISION
 
 if TYPE_CHECKING:
     from models import SlimmableNet
@@ -156,6 +159,7 @@ class StartupCache(CacheDirectory):
         super().__init__(directory)
         self.model = getattr(net, "cached_digest", None) or model_digest(net)
         self._versions = (_version("torch"), _version("onnx"))  # read once: ~1 ms each, asked once per width
+        self._engine_versions = (_version("torch"), _version("onnxruntime"), EXECUTION_REVISION)  # what times a width
 
     # -- exported switches ------------------------------------------------------
 
@@ -204,7 +208,8 @@ class StartupCache(CacheDirectory):
     # -- latency profile and costs ---------------------------------------------------
 
     def profile_key(self, fingerprint: dict, batch_sizes: list[int]) -> str:
-        return _key(FORMAT, "profile", self.model, fingerprint, batch_sizes, _device_model(str(fingerprint.get("device"))))
+        return _key(FORMAT, "profile", self.model, fingerprint, batch_sizes, _device_model(str(fingerprint.get("device"))),
+                    *self._engine_versions)
 
     def costs_name(self) -> str:
         return f"costs-{_key(FORMAT, 'costs', self.model)}.json"

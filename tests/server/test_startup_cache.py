@@ -72,6 +72,23 @@ def test_other_weights_or_other_batch_sizes_miss_the_cache(make_client, tmp_path
     assert len(list(cache.glob("export-*"))) == 2 and len(list(cache.glob("profile-*.json"))) == 3
 
 
+def test_profiles_cached_by_code_that_ran_widths_differently_are_measured_again(make_client, tmp_path, monkeypatch):
+    """An upgrade that changes how widths execute (``EXECUTION_REVISION``) or another torch/ONNX Runtime
+    must not plan with the speeds the old code measured; the exports, which it does not change, stay."""
+    import server.startup_cache as startup_cache
+
+    cache = tmp_path / "cache"
+    make_client(startup_cache="on", cache_dir=cache)
+    assert len(list(cache.glob("profile-*.json"))) == 1
+    monkeypatch.setattr(startup_cache, "EXECUTION_REVISION", startup_cache.EXECUTION_REVISION + 1)
+    make_client(startup_cache="on", cache_dir=cache)
+    assert len(list(cache.glob("profile-*.json"))) == 2 and len(list(cache.glob("export-*"))) == 1
+    real_version = startup_cache._version
+    monkeypatch.setattr(startup_cache, "_version", lambda p: "0.0-other" if p == "onnxruntime" else real_version(p))
+    make_client(startup_cache="on", cache_dir=cache)
+    assert len(list(cache.glob("profile-*.json"))) == 3 and len(list(cache.glob("export-*"))) == 1
+
+
 def test_corrupt_entries_are_recomputed(make_client, tmp_path, caplog):
     cache = tmp_path / "cache"
     first = make_client(startup_cache="on", cache_dir=cache)
