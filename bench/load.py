@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shlex
 import statistics
 import time
 import urllib.parse
@@ -177,10 +178,16 @@ def main() -> None:
                              "in alternating order, so the policies meet the same minutes of a drifting host")
     parser.add_argument("--baseline", default=None, metavar="REV",
                         help="with --paired: each policy also on a server from a worktree of this commit")
+    parser.add_argument("--profile-per-tree", action="store_true",
+                        help="with --baseline: each tree measures its own start-up profile (start-up cache off), for "
+                             "changes to the engine's speed, where one profile would plan one tree with the other's")
+    parser.add_argument("--serve-args", default="", help='more serve flags for every server, e.g. "--weights shared"')
     parser.add_argument("--out", type=Path, default=Path("out/load"))
     args = parser.parse_args()
     if args.baseline and not args.paired:
         parser.error("--baseline compares trees in the same minutes: it needs --paired")
+    if args.profile_per_tree and (not args.baseline or args.profile):
+        parser.error("--profile-per-tree needs --baseline and no --profile")
     args.out.mkdir(parents=True, exist_ok=True)
     checkpoint = (args.checkpoint or imagenet_checkpoint(args.arch)).resolve()  # a baseline runs in its worktree
     size = models.load_checkpoint(checkpoint).input_size
@@ -190,6 +197,7 @@ def main() -> None:
     common = ["--checkpoint", str(checkpoint), "--model-name", "v2", "--max-batch-size", str(args.max_batch_size)]
     if args.widths:
         common += ["--widths", args.widths]
+    common += shlex.split(args.serve_args)
     cpus = None
     if args.pin:
         common += ["--threads", "1"]
@@ -197,8 +205,9 @@ def main() -> None:
         os.sched_setaffinity(0, {1})
     # Measure the profile once (unless given), then every policy's server reuses it (same decisions basis,
     # faster start).
-    profile_flag = "--profile" if args.profile else "--save-profile"
-    with live_server(*common, "--policy", "max-width", profile_flag, str(profile_path), cpus=cpus) as url:
+    profile_flags = ["--profile", str(profile_path)] if args.profile else \
+        ["--save-profile", str(profile_path), *(["--startup-cache", "off"] if args.profile_per_tree else [])]
+    with live_server(*common, "--policy", "max-width", *profile_flags, cpus=cpus) as url:
         model = httpx2.get(url + "/v1/models").json()["models"][0]
     widths = [w["width"] for w in model["widths"]]
     accuracy = {w["width"]: w["expected_accuracy"] for w in model["widths"]}
@@ -213,7 +222,8 @@ def main() -> None:
     point = dict(body=body, duration=args.duration, budget_ms=budget_ms, accuracy=accuracy, trace=args.trace,
                  headers=headers, path=path, cap=cap)
     if args.paired:
-        rounds = paired_rows(common, profile_path, cpus, policies, rates, args.paired, point, args.baseline)
+        rounds = paired_rows(common, profile_path, cpus, policies, rates, args.paired, point, args.baseline,
+                             args.profile_per_tree)
         policies = list(dict.fromkeys(r["policy"] for r in rounds))  # with the baseline's columns
         rows = mean_over_rounds(rounds, ("policy", "rate"))
         print_cells(rows, policies, rates)
@@ -225,7 +235,8 @@ def main() -> None:
                     rows.append(run_one(url, policy, rate, point))
     report = {"date": time.strftime("%Y-%m-%d"), "budget_ms": budget_ms, "capacity_rps": cap, "rows": rows,
               "rounds": rounds, "profile": table, "pinned": args.pin, "duration_s": args.duration,
-              "request": args.request, "paired": args.paired, "baseline": args.baseline}
+              "request": args.request, "paired": args.paired, "baseline": args.baseline,
+              "profile_per_tree": args.profile_per_tree, "serve_args": args.serve_args}
     (args.out / "load.json").write_text(json.dumps(report, indent=2))
     plot(rows, policies, cap, args.out / "load.png", budget_ms)
     print(f"wrote {args.out / 'load.json'} and {args.out / 'load.png'}")
@@ -244,9 +255,10 @@ def run_one(url: str, policy: str, rate: float, point: dict, **extra) -> dict:
 
 
 def paired_rows(common: list[str], profile_path: Path, cpus, policies: list[str], rates: list[float], rounds: int,
-                point: dict, baseline: str | None = None) -> list[dict]:
+                point: dict, baseline: str | None = None, profile_per_tree: bool = False) -> list[dict]:
     """``--paired``: all policies' servers at once (and with ``baseline``, each policy again on a server
-    from a worktree of that commit, labelled ``policy@baseline``), each rate on every one, ``rounds`` times."""
+    from a worktree of that commit, labelled ``policy@baseline``), each rate on every one, ``rounds`` times.
+    With ``profile_per_tree`` the baseline's servers plan with a profile its own tree measured."""
     from bench.overhead_ab import worktree
 
     rows = []
@@ -254,8 +266,14 @@ def paired_rows(common: list[str], profile_path: Path, cpus, policies: list[str]
         trees = {"": REPO}
         if baseline:
             trees[f"@{baseline}"] = servers.enter_context(worktree(baseline))
+        profiles = {suffix: profile_path for suffix in trees}
+        if baseline and profile_per_tree:
+            profiles[f"@{baseline}"] = profile_path.with_name(f"profile@{baseline}.json")
+            with live_server(*common, "--policy", "max-width", "--startup-cache", "off", "--save-profile",
+                             str(profiles[f"@{baseline}"]), cpus=cpus, tree=trees[f"@{baseline}"]):
+                pass
         urls = {policy + suffix: servers.enter_context(live_server(
-                    *common, "--policy", policy, "--profile", str(profile_path), "--keep-warm-ms", "0", cpus=cpus,
+                    *common, "--policy", policy, "--profile", str(profiles[suffix]), "--keep-warm-ms", "0", cpus=cpus,
                     tree=tree))
                 for suffix, tree in trees.items() for policy in policies}
         labels = list(urls)
