@@ -77,7 +77,9 @@ def test_the_reserve_grows_with_the_event_loops_scheduling_delay(make_client):
 
     asyncio.run_coroutine_threadsafe(stall_once(), loop).result(5)
     time.sleep(0.3)
-    assert engine.reserve_s() < quiet + 0.005
+    # counted, the stall would add ~80 ms; the margin is for a noisy host's other probes (CI once read
+    # 8.6 ms against a quiet 1.5 ms here)
+    assert engine.reserve_s() < quiet + 0.04
 
     async def keep_the_loop_busy():  # a loop busy for a while: timers (and sockets) wait ~8 ms each time
         for _ in range(120):
