@@ -94,6 +94,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--duration", type=float, default=30.0, help="simulated seconds per point")
     parser.add_argument("--noise", type=float, default=0.05)
+    parser.add_argument("--request-cpu-ms", type=float, default=0.0,
+                        help="simulate a server whose own per-request CPU (HTTP, parsing, the reply) shares the model's "
+                             "core, as serve measures it (/v1/models request_cpu_ms; ~0.8-0.9 ms pinned here); 0: the "
+                             "model alone, as this program's figures before session 16")
     parser.add_argument("--official", choices=sorted(a for a in OFFICIAL_TOP1 if a.startswith("us_")), default=None,
                         help="the paper-size US model with the official model zoo's accuracy (no training)")
     parser.add_argument("--budgets", default="3", help="budgets as multiples of the widest batch-1 latency (default 3)")
@@ -143,7 +147,7 @@ def main() -> None:
                 for name, prof, widths in (("14 widths", profile, GRID), ("4 widths", four, FOUR)):
                     acc = {w: top1[w] for w in widths}
                     result = simulate(prof, make_policy(policy, widths, acc), arrivals, budget, acc, config, args.noise,
-                                      seed=7)
+                                      seed=7, request_cpu_s=args.request_cpu_ms / 1e3)
                     per_sent = (result.mean_accuracy or 0.0) * result.attainment
                     rows.append({"mode": "simulated", "budget_ms": budget * 1e3, "load": load, "policy": policy,
                                  "grid": name, "attainment": result.attainment, "accuracy_per_sent": per_sent,
@@ -155,7 +159,7 @@ def main() -> None:
     print_table(rows, budgets, loads)
     report = {"top1": {str(w): a for w, a in top1.items()}, "budgets_ms": [b * 1e3 for b in budgets],
               "capacity_rps": cap, "profile": profile.as_dict(), "rows": rows, "live_rounds": rounds,
-              "model": args.official or str(checkpoint)}
+              "model": args.official or str(checkpoint), "request_cpu_ms": args.request_cpu_ms}
     (args.out / "us_grid.json").write_text(json.dumps(report, indent=1))
     plot(rows, top1, budgets, args.out / "us_grid.png", args.official or "us model on digits-hard")
     print(f"\nwrote {args.out / 'us_grid.json'} and {args.out / 'us_grid.png'}")
