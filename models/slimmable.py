@@ -62,10 +62,16 @@ class SharedSliceConv2d(nn.Module):
         self.out_c, self.in_c, self.groups = out_c, in_c, groups
         self.stride, self.padding, self.dilation = source.stride, source.padding, source.dilation
 
+    def weight_slice(self) -> torch.Tensor:
+        return self.weight[: self.out_c, : self.in_c]
+
+    def convolve(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """``x`` through this switch's geometry with ``weight`` and ``bias``."""
+        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = self.bias[: self.out_c] if self.bias is not None else None
-        return F.conv2d(x, self.weight[: self.out_c, : self.in_c], bias, self.stride, self.padding, self.dilation,
-                        self.groups)
+        return self.convolve(x, self.weight_slice(), bias)
 
     def folded(self, bn: nn.BatchNorm2d) -> "FoldOnCallConv2d":
         return FoldOnCallConv2d(self, bn)
@@ -82,21 +88,18 @@ class FoldOnCallConv2d(nn.Module):
 
     def __init__(self, conv: SharedSliceConv2d, bn: nn.BatchNorm2d) -> None:
         super().__init__()
-        self.weight = conv.weight
-        self.out_c, self.in_c, self.groups = conv.out_c, conv.in_c, conv.groups
-        self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
+        self.conv = conv
         with torch.no_grad():
             inv_std = torch.rsqrt(bn.running_var + bn.eps)
             scale = bn.weight.detach() * inv_std if bn.affine else inv_std
             shift = (bn.bias.detach() if bn.affine else torch.zeros_like(scale)) - bn.running_mean * scale
             if conv.bias is not None:
-                shift = shift + conv.bias.detach()[: self.out_c] * scale
+                shift = shift + conv.bias.detach()[: conv.out_c] * scale
         self.register_buffer("scale", scale.clone())
         self.register_buffer("shift", shift.clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.weight[: self.out_c, : self.in_c] * self.scale.view(-1, 1, 1, 1)
-        return F.conv2d(x, weight, self.shift, self.stride, self.padding, self.dilation, self.groups)
+        return self.conv.convolve(x, self.conv.weight_slice() * self.scale.view(-1, 1, 1, 1), self.shift)
 
 
 class SharedSliceLinear(nn.Module):

@@ -36,8 +36,11 @@ class SlackPolicy:
         """Could the device keep up with the offered load at this width, at the target utilization?
 
         Without this look at the arrival rate, every dispatch would take the widest width its own
-        queue allows and the backlog would outgrow the deadlines (``keeps_up``)."""
-        return keeps_up(view, width, self.target_utilization)
+        queue allows and the backlog would outgrow the deadlines (``keeps_up``). With ``lone_full_core``
+        a lone request (nothing queued behind it) may use all of the core: the target's headroom is for a
+        backlog, and there is none."""
+        lone = self.lone_full_core and len(view.queue) == 1
+        return keeps_up(view, width, 1.0 if lone else self.target_utilization)
 
     def select(self, view: DispatchView) -> Decision:
         pinned = pinned_decision(view)
@@ -48,10 +51,7 @@ class SlackPolicy:
         if not head.has_budget:
             batch = take_batch(view.queue, None, view.max_batch_size)
             return Decision(view.widths[-1], tuple(i.id for i in batch), Reason.NO_BUDGET)
-        # A lone request (nothing queued behind it) may take any width the device sustains with all of
-        # its core: the target's headroom is for a backlog, and there is none.
-        utilization = 1.0 if self.lone_full_core and len(view.queue) == 1 else self.target_utilization
-        allowed = [w for w in view.widths if w == view.widths[0] or keeps_up(view, w, utilization)]
+        allowed = [w for w in view.widths if w == view.widths[0] or self._sustainable(view, w)]
         for width in reversed(allowed):
             batch = self._batch_at(view, candidates, width)
             if batch and self._rest_feasible(view, candidates, batch, width):

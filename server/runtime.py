@@ -432,7 +432,7 @@ class Runtime:
             torch.set_num_threads(threads or default_torch_threads())
             self.threads = torch.get_num_threads()
             for width in net.widths:
-                module = net.at_width(width).eval() if weights == "shared" else net.switch(width, fold_bn=True)
+                module = net.at_width(width) if weights == "shared" else net.switch(width, fold_bn=True)
                 if self.device.type == "cuda":
                     # no graphs on shared weights: each captured graph's private memory pool would keep the
                     # weights folded at each call alive, the copies sharing exists to avoid

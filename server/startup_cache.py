@@ -158,8 +158,9 @@ class StartupCache(CacheDirectory):
         net it just described was hashed already)."""
         super().__init__(directory)
         self.model = getattr(net, "cached_digest", None) or model_digest(net)
-        self._versions = (_version("torch"), _version("onnx"))  # read once: ~1 ms each, asked once per width
-        self._engine_versions = (_version("torch"), _version("onnxruntime"), EXECUTION_REVISION)  # what times a width
+        torch_version = _version("torch")  # read once: ~1 ms each, asked once per width
+        self._versions = (torch_version, _version("onnx"))
+        self._engine_versions = (torch_version, _version("onnxruntime"), EXECUTION_REVISION)  # what times a width
 
     # -- exported switches ------------------------------------------------------
 
