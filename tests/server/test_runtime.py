@@ -165,3 +165,20 @@ def test_widths_share_one_activation_arena():
     grown = json.loads(done.stdout.strip().splitlines()[-1])
     assert grown["widest_mb"] > 8, grown  # a batch of 16 at 96x96 needs tens of MB of activations
     assert grown["others_mb"] < 0.25 * grown["widest_mb"], grown
+
+
+def test_the_torch_cpu_executor_runs_channels_last_from_32_px_inputs():
+    from server.runtime import TorchCpuExecutor
+
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, x):
+            seen.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+            return x.flatten(1)
+
+    for side, nhwc in ((32, True), (16, False)):
+        batch = np.random.default_rng(0).standard_normal((2, 3, side, side)).astype(np.float32)
+        out = TorchCpuExecutor(Recorder(), side)(batch)
+        np.testing.assert_array_equal(out, batch.reshape(2, -1))  # the layout changes, the values do not
+        assert seen[-1] is nhwc
