@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from server.codecs import decode_image
+from server.api.codecs import decode_image
 
 SIZES = ((224, 224), (640, 480), (1280, 720), (1920, 1080), (4032, 3024))
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

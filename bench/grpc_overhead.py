@@ -61,7 +61,8 @@ class GrpcV2:
 
     def __init__(self, port: int, x: np.ndarray, width: float) -> None:
         import grpc
-        from tritonclient.grpc import service_pb2 as pb, service_pb2_grpc as pb_grpc
+        from tritonclient.grpc import service_pb2 as pb
+        from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
         self.channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", -1)])
         self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 import models
-from server.channel_padding import nchwc_block
-from server.runtime import export_switch_onnx, ort_session_options, use_global_thread_pool
+from server.runtime.channel_padding import nchwc_block
+from server.runtime.runtime import export_switch_onnx, ort_session_options, use_global_thread_pool
 
 
 def op_kind(op: str, shapes: list[list[int]]) -> str:

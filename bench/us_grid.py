@@ -36,16 +36,16 @@ import httpx2
 import torch
 
 import models
-from models.training import TrainConfig, evaluate, load_dataset, train
-from models.widths import width_grid
-from policies import LatencyProfile, batch_sizes_up_to, make_policy
 from bench import common
 from bench.common import live_server
 from bench.load import describe, measure_point, server_device_speed, v2_request
 from bench.policy_sim import capacity
 from models.checkpoint import OFFICIAL_TOP1
+from models.training import TrainConfig, evaluate, load_dataset, train
+from models.widths import width_grid
+from policies import LatencyProfile, batch_sizes_up_to, make_policy
 from policies.simulator import arrival_times, simulate
-from server.runtime import Runtime, profile_runtime
+from server.runtime.runtime import Runtime, profile_runtime
 from server.settings import Settings
 
 GRID = width_grid(0.35, 1.0, 0.05)

@@ -16,13 +16,13 @@ from pydantic import ValidationError
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .errors import CheckpointError
 from .embedded import DEFAULT_CHECKPOINT  # noqa: F401  (re-exported: models.checkpoint.DEFAULT_CHECKPOINT)
+from .errors import CheckpointError
 from .labels import imagenet1k_labels
 from .metadata import CheckpointMetadata, metadata_error
 from .net import SlimmableNet
-from .universal import UniversalNet
 from .registry import create, list_models
+from .universal import UniversalNet
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "read_official_state_dict", "OFFICIAL_TOP1"]
 

@@ -6,8 +6,8 @@ from .adaptive import FeedbackPolicy, SlackPolicy
 from .base import Decision, DispatchView, LoadSignals, Policy, QueuedItem, Reason
 from .builtin import FixedPolicy, MaxWidthPolicy
 from .profile import LatencyProfile, batch_sizes_up_to, measure_profile, service_time
+from .scheduler import Batch, Pending, RefusalReason, Refused, ScheduledRequest, Scheduler, SchedulerConfig
 from .widths import match_width
-from .scheduler import Batch, Pending, Refused, RefusalReason, ScheduledRequest, Scheduler, SchedulerConfig
 
 __all__ = [
     "Reason", "Decision", "DispatchView", "FixedPolicy", "LatencyProfile", "LoadSignals",

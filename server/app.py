@@ -10,29 +10,28 @@ from pathlib import Path
 from typing import TYPE_CHECKING, AsyncIterator
 
 from fastapi import FastAPI
-from fastapi.routing import APIRoute
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.routing import APIRoute
 from prometheus_client import CollectorRegistry
 
 from models.card import ModelCard
 from models.embedded import DEFAULT_CHECKPOINT
 from models.labels import check_label_count, read_labels
 from models.widths import select_widths
-
-from .cached_net import served_net
-from .docs import install_offline_docs
-from .engine import Engine
-from .errors import install_error_handlers
-from .hot_path import HotRoutes
-from .limits import InflightGate, InflightLimitMiddleware
-from .logs import RequestIdMiddleware
-from .security import BearerTokenMiddleware
-from .metrics import Metrics
-from .routers import kserve, native, ops
-from .runtime import Runtime
-from .settings import Settings
-from .startup_cache import default_cache_dir
-from .warmup import RequestPathToucher, warm_request_path
+from server.api import kserve, native, ops
+from server.api.errors import install_error_handlers
+from server.api.warmup import RequestPathToucher, warm_request_path
+from server.engine.cached_net import served_net
+from server.engine.engine import Engine
+from server.engine.startup_cache import default_cache_dir
+from server.http.docs import install_offline_docs
+from server.http.hot_path import HotRoutes
+from server.http.limits import InflightGate, InflightLimitMiddleware
+from server.http.logs import RequestIdMiddleware
+from server.http.security import BearerTokenMiddleware
+from server.metrics import Metrics
+from server.runtime.runtime import Runtime
+from server.settings import Settings
 
 if TYPE_CHECKING:
     from models import SlimmableNet
@@ -129,7 +128,7 @@ def build_app(
         async with engine:
             grpc_server = None
             if settings.grpc_port:  # imported only when asked for: grpcio and the generated modules
-                from .grpc_service import start_grpc_server
+                from server.api.grpc_service import start_grpc_server
 
                 grpc_server = await start_grpc_server(engine)
             try:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from .app import build_app
-from .logs import configure_logging
-from .settings import Settings
+from server.app import build_app
+from server.http.logs import configure_logging
+from server.settings import Settings
 
 __all__ = ["create_app"]
 

@@ -22,8 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     from models.training.cli import parse_widths
-
-    from .settings import SCHEDULING_FIELDS, add_serve_arguments
+    from server.settings import SCHEDULING_FIELDS, add_serve_arguments
 
     add_serve_arguments(sub.add_parser("serve", help="start the HTTP server (default: the embedded digits model)"))
 
@@ -92,8 +91,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 
     import models
     from policies import batch_sizes_up_to
-
-    from .runtime import Runtime, RuntimeConfig, profile_runtime
+    from server.runtime.runtime import Runtime, RuntimeConfig, profile_runtime
 
     if args.checkpoint:
         net = models.load_checkpoint(args.checkpoint)
@@ -142,8 +140,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from policies import LatencyProfile, make_policy
     from policies.simulator import SpeedTrace, arrival_times, simulate
-
-    from .settings import settings_from_args
+    from server.settings import settings_from_args
 
     with open(args.profile) as f:
         raw = json.load(f)
@@ -239,8 +236,8 @@ def parse_accuracy(text: str) -> dict[float, float] | str:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from .settings import settings_from_args
-    from .main import run_server
+    from server.main import run_server
+    from server.settings import settings_from_args
 
     return run_server(settings_from_args(args))
 

@@ -11,11 +11,10 @@ import time
 import uvicorn
 
 from models.errors import CheckpointError
-
-from .app import build_app
-from .logs import configure_logging
-from .protocols import protocol_class
-from .settings import Settings
+from server.app import build_app
+from server.http.logs import configure_logging
+from server.http.protocols import protocol_class
+from server.settings import Settings
 
 __all__ = ["run_server", "DrainingServer", "EXIT_FAILED"]
 

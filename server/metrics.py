@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from policies import Reason
-
-from .statistics import ModelStatistics
+from server.statistics import ModelStatistics
 
 __all__ = ["Metrics", "Outcome", "RequestRecord", "BatchRecord", "QueueRecord", "ModelRecord", "DeviceRecord",
            "width_label", "width_position"]

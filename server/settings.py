@@ -14,10 +14,8 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.widths import parse_widths
-
 from policies.scheduler import SchedulerConfig
-
-from .runtime_config import RuntimeConfig
+from server.runtime.config import RuntimeConfig
 
 __all__ = ["Settings", "SCHEDULING_FIELDS", "add_serve_arguments", "settings_from_args"]
 

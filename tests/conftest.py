@@ -14,7 +14,15 @@ from prometheus_client import CollectorRegistry
 import models
 from server.app import build_app
 from server.settings import Settings
-from tests.helpers import REFERENCE, SHUFFLENET_REFERENCE, SYNTHETIC_PROFILE, TINY_ACCURACY, LiveServer, make_net, wait_ready
+from tests.helpers import (
+    REFERENCE,
+    SHUFFLENET_REFERENCE,
+    SYNTHETIC_PROFILE,
+    TINY_ACCURACY,
+    LiveServer,
+    make_net,
+    wait_ready,
+)
 
 # Every server a test starts (in process or as a subprocess, which inherits this) exports and profiles
 # afresh: what start-up logs and measures must not depend on which test ran first. The cache's own
@@ -60,7 +68,7 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def synthetic_profile(tmp_path_factory, tiny_checkpoint) -> Path:
     """SYNTHETIC_PROFILE for the tiny model as served with default settings (its fingerprint matches)."""
-    from server.runtime import runtime_fingerprint
+    from server.runtime.runtime import runtime_fingerprint
 
     path = tmp_path_factory.mktemp("profile") / "profile.json"
     fingerprint = runtime_fingerprint(models.load_checkpoint(tiny_checkpoint))

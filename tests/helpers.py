@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 
 import models
-from models.universal import UniversalNet
 from bench.common import LiveServer, free_port  # noqa: F401  (the one live-server launcher, re-exported)
-from server.runtime import Runtime
+from models.universal import UniversalNet
+from server.runtime.runtime import Runtime
 
 T = TypeVar("T")
 

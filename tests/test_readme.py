@@ -14,7 +14,6 @@ import httpx2
 import pytest
 
 import models
-
 from bench.common import REPO, LiveServer, free_port
 from server.cli import build_parser
 

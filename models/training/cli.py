@@ -153,7 +153,6 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     import models
     from models.training import calibrate_bn, evaluate
     from models.training.trainer import calibrate_universal
-
     from models.universal import UniversalNet
 
     net, data = _load_for_data(args)

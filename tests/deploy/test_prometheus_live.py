@@ -9,8 +9,8 @@ import httpx2
 import pytest
 import yaml
 
-from tests.helpers import REPO, free_port, png_bytes
 from tests.deploy.test_artifacts import tool
+from tests.helpers import REPO, free_port, png_bytes
 
 
 def query(base: str, expr: str) -> list[dict]:

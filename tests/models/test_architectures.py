@@ -8,6 +8,7 @@ from models.profiling import count_macs, profile_net
 from models.slimmable import make_divisible
 from tests.helpers import OFFICIAL_ARCHS, make_net
 
+
 def _some_widths(arch: str) -> tuple[float, ...]:
     """Every switch of a slimmable net; three of a universally slimmable net's dozens of slots."""
     widths = models.create(arch).widths

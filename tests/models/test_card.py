@@ -33,7 +33,7 @@ def test_card_from_metadata_and_defaults():
 
 def test_one_width_matcher_everywhere():
     from policies import make_policy
-    from server.codecs import parse_width
+    from server.api.codecs import parse_width
 
     card = ModelCard.from_net(models.create("s_mobilenet_v2", input_size=64))
     assert card.match_width(0.35000000000001) == 0.35 and card.match_width(0.4) is None

@@ -6,7 +6,7 @@ import threading
 import pytest
 
 from policies import LatencyProfile, MaxWidthPolicy
-from policies.scheduler import Pending, Refused, RefusalReason, ScheduledRequest, Scheduler, SchedulerConfig
+from policies.scheduler import Pending, RefusalReason, Refused, ScheduledRequest, Scheduler, SchedulerConfig
 
 WIDTHS = (0.25, 1.0)
 PROFILE = LatencyProfile({0.25: {1: 0.001, 4: 0.004}, 1.0: {1: 0.010, 4: 0.020}})

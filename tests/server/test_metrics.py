@@ -9,7 +9,14 @@ from prometheus_client import CollectorRegistry
 
 from policies import Reason
 from server.metrics import (
-    BatchRecord, DeviceRecord, Metrics, ModelRecord, Outcome, QueueRecord, RequestRecord, width_label,
+    BatchRecord,
+    DeviceRecord,
+    Metrics,
+    ModelRecord,
+    Outcome,
+    QueueRecord,
+    RequestRecord,
+    width_label,
 )
 from tests.helpers import REPO
 

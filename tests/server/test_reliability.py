@@ -1,8 +1,8 @@
 """Faults, access control, request ids, CORS and logs."""
 
 import json
-import os
 import logging
+import os
 import re
 import threading
 import time
@@ -10,11 +10,10 @@ import time
 import pytest
 import torch
 
-from server.logs import JsonFormatter
 from policies import Reason
 from policies.scheduler import Pending, ScheduledRequest
-from tests.helpers import png_bytes
-from tests.helpers import FaultInjectingRuntime, eventually
+from server.http.logs import JsonFormatter
+from tests.helpers import FaultInjectingRuntime, eventually, png_bytes
 
 PNG = {"content": png_bytes(), "headers": {"content-type": "image/png"}}
 
@@ -271,7 +270,7 @@ def test_non_finite_env_setting_is_refused(monkeypatch):
 
 
 def test_text_access_log_escapes_client_controlled_values(make_client, caplog):
-    from server.logs import TextFormatter
+    from server.http.logs import TextFormatter
 
     client = make_client()
     caplog.set_level(logging.INFO, logger="widthwise.access")

@@ -1,0 +1,320 @@
+"""KServe v2 / Open Inference Protocol over gRPC (``inference.GRPCInferenceService``) on ``--grpc-port``.
+
+Served by grpcio's asyncio server on the same event loop as HTTP, over the same engine (scheduler,
+metrics, statistics) through :mod:`server.v2_service`, so both transports answer alike. The
+generated messages and servicer base are the ones ``tritonclient[grpc]`` ships
+(``tritonclient.grpc.service_pb2``/``service_pb2_grpc``/``model_config_pb2``): the KServe v2
+protocol plus Triton's extensions, no ``.proto`` copied here.
+
+Errors map to gRPC status codes as HTTP statuses do: 4xx -> INVALID_ARGUMENT (401 UNAUTHENTICATED,
+404 NOT_FOUND), 503 -> UNAVAILABLE with ``google.rpc.RetryInfo`` and ``retry-after`` metadata,
+504 -> DEADLINE_EXCEEDED, a failed batch -> INTERNAL. Width and budget come from the request
+parameters (``width``, ``latency_budget_ms``, Triton's ``timeout`` in microseconds), else from the
+call's gRPC deadline; the answer's parameters carry ``width``, ``reason``, ``deadline_met`` and
+``budget_ms``, its logits are in ``raw_output_contents`` (as Triton answers).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from google.protobuf import duration_pb2, json_format
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+from tritonclient.grpc import model_config_pb2
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+from policies import Refused
+from server.api import v2_service
+from server.api.errors import REFUSAL_STATUS
+from server.api.outcomes import count_outcome
+from server.api.v2_request import parse_v2_request
+from server.api.v2_service import MODEL_VERSION, OUTPUT_NAME
+from server.engine.engine import Engine
+from server.engine.errors import InferenceFailed, InvalidRequest
+from server.http.errors import ApiError
+from server.http.logs import access_log, log_fields, request_id_or_new
+
+__all__ = ["InferenceServicer", "start_grpc_server", "GRPC_STATUS"]
+
+log = logging.getLogger("widthwise.grpc")
+SERVICE = "inference.GRPCInferenceService"
+OFFLOAD_CONTENTS = 16 * 1024  # typed contents longer than this are turned into a tensor in a worker thread
+
+# HTTP status of an ApiError -> gRPC status code.
+GRPC_STATUS = {
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    404: grpc.StatusCode.NOT_FOUND,
+    408: grpc.StatusCode.DEADLINE_EXCEEDED,
+    499: grpc.StatusCode.CANCELLED,
+    500: grpc.StatusCode.INTERNAL,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+# Where typed (non-raw) tensor contents live in InferTensorContents, per accepted datatype.
+CONTENTS_FIELD = {"FP32": "fp32_contents", "UINT8": "uint_contents"}
+
+
+@dataclass
+class _Call:
+    """One RPC, for the access log: ``scope`` collects the fields handlers add (as a Starlette request's)."""
+
+    method: str
+    request_id: str
+    started: float = field(default_factory=time.perf_counter)
+    scope: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Status(grpc.Status):
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple = ()
+
+
+class _Abort(Exception):
+    """Carries the gRPC status an RPC ends with."""
+
+    def __init__(self, status: grpc.Status) -> None:
+        super().__init__(status.details)
+        self.status = status
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """The v2 service over one engine. Unimplemented methods (shared memory, tracing, streaming)
+    answer UNIMPLEMENTED, as the generated base does."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.settings = engine.settings
+        token = self.settings.api_token
+        self._token = token.encode() if token else None
+
+    # -- health and metadata --------------------------------------------------
+
+    async def ServerLive(self, request, context):
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request, context):
+        return pb.ServerReadyResponse(ready=self.engine.ready)
+
+    async def ServerMetadata(self, request, context):
+        meta = v2_service.server_metadata()
+        return pb.ServerMetadataResponse(name=meta["name"], version=meta["version"], extensions=meta["extensions"])
+
+    async def ModelReady(self, request, context):
+        return await self._unary(context, "ModelReady", lambda call: pb.ModelReadyResponse(
+            ready=self._model(request.name, request.version).ready))
+
+    async def ModelMetadata(self, request, context):
+        def answer(call: _Call):
+            meta = v2_service.model_metadata(self._model(request.name, request.version))
+            return pb.ModelMetadataResponse(
+                name=meta["name"], versions=meta["versions"], platform=meta["platform"],
+                inputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in meta["inputs"]],
+                outputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in meta["outputs"]],
+            )
+        return await self._unary(context, "ModelMetadata", answer)
+
+    async def ModelConfig(self, request, context):
+        def answer(call: _Call):
+            config = v2_service.model_config(self._model(request.name, request.version))
+            return pb.ModelConfigResponse(config=json_format.ParseDict(config, model_config_pb2.ModelConfig()))
+        return await self._unary(context, "ModelConfig", answer)
+
+    async def ModelStatistics(self, request, context):
+        def answer(call: _Call):
+            engine = self._model(request.name, request.version) if request.name else self.engine
+            stats = v2_service.model_statistics(engine)
+            # Triton's message has no place for per-width counts: they travel as JSON metadata.
+            widths = [entry.pop("widths") for entry in stats["model_stats"]]
+            context.set_trailing_metadata((("widthwise-width-stats", json.dumps(widths[0])),))
+            return json_format.ParseDict(stats, pb.ModelStatisticsResponse())
+        return await self._unary(context, "ModelStatistics", answer)
+
+    async def RepositoryIndex(self, request, context):
+        def answer(call: _Call):
+            models = v2_service.repository_index(self.engine, request.ready)
+            return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**m) for m in models])
+        return await self._unary(context, "RepositoryIndex", answer)
+
+    async def RepositoryModelLoad(self, request, context):
+        def answer(call: _Call):
+            self._model(request.model_name)
+            return pb.RepositoryModelLoadResponse()
+        return await self._unary(context, "RepositoryModelLoad", answer)
+
+    async def RepositoryModelUnload(self, request, context):
+        def answer(call: _Call):
+            self._model(request.model_name)
+            raise ApiError(400, "widthwise serves one model for the life of the process; stop the server to unload it")
+        return await self._unary(context, "RepositoryModelUnload", answer)
+
+    # -- inference ---------------------------------------------------------------
+
+    async def ModelInfer(self, request: pb.ModelInferRequest, context):
+        arrival = time.monotonic()
+        call = self._call("ModelInfer", context)
+        try:
+            self._authorize(context)
+            engine = self._model(request.model_name, request.model_version)
+            async with count_outcome(engine, call) as record:
+                parsed, tail, large = _v2_request(request)
+                remaining = context.time_remaining()  # the client's deadline, seconds (None: none)
+                width, budget_ms = v2_service.request_options(
+                    parsed.parameters, engine, None, remaining * 1e3 if remaining is not None and remaining > 0 else None)
+                log_fields(call, budget_ms=budget_ms, pinned_width=width)
+                answer = await v2_service.infer(engine, parsed, tail, width=width, budget_ms=budget_ms,
+                                                arrival=arrival, record=record, offload=large)
+            response = pb.ModelInferResponse(model_name=engine.model_name, model_version=MODEL_VERSION, id=request.id)
+            for key, value in answer.parameters().items():
+                if value is not None:
+                    _set_parameter(response.parameters[key], value)
+            # the data travels in raw_output_contents, as Triton sends it
+            response.outputs.add(name=OUTPUT_NAME, datatype="FP32", shape=list(answer.logits.shape))
+            response.raw_output_contents.append(answer.logits.astype("<f4", copy=False).tobytes())
+            self._log(call, grpc.StatusCode.OK)
+            return response
+        except Exception as exc:  # every failure ends as a status, never a bare traceback
+            await self._abort(context, call, exc)
+
+    # -- plumbing -----------------------------------------------------------------
+
+    async def _unary(self, context, method: str, answer):
+        call = self._call(method, context)
+        try:
+            self._authorize(context)
+            response = answer(call)
+        except Exception as exc:
+            await self._abort(context, call, exc)
+        self._log(call, grpc.StatusCode.OK)
+        return response
+
+    def _call(self, method: str, context) -> _Call:
+        candidate = next((value for key, value in context.invocation_metadata() or ()
+                          if key == "x-request-id" and isinstance(value, str)), None)
+        return _Call(method, request_id_or_new(candidate))
+
+    def _model(self, name: str, model_version: str = "") -> Engine:
+        return v2_service.find_model(self.engine, name, model_version)
+
+    def _authorize(self, context) -> None:
+        """``authorization: Bearer <token>`` metadata, as HTTP's header (when a token is configured)."""
+        if self._token is None:
+            return
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                scheme, _, credentials = (value.encode() if isinstance(value, str) else value).partition(b" ")
+                if scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), self._token):
+                    return
+        raise ApiError(401, "missing or invalid bearer token")
+
+    async def _abort(self, context, call: _Call, exc: Exception) -> None:
+        status = _status_of(exc, self.settings.retry_after_s)
+        if status.code is grpc.StatusCode.INTERNAL and not isinstance(exc, InferenceFailed):
+            log.exception("unhandled error in %s", call.method)
+        call.scope.setdefault("widthwise.log", {}).setdefault("error", status.details)
+        self._log(call, status.code)
+        await context.abort_with_status(status)
+
+    def _log(self, call: _Call, code: grpc.StatusCode) -> None:
+        if access_log.isEnabledFor(logging.INFO):
+            fields = {"request_id": call.request_id, "method": "grpc", "path": f"/{SERVICE}/{call.method}",
+                      "status": code.name, "duration_ms": round((time.perf_counter() - call.started) * 1e3, 3),
+                      **call.scope.get("widthwise.log", {})}
+            access_log.info("request", extra={"fields": fields})
+
+
+def _status_of(exc: Exception, retry_after_s: int) -> grpc.Status:
+    """The gRPC status an exception ends an RPC with (the HTTP error table, translated)."""
+    if isinstance(exc, Refused):
+        http = REFUSAL_STATUS[exc.reason]
+        if http == 503:
+            return _unavailable(exc.message, retry_after_s)
+        return _Status(grpc.StatusCode.DEADLINE_EXCEEDED, exc.message)
+    if isinstance(exc, ApiError):
+        return _Status(GRPC_STATUS.get(exc.status, grpc.StatusCode.INVALID_ARGUMENT), exc.message)
+    if isinstance(exc, InvalidRequest):
+        return _Status(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    if isinstance(exc, InferenceFailed):
+        return _Status(grpc.StatusCode.INTERNAL, str(exc))
+    return _Status(grpc.StatusCode.INTERNAL, "internal server error")
+
+
+def _unavailable(message: str, retry_after_s: int) -> grpc.Status:
+    """UNAVAILABLE with ``google.rpc.RetryInfo`` (what gRPC clients read) and ``retry-after`` (as HTTP's header)."""
+    retry = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=retry_after_s))
+    rich = status_pb2.Status(code=code_pb2.UNAVAILABLE, message=message)
+    rich.details.add().Pack(retry)
+    status = rpc_status.to_status(rich)
+    return _Status(status.code, status.details, (*status.trailing_metadata, ("retry-after", str(retry_after_s))))
+
+
+def _parameter_value(parameter: pb.InferParameter) -> Any:
+    choice = parameter.WhichOneof("parameter_choice")
+    return getattr(parameter, choice) if choice else None
+
+
+def _set_parameter(parameter: pb.InferParameter, value: Any) -> None:
+    if isinstance(value, bool):
+        parameter.bool_param = value
+    elif isinstance(value, (int, float)):
+        parameter.double_param = float(value)
+    else:
+        parameter.string_param = str(value)
+
+
+def _v2_request(request: pb.ModelInferRequest):
+    """The protobuf request as the validated v2 request the HTTP side builds, its binary data, and
+    whether its typed contents are large enough to be turned into a tensor off the event loop."""
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise ApiError(400, f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs")
+    inputs, typed = [], 0
+    for i, tensor in enumerate(request.inputs):
+        spec: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
+        if raw:
+            spec["parameters"] = {"binary_data_size": len(raw[i])}
+        else:
+            field_name = CONTENTS_FIELD.get(tensor.datatype)
+            if field_name is None:
+                raise ApiError(400, f"input {tensor.name!r}: datatype {tensor.datatype!r} needs raw_input_contents "
+                                    f"(typed contents are accepted for {', '.join(CONTENTS_FIELD)})")
+            values = getattr(tensor.contents, field_name)
+            spec["data"] = list(values)
+            typed += len(values)
+        inputs.append(spec)
+    header = {
+        "inputs": inputs,
+        "outputs": [{"name": o.name} for o in request.outputs] or None,
+        "parameters": {key: _parameter_value(p) for key, p in request.parameters.items()},
+    }
+    if request.id:
+        header["id"] = request.id
+    tail = raw[0] if len(raw) == 1 else b"".join(raw)
+    return parse_v2_request(header), tail, typed > OFFLOAD_CONTENTS
+
+
+async def start_grpc_server(engine: Engine) -> grpc.aio.Server:
+    """Listen on ``--host``:``--grpc-port`` on the running event loop; stop it with ``server.stop(grace)``."""
+    settings = engine.settings
+    server = grpc.aio.server(
+        options=[("grpc.max_receive_message_length", settings.max_body_bytes),
+                 ("grpc.max_send_message_length", -1),
+                 ("grpc.so_reuseport", 0)],
+        maximum_concurrent_rpcs=settings.max_inflight_http,
+    )
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(engine), server)
+    address = f"{settings.host}:{settings.grpc_port}"
+    if server.add_insecure_port(address) == 0:
+        raise OSError(f"cannot listen for gRPC on {address}")
+    await server.start()
+    log.info("gRPC (KServe v2) listening on %s", address)
+    return server

@@ -1,0 +1,89 @@
+"""Per-request outcome accounting shared by every handler (native, v2 HTTP, gRPC)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from typing import AsyncIterator, Protocol
+
+from policies import RefusalReason, Refused
+from server.engine.engine import Engine, InferenceResult
+from server.engine.errors import InvalidRequest
+from server.http.errors import ApiError
+from server.http.logs import log_fields
+from server.metrics import Outcome, RequestRecord
+
+__all__ = ["count_outcome", "Recorder"]
+
+log = logging.getLogger("widthwise.http")
+
+
+class Recorder(Protocol):
+    def __call__(self, result: InferenceResult, total_s: float, budget_s: float | None, input_s: float = 0.0) -> bool:
+        ...
+
+
+@contextlib.asynccontextmanager
+async def count_outcome(engine: Engine, request) -> AsyncIterator[Recorder]:
+    """Counts the outcome of a request in ``widthwise_requests_total``, matching its status.
+
+    The handler calls the yielded ``record(result, total_s, budget_s, input_s)`` once the engine has
+    answered (once per image of a several-image request); it returns whether the budget was met end
+    to end (arrival to reply). With ``--admission reject`` an answer past its budget raises
+    :class:`~policies.Refused` (``expired``: 504, counted ``rejected``) instead: no late 200s. The
+    outcome is committed when the handler finishes:
+    ``ok``/``deadline_missed`` per recorded answer if it returns normally, ``bad_request`` for an
+    :class:`ApiError` (4xx) or :class:`InvalidRequest`, ``rejected`` for :class:`~policies.Refused`
+    (503/504) and ``error`` for anything else (500) -- also when it fails after ``record`` (a
+    request answered 500 is never counted ``ok``). Exceptions propagate unchanged. The outcome also
+    goes into the request's access-log line (``request`` has a ``scope`` dict: a Starlette request,
+    or the gRPC servicer's stand-in).
+    """
+    began = time.monotonic()
+    served: list[tuple[InferenceResult, RequestRecord]] = []
+    accuracy = engine.card.accuracy
+    late_is_refused = engine.settings.admission == "reject"
+
+    def record(result: InferenceResult, total_s: float, budget_s: float | None, input_s: float = 0.0) -> bool:
+        met = budget_s is None or total_s <= budget_s
+        engine.note_overhead(total_s - result.queue_s - result.inference_s)
+        if late_is_refused and budget_s is not None and total_s + engine.reply_margin_s(budget_s) > budget_s:
+            # Never a late 200 (--admission reject): an answer ready too late to reach the client in
+            # time is of no use to it.
+            raise Refused(RefusalReason.EXPIRED, f"answer ready {total_s * 1e3:.1f} ms after the request arrived, "
+                                                 f"too late for its {budget_s * 1e3:g} ms budget")
+        served.append((result, RequestRecord(Outcome.OK if met else Outcome.DEADLINE_MISSED, result.width, total_s,
+                                             accuracy.get(result.width), input_s, result.queue_s, result.inference_s)))
+        return met
+
+    try:
+        yield record
+    except (ApiError, InvalidRequest) as exc:
+        _failed(engine, request, Outcome.BAD_REQUEST, str(exc), began)
+        raise
+    except Refused as exc:
+        _failed(engine, request, Outcome.REJECTED, exc.message, began)
+        raise
+    except Exception as exc:
+        _failed(engine, request, Outcome.ERROR, str(exc) or type(exc).__name__, began)
+        raise
+    for _, r in served:
+        engine.metrics.record_request(r)
+    if len(served) == 1:
+        result, r = served[0]
+        log_fields(request, outcome=r.outcome, width=result.width, reason=result.reason,
+                   batch=result.batch_samples, queue_ms=round(result.queue_s * 1e3, 3),
+                   inference_ms=round(result.inference_s * 1e3, 3))
+    elif served:
+        log_fields(request, outcome=_worst([r for _, r in served]), widths=[res.width for res, _ in served],
+                   reasons=[str(res.reason) for res, _ in served])
+
+
+def _failed(engine: Engine, request, outcome: Outcome, message: str, began: float) -> None:
+    engine.metrics.record_request(RequestRecord(outcome, duration_s=time.monotonic() - began))
+    log_fields(request, outcome=outcome, error=message)
+
+
+def _worst(records: list[RequestRecord]) -> Outcome:
+    return Outcome.DEADLINE_MISSED if any(r.outcome is Outcome.DEADLINE_MISSED for r in records) else Outcome.OK

@@ -1,1 +1,0 @@
-"""One router per API surface: native v1, KServe v2 (Open Inference Protocol), operations."""
