@@ -23,8 +23,10 @@ import numpy as np
 import torch
 
 import models
-from server.runtime.channel_padding import nchwc_block
-from server.runtime.runtime import Runtime, export_switch_onnx, ort_session_options, shared_initializers
+from server.runtime import Runtime
+from server.runtime.cpu_features import nchwc_block
+from server.runtime.onnx_export import export_switch_onnx
+from server.runtime.ort import ort_session_options, shared_initializers
 
 BLOCK, DISCARD = 5, 2  # calls per block; the first ones pay for switching from another session
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 import models
-from server.runtime.runtime import Runtime
+from server.runtime import Runtime
 
 VARIANTS = {  # name: (precision, cuda_graphs)
     "eager_fp32": ("fp32", False),

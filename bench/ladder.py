@@ -23,8 +23,9 @@ import numpy as np
 import torch
 
 import models
-from server.runtime.channel_padding import nchwc_block
-from server.runtime.runtime import export_switch_onnx, ort_session_options, use_global_thread_pool
+from server.runtime.cpu_features import nchwc_block
+from server.runtime.onnx_export import export_switch_onnx
+from server.runtime.ort import ort_session_options, use_global_thread_pool
 
 
 def op_kind(op: str, shapes: list[list[int]]) -> str:

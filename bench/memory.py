@@ -60,7 +60,8 @@ def measure(arch: str, widths_spec: str, batches: list[int], cache_dir: Path, we
     import models
     from models.widths import parse_widths
     from server.engine.startup_cache import StartupCache
-    from server.runtime.runtime import Runtime, return_freed_heap, use_global_thread_pool
+    from server.runtime import Runtime, return_freed_heap
+    from server.runtime.ort import use_global_thread_pool
 
     widths = parse_widths(widths_spec)
     extra = {"calibrated": widths} if arch.startswith("us_") else {}
@@ -100,7 +101,7 @@ def _measure_shared(net, arch: str, widths_spec: str, widths, batches: list[int]
     import numpy as np
     import torch
 
-    from server.runtime.runtime import Runtime, return_freed_heap
+    from server.runtime import Runtime, return_freed_heap
 
     net_mb = sum(t.numel() * t.element_size() for t in [*net.parameters(), *net.buffers()]) / 2**20
     # torch's one-time costs (kernels, allocator pools) on a throw-away batch of the widest width first

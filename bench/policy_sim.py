@@ -23,7 +23,7 @@ import models
 from models.checkpoint import OFFICIAL_TOP1
 from policies import LatencyProfile, batch_sizes_up_to, make_policy
 from policies.simulator import arrival_times, simulate
-from server.runtime.runtime import Runtime, profile_runtime
+from server.runtime import Runtime, profile_runtime
 from server.settings import Settings
 
 ADAPTIVE = ("max-width", "slack", "feedback")

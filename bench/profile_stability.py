@@ -26,7 +26,7 @@ import models
 from bench.common import imagenet_checkpoint
 from policies import batch_sizes_up_to, measure_profile
 from policies.profile import monotone, time_runs
-from server.runtime.runtime import Runtime
+from server.runtime import Runtime
 
 
 def width_after_width(run, widths, batch_sizes, warmup: int = 3, repeats: int = 15) -> dict:

@@ -45,7 +45,7 @@ from models.training import TrainConfig, evaluate, load_dataset, train
 from models.widths import width_grid
 from policies import LatencyProfile, batch_sizes_up_to, make_policy
 from policies.simulator import arrival_times, simulate
-from server.runtime.runtime import Runtime, profile_runtime
+from server.runtime import Runtime, profile_runtime
 from server.settings import Settings
 
 GRID = width_grid(0.35, 1.0, 0.05)

@@ -30,7 +30,7 @@ from server.http.limits import InflightGate, InflightLimitMiddleware
 from server.http.logs import RequestIdMiddleware
 from server.http.security import BearerTokenMiddleware
 from server.metrics import Metrics
-from server.runtime.runtime import Runtime
+from server.runtime import Runtime
 from server.settings import Settings
 
 if TYPE_CHECKING:

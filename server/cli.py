@@ -91,7 +91,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 
     import models
     from policies import batch_sizes_up_to
-    from server.runtime.runtime import Runtime, RuntimeConfig, profile_runtime
+    from server.runtime import Runtime, RuntimeConfig, profile_runtime
 
     if args.checkpoint:
         net = models.load_checkpoint(args.checkpoint)

@@ -68,7 +68,7 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def synthetic_profile(tmp_path_factory, tiny_checkpoint) -> Path:
     """SYNTHETIC_PROFILE for the tiny model as served with default settings (its fingerprint matches)."""
-    from server.runtime.runtime import runtime_fingerprint
+    from server.runtime import runtime_fingerprint
 
     path = tmp_path_factory.mktemp("profile") / "profile.json"
     fingerprint = runtime_fingerprint(models.load_checkpoint(tiny_checkpoint))

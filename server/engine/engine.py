@@ -41,8 +41,8 @@ from server.engine.keep_warm import KeepWarm
 from server.engine.startup_cache import StartupCache, default_cache_dir
 from server.engine.worker import BatchWorker, InferenceResult
 from server.metrics import DeviceRecord, Metrics, ModelRecord, QueueRecord, width_label
+from server.runtime import Runtime, profile_runtime, return_freed_heap
 from server.runtime.cpus import cpu_monitor, usable_cpus
-from server.runtime.runtime import Runtime, profile_runtime, return_freed_heap
 from server.settings import Settings
 
 if TYPE_CHECKING:

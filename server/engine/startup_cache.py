@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from server.runtime.runtime import EXECUTION_REVISION
+from server.runtime import EXECUTION_REVISION
 
 if TYPE_CHECKING:
     from models import SlimmableNet

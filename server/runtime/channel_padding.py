@@ -24,9 +24,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from server.runtime.cpu_features import nchwc_block  # noqa: F401  (re-exported)
-
-__all__ = ["pad_channels", "nchwc_block"]
+__all__ = ["pad_channels"]
 
 ELEMENTWISE = {"Relu", "Clip", "Add"}
 

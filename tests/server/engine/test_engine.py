@@ -36,7 +36,7 @@ def test_admit_applies_the_default_budget_and_refuses_before_any_decoding(make_c
 
 
 def test_admit_refuses_while_starting_and_while_draining(make_client):
-    from server.runtime.runtime import Runtime
+    from server.runtime import Runtime
 
     release = threading.Event()
 

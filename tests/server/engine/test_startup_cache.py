@@ -37,12 +37,10 @@ def test_a_restart_reuses_exports_profile_and_costs(make_client, tmp_path, monke
     costs = [(w["macs"], w["params"]) for w in first.get("/v1/models").json()["models"][0]["widths"]]
 
     # The second start must neither export nor profile nor count MACs.
-    from server.runtime import runtime as runtime_module
-
     def refuse(*_args, **_kwargs):
         raise AssertionError("exported although the cache holds the switch")
 
-    monkeypatch.setattr(runtime_module, "export_switch_onnx", refuse)
+    monkeypatch.setattr("server.runtime.onnx_export.export_switch_onnx", refuse)
     monkeypatch.setattr("server.engine.engine.profile_runtime", refuse)
     monkeypatch.setattr("models.profiling.count_macs", refuse)
     caplog.set_level(logging.INFO, "widthwise")

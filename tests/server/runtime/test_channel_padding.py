@@ -8,8 +8,10 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import models
-from server.runtime.channel_padding import nchwc_block, pad_channels
-from server.runtime.runtime import export_switch_onnx, ort_session_options, use_global_thread_pool
+from server.runtime.channel_padding import pad_channels
+from server.runtime.cpu_features import nchwc_block
+from server.runtime.onnx_export import export_switch_onnx
+from server.runtime.ort import ort_session_options, use_global_thread_pool
 
 
 def run(model: bytes, x: np.ndarray) -> np.ndarray:

@@ -8,7 +8,8 @@ import pytest
 from policies.load import QuotaCpuMonitor
 from server.runtime import cpus
 from server.runtime.cpus import cgroup_cpu_limit, usable_cpus
-from server.runtime.runtime import default_ort_threads, default_torch_threads
+from server.runtime.ort import default_ort_threads
+from server.runtime.torch_cpu import default_torch_threads
 
 
 def write(path: Path, text: str) -> None:

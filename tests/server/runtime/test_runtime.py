@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from server.runtime.runtime import Runtime, export_onnx, resolve_backend
+from server.runtime import Runtime, resolve_backend
+from server.runtime.onnx_export import export_onnx
 from tests.helpers import make_net
 
 
@@ -136,7 +137,7 @@ ARENA_PROBE = """
 import json, sys, torch
 from bench.memory import resident_mb
 import models
-from server.runtime.runtime import Runtime
+from server.runtime import Runtime
 widths = tuple(round(0.4 + 0.05 * i, 2) for i in range(13))
 net = models.create("us_convnet6", widths=widths, calibrated=widths, input_size=96).eval()
 runtime = Runtime(net, device="cpu", backend="onnxruntime", threads=1)
@@ -168,7 +169,7 @@ def test_widths_share_one_activation_arena():
 
 
 def test_the_torch_cpu_executor_runs_channels_last_from_32_px_inputs():
-    from server.runtime.runtime import TorchCpuExecutor
+    from server.runtime.torch_cpu import TorchCpuExecutor
 
     seen = []
 
