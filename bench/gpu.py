@@ -89,7 +89,7 @@ def main() -> None:
         return
     torch.backends.cudnn.benchmark = True
     report["gpu"] = torch.cuda.get_device_name(0)
-    from policies.load import NvmlMonitor
+    from server.runtime.nvml import NvmlMonitor
 
     nvml = NvmlMonitor()
     report["nvml"] = {"available": nvml.available, "sample": nvml.sample().__dict__}

@@ -55,12 +55,10 @@ class QueuedItem:
 
 @dataclass(frozen=True)
 class LoadSignals:
-    """Current load; any signal may be missing (None) and policies must cope."""
+    """Current load beyond the queue itself (which the view holds); any signal may be missing (None)
+    and policies must cope."""
 
-    queue_depth: int = 0
-    inflight_batches: int = 0
     arrival_rate: float | None = None  # offered requests per second, recent window
-    device_utilization: float | None = None  # 0..1, GPU via NVML or CPU
     # CPU seconds the server spends per request outside the model (HTTP, decoding, replies) on the
     # cores the model runs on: 0 or None when it has cores of its own (a GPU, spare CPU cores).
     request_cpu_s: float | None = None

@@ -113,18 +113,16 @@ class Scheduler:
         widths: tuple[float, ...],
         config: SchedulerConfig = SchedulerConfig(),
         clock: Callable[[], float] = time.monotonic,
-        utilization: Callable[[], float | None] = lambda: None,
         request_cpu: Callable[[], float | None] = lambda: None,
     ) -> None:
-        """``utilization`` and ``request_cpu`` supply :class:`LoadSignals` fields (device utilization;
-        the server's own CPU per request on the model's cores) at each dispatch."""
+        """``request_cpu`` supplies :attr:`LoadSignals.request_cpu_s` (the server's own CPU per request on
+        the model's cores) at each dispatch."""
         self.policy = policy
         self.profile = profile
         self.widths = widths
         self.config = config
         self.max_batch_size = config.max_batch_size
         self.clock = clock
-        self.utilization = utilization
         self.request_cpu = request_cpu
         self._heap: list[tuple[float, int, Pending]] = []
         self._seq = itertools.count()
@@ -280,11 +278,7 @@ class Scheduler:
             profile=self.profile,
             max_batch_size=self.max_batch_size,
             margin=self.config.margin,
-            load=load or LoadSignals(
-                queue_depth=len(ordered), inflight_batches=self._inflight_batches,
-                arrival_rate=self._arrival_rate(now), device_utilization=self.utilization(),
-                request_cpu_s=self.request_cpu(),
-            ),
+            load=load or LoadSignals(arrival_rate=self._arrival_rate(now), request_cpu_s=self.request_cpu()),
         )
         decision = self.policy.select(view)
         chosen = set(decision.request_ids)

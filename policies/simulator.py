@@ -19,6 +19,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from .base import Policy
+from .deadline import Deadlines
 from .profile import LatencyProfile
 from .scheduler import Batch, Pending, Refused, ScheduledRequest, Scheduler, SchedulerConfig
 
@@ -127,12 +128,6 @@ class SpeedTrace:
                              f"[t, factor] pairs ({type(exc).__name__}: {exc})") from None
 
 
-# The live server's floor for the time an answer still needs once ready (server.engine.reply_margin_s,
-# which adds the event loop's recent lag the simulation does not have): with --admission reject, an
-# answer ready closer than this to its budget is refused (504) rather than sent late.
-REPLY_MARGIN_S = 0.001
-
-
 class _Clock:
     def __init__(self) -> None:
         self.now = 0.0
@@ -159,15 +154,17 @@ def simulate(
     ``request_cpu_s`` models a server whose own per-request work (HTTP, decoding, the reply) runs on
     the cores the model computes on, as ``serve`` measures it (``/v1/models`` ``request_cpu_ms``):
     half of it (parsing) before a request reaches the queue and half (the reply) after its batch,
-    and every arrival during a batch steals that much core time from it. The scheduler and policies see it as the
-    live server's do, and the engine's reserve (1 ms + this; 1 ms without it) comes off every deadline.
+    and every arrival during a batch steals that much core time from it. The scheduler and policies see it
+    as the live server's do, and the reserve comes off every deadline as the server's does
+    (:class:`~policies.deadline.Deadlines`, with this as the handler's overhead and no event-loop lag).
 
     ``speed(t)`` scales the batch starting at simulated time ``t`` (1 = as profiled): a host whose
     speed drifts (a VM's neighbours, thermal limits) serves the same batch 1.5x slower for seconds at a
     time, which no static profile shows; ``bench.sim_vs_live`` measures it from the live run's batches.
 
-    With ``config.admission == "reject"`` (serve's default) an answer ready less than
-    :data:`REPLY_MARGIN_S` before its budget counts as refused, as the server answers it 504.
+    With ``config.admission == "reject"`` (serve's default) an answer ready too late to reach the
+    client within its budget (:meth:`~policies.deadline.Deadlines.too_late`) counts as refused, as the
+    server answers it 504.
 
     Like the server's worker, every batch's time is fed back into the profile the scheduler and
     policies plan with (its online update and the recent tail that max-width plans for). That is a
@@ -179,7 +176,7 @@ def simulate(
     clock = _Clock()
     scheduler = Scheduler(policy, profile, widths, config, clock,
                           request_cpu=(lambda: request_cpu_s) if request_cpu_s else (lambda: None))
-    reserve = 0.001 + request_cpu_s  # the engine's: 1 ms at least, as serve keeps for the reply
+    deadlines = Deadlines(overhead_s=request_cpu_s)
     late_refused = config.admission == "reject"
     half = request_cpu_s / 2
     rng = np.random.default_rng(seed + 1)
@@ -220,7 +217,7 @@ def simulate(
             profile.observe(width, samples, clock.now - started)  # as the worker does, request CPU included
             for pending in items:
                 req = pending.request
-                if late_refused and clock.now - req.arrival + REPLY_MARGIN_S > req.budget_s:
+                if late_refused and deadlines.too_late(req.arrival, req.budget_s, clock.now):
                     rejected += 1  # the server's late check: 504, never a late 200
                     continue
                 latency = clock.now + half - req.arrival  # the reply's half of the request's CPU after the batch
@@ -234,8 +231,8 @@ def simulate(
         elif t_next == t_arrival:
             if busy_until is not None and request_cpu_s:
                 busy_until += request_cpu_s  # the request's CPU runs on the core the batch runs on
-            arrived = arrivals[next_arrival]
-            request = ScheduledRequest(next_arrival, 1, None, arrived + budget_s - reserve, arrived, budget_s)
+            deadline = deadlines.deadline(arrivals[next_arrival], budget_s)
+            request = ScheduledRequest(next_arrival, 1, None, deadline.at, deadline.arrival, budget_s)
             next_arrival += 1
             try:
                 scheduler.admit(Pending(request, lambda value: None))

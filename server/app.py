@@ -130,7 +130,7 @@ def build_app(
             if settings.grpc_port:  # imported only when asked for: grpcio and the generated modules
                 from server.api.grpc_service import start_grpc_server
 
-                grpc_server = await start_grpc_server(engine)
+                grpc_server = await start_grpc_server(engine, settings)
             try:
                 yield
             finally:

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Any, Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from policies import Reason
 from server.statistics import ModelStatistics
 
-__all__ = ["Metrics", "Outcome", "RequestRecord", "BatchRecord", "QueueRecord", "ModelRecord", "DeviceRecord",
-           "width_label", "width_position"]
+__all__ = ["Metrics", "Outcome", "RequestRecord", "BatchRecord", "QueueRecord", "ModelRecord", "width_label",
+           "width_position"]
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -84,13 +87,6 @@ class ModelRecord:
     widths: tuple[float, ...]
     device: str
     queue_limit: int
-
-
-@dataclass(frozen=True)
-class DeviceRecord:
-    device: str
-    utilization: float | None
-    memory_used_bytes: int | None
 
 
 class Metrics:
@@ -163,10 +159,7 @@ class Metrics:
             "learnt across all widths; every width's planned service time is scaled by it.",
             ["model"], registry=registry,
         )
-        self.gpu_utilization = Gauge(
-            "widthwise_gpu_utilization_ratio", "GPU utilization (0-1) from NVML.", ["device"], registry=registry
-        )
-        self.gpu_memory = Gauge("widthwise_gpu_memory_used_bytes", "GPU memory in use from NVML.", ["device"], registry=registry)
+        self._registry = registry
 
         # Per-request series of this model, bound once: labels() costs a lock and a lookup per call.
         self._queue_depth = self.queue_depth.labels(model)
@@ -231,10 +224,35 @@ class Metrics:
         self.queue_limit.labels(self.model).set(m.queue_limit)
         self.model_info.labels(self.model, m.arch, ",".join(width_label(w) for w in m.widths), m.device).set(1)
 
-    def record_device(self, d: DeviceRecord) -> None:
-        if d.utilization is not None:
-            self.gpu_utilization.labels(d.device).set(d.utilization)
-            self.gpu_memory.labels(d.device).set(d.memory_used_bytes or 0)
+    def watch_device(self, device: str, sample: Callable[[], Any]) -> None:
+        """Export ``device``'s utilization and memory, read by ``sample()`` (NVML's ``DeviceSample``) when
+        Prometheus scrapes: no thread polls the GPU between scrapes."""
+        self._registry.register(_DeviceGauges(device, sample))
+
+
+class _DeviceGauges(Collector):
+    """``widthwise_gpu_utilization_ratio`` and ``widthwise_gpu_memory_used_bytes`` of one device, read at
+    scrape time; nothing is exported while the reading is unavailable (NVML missing or failing)."""
+
+    def __init__(self, device: str, sample: Callable[[], Any]) -> None:
+        self.device = device
+        self.sample = sample
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return self._families()
+
+    def collect(self) -> list[GaugeMetricFamily]:
+        reading = self.sample()
+        return self._families(reading.utilization, reading.memory_used_bytes)
+
+    def _families(self, utilization: float | None = None, memory: int | None = None) -> list[GaugeMetricFamily]:
+        ratio = GaugeMetricFamily("widthwise_gpu_utilization_ratio", "GPU utilization (0-1) from NVML.",
+                                  labels=["device"])
+        used = GaugeMetricFamily("widthwise_gpu_memory_used_bytes", "GPU memory in use from NVML.", labels=["device"])
+        if utilization is not None:
+            ratio.add_metric([self.device], utilization)
+            used.add_metric([self.device], memory or 0)
+        return [ratio, used]
 
 
 def width_position(width: float, widths: tuple[float, ...]) -> str:

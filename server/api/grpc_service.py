@@ -1,7 +1,7 @@
 """KServe v2 / Open Inference Protocol over gRPC (``inference.GRPCInferenceService``) on ``--grpc-port``.
 
 Served by grpcio's asyncio server on the same event loop as HTTP, over the same engine (scheduler,
-metrics, statistics) through :mod:`server.v2_service`, so both transports answer alike. The
+metrics, statistics) through :mod:`server.api.v2_service`, so both transports answer alike. The
 generated messages and servicer base are the ones ``tritonclient[grpc]`` ships
 (``tritonclient.grpc.service_pb2``/``service_pb2_grpc``/``model_config_pb2``): the KServe v2
 protocol plus Triton's extensions, no ``.proto`` copied here.
@@ -33,14 +33,15 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from policies import Refused
 from server.api import v2_service
+from server.api.client import EngineClient
 from server.api.errors import REFUSAL_STATUS
 from server.api.outcomes import count_outcome
 from server.api.v2_request import parse_v2_request
 from server.api.v2_service import MODEL_VERSION, OUTPUT_NAME
-from server.engine.engine import Engine
 from server.engine.errors import InferenceFailed, InvalidRequest
 from server.http.errors import ApiError
 from server.http.logs import access_log, log_fields, request_id_or_new
+from server.settings import Settings
 
 __all__ = ["InferenceServicer", "start_grpc_server", "GRPC_STATUS"]
 
@@ -91,10 +92,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """The v2 service over one engine. Unimplemented methods (shared memory, tracing, streaming)
     answer UNIMPLEMENTED, as the generated base does."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: EngineClient, settings: Settings) -> None:
         self.engine = engine
-        self.settings = engine.settings
-        token = self.settings.api_token
+        self.settings = settings
+        token = settings.api_token
         self._token = token.encode() if token else None
 
     # -- health and metadata --------------------------------------------------
@@ -125,7 +126,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelConfig(self, request, context):
         def answer(call: _Call):
-            config = v2_service.model_config(self._model(request.name, request.version))
+            config = v2_service.model_config(self._model(request.name, request.version), self.settings)
             return pb.ModelConfigResponse(config=json_format.ParseDict(config, model_config_pb2.ModelConfig()))
         return await self._unary(context, "ModelConfig", answer)
 
@@ -173,7 +174,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 log_fields(call, budget_ms=budget_ms, pinned_width=width)
                 answer = await v2_service.infer(engine, parsed, tail, width=width, budget_ms=budget_ms,
                                                 arrival=arrival, record=record, offload=large)
-            response = pb.ModelInferResponse(model_name=engine.model_name, model_version=MODEL_VERSION, id=request.id)
+            response = pb.ModelInferResponse(model_name=engine.name, model_version=MODEL_VERSION, id=request.id)
             for key, value in answer.parameters().items():
                 if value is not None:
                     _set_parameter(response.parameters[key], value)
@@ -202,7 +203,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                           if key == "x-request-id" and isinstance(value, str)), None)
         return _Call(method, request_id_or_new(candidate))
 
-    def _model(self, name: str, model_version: str = "") -> Engine:
+    def _model(self, name: str, model_version: str = "") -> EngineClient:
         return v2_service.find_model(self.engine, name, model_version)
 
     def _authorize(self, context) -> None:
@@ -302,16 +303,15 @@ def _v2_request(request: pb.ModelInferRequest):
     return parse_v2_request(header), tail, typed > OFFLOAD_CONTENTS
 
 
-async def start_grpc_server(engine: Engine) -> grpc.aio.Server:
+async def start_grpc_server(engine: EngineClient, settings: Settings) -> grpc.aio.Server:
     """Listen on ``--host``:``--grpc-port`` on the running event loop; stop it with ``server.stop(grace)``."""
-    settings = engine.settings
     server = grpc.aio.server(
         options=[("grpc.max_receive_message_length", settings.max_body_bytes),
                  ("grpc.max_send_message_length", -1),
                  ("grpc.so_reuseport", 0)],
         maximum_concurrent_rpcs=settings.max_inflight_http,
     )
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(engine), server)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(engine, settings), server)
     address = f"{settings.host}:{settings.grpc_port}"
     if server.add_insecure_port(address) == 0:
         raise OSError(f"cannot listen for gRPC on {address}")

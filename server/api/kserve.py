@@ -17,13 +17,13 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from server.api import v2_service
+from server.api.client import EngineClient
 from server.api.codecs import parse_budget_ms, parse_json, split_binary_body
 from server.api.outcomes import count_outcome
 from server.api.replies import get_engine, timing_headers
 from server.api.schemas import INFER_OPENAPI, V2InferResponse, error_responses
 from server.api.v2_request import parse_v2_request
 from server.api.v2_service import MODEL_VERSION, OUTPUT_NAME
-from server.engine.engine import Engine
 from server.http.body import arrival, read_body, read_body_aligned
 from server.http.errors import ApiError
 from server.http.logs import log_fields
@@ -33,7 +33,7 @@ router = APIRouter(tags=["kserve-v2"])
 INLINE_PARSE_BYTES = 64 * 1024  # larger bodies are parsed in a worker thread
 
 
-def _model(request: Request, name: str, model_version: str | None = None) -> Engine:
+def _model(request: Request, name: str, model_version: str | None = None) -> EngineClient:
     return v2_service.find_model(get_engine(request), name, model_version)
 
 
@@ -85,7 +85,7 @@ async def model_ready(request: Request, name: str, model_version: str | None = N
 async def model_config(request: Request, name: str, model_version: str | None = None) -> dict:
     """Triton's model configuration: max batch size, inputs (one per accepted datatype), output,
     dynamic batching, and the widths and policy as parameters."""
-    return v2_service.model_config(_model(request, name, model_version))
+    return v2_service.model_config(_model(request, name, model_version), request.app.state.settings)
 
 
 @router.get("/v2/models/{name}/stats", responses=error_responses(401, 404))
@@ -151,7 +151,7 @@ async def infer(request: Request, name: str, model_version: str | None = None) -
                                         record=record, offload=large)
         output = {"name": OUTPUT_NAME, "datatype": "FP32", "shape": list(answer.logits.shape)}
         response = {
-            "model_name": engine.model_name,
+            "model_name": engine.name,
             "model_version": MODEL_VERSION,
             "parameters": answer.parameters(),
             "outputs": [output],

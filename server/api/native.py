@@ -65,7 +65,7 @@ async def classify(request: Request) -> JSONResponse:
         total = time.monotonic() - started
         answers = []
         for result in results:
-            met = record(result, total, admission.budget_s, input_s)
+            met = record(admission, result, total, input_s)
             answers.append({
                 "width": result.width,
                 "reason": str(result.reason),
@@ -75,9 +75,9 @@ async def classify(request: Request) -> JSONResponse:
                 "deadline_met": met,
             })
         if not several:
-            body = {"model": engine.model_name, **answers[0], "budget_ms": budget_ms}
+            body = {"model": engine.name, **answers[0], "budget_ms": budget_ms}
             return JSONResponse(body, headers=timing_headers(results[0], total, input_s))
-        body = {"model": engine.model_name, "results": answers, "timing_ms": {"total": total * 1e3},
+        body = {"model": engine.name, "results": answers, "timing_ms": {"total": total * 1e3},
                 "budget_ms": budget_ms, "deadline_met": all(a["deadline_met"] for a in answers)}
         headers = {"X-Served-Width": ", ".join(width_label(r.width) for r in results),
                    "X-Width-Reason": ", ".join(str(r.reason) for r in results),

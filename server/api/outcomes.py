@@ -7,8 +7,9 @@ import logging
 import time
 from typing import AsyncIterator, Protocol
 
-from policies import RefusalReason, Refused
-from server.engine.engine import Engine, InferenceResult
+from policies import Refused
+from server.api.client import EngineClient
+from server.engine import Admission, InferenceResult
 from server.engine.errors import InvalidRequest
 from server.http.errors import ApiError
 from server.http.logs import log_fields
@@ -20,19 +21,19 @@ log = logging.getLogger("widthwise.http")
 
 
 class Recorder(Protocol):
-    def __call__(self, result: InferenceResult, total_s: float, budget_s: float | None, input_s: float = 0.0) -> bool:
+    def __call__(self, admission: Admission, result: InferenceResult, total_s: float, input_s: float = 0.0) -> bool:
         ...
 
 
 @contextlib.asynccontextmanager
-async def count_outcome(engine: Engine, request) -> AsyncIterator[Recorder]:
+async def count_outcome(client: EngineClient, request) -> AsyncIterator[Recorder]:
     """Counts the outcome of a request in ``widthwise_requests_total``, matching its status.
 
-    The handler calls the yielded ``record(result, total_s, budget_s, input_s)`` once the engine has
+    The handler calls the yielded ``record(admission, result, total_s, input_s)`` once the engine has
     answered (once per image of a several-image request); it returns whether the budget was met end
-    to end (arrival to reply). With ``--admission reject`` an answer past its budget raises
-    :class:`~policies.Refused` (``expired``: 504, counted ``rejected``) instead: no late 200s. The
-    outcome is committed when the handler finishes:
+    to end (arrival to reply), as the engine judges it (:meth:`EngineClient.answered`: with
+    ``--admission reject`` an answer past its budget raises :class:`~policies.Refused`, ``expired``:
+    504, counted ``rejected``; no late 200s). The outcome is committed when the handler finishes:
     ``ok``/``deadline_missed`` per recorded answer if it returns normally, ``bad_request`` for an
     :class:`ApiError` (4xx) or :class:`InvalidRequest`, ``rejected`` for :class:`~policies.Refused`
     (503/504) and ``error`` for anything else (500) -- also when it fails after ``record`` (a
@@ -42,17 +43,10 @@ async def count_outcome(engine: Engine, request) -> AsyncIterator[Recorder]:
     """
     began = time.monotonic()
     served: list[tuple[InferenceResult, RequestRecord]] = []
-    accuracy = engine.card.accuracy
-    late_is_refused = engine.settings.admission == "reject"
+    accuracy = client.card.accuracy
 
-    def record(result: InferenceResult, total_s: float, budget_s: float | None, input_s: float = 0.0) -> bool:
-        met = budget_s is None or total_s <= budget_s
-        engine.note_overhead(total_s - result.queue_s - result.inference_s)
-        if late_is_refused and budget_s is not None and total_s + engine.reply_margin_s(budget_s) > budget_s:
-            # Never a late 200 (--admission reject): an answer ready too late to reach the client in
-            # time is of no use to it.
-            raise Refused(RefusalReason.EXPIRED, f"answer ready {total_s * 1e3:.1f} ms after the request arrived, "
-                                                 f"too late for its {budget_s * 1e3:g} ms budget")
+    def record(admission: Admission, result: InferenceResult, total_s: float, input_s: float = 0.0) -> bool:
+        met = client.answered(admission, result, total_s)
         served.append((result, RequestRecord(Outcome.OK if met else Outcome.DEADLINE_MISSED, result.width, total_s,
                                              accuracy.get(result.width), input_s, result.queue_s, result.inference_s)))
         return met
@@ -60,16 +54,16 @@ async def count_outcome(engine: Engine, request) -> AsyncIterator[Recorder]:
     try:
         yield record
     except (ApiError, InvalidRequest) as exc:
-        _failed(engine, request, Outcome.BAD_REQUEST, str(exc), began)
+        _failed(client, request, Outcome.BAD_REQUEST, str(exc), began)
         raise
     except Refused as exc:
-        _failed(engine, request, Outcome.REJECTED, exc.message, began)
+        _failed(client, request, Outcome.REJECTED, exc.message, began)
         raise
     except Exception as exc:
-        _failed(engine, request, Outcome.ERROR, str(exc) or type(exc).__name__, began)
+        _failed(client, request, Outcome.ERROR, str(exc) or type(exc).__name__, began)
         raise
     for _, r in served:
-        engine.metrics.record_request(r)
+        client.record_outcome(r)
     if len(served) == 1:
         result, r = served[0]
         log_fields(request, outcome=r.outcome, width=result.width, reason=result.reason,
@@ -80,8 +74,8 @@ async def count_outcome(engine: Engine, request) -> AsyncIterator[Recorder]:
                    reasons=[str(res.reason) for res, _ in served])
 
 
-def _failed(engine: Engine, request, outcome: Outcome, message: str, began: float) -> None:
-    engine.metrics.record_request(RequestRecord(outcome, duration_s=time.monotonic() - began))
+def _failed(client: EngineClient, request, outcome: Outcome, message: str, began: float) -> None:
+    client.record_outcome(RequestRecord(outcome, duration_s=time.monotonic() - began))
     log_fields(request, outcome=outcome, error=message)
 
 

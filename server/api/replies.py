@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from fastapi import Request
 
-from server.engine import Engine, InferenceResult
+from server.api.client import EngineClient
+from server.engine import InferenceResult
 from server.metrics import width_label
 
 __all__ = ["get_engine", "timing_headers"]
 
 
-def get_engine(request: Request) -> Engine:
+def get_engine(request: Request) -> EngineClient:
     return request.app.state.engine
 
 

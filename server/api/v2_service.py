@@ -15,12 +15,14 @@ from importlib.metadata import PackageNotFoundError, version
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
+from server.api.client import EngineClient
 from server.api.codecs import V2_DATATYPES, parse_budget_ms, parse_width, v2_input_tensor, v2_samples
 from server.api.outcomes import Recorder
 from server.api.v2_request import V2InferRequest, V2RequestParameters
-from server.engine.engine import Engine, InferenceResult
+from server.engine import InferenceResult
 from server.http.errors import ApiError
 from server.metrics import width_label
+from server.settings import Settings
 
 __all__ = ["INPUT_NAME", "OUTPUT_NAME", "MODEL_VERSION", "PLATFORM", "V2Answer", "find_model", "server_metadata",
            "model_metadata", "model_config", "model_statistics", "repository_index", "request_options", "infer",
@@ -42,10 +44,10 @@ def server_version() -> str:
         return "0.0.0"
 
 
-def find_model(engine: Engine, name: str, model_version: str | None = None) -> Engine:
+def find_model(engine: EngineClient, name: str, model_version: str | None = None) -> EngineClient:
     """The engine serving ``name`` (404 for another name or version)."""
-    if name != engine.model_name:
-        raise ApiError(404, f"unknown model {name!r}; this server serves {engine.model_name!r}")
+    if name != engine.name:
+        raise ApiError(404, f"unknown model {name!r}; this server serves {engine.name!r}")
     if model_version not in (None, "", MODEL_VERSION):
         raise ApiError(404, f"model {name!r} has no version {model_version!r}")
     return engine
@@ -55,31 +57,31 @@ def server_metadata() -> dict:
     return {"name": "widthwise", "version": server_version(), "extensions": list(EXTENSIONS)}
 
 
-def model_metadata(engine: Engine) -> dict:
+def model_metadata(engine: EngineClient) -> dict:
     """The v2 model metadata. The input is listed once per datatype the server accepts
     (FP32/FP16 normalised, UINT8 raw pixels), each under the same name: v2 metadata has one
     datatype per tensor, and a client picks the one it sends."""
     card = engine.card
     shape = [-1, card.input.channels, card.input.size, card.input.size]
     return {
-        "name": engine.model_name,
+        "name": engine.name,
         "versions": [MODEL_VERSION],
         "platform": PLATFORM,
         "inputs": [{"name": INPUT_NAME, "datatype": datatype, "shape": shape} for datatype in V2_DATATYPES],
         "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, card.num_classes]}],
-        "parameters": {"widths": list(card.widths), "policy": engine.policy.name},
+        "parameters": {"widths": list(card.widths), "policy": engine.describe()["policy"]},
     }
 
 
-def model_config(engine: Engine) -> dict:
+def model_config(engine: EngineClient, settings: Settings) -> dict:
     """Triton's model configuration (the JSON form of ``model_config.proto``): batching, the input
     once per accepted datatype, the output, and widthwise's own settings as ``parameters``."""
-    card, settings = engine.card, engine.settings
+    card, described = engine.card, engine.describe()
     dims = [card.input.channels, card.input.size, card.input.size]
-    device = engine.runtime.device.type if engine.runtime is not None else settings.device
+    device = described["device"].split(":")[0] if described["device"] else settings.device
     parameters = {
         "widths": ",".join(width_label(w) for w in card.widths),
-        "policy": engine.policy.name,
+        "policy": described["policy"],
         "admission": settings.admission,
         "default_budget_ms": "" if settings.default_budget_ms is None else repr(settings.default_budget_ms),
         "latency_margin": repr(settings.latency_margin),
@@ -87,7 +89,7 @@ def model_config(engine: Engine) -> dict:
         "arch": card.arch,
     }
     return {
-        "name": engine.model_name,
+        "name": engine.name,
         "platform": PLATFORM,
         "backend": "widthwise",
         "version_policy": {"latest": {"num_versions": 1}},
@@ -96,25 +98,25 @@ def model_config(engine: Engine) -> dict:
                   for config_type in CONFIG_TYPES.values()],
         "output": [{"name": OUTPUT_NAME, "data_type": "TYPE_FP32", "dims": [card.num_classes]}],
         "dynamic_batching": {"max_queue_delay_microseconds": round(settings.max_queue_delay_ms * 1e3)},
-        "instance_group": [{"name": engine.model_name, "kind": "KIND_GPU" if device == "cuda" else "KIND_CPU",
+        "instance_group": [{"name": engine.name, "kind": "KIND_GPU" if device == "cuda" else "KIND_CPU",
                             "count": 1}],
         "parameters": {key: {"string_value": value} for key, value in parameters.items()},
     }
 
 
-def model_statistics(engine: Engine) -> dict:
+def model_statistics(engine: EngineClient) -> dict:
     """Triton's statistics response for the one model (see :mod:`server.statistics`)."""
-    entry = engine.metrics.statistics.as_triton(engine.model_name, MODEL_VERSION, engine.card.widths)
+    entry = engine.statistics().as_triton(engine.name, MODEL_VERSION, engine.card.widths)
     return {"model_stats": [entry]}
 
 
-def repository_index(engine: Engine, ready_only: bool = False) -> list[dict]:
+def repository_index(engine: EngineClient, ready_only: bool = False) -> list[dict]:
     """Triton's repository index: the one model, ``READY`` or ``UNAVAILABLE`` with the reason."""
     ready = engine.ready
     if ready_only and not ready:
         return []
     reason = "" if ready else (engine.failure or f"model is {engine.state.value}")
-    return [{"name": engine.model_name, "version": MODEL_VERSION, "state": "READY" if ready else "UNAVAILABLE",
+    return [{"name": engine.name, "version": MODEL_VERSION, "state": "READY" if ready else "UNAVAILABLE",
              "reason": reason}]
 
 
@@ -125,7 +127,7 @@ def check_outputs(request: V2InferRequest) -> None:
             raise ApiError(400, f"unknown output {out.name!r}; this model outputs {OUTPUT_NAME!r}")
 
 
-def request_options(params: V2RequestParameters | None, engine: Engine, width_fallback: str | None,
+def request_options(params: V2RequestParameters | None, engine: EngineClient, width_fallback: str | None,
                     budget_fallback_ms: float | None) -> tuple[float | None, float | None]:
     """The pinned width and the budget in ms: request parameters first (``width``,
     ``latency_budget_ms``, Triton's ``timeout`` in microseconds), then the protocol's own
@@ -159,7 +161,7 @@ class V2Answer:
                 "budget_ms": self.budget_ms}
 
 
-async def infer(engine: Engine, request: V2InferRequest, tail: bytes | memoryview, *, width: float | None,
+async def infer(engine: EngineClient, request: V2InferRequest, tail: bytes | memoryview, *, width: float | None,
                 budget_ms: float | None, arrival: float, record: Recorder, offload: bool = False) -> V2Answer:
     """Admit, build the input tensor (in a worker thread when ``offload``: large JSON data) and run it.
 
@@ -173,6 +175,6 @@ async def infer(engine: Engine, request: V2InferRequest, tail: bytes | memoryvie
     input_s = time.monotonic() - arrival
     result = await engine.infer(admission, tensor)
     total = time.monotonic() - arrival
-    met = record(result, total, admission.budget_s, input_s)
+    met = record(admission, result, total, input_s)
     logits = np.ascontiguousarray(result.logits, dtype=np.float32)
     return V2Answer(logits, result, budget_ms, met, total, input_s)

@@ -10,13 +10,11 @@ is visible (a parent's limit binds its children too). Imports nothing heavy.
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 from pathlib import Path
-from typing import Callable
 
-__all__ = ["usable_cpus", "cgroup_cpu_limit", "cgroup_cpu_usage_reader", "cpu_monitor"]
+__all__ = ["usable_cpus", "cgroup_cpu_limit"]
 
 
 def usable_cpus(cgroup_root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/self/cgroup") -> int:
@@ -90,51 +88,3 @@ def _read_cfs_quota(directory: Path) -> float | None:
     except (OSError, ValueError):
         return None
     return quota / period if quota > 0 and period > 0 else None
-
-
-def cgroup_cpu_usage_reader(cgroup_root: str = "/sys/fs/cgroup",
-                            proc_cgroup: str = "/proc/self/cgroup") -> Callable[[], float | None] | None:
-    """A reader of the CPU seconds the process's own cgroup has used so far (v2 ``cpu.stat``
-    ``usage_usec``, v1 ``cpuacct.usage``), its file found once; None when there is none to read."""
-    for v2, directories in _cgroup_paths(cgroup_root, proc_cgroup, "cpuacct"):
-        reader = functools.partial(_read_usage_usec if v2 else _read_cpuacct_usage, directories[0])
-        if reader() is not None:
-            return reader
-    return None
-
-
-def _read_usage_usec(directory: Path) -> float | None:
-    try:
-        for line in (directory / "cpu.stat").read_text().splitlines():
-            name, _, value = line.partition(" ")
-            if name == "usage_usec":
-                return int(value) / 1e6
-    except (OSError, ValueError):
-        return None
-    return None
-
-
-def _read_cpuacct_usage(directory: Path) -> float | None:
-    try:
-        return int((directory / "cpuacct.usage").read_text()) / 1e9
-    except (OSError, ValueError):
-        return None
-
-
-def cpu_monitor(cgroup_root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/self/cgroup",
-                proc_stat: str = "/proc/stat"):
-    """The CPU load signal for a server on CPUs: under a CPU quota (a Kubernetes ``limits.cpu``), the
-    cgroup's usage over its quota -- what throttling is measured against; otherwise how busy the CPUs
-    this process may run on are (other processes on them count: they take the same cores). Never
-    the host's cores as a whole: a pod's utilization is not its node's."""
-    from policies.load import CpuMonitor, QuotaCpuMonitor
-
-    limit = cgroup_cpu_limit(cgroup_root, proc_cgroup)
-    usage = cgroup_cpu_usage_reader(cgroup_root, proc_cgroup) if limit is not None else None
-    if usage is not None:
-        return QuotaCpuMonitor(usage, limit)
-    try:
-        cores = os.sched_getaffinity(0)
-    except (AttributeError, OSError):
-        cores = None
-    return CpuMonitor(proc_stat, cores)

@@ -10,7 +10,6 @@ from prometheus_client import CollectorRegistry
 from policies import Reason
 from server.metrics import (
     BatchRecord,
-    DeviceRecord,
     Metrics,
     ModelRecord,
     Outcome,
@@ -18,6 +17,7 @@ from server.metrics import (
     RequestRecord,
     width_label,
 )
+from server.runtime.nvml import DeviceSample
 from tests.helpers import REPO
 
 
@@ -53,10 +53,11 @@ def test_batch_queue_model_and_device_records(recorder):
     assert get("widthwise_width_info", {"model": "m", "width": "0.35", "position": "narrowest"}) == 1
     assert get("widthwise_model_info", {"model": "m", "arch": "a", "widths": "0.35,1.0", "device": "cpu"}) == 1
     assert get("widthwise_queue_limit", {"model": "m"}) == 64
-    metrics.record_device(DeviceRecord("cuda:0", 0.5, 1024))
+    readings = iter([DeviceSample(0.5, 1024), DeviceSample(0.75, 2048), DeviceSample(None)])
+    metrics.watch_device("cuda:0", lambda: next(readings))  # read at each scrape, not by a thread
     assert get("widthwise_gpu_utilization_ratio", {"device": "cuda:0"}) == 0.5
-    metrics.record_device(DeviceRecord("cuda:1", None, None))  # NVML missing: nothing exported
-    assert get("widthwise_gpu_utilization_ratio", {"device": "cuda:1"}) is None
+    assert get("widthwise_gpu_memory_used_bytes", {"device": "cuda:0"}) == 2048  # the next scrape's reading
+    assert get("widthwise_gpu_utilization_ratio", {"device": "cuda:0"}) is None  # NVML failing: nothing exported
 
 
 def test_one_width_spelling():
@@ -94,9 +95,9 @@ def test_event_loop_stalls_show_in_the_loop_lag_gauge(make_client):
         time.sleep(0.005)
     time.sleep(0.15)
     assert lag() >= 0.008
-    assert client.engine.reserve_s(1.0) >= 0.001 + lag() - 1e-9
+    assert client.engine.deadlines.reserve_s(1.0) >= 0.001 + lag() - 1e-9
     cpu = client.registry.get_sample_value("widthwise_request_cpu_seconds", {"model": "tiny"})
-    assert (cpu is None) == (client.engine.request_cpu_s is None)
+    assert (cpu is None) == (client.engine.probe.request_cpu_s is None)
 
 
 def test_device_speed_gauge_and_models_field_follow_the_profile(make_client):

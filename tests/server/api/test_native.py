@@ -207,18 +207,18 @@ def test_learnt_reserve_follows_the_handlers_own_time(make_client):
     # Only the handler's time here: stop the event-loop lag probe (tested in test_engine.py) and zero it.
     engine._lag_watch.get_loop().call_soon_threadsafe(engine._lag_watch.cancel)
     time.sleep(0.05)
-    engine._loop_lag_s = 0.0
-    assert engine.reserve_s() < 0.002
+    engine.deadlines.note_loop_lag(0.0)
+    assert engine.deadlines.reserve_s() < 0.002
     for _ in range(200):
-        engine.note_overhead(0.010)
-    assert engine.reserve_s() == pytest.approx(0.011, rel=0.01)
-    assert engine.reserve_s(budget_s=0.020) == pytest.approx(0.005)  # capped at a quarter of the budget
+        engine.deadlines.note_overhead(0.010)
+    assert engine.deadlines.reserve_s() == pytest.approx(0.011, rel=0.01)
+    assert engine.deadlines.reserve_s(budget_s=0.020) == pytest.approx(0.005)  # capped at a quarter of the budget
 
 
 def test_a_huge_learnt_reserve_cannot_lock_the_server_into_refusing(make_client, synthetic_profile):
     client = make_client(profile=synthetic_profile)
     for _ in range(500):  # e.g. an event loop that was saturated for a while
-        client.engine.note_overhead(10.0)
+        client.engine.deadlines.note_overhead(10.0)
     r = client.post("/v1/classify", content=png_bytes(), headers={"content-type": "image/png", "X-Latency-Budget-Ms": "100"})
     assert r.status_code == 200 and r.json()["width"] == 0.5  # planned with 75 ms: 0.5 needs 55 ms
 

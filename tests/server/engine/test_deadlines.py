@@ -44,9 +44,9 @@ def test_an_answer_ready_inside_the_reply_margin_is_504(make_client, synthetic_p
     client = make_client(profile=synthetic_profile, runtime_factory=FaultInjectingRuntime)
     _slow_batches(client, 0.12)
     png = {"content-type": "image/png", "X-Latency-Budget-Ms": "200"}
-    client.engine.reply_margin_s = lambda budget_s: 0.001
+    client.engine.deadlines.reply_margin_s = lambda budget_s: 0.001
     assert client.post("/v1/classify", content=png_bytes(), headers=png).status_code == 200
-    client.engine.reply_margin_s = lambda budget_s: 0.1
+    client.engine.deadlines.reply_margin_s = lambda budget_s: 0.1
     r = client.post("/v1/classify", content=png_bytes(), headers=png)
     assert r.status_code == 504 and "too late for its 200 ms budget" in r.json()["error"]
 
@@ -56,10 +56,10 @@ def test_reply_margin_is_a_millisecond_plus_loop_lag_capped_and_off_with_an_expl
         return Engine(make_net("s_convnet6"), Settings(**settings), Metrics(CollectorRegistry(), "m"), "m")
 
     plain = engine()
-    plain._loop_lag_s = 0.004
-    assert plain.reply_margin_s(1.0) == pytest.approx(0.005)
-    assert plain.reply_margin_s(0.008) == pytest.approx(0.002)  # a quarter of the budget at most
-    assert engine(reserve_ms=2.0).reply_margin_s(1.0) == 0.0
+    plain.deadlines.note_loop_lag(0.004)
+    assert plain.deadlines.reply_margin_s(1.0) == pytest.approx(0.005)
+    assert plain.deadlines.reply_margin_s(0.008) == pytest.approx(0.002)  # a quarter of the budget at most
+    assert engine(reserve_ms=2.0).deadlines.reply_margin_s(1.0) == 0.0
 
 
 def test_best_effort_still_answers_late_and_says_so(make_client, synthetic_profile):

@@ -68,7 +68,7 @@ def test_the_budget_counts_from_arrival(make_client, synthetic_profile):
 
 def test_the_reserve_grows_with_the_event_loops_scheduling_delay(make_client):
     engine = make_client(reserve_ms=None).engine
-    quiet = engine.reserve_s()
+    quiet = engine.deadlines.reserve_s()
     assert quiet < 0.01
     loop = engine._lag_watch.get_loop()
 
@@ -79,32 +79,32 @@ def test_the_reserve_grows_with_the_event_loops_scheduling_delay(make_client):
     time.sleep(0.3)
     # counted, the stall would add ~80 ms; the margin is for a noisy host's other probes (CI once read
     # 8.6 ms against a quiet 1.5 ms here)
-    assert engine.reserve_s() < quiet + 0.04
+    assert engine.deadlines.reserve_s() < quiet + 0.04
 
     async def keep_the_loop_busy():  # a loop busy for a while: timers (and sockets) wait ~8 ms each time
         for _ in range(120):
             time.sleep(0.008)
             await asyncio.sleep(0)
-        return engine.reserve_s()
+        return engine.deadlines.reserve_s()
 
     busy = asyncio.run_coroutine_threadsafe(keep_the_loop_busy(), loop).result(10)
     assert busy >= quiet + 0.005
-    assert engine.reserve_s(budget_s=0.02) == 0.005  # never more than a quarter of the budget
+    assert engine.deadlines.reserve_s(budget_s=0.02) == 0.005  # never more than a quarter of the budget
     time.sleep(1.5)  # a second of quiet probes: back down
-    assert engine.reserve_s() < quiet + 0.003
+    assert engine.deadlines.reserve_s() < quiet + 0.003
 
 @pytest.mark.parametrize("cores,shared", [({0}, True), (set(range(64)), False)])
 def test_the_loops_cpu_per_request_is_measured_when_it_shares_the_models_cores(make_client, monkeypatch, cores, shared):
-    import server.engine.engine
+    import server.engine.host_probe
 
-    monkeypatch.setattr(server.engine.engine, "usable_cpus", lambda: len(cores))
+    monkeypatch.setattr(server.engine.host_probe, "usable_cpus", lambda: len(cores))
     client = make_client()
     x = {"inputs": [{"name": "input", "shape": [1, 3, 16, 16], "datatype": "FP32", "data": [0.0] * 768}]}
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and client.engine.request_cpu_s is None:
+    while time.monotonic() < deadline and client.engine.probe.request_cpu_s is None:
         assert client.post("/v2/models/tiny/infer", json=x).status_code == 200
         time.sleep(0.05)
     if shared:
-        assert client.engine.request_cpu_s is not None and 0 < client.engine.request_cpu_s < 0.1
+        assert client.engine.probe.request_cpu_s is not None and 0 < client.engine.probe.request_cpu_s < 0.1
     else:
-        assert client.engine.request_cpu_s is None  # spare cores: the loop does not slow the model
+        assert client.engine.probe.request_cpu_s is None  # spare cores: the loop does not slow the model

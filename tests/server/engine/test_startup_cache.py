@@ -41,7 +41,7 @@ def test_a_restart_reuses_exports_profile_and_costs(make_client, tmp_path, monke
         raise AssertionError("exported although the cache holds the switch")
 
     monkeypatch.setattr("server.runtime.onnx_export.export_switch_onnx", refuse)
-    monkeypatch.setattr("server.engine.engine.profile_runtime", refuse)
+    monkeypatch.setattr("server.engine.startup.profile_runtime", refuse)
     monkeypatch.setattr("models.profiling.count_macs", refuse)
     caplog.set_level(logging.INFO, "widthwise")
     second = make_client(startup_cache="on", cache_dir=cache)
