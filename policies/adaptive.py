@@ -17,6 +17,7 @@ import threading
 
 from .base import Decision, DispatchView, QueuedItem, Reason
 from .builtin import MaxWidthPolicy, budget_width, keeps_up, pinned_decision, take_batch, widest_alone
+from .tuning import TUNING, Tuning
 
 __all__ = ["SlackPolicy", "FeedbackPolicy"]
 
@@ -28,19 +29,15 @@ class SlackPolicy:
 
     name = "slack"
 
-    def __init__(self, target_utilization: float = 0.7, lone_full_core: bool = False) -> None:
-        self.target_utilization = target_utilization
-        self.lone_full_core = lone_full_core
+    def __init__(self, tuning: Tuning = TUNING) -> None:
+        self.target_utilization = tuning.slack_utilization
 
     def _sustainable(self, view: DispatchView, width: float) -> bool:
         """Could the device keep up with the offered load at this width, at the target utilization?
 
         Without this look at the arrival rate, every dispatch would take the widest width its own
-        queue allows and the backlog would outgrow the deadlines (``keeps_up``). With ``lone_full_core``
-        a lone request (nothing queued behind it) may use all of the core: the target's headroom is for a
-        backlog, and there is none."""
-        lone = self.lone_full_core and len(view.queue) == 1
-        return keeps_up(view, width, 1.0 if lone else self.target_utilization)
+        queue allows and the backlog would outgrow the deadlines (``keeps_up``)."""
+        return keeps_up(view, width, self.target_utilization)
 
     def select(self, view: DispatchView) -> Decision:
         pinned = pinned_decision(view)

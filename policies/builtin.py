@@ -7,9 +7,11 @@ import math
 from typing import Callable, Sequence
 
 from .base import Decision, DispatchView, QueuedItem, Reason
+from .tuning import TUNING, Tuning
 
 __all__ = ["FixedPolicy", "MaxWidthPolicy", "take_batch", "budget_width", "widest_alone", "pinned_decision",
-           "best_split", "keeps_up", "sustainable_widths", "sustainable_utilization", "arrivals_lost", "tail_view"]
+           "best_split", "keeps_up", "sustainable_widths", "sustainable_utilization", "allowed_widths",
+           "arrivals_lost", "tail_view"]
 
 
 def take_batch(queue, width: float | None, max_samples: int) -> list[QueuedItem]:
@@ -47,8 +49,7 @@ def budget_width(view: DispatchView, item: QueuedItem) -> float:
 
 def best_split(view: DispatchView, batch: list[QueuedItem],
                allowed: Callable[[list[QueuedItem]], list[float]] | None = None,
-               value: Callable[[float], float] | None = None, weigh_risk: bool = False,
-               burst_z: float | None = None) -> tuple[float, int] | None:
+               value: Callable[[float], float] | None = None, tuning: Tuning = TUNING) -> tuple[float, int] | None:
     """``(width, count)``: serve ``batch[:count]`` now at ``width``, chosen to maximise the value served
     (samples x ``value(width)``, default the width itself) over this batch and the one after it (the rest
     at the widest width meeting its earliest deadline), minus what requests expected to arrive while
@@ -56,11 +57,10 @@ def best_split(view: DispatchView, batch: list[QueuedItem],
     no width serves in time counts none), and among equals the larger batch wins. None when the head
     cannot finish in time at any width.
 
-    ``weigh_risk``: each batch's value is weighed by its chance of ending in time
-    (:meth:`DispatchView.on_time_chance`), so that of two plans that both fit the margin, the one that
-    ends at its edge loses to a slightly narrower one that ends well inside it, unless its width is
-    worth the risk. On a fine width grid a plan can nearly always fill the margin exactly.
-    ``burst_z``: as :func:`arrivals_lost`."""
+    Each batch's value is weighed by its chance of ending in time (:meth:`DispatchView.on_time_chance`),
+    so that of two plans that both fit the margin, the one that ends at its edge loses to a slightly
+    narrower one that ends well inside it, unless its width is worth the risk: on a fine width grid a
+    plan can nearly always fill the margin exactly."""
     value = value or (lambda w: w)
     head_deadline = batch[0].deadline
     samples = [0]
@@ -81,7 +81,7 @@ def best_split(view: DispatchView, batch: list[QueuedItem],
                 head_allowed[count] = allowed(batch[:count])
             if width not in head_allowed[count]:
                 continue
-            chance = view.on_time_chance(finish - view.now, head_deadline - view.now) if weigh_risk else 1.0
+            chance = view.on_time_chance(finish - view.now, head_deadline - view.now)
             utility, on_time, busy_until = value(width) * samples[count] * chance, samples[count], finish
             rest = samples[-1] - samples[count]
             if rest:
@@ -92,74 +92,47 @@ def best_split(view: DispatchView, batch: list[QueuedItem],
                               if finish + view.service(w, rest) <= rest_deadline[count]), None)
                 if later is not None:
                     rest_s = finish - view.now + view.service(later, rest)
-                    chance = view.on_time_chance(rest_s, rest_deadline[count] - view.now) if weigh_risk else 1.0
+                    chance = view.on_time_chance(rest_s, rest_deadline[count] - view.now)
                     utility += value(later) * rest * chance
                     on_time += rest
                     # the rest runs before newcomers (EDF) unless they have earlier deadlines than it
                     if rest_deadline[count] <= view.now + batch[0].planning_budget:
                         busy_until = finish + view.service(later, rest)
-            utility -= arrivals_lost(view, batch[0], busy_until - view.now, burst_z) * value(view.widths[0])
+            utility -= arrivals_lost(view, batch[0], busy_until - view.now, tuning) * value(view.widths[0])
             key = (on_time, round(utility, 9), count)
             if best_key is None or key > best_key:
                 best, best_key = (width, count), key
     return best
 
 
-# How max-width sizes the arrivals during a plan (:func:`arrivals_lost`): this many standard deviations
-# above the Poisson mean (1.28: its 90th percentile), each with its own request CPU. Live, pinned, paired
-# with the mean count (BENCHMARKS.md, "Session 14"): at a budget of 3x the widest batch-1 and 1x load,
-# 7 of 7 rounds held more on time (+0.2 to +9.5 points) and 5 of 7 more top-1 per request sent; at the
-# issue's 231 req/s, 38.9 ms, 3 of 3 (+2.4 points, +1.5 top-1). Replayed on measured device-speed
-# traces it is a trade (+0.4 points on time, -0.3 top-1): the simulator lacks the live bursts' cost.
-ARRIVAL_BURST_Z = 1.28
-
-
-def arrivals_lost(view: DispatchView, head: QueuedItem, busy_s: float, burst_z: float | None = None) -> float:
+def arrivals_lost(view: DispatchView, head: QueuedItem, busy_s: float, tuning: Tuning = TUNING) -> float:
     """Requests expected to arrive in the next ``busy_s`` seconds that will miss their deadline because
     the device is busy until then (each counted as lost even at the narrowest width alone).
 
     A request arriving ``u`` seconds into the busy period (with the head's budget ``B``, the best guess
     for the next one's) waits ``busy_s - u`` and then needs ``t0``, the narrowest width's time for the
-    batch that the arrivals of the busy period form: it misses when ``u < busy_s + t0 - B``. With
-    Poisson arrivals at rate ``r`` that is ``r`` times that window. Without this term a fine width grid lets max-width fill a tight budget exactly, and every
-    request arriving meanwhile misses (BENCHMARKS.md, the US grid section).
-
-    ``burst_z``: size ``t0`` for a burst rather than the mean -- the Poisson count ``z`` standard
-    deviations above it -- and add each arrival's own request CPU (HTTP, decoding, the reply), which
-    runs on the model's core when the server shares it. None: the mean count, no request CPU."""
+    batch that the arrivals of the busy period form, plus each arrival's own request CPU (HTTP,
+    decoding, the reply), which runs on the model's core when the server shares it: it misses when
+    ``u < busy_s + t0 - B``. With Poisson arrivals at rate ``r`` that is ``r`` times that window. The
+    batch is sized for a burst, not the mean: the count ``tuning.arrival_burst_z`` standard deviations
+    above it. Without this term a fine width grid lets max-width fill a tight budget exactly, and every
+    request arriving meanwhile misses (BENCHMARKS.md, "Arrivals during a plan")."""
     rate = view.load.arrival_rate if view.load is not None else None
     if not rate or not head.has_budget:
         return 0.0
     expected = rate * busy_s
-    if burst_z is None:
-        arriving = max(1, min(view.max_batch_size, round(expected)))  # they run together afterwards
-        extra = 0.0
-    else:
-        arriving = max(1, min(view.max_batch_size, math.ceil(expected + burst_z * math.sqrt(expected))))
-        extra = arriving * (view.load.request_cpu_s or 0.0)
+    arriving = max(1, min(view.max_batch_size, math.ceil(expected + tuning.arrival_burst_z * math.sqrt(expected))))
+    extra = arriving * (view.load.request_cpu_s or 0.0)
     window = busy_s + view.service(view.widths[0], arriving) + extra - head.planning_budget
     return rate * min(busy_s, max(0.0, window))
 
 
-# Offered load per unit of planned capacity that max-width still accepts at a width. Above 1 on
-# purpose: the planned service time carries the 10% margin, and the per-sample cost is taken at
-# the batch size one batch-1 run's arrivals form, which under sustained load grows. Simulated on
-# S-MobileNet v2 224 (BENCHMARKS.md): 1.0 gave up 0.7 points of accuracy at 1x load, 1.2 none.
-SUSTAINABLE_UTILIZATION = 1.2
-
-# The same limit when the server's own per-request CPU (HTTP, decoding, replies) runs on the model's
-# cores: every arrival then also steals core time from the batch running at that moment, stretching
-# it and everyone queued behind it, so the queue needs headroom that 1.2 does not leave. Simulated
-# on S-MobileNet v2 224 with 1-2 ms of request CPU per request (BENCHMARKS.md, "max-width on a shared
-# core"): 0.8-0.9 is a plateau; against 1.2 it holds 1.5x load at 0.983 instead of 0.960 (1 ms) and
-# 0.833 instead of 0.756 (2 ms), with as much or more expected accuracy per request sent.
-SHARED_CORE_UTILIZATION = 0.85
-
-
-def sustainable_utilization(view: DispatchView) -> float:
-    """The utilization limit for ``view``'s load: lower when the server's own CPU shares the model's cores."""
+def sustainable_utilization(view: DispatchView, tuning: Tuning = TUNING) -> float:
+    """The utilization limit for ``view``'s load: lower when the server's own CPU shares the model's
+    cores, since every arrival then also steals core time from the batch running at that moment,
+    stretching it and everyone queued behind it."""
     shared = view.load is not None and bool(view.load.request_cpu_s)
-    return SHARED_CORE_UTILIZATION if shared else SUSTAINABLE_UTILIZATION
+    return tuning.shared_core_utilization if shared else tuning.sustainable_utilization
 
 
 def keeps_up(view: DispatchView, width: float, utilization: float) -> bool:
@@ -176,7 +149,7 @@ def keeps_up(view: DispatchView, width: float, utilization: float) -> bool:
     return rate * (per_sample + (view.load.request_cpu_s or 0.0)) <= utilization
 
 
-def sustainable_widths(view: DispatchView, utilization: float = SUSTAINABLE_UTILIZATION) -> list[float]:
+def sustainable_widths(view: DispatchView, utilization: float = TUNING.sustainable_utilization) -> list[float]:
     """The widths at which the device keeps up with the offered load (the narrowest always stays).
 
     Without this, each dispatch takes the widest width the queue's deadlines allow, even one whose
@@ -185,40 +158,27 @@ def sustainable_widths(view: DispatchView, utilization: float = SUSTAINABLE_UTIL
     return [w for w in view.widths if w == view.widths[0] or keeps_up(view, w, utilization)]
 
 
-# A batch whose earliest deadline is this many of its own service times away is patient: the
-# sustainability limit is not applied to it (the limit protects requests that cannot wait; a burst of
-# long-budget requests would otherwise be narrowed on the burst's past rate alone). Under a sustained
-# overload the queue grows, slack shrinks below this and the limit applies again.
-PATIENT_SLACK_FACTOR = 4.0
-
-
 def allowed_widths(view: DispatchView, items: list[QueuedItem], sustainable: list[float],
-                   idle_behind: bool = False) -> list[float]:
-    """Widths max-width may give ``items`` (run as one batch): the ``sustainable`` ones, any width at
-    which the batch is patient (earliest deadline >= PATIENT_SLACK_FACTOR service times away), and with
-    ``idle_behind``, for a lone request with nothing queued behind it, any width the device could
-    sustain at the arrival rate using all of it (the limit's headroom is for a backlog, and there is
-    none; what the next arrivals lose to the wider batch is charged by :func:`arrivals_lost`).
-    Excluding a width just over the limit outright made max-width serve the next narrower width for
-    every batch at half the real capacity (the widest rated at 0.855 of the core against 0.85: live
-    1.0 for 7-58% of answers, BENCHMARKS.md "Session 14"); now lone requests get it and batches of two
-    or more keep to the limit, a mix that settles near it."""
+                   tuning: Tuning = TUNING) -> list[float]:
+    """Widths max-width may give ``items`` (run as one batch): the ``sustainable`` ones; any width at
+    which the batch is patient (its earliest deadline ``tuning.patient_slack_factor`` service times
+    away or more: the limit protects requests that cannot wait, and a burst of long-budget requests
+    would otherwise be narrowed on the burst's past rate alone); and, for a lone request with nothing
+    queued behind it, any width the device could sustain at the arrival rate using all of it (the
+    limit's headroom is for a backlog, and there is none; what the next arrivals lose to the wider batch
+    is charged by :func:`arrivals_lost`). Excluding a width just over the limit outright made max-width
+    serve the next narrower width for every batch at half the real capacity; now lone requests get it
+    and batches of two or more keep to the limit, a mix that settles near it (BENCHMARKS.md,
+    "Sustainable load")."""
     slack = min(i.deadline for i in items) - view.now
     samples = sum(i.samples for i in items)
-    lone = idle_behind and len(items) == 1 and len(view.queue) == 1  # nothing queued behind it
-    return [w for w in view.widths if w in sustainable or slack >= PATIENT_SLACK_FACTOR * view.service(w, samples)
+    lone = len(items) == 1 and len(view.queue) == 1  # nothing queued behind it
+    patient = tuning.patient_slack_factor
+    return [w for w in view.widths if w in sustainable or slack >= patient * view.service(w, samples)
             or (lone and keeps_up(view, w, 1.0))]
 
 
-# Which quantile of the recent observed / predicted batch times max-width plans for. 0.9 was
-# validated live against no tail planning (BENCHMARKS.md, "max-width plans for the recent tail");
-# 0.95, replayed on three measured device-speed traces x 3 loads x 2 budgets x 3 seeds, kept
-# attainment and accuracy or raised them (most on a 14-width grid at low load on a drifting device:
-# 0.974 -> 0.990 at a 6x budget), never lowering attainment by more than 0.005 ("Session 11").
-TAIL_QUANTILE = 0.95
-
-
-def tail_view(view: DispatchView, quantile: float = TAIL_QUANTILE) -> DispatchView | None:
+def tail_view(view: DispatchView, quantile: float = TUNING.tail_quantile) -> DispatchView | None:
     """``view`` planning for the recent tail of batch times (:meth:`LatencyProfile.tail_ratio` at
     ``quantile``) when that runs past the margin, else None. Policies try it first and fall
     back to ``view``: admission promised what the profile plus margin allow, so a request it admitted
@@ -233,13 +193,6 @@ def pinned_decision(view: DispatchView) -> Decision | None:
         return None
     batch = take_batch(view.queue, head.width, view.max_batch_size)
     return Decision(head.width, tuple(i.id for i in batch), Reason.PINNED)
-
-
-# How likely, by the recent batches, the plain plan's batch must be to end in time for max-width to
-# take it over the tail plan's smaller batch at the narrowest width (``tail_narrows_only``). Without
-# this check, simulated at 2x-3x load with a budget of 6x the widest batch-1, the bigger batches ran
-# past the head's deadline more often than the throughput they bought (BENCHMARKS.md, "Session 15").
-PLAIN_BATCH_CHANCE = 0.8
 
 
 class FixedPolicy:
@@ -269,32 +222,20 @@ class MaxWidthPolicy:
     batch of two costs nearly two batches of one). So the policy compares splits of the
     compatible queue (EDF order, up to the max batch size): the first ``k`` requests now at width
     ``w``, the rest next at the widest width that still meets their earliest deadline; it takes the
-    split that serves the most samples x width, the larger batch on ties, among the widths at which
-    the device keeps up with the arrival rate (``sustainable_widths``: at low load all of them). If
-    even the narrowest width cannot finish the head in time, the narrowest runs (reason ``fallback``).
+    split that serves the most value (:func:`best_split`), among the widths at which the device keeps
+    up with the arrival rate (:func:`allowed_widths`: at low load all of them).
+
+    It plans for the recent tail of batch times (:func:`tail_view`) when some width still fits it, else
+    with the profile and margin, as admission promised. At the narrowest width the tail cannot narrow
+    the width, only shrink the batch, and under overload that sheds throughput when it is scarcest: there
+    the plain plan's batch runs when the recent batches give it ``tuning.plain_batch_chance`` of ending in
+    time. If even the narrowest width cannot finish the head in time, the narrowest runs (``fallback``).
     """
 
     name = "max-width"
 
-    def __init__(self, accuracy: dict[float, float] | None = None, tail_quantile: float = TAIL_QUANTILE,
-                 weigh_risk: bool = True, burst_z: float | None = ARRIVAL_BURST_Z, idle_wide: bool = True,
-                 tail_narrows_only: bool = True) -> None:
-        """``tail_quantile``: of the recent batch times, which one to plan for (:func:`tail_view`);
-        ``weigh_risk``: weigh plans by their chance of ending in time (:func:`best_split`);
-        ``burst_z``: how the arrivals during a plan are sized (:func:`arrivals_lost`; None: their mean
-        count, as before session 14); ``idle_wide``: a lone request with nothing queued behind it may have
-        a width just over the sustainability limit, one the core sustains using all of itself
-        (:func:`allowed_widths`; False: the limit for every batch, as before session 14);
-        ``tail_narrows_only``: when the plan for the recent tail runs at the narrowest width, as the plain
-        plan does, the plain plan's batch is taken if the recent batches give it a good chance of ending
-        in time (:data:`PLAIN_BATCH_CHANCE`) -- there the tail cannot narrow the width, only split the
-        batch, which under overload (tail ratios of ~2 from arrivals stealing the core) served one
-        request per batch and gave up throughput (False: the tail's batch, as before session 15)."""
-        self.tail_quantile = tail_quantile
-        self.weigh_risk = weigh_risk
-        self.burst_z = burst_z
-        self.idle_wide = idle_wide
-        self.tail_narrows_only = tail_narrows_only
+    def __init__(self, accuracy: dict[float, float] | None = None, tuning: Tuning = TUNING) -> None:
+        self.tuning = tuning
         # What a sample served at each width is worth: its expected accuracy when the model card has
         # one for every width (made non-decreasing, plus a hair of width so that equal accuracies still
         # go to the wider width: at low load this policy serves the widest), else the width itself.
@@ -314,18 +255,19 @@ class MaxWidthPolicy:
         head = batch[0]
         if not head.has_budget:
             return Decision(view.widths[-1], tuple(i.id for i in batch), Reason.NO_BUDGET)
-        sustainable = sustainable_widths(view, sustainable_utilization(view))  # once per dispatch, not per split
+        tuning = self.tuning
+        sustainable = sustainable_widths(view, sustainable_utilization(view, tuning))  # once per dispatch
         allowed = None if len(sustainable) == len(view.widths) else (
-            lambda items: allowed_widths(view, items, sustainable, self.idle_wide))
+            lambda items: allowed_widths(view, items, sustainable, tuning))
         plan = None
-        cautious = tail_view(view, self.tail_quantile)
+        cautious = tail_view(view, tuning.tail_quantile)
         if cautious is not None:  # plan for the recent tail when some width still fits it
-            plan = best_split(cautious, batch, allowed, self.value, self.weigh_risk, self.burst_z)
+            plan = best_split(cautious, batch, allowed, self.value, tuning)
             # (a lone candidate has no batch to shrink: the plain plan would be the same or wider)
-            if self.tail_narrows_only and plan is not None and plan[0] == view.widths[0] and len(batch) > 1:
+            if plan is not None and plan[0] == view.widths[0] and len(batch) > 1:
                 plan = self._plain_batch_if_likely(view, batch, allowed, plan)
-        if plan is None:  # else as before: the profile plus margin, as admission promised
-            plan = best_split(view, batch, allowed, self.value, self.weigh_risk, self.burst_z)
+        if plan is None:  # else the profile plus margin, as admission promised
+            plan = best_split(view, batch, allowed, self.value, tuning)
         if plan is None:  # the head is late whatever runs: the narrowest, for everyone queued with it
             return Decision(view.widths[0], tuple(i.id for i in batch), Reason.FALLBACK)
         width, count = plan
@@ -335,15 +277,14 @@ class MaxWidthPolicy:
     def _plain_batch_if_likely(self, view: DispatchView, batch: list[QueuedItem],
                                allowed: Callable[[list[QueuedItem]], list[float]] | None,
                                tail_plan: tuple[float, int]) -> tuple[float, int]:
-        """At the narrowest width the tail cannot narrow the width, only shrink the batch, and under
-        overload that sheds throughput when it is scarcest: the plain plan's batch (profile and margin,
-        as admission promised) when it runs at the same width and the recent batches give it
-        :data:`PLAIN_BATCH_CHANCE` of ending in time; else ``tail_plan``."""
-        plain = best_split(view, batch, allowed, self.value, self.weigh_risk, self.burst_z)
+        """The plain plan's batch (profile and margin, as admission promised) when it runs at the same
+        width as ``tail_plan`` and the recent batches give it ``tuning.plain_batch_chance`` of ending in
+        time; else ``tail_plan``."""
+        plain = best_split(view, batch, allowed, self.value, self.tuning)
         if plain is None or plain[0] != tail_plan[0]:
             return tail_plan
         planned = view.service(plain[0], sum(i.samples for i in batch[:plain[1]]))
-        likely = view.on_time_chance(planned, batch[0].deadline - view.now) >= PLAIN_BATCH_CHANCE
+        likely = view.on_time_chance(planned, batch[0].deadline - view.now) >= self.tuning.plain_batch_chance
         return plain if likely else tail_plan
 
     def observe(self, width: float, latency_s: float, budget_s: float | None, deadline_met: bool) -> None:

@@ -47,12 +47,9 @@ class LatencyProfile:
 
     def __init__(
         self, table: Mapping[float, Mapping[int, float]], ewma_alpha: float = 0.1, fingerprint: Mapping | None = None,
-        learn_speed: bool = True,
     ) -> None:
         """``fingerprint`` names what was measured (model, device, backend, threads; see
-        ``server.runtime.runtime_fingerprint``); a server refuses a profile whose fingerprint is not its own.
-        ``learn_speed``: observed batches also move one device speed shared by every entry (see
-        :meth:`observe`); off, only the entry a batch ran at learns from it (as before session 13)."""
+        ``server.runtime.runtime_fingerprint``); a server refuses a profile whose fingerprint is not its own."""
         if not table:
             raise ValueError("a latency profile needs at least one width")
         # Observations update the raw table; predictions read its monotone view (a close pair of grid
@@ -65,7 +62,6 @@ class LatencyProfile:
         self._measured = self._table  # as measured: the device speed is learnt against it
         self._speed = 1.0  # the device's recent speed over the measured table (>1: slower)
         self.ewma_alpha = ewma_alpha
-        self.learn_speed = learn_speed
         self.fingerprint = dict(fingerprint) if fingerprint is not None else None
         self._lock = threading.Lock()
         # observed / predicted seconds of the recent batches: how far the live tail runs past the profile
@@ -118,7 +114,7 @@ class LatencyProfile:
         keeps only what this width and size do unlike the rest. A host that slows down slows every
         width; when only the entries that ran learnt it, a width grid's rarely-run widths kept their
         start-up times, and max-width chose exactly those, planning a 1.5x-slow device as at
-        start-up (BENCHMARKS.md, "Session 13")."""
+        start-up (BENCHMARKS.md, "Device speed")."""
         with self._lock:
             row = self._raw.get(width)
             if row is None or seconds <= 0:
@@ -128,13 +124,12 @@ class LatencyProfile:
             self._ordered_ratios = None
             if not self.ewma_alpha:
                 return
-            if self.learn_speed:
-                # one stalled batch (a GC pause, a preempted vCPU) must not slow every width's plan at
-                # once: a step counts at most twice (or half) the current speed
-                measured = seconds / _interpolate(self._measured[width], batch)
-                measured = min(max(measured, 0.5 * self._speed), 2.0 * self._speed)
-                self._speed += self.ewma_alpha * (measured - self._speed)
-                ratio = seconds / (_interpolate(self._table[width], batch) * self._speed)
+            # one stalled batch (a GC pause, a preempted vCPU) must not slow every width's plan at
+            # once: a step counts at most twice (or half) the current speed
+            measured = seconds / _interpolate(self._measured[width], batch)
+            measured = min(max(measured, 0.5 * self._speed), 2.0 * self._speed)
+            self._speed += self.ewma_alpha * (measured - self._speed)
+            ratio = seconds / (_interpolate(self._table[width], batch) * self._speed)
             # The nearest measured size moves by the observed / predicted ratio: folding a batch of 3's
             # raw seconds into the entry for 2 (as this once did) made every batch of 2 look that slow.
             nearest = min(row, key=lambda b: abs(b - batch))
@@ -150,13 +145,13 @@ class LatencyProfile:
             if missing:
                 raise ValueError(f"widths {missing} are not in this profile ({sorted(self._table)})")
             table = {w: {b: t * self._speed for b, t in self._table[w].items()} for w in widths}
-        return LatencyProfile(table, self.ewma_alpha, learn_speed=self.learn_speed)
+        return LatencyProfile(table, self.ewma_alpha)
 
     def copy(self) -> "LatencyProfile":
         """An independent profile with the same table, settings and recent tail (what a simulation
         learns must not leak into the caller's profile)."""
         with self._lock:
-            twin = LatencyProfile(self._raw, self.ewma_alpha, self.fingerprint, self.learn_speed)
+            twin = LatencyProfile(self._raw, self.ewma_alpha, self.fingerprint)
             twin._measured, twin._speed = self._measured, self._speed
             twin._ratios.extend(self._ratios)
         return twin

@@ -6,6 +6,7 @@ import pytest
 
 from policies import DispatchView, FixedPolicy, LatencyProfile, MaxWidthPolicy, QueuedItem, make_policy
 from policies.profile import batch_sizes_up_to, measure_profile, monotone
+from policies.tuning import Tuning
 
 WIDTHS = (0.25, 0.5, 0.75, 1.0)
 # seconds per batch: 1 sample / 8 samples
@@ -118,8 +119,7 @@ def test_profile_follows_observed_slowdown():
 
 
 def test_profile_learns_from_unmeasured_batch_sizes_without_bias():
-    # entry learning alone: the shared device speed would (rightly) move size 1 too
-    profile = LatencyProfile({0.5: {1: 0.002, 2: 0.003, 4: 0.005, 8: 0.009}}, learn_speed=False)
+    profile = LatencyProfile({0.5: {1: 0.002, 2: 0.003, 4: 0.005, 8: 0.009}})
     for batch in (3, 5, 6, 7):  # between measured sizes, each exactly as predicted: nothing to learn
         for _ in range(50):
             profile.observe(0.5, batch, profile.predict(0.5, batch))
@@ -127,22 +127,21 @@ def test_profile_learns_from_unmeasured_batch_sizes_without_bias():
     for _ in range(200):  # batches of 3 that run 1.5x their prediction: the prediction follows them
         profile.observe(0.5, 3, 1.5 * 0.004)
     assert profile.predict(0.5, 3) == pytest.approx(1.5 * 0.004, rel=0.02)
-    assert profile.predict(0.5, 1) == 0.002
+    # size 1 moves only with the device speed the slow batches taught every entry
+    assert profile.speed > 1.0 and profile.predict(0.5, 1) == pytest.approx(0.002 * profile.speed)
 
 
 def test_profile_slowdown_seen_at_one_width_moves_every_width():
     # A host that slows down slows every width: a width that has not run since must not keep its
     # start-up time (on a grid max-width would pick exactly that width, planning a fast device).
     table = {0.5: {1: 0.002, 8: 0.008}, 0.75: {1: 0.003, 8: 0.012}, 1.0: {1: 0.004, 8: 0.016}}
-    learning, entry_only = LatencyProfile(table), LatencyProfile(table, learn_speed=False)
-    for profile in (learning, entry_only):
-        for _ in range(150):
-            profile.observe(1.0, 1, 1.5 * 0.004)
-        assert profile.predict(1.0, 1) == pytest.approx(1.5 * 0.004, rel=0.02)
+    learning = LatencyProfile(table)
+    for _ in range(150):
+        learning.observe(1.0, 1, 1.5 * 0.004)
+    assert learning.predict(1.0, 1) == pytest.approx(1.5 * 0.004, rel=0.02)
     assert learning.speed == pytest.approx(1.5, rel=0.02)
     assert learning.predict(0.75, 1) == pytest.approx(1.5 * 0.003, rel=0.02)
     assert learning.predict(0.5, 8) == pytest.approx(1.5 * 0.008, rel=0.02)
-    assert entry_only.predict(0.75, 1) == 0.003
     assert learning.as_dict()["widths"]["0.75"]["1"] == pytest.approx(1.5 * 0.003, rel=0.02)  # what it predicts now
 
 
@@ -210,6 +209,7 @@ def test_max_width_plans_for_the_recent_tail_when_a_width_still_fits_it():
 
 def test_max_width_lets_the_tail_narrow_widths_but_not_shrink_batches_at_the_narrowest():
     from policies.base import LoadSignals
+    from policies.builtin import best_split, tail_view, take_batch
 
     def profile_with_recent(ratios):
         profile = LatencyProfile.from_dict(PROFILE.as_dict(), ewma_alpha=0.0)
@@ -227,7 +227,8 @@ def test_max_width_lets_the_tail_narrow_widths_but_not_shrink_batches_at_the_nar
     tailing = view(queue, now=0.001, profile=profile_with_recent([1.0] * 90 + [2.0] * 10), margin=0.1, load=load)
     decision = MaxWidthPolicy().select(tailing)
     assert (decision.width, decision.request_ids) == (0.25, (1, 2))
-    assert MaxWidthPolicy(tail_narrows_only=False).select(tailing).request_ids == (1,)  # before session 15
+    # (planned for the tail alone, the head would run by itself)
+    assert best_split(tail_view(tailing), take_batch(tailing.queue, None, 8), value=None) == (0.25, 1)
     # ...unless the recent batches say the pair would likely miss: every one ran 2x
     slow = view(queue, now=0.001, profile=profile_with_recent([2.0] * 100), margin=0.1, load=load)
     assert MaxWidthPolicy().select(slow).request_ids == (1,)
@@ -372,16 +373,17 @@ def test_slack_counts_the_servers_own_cpu_per_request_against_capacity():
     assert decision.width == 0.75 and decision.reason == "load"  # 4 + 8 ms per request: 60%
 
 
-def test_slack_lone_full_core_lets_a_lone_request_use_all_of_the_core_but_not_a_queue():
-    """The replay variant ``slack+lone`` (not the default: BENCHMARKS.md, session 16)."""
+def test_slack_keeps_its_target_utilization_for_a_lone_request_too():
+    """Letting a lone request use all of the core lost attainment in replay (BENCHMARKS.md, "Policies side
+    by side"): slack holds its target whether or not anything is queued behind."""
     from policies.base import LoadSignals
 
     signals = LoadSignals(arrival_rate=50.0, request_cpu_s=0.008)  # width 1.0: 80% of the core
     lone = view([item(1, deadline=0.5)], load=signals)
     assert SlackPolicy().select(lone).width == 0.75
-    assert SlackPolicy(lone_full_core=True).select(lone).width == 1.0
     queued = view([item(1, deadline=0.5), item(2, deadline=0.5)], load=signals)
-    assert SlackPolicy(lone_full_core=True).select(queued).width == 0.75
+    assert SlackPolicy().select(queued).width == 0.75
+    assert SlackPolicy(Tuning(slack_utilization=0.9)).select(lone).width == 1.0
 
 
 def test_max_width_keeps_to_widths_that_keep_up_with_the_arrival_rate():
@@ -405,6 +407,7 @@ def test_max_width_keeps_to_widths_that_keep_up_with_the_arrival_rate():
 
 def test_max_width_leaves_more_headroom_when_the_servers_own_cpu_shares_the_core():
     from policies.base import LoadSignals
+    from policies.builtin import sustainable_utilization, sustainable_widths
 
     queue = [item(1, deadline=0.012)]  # not patient at 1.0 (12 ms < 4 x 8 ms)
     # 100 req/s at 1.0 (8 ms a request, batches of one): 0.8 of the device, kept under either limit...
@@ -412,13 +415,13 @@ def test_max_width_leaves_more_headroom_when_the_servers_own_cpu_shares_the_core
     assert MaxWidthPolicy().select(own_cores).width == 1.0
     # ...but with 1 ms of HTTP and decoding per request on the same core it is 0.9: above the 0.85
     # kept for a shared core (the 1.2 limit would have allowed it); 0.75 (4 + 1 ms: 0.5) stays.
-    shared = view(queue, load=LoadSignals(arrival_rate=100.0, request_cpu_s=0.001))
-    decision = MaxWidthPolicy(idle_wide=False).select(shared)
-    assert decision.width == 0.75 and decision.reason == "load"
+    shared = view(queue + [item(2, deadline=0.013)], load=LoadSignals(arrival_rate=100.0, request_cpu_s=0.001))
+    assert sustainable_widths(shared, sustainable_utilization(shared)) == [0.25, 0.5, 0.75]
+    assert sustainable_widths(shared, 1.2) == list(WIDTHS)
+    decision = MaxWidthPolicy().select(shared)
+    assert decision.width <= 0.75 and decision.reason == "load"
     # (a lone request may still get 1.0, which the core sustains at 0.9 of it: the headroom is for a
     # backlog; test_max_width_gives_a_lone_request_the_widest_...)
-    backlog = view(queue + [item(2, deadline=0.013)], load=LoadSignals(arrival_rate=100.0, request_cpu_s=0.001))
-    assert MaxWidthPolicy().select(backlog).width <= 0.75
 
 
 def test_max_width_does_not_throttle_patient_requests():
@@ -442,8 +445,10 @@ def test_max_width_leaves_room_for_requests_arriving_during_the_batch():
     def at(rate):
         return view(queue, load=LoadSignals(arrival_rate=rate))
 
-    # requests arriving in the first 0.5 ms of an 8 ms run miss even at the narrowest: 100/s x 0.5 ms
-    assert arrivals_lost(at(100.0), queue[0], 0.008) == pytest.approx(0.05)
+    # requests arriving in the first 0.5 ms of an 8 ms run miss even at the narrowest, one of them alone
+    # (1 ms): 100/s x 0.5 ms; sized for a burst (two: 1.43 ms at the narrowest), in the first 0.93 ms
+    assert arrivals_lost(at(100.0), queue[0], 0.008, Tuning(arrival_burst_z=0.0)) == pytest.approx(0.05)
+    assert arrivals_lost(at(100.0), queue[0], 0.008) == pytest.approx(100 * (0.008 + 0.001 + 0.003 / 7 - 0.0085))
     assert arrivals_lost(at(100.0), queue[0], 0.004) == 0.0  # 0.75's 4 ms leaves room
     assert arrivals_lost(at(None), queue[0], 0.008) == 0.0
     # no arrivals expected: the widest that fits, whatever the values
@@ -491,7 +496,7 @@ def test_max_width_plans_for_the_95th_percentile_of_recent_batch_times():
 def test_max_width_weighs_a_plan_by_its_chance_of_ending_in_time():
     """Two widths that both fit the margin, worth 0.701 and 0.700: 4% of recent batches ran 1.3x their
     prediction, which the wider one's plan would not survive (0.96 x 0.701 < 0.700) and the narrower
-    one's would, so the narrower runs; without that history, or without weighing risk, the wider."""
+    one's would, so the narrower runs; without that history, the wider."""
     profile = LatencyProfile({0.9: {1: 0.009}, 1.0: {1: 0.010}}, ewma_alpha=0.0)
     for i in range(100):
         profile.observe(1.0, 1, 0.013 if i % 25 == 0 else 0.010)  # ratios 1.0, and 1.3 in 4 of 100
@@ -502,7 +507,7 @@ def test_max_width_weighs_a_plan_by_its_chance_of_ending_in_time():
     assert planned.on_time_chance(planned.service(1.0, 1), 0.0118) == pytest.approx(0.96)
     assert planned.on_time_chance(planned.service(0.9, 1), 0.0118) == 1.0
     assert MaxWidthPolicy(accuracy).select(planned).width == 0.9
-    assert MaxWidthPolicy(accuracy, weigh_risk=False).select(planned).width == 1.0
+    assert planned.service(1.0, 1) <= 0.0118  # 1.0 fits the margin: only its risk rules it out
     fresh = LatencyProfile({0.9: {1: 0.009}, 1.0: {1: 0.010}})  # no batches seen: every chance is 1
     assert MaxWidthPolicy(accuracy).select(dataclasses.replace(planned, profile=fresh)).width == 1.0
     # a width that is worth its risk keeps it: 0.96 x 0.75 > 0.700
@@ -529,17 +534,19 @@ def test_max_width_sizes_the_arrivals_during_a_plan_for_a_burst_with_their_reque
     accuracy = {0.25: 0.50, 0.5: 0.60, 0.75: 0.69, 1.0: 0.70}
     queue = [item(1, deadline=0.012)]  # 1.0 takes 8 ms and leaves 4 ms
     busy = view(queue, load=LoadSignals(arrival_rate=80.0, request_cpu_s=0.0015))  # 1.0 keeps up: 80 x 9.5 ms
-    # 0.64 arrivals expected in 8 ms: one at the narrowest (1 ms) plus its 1.5 ms of request CPU fits
-    assert arrivals_lost(busy, queue[0], 0.008) == 0.0
-    assert arrivals_lost(busy, queue[0], 0.008, burst_z=0.0) == 0.0
+    mean = Tuning(arrival_burst_z=0.0)
+    # 0.64 arrivals expected in 8 ms: sized by the mean, one at the narrowest (1 ms) plus its 1.5 ms of
+    # request CPU fits
+    assert arrivals_lost(busy, queue[0], 0.008, mean) == 0.0
     # the 90th percentile of that count is 2: 1.43 ms at the narrowest + 2 x 1.5 ms no longer fits
-    assert arrivals_lost(busy, queue[0], 0.008, burst_z=1.28) == pytest.approx(80 * (0.008 + 0.001 + (0.004 - 0.001) / 7 + 0.003 - 0.012))
+    lost = 80 * (0.008 + 0.001 + (0.004 - 0.001) / 7 + 0.003 - 0.012)
+    assert arrivals_lost(busy, queue[0], 0.008) == pytest.approx(lost)
     # without request CPU the same burst fits
     quiet = view(queue, load=LoadSignals(arrival_rate=80.0))
-    assert arrivals_lost(quiet, queue[0], 0.008, burst_z=1.28) == 0.0
-    # the policy: by default it leaves room for the burst; sized by the mean it serves 1.0
+    assert arrivals_lost(quiet, queue[0], 0.008) == 0.0
+    # the policy leaves room for the burst; sized by the mean it would serve 1.0
     assert MaxWidthPolicy(accuracy).select(busy).width == 0.75
-    assert MaxWidthPolicy(accuracy, burst_z=None).select(busy).width == 1.0
+    assert MaxWidthPolicy(accuracy, mean).select(busy).width == 1.0
 
 
 def test_max_width_gives_a_lone_request_the_widest_even_when_the_widest_cannot_sustain_the_rate():
@@ -551,7 +558,6 @@ def test_max_width_gives_a_lone_request_the_widest_even_when_the_widest_cannot_s
     lone = view([item(1, deadline=0.030)], load=load)  # 30 ms: 1.0 fits, but not 4 of its service times
     assert not keeps_up(lone, 1.0, 0.85) and keeps_up(lone, 0.75, 0.85)
     assert MaxWidthPolicy(accuracy).select(lone).width == 1.0  # nothing behind it: no backlog to guard
-    assert MaxWidthPolicy(accuracy, idle_wide=False).select(lone).width == 0.75  # as before session 14
     # a backlog (two queued) keeps to the widths that sustain the rate
     backlog = view([item(1, deadline=0.030), item(2, deadline=0.031)], load=load)
     assert MaxWidthPolicy(accuracy).select(backlog).width <= 0.75
