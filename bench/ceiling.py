@@ -31,14 +31,16 @@ import os
 import statistics
 import time
 from pathlib import Path
+from typing import Sequence
 
 import httpx2
 
-from bench.common import imagenet_checkpoint, live_server
+from bench.common import imagenet_checkpoint
 from bench.load import describe, measure_point, v2_request
 from bench.overhead import serving_requests
 from bench.peers import RawOrt, bare_server, closed_loop_costs, on_core
 from policies.simulator import arrival_times
+from server.testing import live_server
 
 SERVER_CORE, CLIENT_CORE = 0, 1
 ISSUE_LOADS = (1, 2, 3)  # the issue's multiples of the widest width's capacity
@@ -96,8 +98,8 @@ def summarise(blocks: list[dict], policies: list[str]) -> list[dict]:
     return summary
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="bench.ceiling", description=__doc__.splitlines()[0])
     parser.add_argument("--blocks", type=int, default=4)
     parser.add_argument("--loads", default="2,3", help="multiples of 1 / the widest batch-1 raw ORT time of each block")
     parser.add_argument("--rates", default=None, help="fixed req/s instead of --loads (the issue's 154,231)")
@@ -107,7 +109,7 @@ def main() -> None:
     parser.add_argument("--policies", default="max-width",
                         help="live servers run side by side (e.g. max-width,fixed:0.35: is a shortfall the policy's?)")
     parser.add_argument("--out", type=Path, default=Path("out/ceiling"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     policies = args.policies.split(",")
     args.out.mkdir(parents=True, exist_ok=True)
     checkpoint = imagenet_checkpoint("s_mobilenet_v2", args.out.resolve())

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 FOUR = (0.35, 0.5, 0.75, 1.0)
 LOADS = (0.5, 1.0, 1.5)
@@ -52,8 +53,8 @@ def measure(profile_path: Path, repeats: int, duration: float) -> dict[str, floa
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="bench.decision_cpu", description=__doc__.splitlines()[0])
     parser.add_argument("--profile", type=Path, required=True, help="a width grid's latency profile (bench.us_grid writes one)")
     parser.add_argument("--baseline", default=None, help="commit (or ref) to compare this tree against")
     parser.add_argument("--rounds", type=int, default=3)
@@ -62,7 +63,7 @@ def main() -> None:
     parser.add_argument("--core", type=int, default=1)
     parser.add_argument("--json-only", action="store_true", help=argparse.SUPPRESS)  # one measurement, for the baseline
     parser.add_argument("--out", type=Path, default=Path("out/decision_cpu"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     os.sched_setaffinity(0, {args.core})
     if args.json_only:
         print(json.dumps(measure(args.profile, args.repeats, args.duration)))

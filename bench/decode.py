@@ -17,6 +17,7 @@ import random
 import statistics
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -35,11 +36,11 @@ def photo_jpeg(width: int, height: int) -> bytes:
     return buf.getvalue()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="bench.decode", description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--out", type=Path, default=Path("out/decode"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     images = {f"{w}x{h}": photo_jpeg(w, h) for w, h in SIZES}
     decode = {

@@ -18,6 +18,7 @@ import random
 import statistics
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -38,15 +39,15 @@ def raw_session(model: bytes):
     return ort.InferenceSession(model, ort_session_options(), providers=["CPUExecutionProvider"])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="bench.engine", description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="s_mobilenet_v2")
     parser.add_argument("--input-size", type=int, default=224)
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--repeats", type=int, default=100)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--out", type=Path, default=Path("out/engine"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

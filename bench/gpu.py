@@ -13,6 +13,7 @@ import statistics
 import time
 import traceback
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -72,13 +73,13 @@ def cpu_safe_checks() -> dict:
     return errors
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="bench.gpu", description=__doc__.splitlines()[0])
     parser.add_argument("--archs", default="s_mobilenet_v2,s_resnet50")
     parser.add_argument("--batches", default="1,8,32")
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--out", type=Path, default=Path("out/gpu"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict = {"date": time.strftime("%Y-%m-%d"), "host": platform.node(), "torch": torch.__version__,
                     "cpu_checks_max_abs_err": cpu_safe_checks(), "rows": [], "errors": []}

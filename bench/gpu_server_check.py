@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -39,7 +40,7 @@ def post(path: str, body: bytes, headers: dict) -> tuple[int, dict, dict]:
         return r.status, dict(r.headers), json.loads(r.read())
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--device", "cuda", "--port", str(PORT),
                              "--policy", "slack"])
     try:
@@ -56,7 +57,7 @@ def main() -> int:
         for budget in ("100", "2"):
             status, headers, body = post("/v1/classify", png, {"content-type": "image/png", "X-Latency-Budget-Ms": budget})
             print(f"classify budget {budget} ms -> {status} width {body['width']} top {body['predictions'][0]} timing {body['timing_ms']}")
-        net = models.load_checkpoint(DEFAULT_CHECKPOINT)
+        net = models.load_checkpoint(DEFAULT_CHECKPOINT).net
         x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
         request = {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}],
                    "parameters": {"width": 0.5}}

@@ -20,10 +20,12 @@ import os
 import random
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
-from bench.common import LiveServer, free_port, imagenet_checkpoint
+from bench.common import imagenet_checkpoint
+from server.testing import LiveServer, free_port
 
 BLOCK, DISCARD = 20, 2  # requests per block; the first ones of a block pay for switching transports
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -75,13 +77,13 @@ class GrpcV2:
         self.stub.ModelInfer(self.request, timeout=30)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="bench.grpc_overhead", description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--width", type=float, default=0.35)
     parser.add_argument("--pin", action="store_true", help="server on core 0, this client on core 1 (taskset)")
     parser.add_argument("--out", type=Path, default=Path("out/grpc_overhead"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     checkpoint = imagenet_checkpoint("s_mobilenet_v2")
     grpc_port = free_port()

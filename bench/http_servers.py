@@ -21,13 +21,15 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 import httpx2
 import numpy as np
 
-from bench.common import free_port, imagenet_checkpoint, live_server, noise_jpeg, pinned_process_server
+from bench.common import imagenet_checkpoint, noise_jpeg, pinned_process_server
 from bench.grpc_overhead import process_cpu_s
 from bench.load import describe, measure_point
+from server.testing import free_port, live_server
 
 
 @contextlib.contextmanager
@@ -66,12 +68,12 @@ async def closed_loop(url: str, body: bytes, seconds: float, connections: int = 
     return done / seconds
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="bench.http_servers", description=__doc__.splitlines()[0])
     parser.add_argument("--loads", default="0.5,1,2,3")
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--out", type=Path, default=Path("out/http_servers"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     checkpoint = imagenet_checkpoint("s_mobilenet_v2")
     profile = args.out / "profile.json"

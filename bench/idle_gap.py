@@ -20,8 +20,10 @@ import random
 import statistics
 import time
 from pathlib import Path
+from typing import Sequence
 
-from bench.common import REPO, LiveServer
+from bench.common import REPO
+from server.testing import LiveServer
 
 
 def probe(port: int, body: bytes, budget_ms: float) -> tuple[int, float]:
@@ -65,8 +67,8 @@ def summarise(samples: list[tuple[int, float]], budget_ms: float) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="bench.idle_gap", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("out/idle_gap"))
     parser.add_argument("--rounds", type=int, default=3, help="blocks per configuration (alternating)")
     parser.add_argument("--repeats", type=int, default=4, help="probes per gap in each block")
@@ -76,7 +78,7 @@ def main() -> None:
     parser.add_argument("--keep-warm-ms", default="0,100", help="--keep-warm-ms of each configuration (0: off)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("extra", nargs="*", help="more `widthwise serve` flags for every configuration (after --)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     gaps = [float(g) for g in args.gaps.split(",")]
     configs = {(f"keep-warm {float(ms):g} ms" if float(ms) else "keep-warm off"): ["--keep-warm-ms", ms]

@@ -18,6 +18,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -102,14 +103,14 @@ def summarize(rows: list[dict], key: str) -> dict[str, dict]:
     return dict(groups)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="bench.ladder", description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="s_mobilenet_v2")
     parser.add_argument("--input-size", type=int, default=224)
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--out", type=Path, default=Path("out/ladder"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     use_global_thread_pool(args.threads)

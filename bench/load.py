@@ -34,14 +34,16 @@ import statistics
 import time
 import urllib.parse
 from pathlib import Path
+from typing import Sequence
 
 import httpx2
 import numpy as np
 
 import models
-from bench.common import REPO, imagenet_checkpoint, live_server, mean_over_rounds, noise_jpeg
+from bench.common import REPO, imagenet_checkpoint, mean_over_rounds, noise_jpeg
 from bench.http_client import LeanClient
 from policies.simulator import arrival_times
+from server.testing import live_server
 
 MAX_REQUESTS = 5000  # hard bound per point
 
@@ -150,8 +152,8 @@ def summarize(results: list, budget_ms: float, duration: float, accuracy: dict[f
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="bench.load", description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="s_mobilenet_v2")
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="serve this checkpoint instead of a random --arch one (its expected accuracy per width)")
@@ -183,14 +185,14 @@ def main() -> None:
                              "changes to the engine's speed, where one profile would plan one tree with the other's")
     parser.add_argument("--serve-args", default="", help='more serve flags for every server, e.g. "--weights shared"')
     parser.add_argument("--out", type=Path, default=Path("out/load"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.baseline and not args.paired:
         parser.error("--baseline compares trees in the same minutes: it needs --paired")
     if args.profile_per_tree and (not args.baseline or args.profile):
         parser.error("--profile-per-tree needs --baseline and no --profile")
     args.out.mkdir(parents=True, exist_ok=True)
     checkpoint = (args.checkpoint or imagenet_checkpoint(args.arch)).resolve()  # a baseline runs in its worktree
-    size = models.load_checkpoint(checkpoint).input_size
+    size = models.load_checkpoint(checkpoint).net.input_size
     path, body, headers = ("/v1/classify", noise_jpeg(np.random.default_rng(0), size), JPEG) if args.request == "jpeg" \
         else v2_request(size=size)
     profile_path = args.profile.resolve() if args.profile else (args.out / "profile.json").resolve()

@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Sequence
 
 from bench.common import REPO
 
@@ -122,14 +123,14 @@ def _measure_shared(net, arch: str, widths_spec: str, widths, batches: list[int]
             "loaded_ratio": loaded / widest_mb, "after_batches_ratio": ran / widest_mb, "weights": "shared"}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="bench.memory", description=__doc__.splitlines()[0])
     parser.add_argument("--batches", default="1,2,4,8", help="batch sizes run at every width (default 1,2,4,8)")
     parser.add_argument("--out", type=Path, default=Path("out/memory"))
     parser.add_argument("--one", nargs=4, metavar=("ARCH", "WIDTHS", "CACHE", "WEIGHTS"), help=argparse.SUPPRESS)
     parser.add_argument("--weights", choices=["per-width", "shared", "both"], default="both",
                         help="which configurations to run (serve's --weights)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
     if args.one:
         arch, widths, cache, weights = args.one

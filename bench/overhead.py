@@ -18,11 +18,13 @@ import json
 import statistics
 import time
 from pathlib import Path
+from typing import Sequence
 
 import httpx2
 import numpy as np
 
-from bench.common import imagenet_checkpoint, live_server, noise_jpeg, server_timing
+from bench.common import imagenet_checkpoint, noise_jpeg, server_timing
+from server.testing import live_server
 
 
 class StdlibClient:
@@ -89,13 +91,13 @@ def serving_requests(width: str) -> dict[str, tuple[str, bytes, dict]]:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="bench.overhead", description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--width", default="0.35")
     parser.add_argument("--loops", default="asyncio,uvloop", help="event loops to compare (--event-loop of serve)")
     parser.add_argument("--out", type=Path, default=Path("out/overhead"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     checkpoint = imagenet_checkpoint("s_mobilenet_v2")
     results = {}

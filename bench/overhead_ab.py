@@ -21,11 +21,13 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
-from bench.common import REPO, imagenet_checkpoint, live_server, server_timing
+from bench.common import REPO, imagenet_checkpoint, server_timing
 from bench.overhead import serving_requests
+from server.testing import live_server
 
 BLOCK, DISCARD = 12, 2  # requests per block; the first ones of a block pay for switching servers
 
@@ -48,13 +50,13 @@ def worktree(commit: str):
             subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=REPO, capture_output=True)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="bench.overhead_ab", description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", required=True, help="commit (or ref) to compare this tree against")
     parser.add_argument("--rounds", type=int, default=120)
     parser.add_argument("--width", default="0.35")
     parser.add_argument("--out", type=Path, default=Path("out/overhead_ab"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     checkpoint = imagenet_checkpoint("s_mobilenet_v2")
     requests = serving_requests(args.width)

@@ -37,13 +37,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Sequence
 
 import httpx2
 import numpy as np
 
-from bench.common import free_port, imagenet_checkpoint, live_server, pinned_process_server, server_timing
+from bench.common import imagenet_checkpoint, pinned_process_server, server_timing
 from bench.grpc_overhead import process_cpu_s
 from bench.load import describe, measure_point, v2_request
+from server.testing import free_port, live_server
 
 BARE_APP = '''
 import json, os, sys, time
@@ -231,14 +233,14 @@ def closed_loop_cpu_ms(url: str, pid: int, path: str, body: bytes, headers: dict
     return closed_loop_costs(url, pid, path, body, headers, n)[0]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="bench.peers", description=__doc__.splitlines()[0])
     parser.add_argument("--loads", default="0.5,1,2,3")
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--out", type=Path, default=Path("out/peers"))
     parser.add_argument("--triton-python", default=None,
                         help="a Python with nvidia-pytriton, numpy<2 and onnxruntime: also drive Triton")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     checkpoint = imagenet_checkpoint("s_mobilenet_v2")
     cache = args.out / "cache"

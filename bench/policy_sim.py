@@ -18,6 +18,7 @@ import json
 import platform
 import time
 from pathlib import Path
+from typing import Sequence
 
 import models
 from models.checkpoint import OFFICIAL_TOP1
@@ -44,8 +45,8 @@ def load_or_measure(args) -> LatencyProfile:
     return profile
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="bench.policy_sim", description=__doc__.splitlines()[0])
     parser.add_argument("--profile", help="latency profile JSON (default: measure S-MobileNet v2 here)")
     parser.add_argument("--arch", default="s_mobilenet_v2")
     parser.add_argument("--max-batch-size", type=int, default=8)
@@ -56,7 +57,7 @@ def main() -> None:
                         help="the server's own CPU per request on the model's cores (serve's /v1/models request_cpu_ms; "
                              "0: it has cores of its own)")
     parser.add_argument("--out", type=Path, default=Path("out/policy_sim"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
 
     profile = load_or_measure(args)

@@ -19,6 +19,7 @@ import os
 import statistics
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -39,16 +40,16 @@ def width_after_width(run, widths, batch_sizes, warmup: int = 3, repeats: int = 
     return monotone(table)  # as measure_profile did
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="bench.profile_stability", description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="s_mobilenet_v2")
     parser.add_argument("--starts", type=int, default=8, help="profiles per method")
     parser.add_argument("--core", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("out/profile_stability"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     os.sched_setaffinity(0, {args.core})
-    net = models.load_checkpoint(imagenet_checkpoint(args.arch))
+    net = models.load_checkpoint(imagenet_checkpoint(args.arch)).net
     runtime = Runtime(net, "cpu", "onnxruntime", threads=1)
     batch_sizes = batch_sizes_up_to(8)
     runtime.warm_up(batch_sizes)

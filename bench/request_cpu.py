@@ -21,23 +21,25 @@ import os
 import statistics
 import time
 from pathlib import Path
+from typing import Sequence
 
-from bench.common import imagenet_checkpoint, live_server
+from bench.common import imagenet_checkpoint
 from bench.overhead import serving_requests
 from bench.overhead_ab import worktree
 from bench.peers import RawOrt, bare_server, closed_loop_costs, on_core
+from server.testing import live_server
 
 SERVER_CORE, CLIENT_CORE = 0, 1
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="bench.request_cpu", description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", default=None, help="commit (or ref) to compare this tree against")
     parser.add_argument("--blocks", type=int, default=8, help="turns per server")
     parser.add_argument("--requests", type=int, default=300, help="requests per block")
     parser.add_argument("--width", default="0.35")
     parser.add_argument("--out", type=Path, default=Path("out/request_cpu"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     checkpoint = imagenet_checkpoint("s_mobilenet_v2", args.out.resolve())  # the baseline runs in its worktree
     cache = args.out.resolve() / "cache"

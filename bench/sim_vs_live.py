@@ -29,14 +29,16 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Sequence
 
 import httpx2
 
-from bench.common import imagenet_checkpoint, live_server, server_timing
+from bench.common import imagenet_checkpoint, server_timing
 from bench.load import MAX_REQUESTS, measure_point, v2_request
 from policies import LatencyProfile, make_policy
 from policies.simulator import SpeedTrace, arrival_times, simulate
 from server.settings import Settings
+from server.testing import live_server
 
 SEED = 11  # bench.load's arrivals
 
@@ -82,8 +84,8 @@ def speed_points(batches: list, sends: list[float], profile: LatencyProfile, req
     return points
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="bench.sim_vs_live", description=__doc__.splitlines()[0])
     parser.add_argument("--policy", default="max-width")
     parser.add_argument("--loads", default="0.5,1,2")
     parser.add_argument("--duration", type=float, default=8.0)
@@ -91,7 +93,7 @@ def main() -> None:
     parser.add_argument("--widths", default=None, help="serve's --widths (a list or lo:hi:step)")
     parser.add_argument("--budget", type=float, default=3.0, help="budget, x the widest width's batch-1 time")
     parser.add_argument("--out", type=Path, default=Path("out/sim_vs_live"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     checkpoint = args.checkpoint or imagenet_checkpoint("s_mobilenet_v2")
     profile_path = args.out / "profile.json"

@@ -17,12 +17,13 @@ import json
 import random
 import time
 from pathlib import Path
+from typing import Sequence
 
 import httpx2
 import numpy as np
 from PIL import Image
 
-from bench.common import live_server
+from server.testing import live_server
 
 
 def rss_bytes(pid: int) -> int:
@@ -93,13 +94,13 @@ async def main_async(args) -> dict:
             "unexpected_total": len(unexpected), "rss": rss}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="bench.soak", description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--rate", type=float, default=40.0)
     parser.add_argument("--sample-s", type=float, default=5.0)
     parser.add_argument("--out", type=Path, default=Path("out/soak"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     report = asyncio.run(main_async(args))
     rss = [b for _, b in report["rss"] if b]

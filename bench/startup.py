@@ -18,9 +18,11 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Sequence
 
-from bench.common import LiveServer, imagenet_checkpoint
+from bench.common import imagenet_checkpoint
 from bench.memory import resident_mb
+from server.testing import LiveServer
 
 
 def time_to_ready(checkpoint: Path, cache: Path, extra: list[str]) -> tuple[float, float | None, float]:
@@ -37,13 +39,13 @@ def time_to_ready(checkpoint: Path, cache: Path, extra: list[str]) -> tuple[floa
         server.stop()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="bench.startup", description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="s_mobilenet_v2")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("out/startup"))
     parser.add_argument("extra", nargs="*", help="more `widthwise serve` flags (after --)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     checkpoint = imagenet_checkpoint(args.arch)
     cold, warm = [], []

@@ -31,22 +31,24 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Sequence
 
 import httpx2
 import torch
 
 import models
 from bench import common
-from bench.common import live_server
 from bench.load import describe, measure_point, server_device_speed, v2_request
 from bench.policy_sim import capacity
 from models.checkpoint import OFFICIAL_TOP1
+from models.rebuild import with_widths
 from models.training import TrainConfig, evaluate, load_dataset, train
 from models.widths import width_grid
 from policies import LatencyProfile, batch_sizes_up_to, make_policy
 from policies.simulator import arrival_times, simulate
 from server.runtime import Runtime, profile_runtime
 from server.settings import Settings
+from server.testing import live_server
 
 GRID = width_grid(0.35, 1.0, 0.05)
 FOUR = (0.35, 0.5, 0.75, 1.0)
@@ -59,9 +61,9 @@ def official_checkpoint(args) -> Path:
     path = args.out / f"{args.official}_random.safetensors"
     net = models.create(args.official)
     net.calibrated = net.widths
-    models.save_checkpoint(net.eval(), path, {
-        "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "accuracy": OFFICIAL_TOP1[args.official],
-        "accuracy_source": "official model zoo (ImageNet top-1); random weights for timing"})
+    models.save_checkpoint(net.eval(), path, models.ModelCard.for_net(
+        net, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), accuracy=OFFICIAL_TOP1[args.official],
+        accuracy_source="official model zoo (ImageNet top-1); random weights for timing"))
     return path
 
 
@@ -78,14 +80,14 @@ def trained_checkpoint(args) -> Path:
     result = train(net, data, TrainConfig(epochs=args.epochs, lr=0.05, inplace_distill=True, seed=args.seed,
                                           progress=False))
     print(f"trained us_convnet6 on digits-hard: {args.epochs} epochs in {time.monotonic() - began:.0f} s")
-    models.save_checkpoint(net.cpu().eval(), path, {
-        "mean": list(data.mean), "std": list(data.std), "labels": list(data.labels), "accuracy": result.val_top1,
-        "dataset": data.name, "accuracy_source": "bench.us_grid: held-out split of digits-hard"})
+    models.save_checkpoint(net.cpu().eval(), path, models.ModelCard.for_net(
+        net, mean=data.mean, std=data.std, labels=data.labels, accuracy=result.val_top1,
+        accuracy_source="bench.us_grid: held-out split of digits-hard", extra={"dataset": data.name}))
     return path
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="bench.us_grid", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("out/us_grid"))
     parser.add_argument("--checkpoint", type=Path, default=None)
     parser.add_argument("--epochs", type=int, default=6)
@@ -107,17 +109,18 @@ def main() -> None:
     parser.add_argument("--live-duration", type=float, default=8.0, help="seconds per live point")
     parser.add_argument("--live-rounds", type=int, default=2,
                         help="live points per (budget, load, policy, width list), the two lists alternating")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
 
     checkpoint = trained_checkpoint(args)
-    net = models.load_checkpoint(checkpoint).with_widths(GRID)
+    loaded = models.load_checkpoint(checkpoint)
+    net = with_widths(loaded.net, GRID)
     if args.official:
         top1 = {w: OFFICIAL_TOP1[args.official][w] for w in GRID}
         print(f"{args.official} top-1 per width (official model zoo, ImageNet):")
     else:
-        data = load_dataset("digits-hard", net.input_size, net.in_channels, mean=net.metadata.get("mean"),
-                            std=net.metadata.get("std"))
+        spec = loaded.card.input
+        data = load_dataset("digits-hard", spec.size, spec.channels, mean=spec.mean, std=spec.std)
         top1 = {w: r["top1"] for w, r in evaluate(net, data.x_val, data.y_val).items()}
         print("held-out top-1 per width (digits-hard):")
     print("  " + "  ".join(f"{w:g}:{a:.3f}" for w, a in top1.items()))
@@ -172,7 +175,7 @@ def live_rows(args, checkpoint: Path, profile: LatencyProfile, budgets: list[flo
     that each pair of points meets the same minute of this host's drifting speed (run one list's
     points after the other's, as this did until session 12, and the VM's slow spells land on one
     side). Rows carry their round; :func:`mean_over_rounds` gives the table's cells."""
-    net = models.load_checkpoint(checkpoint)
+    net = models.load_checkpoint(checkpoint).net
     path, body, headers = v2_request(size=net.input_size)
     os.sched_setaffinity(0, {1})
     rows = []

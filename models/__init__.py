@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 from .lazy import lazy_exports
 
 if TYPE_CHECKING:  # for type checkers and readers; at run time __getattr__ imports on demand
-    from .checkpoint import load_checkpoint, save_checkpoint
+    from .card import ModelCard
+    from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
     from .errors import CheckpointError
     from .labels import imagenet1k_labels, read_labels
     from .net import SlimmableNet
@@ -20,7 +21,8 @@ if TYPE_CHECKING:  # for type checkers and readers; at run time __getattr__ impo
     from .registry import create, list_models, register_model
 
 _WHERE = {
-    "CheckpointError": "errors", "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
+    "CheckpointError": "errors", "Checkpoint": "checkpoint", "load_checkpoint": "checkpoint",
+    "save_checkpoint": "checkpoint", "ModelCard": "card",
     "imagenet1k_labels": "labels", "read_labels": "labels",
     "SlimmableNet": "net",
     "count_macs": "profiling", "profile_net": "profiling", "shared_param_count": "profiling",
@@ -28,7 +30,7 @@ _WHERE = {
 }
 
 __all__ = [
-    "CheckpointError", "SlimmableNet", "count_macs", "create", "imagenet1k_labels", "list_models",
+    "Checkpoint", "CheckpointError", "ModelCard", "SlimmableNet", "count_macs", "create", "imagenet1k_labels", "list_models",
     "load_checkpoint", "profile_net", "read_labels", "register_model", "save_checkpoint", "shared_param_count",
 ]
 

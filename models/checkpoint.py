@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -16,15 +17,18 @@ from pydantic import ValidationError
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .card import ModelCard
 from .embedded import DEFAULT_CHECKPOINT  # noqa: F401  (re-exported: models.checkpoint.DEFAULT_CHECKPOINT)
 from .errors import CheckpointError
 from .labels import imagenet1k_labels
 from .metadata import CheckpointMetadata, metadata_error
 from .net import SlimmableNet
+from .rebuild import select_widths
 from .registry import create, list_models
 from .universal import UniversalNet
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "read_official_state_dict", "OFFICIAL_TOP1"]
+__all__ = ["Checkpoint", "CheckpointError", "save_checkpoint", "load_checkpoint", "read_official_state_dict",
+           "OFFICIAL_TOP1"]
 
 METADATA_KEY = "widthwise"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -53,15 +57,22 @@ OFFICIAL_TOP1: dict[str, dict[float, float]] = {
 }
 
 
-def save_checkpoint(net: SlimmableNet, path: str | Path, metadata: Mapping[str, Any] | None = None) -> None:
-    """Write ``net`` as safetensors with its architecture config and ``metadata``.
+@dataclass(frozen=True)
+class Checkpoint:
+    """A loaded checkpoint: the net (eval mode) and its card."""
 
-    ``metadata`` may hold ``mean``, ``std``, ``labels``, ``accuracy`` ({width: top1}) and
-    anything else JSON-serialisable; the architecture config always wins.
-    """
-    meta = {**dict(metadata or {}), **net.config()}
-    if "accuracy" in meta:
-        meta["accuracy"] = {str(float(w)): float(a) for w, a in dict(meta["accuracy"]).items()}
+    net: SlimmableNet
+    card: ModelCard
+
+    def select(self, widths: tuple[float, ...] | None) -> "Checkpoint":
+        """This checkpoint serving ``widths`` (:func:`~models.rebuild.select_widths`), its card to match."""
+        net = select_widths(self.net, widths)
+        return self if net is self.net else Checkpoint(net, self.card.at_widths(net.widths))
+
+
+def save_checkpoint(net: SlimmableNet, path: str | Path, card: ModelCard | None = None) -> None:
+    """Write ``net`` as safetensors with its architecture config and ``card`` (default: a fresh net's card)."""
+    meta = {**(card or ModelCard.for_net(net)).metadata(), **net.config()}
     tensors = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
     save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(meta)})
     # safetensors writes 0600; a checkpoint is data that other users (a container's non-root user) must read.
@@ -70,11 +81,9 @@ def save_checkpoint(net: SlimmableNet, path: str | Path, metadata: Mapping[str, 
     os.chmod(path, 0o666 & ~umask)
 
 
-def load_checkpoint(path: str | Path, arch: str | None = None, widths: tuple[float, ...] | None = None) -> SlimmableNet:
-    """Load our ``.safetensors`` checkpoint or an official ``.pt`` state dict.
-
-    The returned net is in eval mode and carries ``net.metadata`` (mean, std,
-    labels, accuracy per width, ...). For official files the architecture is
+def load_checkpoint(path: str | Path, arch: str | None = None, widths: tuple[float, ...] | None = None) -> Checkpoint:
+    """Load our ``.safetensors`` checkpoint or an official ``.pt`` state dict: the net, in eval mode,
+    and its card (mean, std, labels, accuracy per width, ...). For official files the architecture is
     inferred from the state-dict layout unless ``arch``/``widths`` are given.
     """
     path = Path(path)
@@ -97,7 +106,7 @@ def _looks_like_safetensors(path: Path, head: bytes) -> bool:
     return not head.startswith(b"PK") and len(head) == 8 and int.from_bytes(head, "little") < path.stat().st_size
 
 
-def _load_safetensors(path: Path) -> SlimmableNet:
+def _load_safetensors(path: Path) -> Checkpoint:
     try:
         with safe_open(str(path), framework="pt") as f:
             raw_meta = (f.metadata() or {}).get(METADATA_KEY)
@@ -126,9 +135,7 @@ def _load_safetensors(path: Path) -> SlimmableNet:
     except (ValueError, TypeError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: cannot build {meta['arch']} from its metadata: {exc}") from None
     _load_state_strict(net, state, path)
-    meta["accuracy"] = {float(w): a for w, a in meta.get("accuracy", {}).items()}
-    net.metadata = meta
-    return net
+    return Checkpoint(net, ModelCard.from_metadata(net, meta))
 
 
 def _validate_metadata(meta: Any, path: Path) -> dict:
@@ -156,7 +163,7 @@ def read_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def _load_official(path: Path, arch: str | None, widths: tuple[float, ...] | None) -> SlimmableNet:
+def _load_official(path: Path, arch: str | None, widths: tuple[float, ...] | None) -> Checkpoint:
     state = read_official_state_dict(path)
     net = _infer_official_net(state, arch, widths, path)
     _load_state_strict(net, state, path)
@@ -166,10 +173,9 @@ def _load_official(path: Path, arch: str | None, widths: tuple[float, ...] | Non
         net.calibrated = net.slots_with_statistics()
     # No accuracy: these weights may be fine-tuned or another data set's, so the paper's figures would be
     # a guess (convert --accuracy official states it explicitly; evaluate --out measures it).
-    net.metadata = {**net.config(), "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "source": "official"}
-    if net.num_classes == len(imagenet1k_labels()):
-        net.metadata["labels"] = list(imagenet1k_labels())
-    return net
+    labels = imagenet1k_labels() if net.num_classes == len(imagenet1k_labels()) else None
+    card = ModelCard.for_net(net, mean=IMAGENET_MEAN, std=IMAGENET_STD, labels=labels, source="official")
+    return Checkpoint(net, card)
 
 
 def _infer_official_net(state: dict, arch: str | None, widths: tuple[float, ...] | None, path: Path) -> SlimmableNet:

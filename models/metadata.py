@@ -8,7 +8,6 @@ reports ready and answers every request 500 (``num_classes: "10"``,
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 from pydantic import (
@@ -21,6 +20,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from .widths import match_width
 
 __all__ = ["CheckpointMetadata", "metadata_error"]
 
@@ -70,14 +71,14 @@ class CheckpointMetadata(BaseModel):
                 raise ValueError(f"{name} has {len(values)} values for {self.in_channels} channels")
         if (self.bn_mode == "universal") != (self.width_range is not None):
             raise ValueError("width_range goes with bn_mode 'universal' (a universally slimmable net), and only with it")
-        stray = [w for w in self.calibrated or () if not any(math.isclose(w, d) for d in self.widths)]
+        stray = [w for w in self.calibrated or () if match_width(self.widths, w) is None]
         if stray:
             raise ValueError(f"calibrated widths {stray} are not declared")
         if self.labels is not None and len(self.labels) != self.num_classes:
             raise ValueError(f"{len(self.labels)} labels for {self.num_classes} classes")
         for width, top1 in (self.accuracy or {}).items():
             try:
-                declared = any(math.isclose(float(width), w) for w in self.widths)
+                declared = match_width(self.widths, float(width)) is not None
             except ValueError:
                 declared = False
             if not declared:

@@ -7,10 +7,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from policies.widths import match_width
-
 from .fold import fold_batchnorm
 from .slimmable import SharedBatchNorm2d, SwitchableBatchNorm2d
+from .widths import match_width
 
 __all__ = ["SlimmableNet", "BN_MODES"]
 
@@ -92,33 +91,6 @@ class SlimmableNet(nn.Module):
         idx = self.width_index(width)
         return self.forward_head(self.forward_features(x, idx), idx)
 
-    def with_widths(self, widths: Sequence[float]) -> "SlimmableNet":
-        """The same weights serving only ``widths`` (declared ones): switch ``i`` of the result is
-        switch ``widths[i]`` of this net -- its leading weight slices and its own BN."""
-        slots = [self.width_index(w) for w in widths]
-        return self._rebuilt(tuple(self.widths[i] for i in slots), lambda i: slots[i])
-
-    def _rebuilt(self, widths: tuple[float, ...], old_slot, **config) -> "SlimmableNet":
-        """A net of this architecture at ``widths`` (constructor ``config`` overrides) holding this net's
-        weights: BN slot ``i`` comes from this net's slot ``old_slot(i)`` (None: left as initialised),
-        every other tensor is the leading block of this net's (the widest may now be narrower)."""
-        from .registry import create
-
-        new = create(self.arch, **{**{k: v for k, v in self.config().items() if k != "arch"}, "widths": widths,
-                                   **config})
-        state = self.state_dict()
-        mapped = {}
-        for key, value in new.state_dict().items():
-            source = slot_key(key, old_slot)
-            if source is None:
-                mapped[key] = value
-            else:
-                mapped[key] = state[source][tuple(slice(0, n) for n in value.shape)] if value.dim() else state[source]
-        new.load_state_dict(mapped, strict=True)
-        new.train(self.training)
-        new.metadata = narrowed_metadata(getattr(self, "metadata", {}), new)
-        return new
-
     def _export_arg(self, width: float):
         """What the layers' ``export`` takes for ``width``: the switch index."""
         return self.width_index(width)
@@ -142,24 +114,3 @@ class SlimmableNet(nn.Module):
         idx = self._export_arg(width)
         module = nn.Sequential(self.features.export(idx, share), nn.Flatten(1), self.classifier.export(idx, share))
         return fold_batchnorm(module.eval()) if fold_bn else module.eval()
-
-
-def slot_key(key: str, old_slot) -> str | None:
-    """``features.1.bn.3.running_mean`` -> the same key at slot ``old_slot(3)`` (None if that returns
-    None); keys without a ``bn.<i>`` slot map to themselves."""
-    parts = key.split(".")
-    for i in range(len(parts) - 2, 0, -1):
-        if parts[i - 1] == "bn" and parts[i].isdigit():
-            old = old_slot(int(parts[i]))
-            if old is None:
-                return None
-            return ".".join(parts[:i] + [str(old)] + parts[i + 1:])
-    return key
-
-
-def narrowed_metadata(metadata: dict, net: "SlimmableNet") -> dict:
-    """``metadata`` for ``net`` after ``with_widths``: its config, and accuracy of the kept widths only."""
-    meta = {**metadata, **net.config()}
-    if isinstance(meta.get("accuracy"), dict):
-        meta["accuracy"] = {w: a for w, a in meta["accuracy"].items() if any(abs(float(w) - k) < 1e-6 for k in net.widths)}
-    return meta

@@ -18,7 +18,6 @@ official repository's issues show accuracy collapsing when that happens).
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple, Sequence
 
 import torch
@@ -27,6 +26,7 @@ from torch import nn
 
 from .net import SlimmableNet
 from .slimmable import SharedSliceConv2d, SharedSliceLinear, make_divisible, with_params
+from .widths import WIDTH_TOLERANCE, match_width
 
 __all__ = ["USWidth", "USConv2d", "USLinear", "USBatchNorm2d", "UniversalNet", "us_channels"]
 
@@ -167,11 +167,11 @@ class UniversalNet(SlimmableNet):
         low, high = (float(w) for w in width_range)
         if not 0 < low <= high:
             raise ValueError(f"width range must satisfy 0 < low <= high, got {width_range}")
-        outside = [w for w in self.widths if not low - 1e-9 <= w <= high + 1e-9]
+        outside = [w for w in self.widths if not low - WIDTH_TOLERANCE <= w <= high + WIDTH_TOLERANCE]
         if outside:
             raise ValueError(f"widths {outside} lie outside the width range [{low:g}, {high:g}]")
         self.width_range = (low, high)
-        unknown = [float(w) for w in calibrated if self._slot(float(w)) is None]
+        unknown = [float(w) for w in calibrated if self.slot_of(float(w)) is None]
         if unknown:
             raise ValueError(f"calibrated widths {unknown} are not among the declared widths {self.widths}")
         self.calibrated = tuple(sorted(float(w) for w in calibrated))
@@ -184,23 +184,22 @@ class UniversalNet(SlimmableNet):
     def config(self) -> dict:
         return {**super().config(), "width_range": list(self.width_range), "calibrated": list(self.calibrated)}
 
-    def _slot(self, width: float) -> int | None:
-        for i, w in enumerate(self.widths):
-            if math.isclose(w, width, abs_tol=1e-6):
-                return i
-        return None
+    def slot_of(self, width: float) -> int | None:
+        """The BN slot of ``width`` when it is a declared width, else None."""
+        declared = match_width(self.widths, width)
+        return None if declared is None else self.widths.index(declared)
 
     def switch_for(self, width: float, accumulate: bool = False) -> USWidth:
         """The :class:`USWidth` for ``width``; ``ValueError`` outside the range, or (eval mode) uncalibrated."""
         if not self.training:
             return self.calibrated_switch(width)
-        slot = self._slot(self._in_range(width))
+        slot = self.slot_of(self._in_range(width))
         return USWidth(float(width), slot, accumulate and slot is not None)
 
     def calibrated_switch(self, width: float) -> USWidth:
         """The :class:`USWidth` of a calibrated width, whatever the mode; ``ValueError`` otherwise."""
-        slot = self._slot(self._in_range(width))
-        if slot is None or not any(math.isclose(width, c, abs_tol=1e-6) for c in self.calibrated):
+        slot = self.slot_of(self._in_range(width))
+        if slot is None or match_width(self.calibrated, width) is None:
             raise ValueError(f"width {width:g} is not calibrated; calibrated widths: "
                              f"{', '.join(f'{w:g}' for w in self.calibrated) or 'none'} "
                              f"(widthwise calibrate computes BN statistics for more)")
@@ -209,25 +208,17 @@ class UniversalNet(SlimmableNet):
     def _in_range(self, width: float) -> float:
         width = float(width)
         low, high = self.width_range
-        if not low - 1e-9 <= width <= high + 1e-9:
+        if not low - WIDTH_TOLERANCE <= width <= high + WIDTH_TOLERANCE:
             raise ValueError(f"width {width:g} is outside {self.arch}'s range [{low:g}, {high:g}]")
         return width
 
     def switch_for_slot(self, width: float) -> int:
         """The BN slot of declared width ``width``; ``ValueError`` naming the declared ones otherwise."""
-        slot = self._slot(float(width))
+        slot = self.slot_of(float(width))
         if slot is None:
             raise ValueError(f"width {float(width):g} has no BN statistics slot; declared: "
                              f"{', '.join(f'{w:g}' for w in self.widths)} (with_widths adds slots)")
         return slot
-
-    def with_widths(self, widths: Sequence[float]) -> "UniversalNet":
-        """The same weights with BN slots for exactly ``widths`` (each in the range): existing slots keep
-        their statistics and calibration, new ones start fresh (uncalibrated). Used to calibrate or
-        serve a grid other than the checkpoint's."""
-        widths = tuple(sorted({round(float(w), 6) for w in widths}))
-        kept = tuple(w for w in self.calibrated if any(math.isclose(w, n, abs_tol=1e-6) for n in widths))
-        return self._rebuilt(widths, lambda i: self._slot(widths[i]), calibrated=kept)
 
     def width_index(self, width: float) -> int:
         return self.switch_for(width).slot

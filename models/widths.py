@@ -1,22 +1,38 @@
-"""Width lists and grids as users write them, and choosing which of a model's widths to serve."""
+"""Widths: matching a requested width against declared ones, and lists and grids as users write them
+(pure; no torch)."""
 
 from __future__ import annotations
 
 import math
 from typing import Sequence
 
-__all__ = ["parse_widths", "width_grid", "select_widths"]
+__all__ = ["WIDTH_TOLERANCE", "match_width", "parse_widths", "width_grid"]
+
+# Widths arrive as floats parsed from headers, JSON and flags (0.35 must match 0.35) and grids are rounded
+# to 6 decimals, so two widths closer than this are the same width.
+WIDTH_TOLERANCE = 1e-6
+
+
+def match_width(widths: Sequence[float], value: float) -> float | None:
+    """The one of ``widths`` equal to ``value`` within :data:`WIDTH_TOLERANCE`, or None."""
+    for width in widths:
+        if abs(width - value) < WIDTH_TOLERANCE:
+            return width
+    return None
 
 
 def width_grid(low: float, high: float, step: float) -> tuple[float, ...]:
     """``low, low + step, ..., high`` rounded to 6 decimals (``0.35:1.0:0.05`` -> 14 widths)."""
     if not (0 < low <= high) or step <= 0:
         raise ValueError(f"a width grid needs 0 < low <= high and step > 0, got {low:g}:{high:g}:{step:g}")
-    count = math.floor((high - low) / step + 1e-9) + 1
+    steps = (high - low) / step
+    if steps > 256:  # also an infinite count from a step like 1e-320
+        raise ValueError(f"{low:g}:{high:g}:{step:g} has more than 256 widths; at most 256")
+    count = math.floor(steps + 1e-9) + 1  # (a hair above: 0.35:1.0:0.05 is 12.999999999999998 steps)
     if count > 256:
         raise ValueError(f"{low:g}:{high:g}:{step:g} has {count} widths; at most 256")
     grid = [round(low + i * step, 6) for i in range(count)]
-    if not math.isclose(grid[-1], high, abs_tol=1e-6):
+    if match_width((high,), grid[-1]) is None:
         raise ValueError(f"{low:g}:{high:g}:{step:g} does not end at {high:g} (last width {grid[-1]:g})")
     return tuple(grid)
 
@@ -45,29 +61,3 @@ def parse_widths(text: str) -> tuple[float, ...]:
     if list(widths) != sorted(set(widths)):
         raise ValueError(f"widths must be strictly ascending, got {text!r}")
     return widths
-
-
-def select_widths(net, widths: Sequence[float] | None):
-    """The net to serve: ``net`` at ``widths`` (each declared; for a universally slimmable net each
-    calibrated), or at all its widths -- a universally slimmable net's calibrated ones.
-
-    Raises:
-        ValueError: naming the widths that cannot be served and what to do.
-    """
-    from .universal import UniversalNet
-
-    universal = isinstance(net, UniversalNet)
-    available = net.calibrated if universal else net.widths
-    if widths is None:
-        if universal and not available:
-            raise ValueError(f"{net.arch}: no width has calibrated BN statistics; run `widthwise calibrate "
-                             f"--widths {net.width_range[0]:g}:{net.width_range[1]:g}:0.05` first")
-        return net.with_widths(available) if universal and available != net.widths else net
-    missing = [w for w in widths if not any(math.isclose(w, a, abs_tol=1e-6) for a in available)]
-    if missing:
-        what = "calibrated" if universal else "declared"
-        hint = ("; calibrate them with `widthwise calibrate --widths ...`" if universal else "")
-        raise ValueError(f"--widths: {', '.join(f'{w:g}' for w in missing)} not {what} by the checkpoint "
-                         f"({what}: {', '.join(f'{a:g}' for a in available) or 'none'}){hint}")
-    chosen = tuple(next(a for a in available if math.isclose(w, a, abs_tol=1e-6)) for w in widths)
-    return net if chosen == net.widths else net.with_widths(chosen)

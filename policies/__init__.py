@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from models.widths import match_width
+
 from .adaptive import FeedbackPolicy, SlackPolicy
 from .base import Decision, DispatchView, LoadSignals, Policy, QueuedItem, Reason
 from .builtin import FixedPolicy, MaxWidthPolicy
 from .profile import LatencyProfile, batch_sizes_up_to, measure_profile, service_time
 from .scheduler import Batch, Pending, RefusalReason, Refused, ScheduledRequest, Scheduler, SchedulerConfig
-from .widths import match_width
+from .tuning import TUNING, Tuning
 
 __all__ = [
     "Reason", "Decision", "DispatchView", "FixedPolicy", "LatencyProfile", "LoadSignals",
     "FeedbackPolicy", "MaxWidthPolicy", "Policy", "SlackPolicy", "QueuedItem", "batch_sizes_up_to", "make_policy", "measure_profile",
-    "service_time", "match_width", "Batch", "Pending", "Refused", "RefusalReason", "ScheduledRequest", "Scheduler", "SchedulerConfig",
+    "service_time", "Tuning", "TUNING", "Batch", "Pending", "Refused", "RefusalReason", "ScheduledRequest", "Scheduler", "SchedulerConfig",
 ]
 
 

@@ -26,8 +26,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("examples"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    net = models.load_checkpoint(DEFAULT_CHECKPOINT)
-    meta = net.metadata
+    checkpoint = models.load_checkpoint(DEFAULT_CHECKPOINT)
+    net, spec = checkpoint.net, checkpoint.card.input
     images, targets = digits_images()
     _, val_idx = held_out_split(len(images), 0.2)
     hard, source = hard_digit_images([images[i] for i in val_idx], HARD_COPIES["val"], HARD_SEEDS["val"])
@@ -37,7 +37,7 @@ def main() -> None:
         label = int(label)
         if label in written:
             continue
-        x = image_to_tensor(image, net.input_size, meta["mean"], meta["std"], net.in_channels)[None]
+        x = image_to_tensor(image, spec.size, spec.mean, spec.std, spec.channels)[None]
         with torch.inference_mode():
             if all(int(net(x, width=w).argmax()) == label for w in net.widths):
                 image.save(args.out / f"digit_{label}.png")

@@ -14,14 +14,12 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
 from prometheus_client import CollectorRegistry
 
-from models.card import ModelCard
 from models.embedded import DEFAULT_CHECKPOINT
 from models.labels import check_label_count, read_labels
-from models.widths import select_widths
 from server.api import kserve, native, ops
 from server.api.errors import install_error_handlers
 from server.api.warmup import RequestPathToucher, warm_request_path
-from server.engine.cached_net import served_net
+from server.engine.cached_net import served_checkpoint
 from server.engine.engine import Engine
 from server.engine.startup_cache import default_cache_dir
 from server.http.docs import install_offline_docs
@@ -34,7 +32,7 @@ from server.runtime import Runtime
 from server.settings import Settings
 
 if TYPE_CHECKING:
-    from models import SlimmableNet
+    pass
 
 __all__ = ["build_app", "model_name_for", "preflight"]
 
@@ -94,28 +92,26 @@ def _require_readable_file(path: Path, flag: str, hint: str) -> None:
 
 
 def build_app(
-    settings: Settings | None = None, registry: CollectorRegistry | None = None, net: "SlimmableNet | None" = None,
+    settings: Settings | None = None, registry: CollectorRegistry | None = None,
     runtime_factory: type[Runtime] = Runtime,
 ) -> FastAPI:
     """The application for one model; the engine starts in the lifespan (use ``TestClient`` as a context manager).
 
-    ``registry``, ``net`` and ``runtime_factory`` replace what the settings would build (tests inject them).
+    ``registry`` and ``runtime_factory`` replace what the settings would build (tests inject them).
     """
     settings = settings or Settings()
     preflight(settings)
-    checkpoint = Path(settings.checkpoint) if settings.checkpoint else DEFAULT_CHECKPOINT
-    if net is not None:
-        net = select_widths(net, settings.served_widths())  # --widths, or a universal net's calibrated grid
-    else:  # the same, described by the start-up cache when it can be (no torch, no weights read)
-        cache_dir = (settings.cache_dir or default_cache_dir()) if settings.startup_cache else None
-        net = served_net(checkpoint, settings.served_widths(), cache_dir)
-    labels = None
+    path = Path(settings.checkpoint) if settings.checkpoint else DEFAULT_CHECKPOINT
+    # --widths (or a universal net's calibrated grid), described by the start-up cache when it can be
+    # (no torch, no weights read)
+    cache_dir = (settings.cache_dir or default_cache_dir()) if settings.startup_cache else None
+    net, card = served_checkpoint(path, settings.served_widths(), cache_dir)
     if settings.labels is not None:
         labels = read_labels(settings.labels)
         check_label_count(labels, net.num_classes, f"--labels {settings.labels}")
-    card = ModelCard.from_net(net, labels)
+        card = card.with_labels(labels)
     registry = registry if registry is not None else CollectorRegistry()
-    name = model_name_for(settings, checkpoint)
+    name = model_name_for(settings, path)
     if not card.accuracy_known:
         log.warning("no expected accuracy for widths %s in the checkpoint: widthwise_expected_correct_total is not "
                     "exported (measure it with `widthwise evaluate --out`)",

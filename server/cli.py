@@ -8,13 +8,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Sequence
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "bench_programs"]
 
 
 HELP_FORMAT = argparse.ArgumentDefaultsHelpFormatter  # every flag's help ends with its default
-BENCHMARKS = ("engine", "ladder", "overhead", "overhead_ab", "decode", "policy_sim", "load", "soak", "grpc_overhead", "startup", "http_servers", "sim_vs_live", "peers", "idle_gap", "us_grid", "memory", "request_cpu", "profile_stability", "tail_quantile", "decision_cpu", "ceiling")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,9 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "ImageNet figures (only true of the unmodified released weights). Default: none; measure "
                         "it with `widthwise evaluate --out`")
 
-    p = sub.add_parser("bench", help="run a benchmark from bench/ (needs a checkout of the repository)")
-    p.add_argument("name", choices=BENCHMARKS, help=", ".join(BENCHMARKS))
-    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments of that benchmark (see its --help)")
+    checkout = bench_checkout()
+    found = bench_programs(checkout) if checkout else []
+    p = sub.add_parser("bench", help="run a program of bench/ (needs a checkout of the repository; the same as "
+                                     "`python -m bench.NAME` there)")
+    p.add_argument("name", help=f"one of: {', '.join(found)}" if found else "a program of bench/")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments of that program (see its --help)")
 
     from models.training.cli import add_training_commands
 
@@ -94,12 +97,14 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     from server.runtime import Runtime, RuntimeConfig, profile_runtime
 
     if args.checkpoint:
-        net = models.load_checkpoint(args.checkpoint)
+        checkpoint = models.load_checkpoint(args.checkpoint)
+        net, card = checkpoint.net, checkpoint.card
     else:
         kwargs = {"widths": args.widths} if args.widths else {}
         if args.input_size:
             kwargs["input_size"] = args.input_size
         net = models.create(args.arch, **kwargs)
+        card = models.ModelCard.for_net(net)
     shape = (net.in_channels, net.input_size, net.input_size)
     batch_sizes = batch_sizes_up_to(args.max_batch_size)
     with tqdm(total=2 * len(net.widths), desc="exporting", unit="width", leave=False) as bar:
@@ -111,7 +116,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         runtime = Runtime.from_config(net, config, batch_sizes, progress=advance)
         bar.set_description("profiling")
         profile = profile_runtime(runtime, batch_sizes, args.repeats, progress=advance)
-    accuracy = (getattr(net, "metadata", None) or {}).get("accuracy") or {}
+    accuracy = card.accuracy
     data = {**profile.as_dict(), **({"accuracy": {str(w): a for w, a in accuracy.items()}} if accuracy else {})}
     if args.save_profile:
         with open(args.save_profile, "w") as f:
@@ -150,7 +155,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     if args.checkpoint:
         import models
 
-        accuracy = dict(models.load_checkpoint(args.checkpoint).metadata.get("accuracy", {}))
+        accuracy = dict(models.load_checkpoint(args.checkpoint).card.accuracy)
     policy = make_policy(settings.policy, profile.widths, accuracy or None)
     arrivals = arrival_times(args.trace, args.rate, args.duration, args.seed)
     speed = SpeedTrace.load(args.speed_trace) if args.speed_trace else None
@@ -168,28 +173,38 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def bench_checkout() -> Path | None:
+    """The checkout whose bench/ to run: the current directory, or the one an editable install points
+    at (bench/ ships with the repository, not the package)."""
+    for candidate in (Path.cwd(), Path(__file__).resolve().parents[1]):
+        if (candidate / "bench" / "__init__.py").is_file():
+            return candidate
+    return None
+
+
+def bench_programs(checkout: Path) -> list[str]:
+    """The programs of ``checkout``'s bench/: its modules that define ``main(argv)``."""
+    return sorted(path.stem for path in (checkout / "bench").glob("*.py")
+                  if "\ndef main(argv" in path.read_text())
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     import importlib
-    from pathlib import Path
 
-    # bench/ is not part of the installed package: find the checkout (the current directory, or the
-    # one an editable install points at) and import from there, as `python -m bench.NAME` would.
-    checkouts = [Path.cwd(), Path(__file__).resolve().parents[1]]
-    root = next((str(c) for c in checkouts if (c / "bench" / "__init__.py").is_file()), None)
-    if root is None:
+    checkout = bench_checkout()
+    if checkout is None:
         print("widthwise bench: error: the bench/ programs ship with the repository, not the package; "
               "run this from a checkout of widthwise", file=sys.stderr)
         return 2
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    module = importlib.import_module(f"bench.{args.name}")
-    saved = sys.argv
-    sys.argv = [f"bench.{args.name}", *args.args]
-    try:
-        module.main()
-    finally:
-        sys.argv = saved
-    return 0
+    found = bench_programs(checkout)
+    if args.name not in found:
+        print(f"widthwise bench: error: no program {args.name!r} in {checkout / 'bench'}; choose one of "
+              f"{', '.join(found)}", file=sys.stderr)
+        return 2
+    if str(checkout) not in sys.path:
+        sys.path.insert(0, str(checkout))
+    result = importlib.import_module(f"bench.{args.name}").main(args.args)
+    return result if isinstance(result, int) else 0
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
@@ -197,24 +212,24 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     from models.checkpoint import OFFICIAL_TOP1
     from models.labels import check_label_count, read_labels
 
-    net = models.load_checkpoint(args.src, arch=args.arch, widths=args.widths)
-    metadata = dict(net.metadata)
+    checkpoint = models.load_checkpoint(args.src, arch=args.arch, widths=args.widths)
+    net, card = checkpoint.net, checkpoint.card
     if args.labels:
         labels = read_labels(args.labels)
         check_label_count(labels, net.num_classes, f"labels file {args.labels}")
-        metadata["labels"] = labels
+        card = card.with_labels(labels)
     if args.accuracy == "official":
         if net.arch not in OFFICIAL_TOP1 or tuple(OFFICIAL_TOP1[net.arch]) != net.widths:
             raise ValueError(f"no official accuracy for {net.arch} at widths {list(net.widths)}")
-        metadata.update(accuracy=OFFICIAL_TOP1[net.arch], accuracy_source="official ImageNet top-1 (paper; US-Nets: official model zoo)")
+        card = card.with_accuracy(OFFICIAL_TOP1[net.arch], "official ImageNet top-1 (paper; US-Nets: official model zoo)")
     elif args.accuracy:
         undeclared = sorted(set(args.accuracy) - set(net.widths))
         if undeclared:
             raise ValueError(f"--accuracy names widths {undeclared} that the model does not declare {list(net.widths)}")
-        metadata.update(accuracy=args.accuracy, accuracy_source="given to convert --accuracy")
-    models.save_checkpoint(net, args.dst, metadata)
+        card = card.with_accuracy(args.accuracy, "given to convert --accuracy")
+    models.save_checkpoint(net, args.dst, card)
     accuracy = "expected accuracy: " + ("given" if args.accuracy else "unknown (measure it: widthwise evaluate --out)")
-    labels = f"{len(metadata['labels'])} labels" if metadata.get("labels") else "no labels"
+    labels = f"{len(card.labels)} labels" if card.labels else "no labels"
     print(f"wrote {args.dst}: {net.arch}, widths {list(net.widths)}, {net.num_classes} classes, {labels}, {accuracy}")
     return 0
 

@@ -14,12 +14,12 @@ from prometheus_client import CollectorRegistry
 import models
 from server.app import build_app
 from server.settings import Settings
+from server.testing import LiveServer
 from tests.helpers import (
     REFERENCE,
     SHUFFLENET_REFERENCE,
     SYNTHETIC_PROFILE,
     TINY_ACCURACY,
-    LiveServer,
     make_net,
     wait_ready,
 )
@@ -60,8 +60,8 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     """A randomly initialised s_convnet6 (16x16 inputs) with serving metadata."""
     path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
     net = make_net("s_convnet6", seed=1)
-    meta = {"mean": [0.5] * 3, "std": [0.5] * 3, "labels": [f"class{i}" for i in range(10)], "accuracy": TINY_ACCURACY}
-    models.save_checkpoint(net, path, meta)
+    card = models.ModelCard.for_net(net, labels=[f"class{i}" for i in range(10)], accuracy=TINY_ACCURACY)
+    models.save_checkpoint(net, path, card)
     return path
 
 
@@ -71,7 +71,7 @@ def synthetic_profile(tmp_path_factory, tiny_checkpoint) -> Path:
     from server.runtime import runtime_fingerprint
 
     path = tmp_path_factory.mktemp("profile") / "profile.json"
-    fingerprint = runtime_fingerprint(models.load_checkpoint(tiny_checkpoint))
+    fingerprint = runtime_fingerprint(models.load_checkpoint(tiny_checkpoint).net)
     path.write_text(json.dumps({**SYNTHETIC_PROFILE, "fingerprint": fingerprint}))
     return path
 
@@ -120,5 +120,5 @@ def slow_checkpoint(tmp_path_factory) -> Path:
     to keep a queue during shutdown and for 5x its capacity to be a load this machine can generate."""
     path = tmp_path_factory.mktemp("slow") / "resnet.safetensors"
     net = models.create("s_resnet50", widths=(0.75, 1.0), num_classes=10)
-    models.save_checkpoint(net, path, {"mean": [0.5] * 3, "std": [0.5] * 3})
+    models.save_checkpoint(net, path)
     return path

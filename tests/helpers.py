@@ -12,7 +12,6 @@ import torch
 from PIL import Image
 
 import models
-from bench.common import LiveServer, free_port  # noqa: F401  (the one live-server launcher, re-exported)
 from models.universal import UniversalNet
 from server.runtime import Runtime
 

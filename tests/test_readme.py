@@ -14,8 +14,9 @@ import httpx2
 import pytest
 
 import models
-from bench.common import REPO, LiveServer, free_port
 from server.cli import build_parser
+from server.testing import LiveServer, free_port
+from tests.helpers import REPO
 
 README = (REPO / "README.md").read_text()
 WIDTHWISE = str(Path(sys.executable).parent / "widthwise")  # the console script `make` installs
@@ -112,9 +113,10 @@ def test_universal_train_and_calibrate_run_as_printed(workdir):
     run(train, workdir)
     calibrate = readme_command("calibrate", "--checkpoint", train[train.index("--out") + 1])
     run(calibrate, workdir)
-    net = models.load_checkpoint(workdir / calibrate[calibrate.index("--out") + 1])
+    calibrated = models.load_checkpoint(workdir / calibrate[calibrate.index("--out") + 1])
+    net = calibrated.net
     assert len(net.calibrated) == 27 and net.calibrated[0] == 0.35 and net.calibrated[-1] == 1.0
-    assert min(net.metadata["accuracy"].values()) > 0.8
+    assert min(calibrated.card.accuracy.values()) > 0.8
 
 
 def test_profile_then_simulate_run_as_printed(workdir):

@@ -103,13 +103,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     )
     result = train(net, data, config)
     net.cpu().eval()
-    metadata = {
-        "mean": list(data.mean), "std": list(data.std), "labels": list(data.labels),
-        "accuracy": result.val_top1, "dataset": data.name,
-        "accuracy_source": f"widthwise train: held-out split of {data.name}",
-        "training": {**config.__dict__, "final_loss": result.losses[-1] if result.losses else None},
-    }
-    models.save_checkpoint(net, args.out, metadata)
+    card = models.ModelCard.for_net(
+        net, mean=data.mean, std=data.std, labels=data.labels, accuracy=result.val_top1,
+        accuracy_source=f"widthwise train: held-out split of {data.name}",
+        extra={"dataset": data.name,
+               "training": {**config.__dict__, "final_loss": result.losses[-1] if result.losses else None}},
+    )
+    models.save_checkpoint(net, args.out, card)
     for w, acc in result.val_top1.items():
         print(f"width {w:g}: held-out top-1 {acc:.4f}")
     print(f"wrote {args.out}")
@@ -120,24 +120,24 @@ def _load_for_data(args: argparse.Namespace):
     import models
     from models.training import load_dataset
 
-    net = models.load_checkpoint(args.checkpoint)
-    meta = net.metadata
-    data = load_dataset(args.dataset, net.input_size, net.in_channels, mean=meta.get("mean"), std=meta.get("std"))
-    return net, data
+    checkpoint = models.load_checkpoint(args.checkpoint)
+    spec = checkpoint.card.input
+    data = load_dataset(args.dataset, spec.size, spec.channels, mean=spec.mean, std=spec.std)
+    return checkpoint, data
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from models.training import evaluate
 
-    net, data = _load_for_data(args)
-    results = evaluate(net, data.x_val, data.y_val, progress=not args.no_progress)
+    checkpoint, data = _load_for_data(args)
+    results = evaluate(checkpoint.net, data.x_val, data.y_val, progress=not args.no_progress)
     rows = [{"width": w, **m} for w, m in results.items()]
     if args.out:
         import models
 
         accuracy = {w: m["top1"] for w, m in results.items()}
-        models.save_checkpoint(net, args.out, {**net.metadata, "accuracy": accuracy,
-                                               "accuracy_source": f"widthwise evaluate on {data.name} (held-out split)"})
+        card = checkpoint.card.with_accuracy(accuracy, f"widthwise evaluate on {data.name} (held-out split)")
+        models.save_checkpoint(checkpoint.net, args.out, card)
     if args.json:
         print(json.dumps({"checkpoint": args.checkpoint, "dataset": data.name, "widths": rows}))
     else:
@@ -151,24 +151,25 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     import models
+    from models.rebuild import with_widths
     from models.training import calibrate_bn, evaluate
     from models.training.trainer import calibrate_universal
     from models.universal import UniversalNet
 
-    net, data = _load_for_data(args)
+    checkpoint, data = _load_for_data(args)
+    net, card = checkpoint.net, checkpoint.card
     if args.widths and not isinstance(net, UniversalNet):
         raise ValueError(f"--widths needs a universally slimmable checkpoint; {net.arch} has fixed widths {list(net.widths)}")
     if args.widths:
-        metadata = net.metadata
-        net = net.with_widths(sorted(set(net.widths) | set(args.widths)))
-        net.metadata = {**metadata, **net.config()}
+        net = with_widths(net, sorted(set(net.widths) | set(args.widths)))
+        card = card.at_widths(net.widths)
         calibrate_universal(net, data.x_train, args.widths, args.batches, args.batch_size,
                             progress=not args.no_progress)
     else:
         calibrate_bn(net, data.x_train, args.batches, args.batch_size, progress=not args.no_progress)
     accuracy = {w: m["top1"] for w, m in evaluate(net, data.x_val, data.y_val, progress=not args.no_progress).items()}
-    models.save_checkpoint(net, args.out, {**net.metadata, "accuracy": accuracy,
-                                           "accuracy_source": f"widthwise calibrate on {data.name} (held-out split)"})
+    card = card.with_accuracy(accuracy, f"widthwise calibrate on {data.name} (held-out split)")
+    models.save_checkpoint(net, args.out, card)
     for w, acc in accuracy.items():
         print(f"width {w:g}: held-out top-1 {acc:.4f} after calibration")
     print(f"wrote {args.out}")

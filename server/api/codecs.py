@@ -18,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 
 from models.card import InputSpec
 from models.transforms import image_to_array, normalize_pixels
-from policies.widths import match_width
+from models.widths import match_width
 from server.api.v2_request import V2InferRequest, V2InputTensor
 from server.http.errors import ApiError
 

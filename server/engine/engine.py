@@ -92,7 +92,7 @@ class Engine:
         self.settings = settings
         self.metrics = metrics
         self.name = model_name
-        self.card = card if card is not None else ModelCard.from_net(net)
+        self.card = card if card is not None else ModelCard.for_net(net)
         # validated before any start-up work: a bad --policy fails at once
         self.policy: Policy = make_policy(settings.policy, net.widths, dict(self.card.accuracy) or None)
         reserve = settings.reserve_ms / 1e3 if settings.reserve_ms is not None else None

@@ -153,7 +153,7 @@ class StartupCache(CacheDirectory):
     """Entries for one model in ``directory`` (created on first write)."""
 
     def __init__(self, directory: Path, net: "SlimmableNet") -> None:
-        """``net``: the model whose entries these are; one :func:`~server.cached_net.served_net` returned
+        """``net``: the model whose entries these are; one :func:`~server.engine.cached_net.served_checkpoint` returned
         brings its digest along (``cached_digest``: hashing a CachedNet's weights would load them, and a
         net it just described was hashed already)."""
         super().__init__(directory)

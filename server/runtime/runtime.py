@@ -77,9 +77,9 @@ class Runtime:
         self._executors: dict[float, Executor] = {}
         self._keep_alive: list = []
         if self.backend == "onnxruntime":
-            from server.runtime import ort
+            from server.runtime.ort import build_executors
 
-            self._executors, self._keep_alive, self.threads = ort.build_executors(
+            self._executors, self._keep_alive, self.threads = build_executors(
                 net, threads, channel_padding, progress, cache)
         else:
             self._build_torch(net, threads, cuda_graphs and weights != "shared", batch_buckets or [1], progress)

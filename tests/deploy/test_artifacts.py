@@ -13,6 +13,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from server.metrics import Metrics
+from server.runtime.nvml import DeviceSample
 from tests.helpers import REPO
 
 DEPLOY = REPO / "deploy"
@@ -48,9 +49,15 @@ def test_promtool_alert_unit_tests_pass():
     assert "SUCCESS" in result.stdout
 
 
-def exported_sample_names() -> set[str]:
+def exported_registry() -> CollectorRegistry:
+    """Every series a server exports, the GPU gauges of a CUDA server included."""
     registry = CollectorRegistry()
-    Metrics(registry, "m")
+    Metrics(registry, "m").watch_device("cuda:0", lambda: DeviceSample(0.5, 1))
+    return registry
+
+
+def exported_sample_names() -> set[str]:
+    registry = exported_registry()
     names = set()
     for family in registry.collect():
         if family.type == "counter":
@@ -120,12 +127,14 @@ TARGET_LABELS = {"instance", "job"}  # added by every scrape
 
 def exported_label_names() -> dict[str, set[str]]:
     """Sample name -> the labels its series carry when scraped."""
-    registry = CollectorRegistry()
-    Metrics(registry, "m")
+    registry = exported_registry()
     labels = {}
     for collector in set(registry._collector_to_names):
-        for name in registry._collector_to_names[collector]:
-            labels[name] = set(collector._labelnames) | TARGET_LABELS | ({"le"} if name.endswith("_bucket") else set())
+        # a metric's own label names; a custom collector's from the families it describes
+        own = {name: collector._labelnames for name in registry._collector_to_names[collector]} \
+            if hasattr(collector, "_labelnames") else {f.name: f._labelnames for f in collector.describe()}
+        for name, label_names in own.items():
+            labels[name] = set(label_names) | TARGET_LABELS | ({"le"} if name.endswith("_bucket") else set())
     return labels
 
 

@@ -9,8 +9,9 @@ import httpx2
 import pytest
 import yaml
 
+from server.testing import free_port
 from tests.deploy.test_artifacts import tool
-from tests.helpers import REPO, free_port, png_bytes
+from tests.helpers import REPO, png_bytes
 
 
 def query(base: str, expr: str) -> list[dict]:

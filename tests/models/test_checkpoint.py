@@ -31,15 +31,16 @@ def test_official_checkpoint_loads_strictly_and_arch_is_inferred(tmp_path, refer
     state = official_state_dict(reference_layout, arch, with_num_batches)
     path = tmp_path / "official.pt"
     torch.save({"model": state} if wrapped else state, path)
-    net = models.load_checkpoint(path)
+    checkpoint = models.load_checkpoint(path)
+    net = checkpoint.net
     assert net.arch == arch
     assert net.widths == tuple(reference_layout[arch]["width_mult_list"])
     loaded = net.state_dict()
     for key, value in state.items():
         assert torch.equal(loaded[key.removeprefix("module.")], value), key
     # Honest metadata: the weights could be anyone's, so no accuracy is assumed; ImageNet class names are known.
-    assert "accuracy" not in net.metadata
-    assert len(net.metadata["labels"]) == 1000 and net.metadata["labels"][:2] == ["tench", "goldfish"]
+    assert not checkpoint.card.accuracy and checkpoint.card.source == "official"
+    assert len(checkpoint.card.labels) == 1000 and checkpoint.card.labels[:2] == ("tench", "goldfish")
 
 
 def test_official_checkpoint_with_wrong_shape_names_the_key(tmp_path, reference_layout):
@@ -79,15 +80,16 @@ def test_pickle_that_runs_code_is_refused(tmp_path):
 
 def test_safetensors_round_trip_is_bit_exact(tmp_path):
     net = make_net("s_mobilenet_v2_cifar")
-    meta = {"mean": [0.5] * 3, "std": [0.5] * 3, "labels": list("abcdefghij"), "accuracy": {0.35: 0.9, 1.0: 0.99}}
+    card = models.ModelCard.for_net(net, labels=list("abcdefghij"), accuracy={0.35: 0.9, 1.0: 0.99},
+                                    extra={"dataset": "digits"})
     path = tmp_path / "net.safetensors"
-    models.save_checkpoint(net, path, meta)
-    loaded = models.load_checkpoint(path)
+    models.save_checkpoint(net, path, card)
+    checkpoint = models.load_checkpoint(path)
+    loaded = checkpoint.net
     assert loaded.config() == net.config()
     for (k, a), (k2, b) in zip(net.state_dict().items(), loaded.state_dict().items()):
         assert k == k2 and torch.equal(a, b), k
-    assert loaded.metadata["labels"] == list("abcdefghij")
-    assert loaded.metadata["accuracy"] == {0.35: 0.9, 1.0: 0.99}
+    assert checkpoint.card == card  # labels, accuracy and what else the checkpoint carries
     x = torch.randn(1, 3, 32, 32)
     with torch.inference_mode():
         assert torch.equal(net(x, width=0.5), loaded(x, width=0.5))
@@ -140,9 +142,9 @@ def test_convert_cli_writes_equivalent_safetensors(tmp_path, reference_layout, c
     assert main(["convert", str(src), str(dst)]) == 0
     assert "s_mobilenet_v2" in capsys.readouterr().out
     a, b = models.load_checkpoint(src), models.load_checkpoint(dst)
-    assert b.metadata["source"] == "official"
-    assert b.metadata["accuracy"] == {} and b.metadata["labels"][999] == "toilet tissue"
-    for (k, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+    assert b.card.source == "official"
+    assert b.card.accuracy == {} and b.card.labels[999] == "toilet tissue"
+    for (k, x), (_, y) in zip(a.net.state_dict().items(), b.net.state_dict().items()):
         assert torch.equal(x, y), k
 
 
@@ -151,15 +153,15 @@ def test_convert_accuracy_and_labels_only_when_given(tmp_path, reference_layout,
     src = tmp_path / "official.pt"
     torch.save({"model": state}, src)
     assert main(["convert", str(src), str(tmp_path / "paper.safetensors"), "--accuracy", "official"]) == 0
-    paper = models.load_checkpoint(tmp_path / "paper.safetensors").metadata
-    assert paper["accuracy"] == {0.35: 0.597, 0.5: 0.644, 0.75: 0.689, 1.0: 0.705}
-    assert paper["accuracy_source"] == "official ImageNet top-1 (paper; US-Nets: official model zoo)"
+    paper = models.load_checkpoint(tmp_path / "paper.safetensors").card
+    assert paper.accuracy == {0.35: 0.597, 0.5: 0.644, 0.75: 0.689, 1.0: 0.705}
+    assert paper.accuracy_source == "official ImageNet top-1 (paper; US-Nets: official model zoo)"
     assert main(["convert", str(src), str(tmp_path / "mine.safetensors"), "--accuracy", "0.35=0.5,1.0=0.61"]) == 0
-    assert models.load_checkpoint(tmp_path / "mine.safetensors").metadata["accuracy"] == {0.35: 0.5, 1.0: 0.61}
+    assert models.load_checkpoint(tmp_path / "mine.safetensors").card.accuracy == {0.35: 0.5, 1.0: 0.61}
     labels = tmp_path / "labels.txt"
     labels.write_text("".join(f"thing {i}\n" for i in range(1000)))
     assert main(["convert", str(src), str(tmp_path / "named.safetensors"), "--labels", str(labels)]) == 0
-    assert models.load_checkpoint(tmp_path / "named.safetensors").metadata["labels"][3] == "thing 3"
+    assert models.load_checkpoint(tmp_path / "named.safetensors").card.labels[3] == "thing 3"
     capsys.readouterr()
     labels.write_text("a\nb\nc\n")
     assert main(["convert", str(src), str(tmp_path / "bad.safetensors"), "--labels", str(labels)]) == 2

@@ -30,11 +30,11 @@ def test_short_run_lowers_loss_and_cli_writes_metadata(tmp_path, capsys):
     out = tmp_path / "c6.safetensors"
     argv = ["train", "--arch", "s_convnet6", "--epochs", "2", "--out", str(out), "--no-progress", "--lr", "0.05"]
     assert main(argv) == 0
-    meta = models.load_checkpoint(out).metadata
-    assert meta["dataset"] == "digits" and meta["labels"] == list("0123456789")
-    assert set(meta["accuracy"]) == {0.25, 0.5, 0.75, 1.0}
-    assert all(0.0 <= a <= 1.0 for a in meta["accuracy"].values())
-    assert meta["training"]["epochs"] == 2
+    card = models.load_checkpoint(out).card
+    assert card.extra["dataset"] == "digits" and card.labels == tuple("0123456789")
+    assert set(card.accuracy) == {0.25, 0.5, 0.75, 1.0}
+    assert all(0.0 <= a <= 1.0 for a in card.accuracy.values())
+    assert card.extra["training"]["epochs"] == 2
 
     net = models.create("s_convnet6")
     result = train(net, load_dataset("digits", 16), TrainConfig(epochs=3, lr=0.05, progress=False))
@@ -45,7 +45,7 @@ def test_same_seed_gives_the_same_checkpoint(tmp_path, capsys):
     def run(name: str, seed: int) -> dict:
         out = tmp_path / name
         assert main(["train", "--arch", "s_convnet6", "--epochs", "1", "--seed", str(seed), "--out", str(out), "--no-progress"]) == 0
-        return models.load_checkpoint(out).state_dict()
+        return models.load_checkpoint(out).net.state_dict()
 
     a, b, c = run("a.safetensors", 3), run("b.safetensors", 3), run("c.safetensors", 4)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -80,7 +80,7 @@ def test_calibrate_restores_corrupted_statistics(tmp_path, digits16, capsys):
     broken = evaluate(net, digits16.x_val, digits16.y_val)
     assert max(r["top1"] for r in broken.values()) < 0.5
     ckpt, fixed_ckpt = tmp_path / "broken.safetensors", tmp_path / "fixed.safetensors"
-    models.save_checkpoint(net, ckpt, {"mean": list(digits16.mean), "std": list(digits16.std)})
+    models.save_checkpoint(net, ckpt, models.ModelCard.for_net(net, mean=digits16.mean, std=digits16.std))
     assert main(["calibrate", "--checkpoint", str(ckpt), "--batches", "10", "--out", str(fixed_ckpt)]) == 0
     capsys.readouterr()
     assert main(["evaluate", "--checkpoint", str(fixed_ckpt), "--json"]) == 0
@@ -88,7 +88,7 @@ def test_calibrate_restores_corrupted_statistics(tmp_path, digits16, capsys):
     for row in report["widths"]:
         assert row["top1"] >= before[row["width"]]["top1"] - 0.03
         assert 0.9 <= row["top5"] <= 1.0
-    assert models.load_checkpoint(fixed_ckpt).metadata["accuracy"][0.25] == report["widths"][0]["top1"]
+    assert models.load_checkpoint(fixed_ckpt).card.accuracy[0.25] == report["widths"][0]["top1"]
 
 
 def test_calibrate_refuses_shared_bn(digits16):
@@ -132,12 +132,13 @@ def test_unknown_dataset_is_a_clear_error(tmp_path):
 def test_shipped_default_model_shows_the_width_accuracy_trade_off():
     # The embedded demo exists to show what serving narrower costs: held-out accuracy on digits-hard
     # rises with width, and the stored accuracy is exactly what evaluation measures.
-    net = models.load_checkpoint(DEFAULT_CHECKPOINT)
+    checkpoint = models.load_checkpoint(DEFAULT_CHECKPOINT)
+    net, spec = checkpoint.net, checkpoint.card.input
     assert DEFAULT_CHECKPOINT.stat().st_size <= 10 * 1024 * 1024
     assert net.arch == "s_mobilenet_v2_cifar" and net.widths == (0.35, 0.5, 0.75, 1.0) and net.input_size == 16
-    data = load_dataset("digits-hard", net.input_size, net.in_channels, mean=net.metadata["mean"], std=net.metadata["std"])
+    data = load_dataset("digits-hard", spec.size, spec.channels, mean=spec.mean, std=spec.std)
     measured = evaluate(net, data.x_val, data.y_val)
-    stored = net.metadata["accuracy"]
+    stored = checkpoint.card.accuracy
     for width in net.widths:
         assert measured[width]["top1"] == pytest.approx(stored[width], abs=1e-9)
     top1 = [stored[w] for w in net.widths]
@@ -161,11 +162,11 @@ def test_readme_examples_are_classified_at_every_width():
 
     from models.transforms import image_to_tensor
 
-    net = models.load_checkpoint(DEFAULT_CHECKPOINT)
-    meta = net.metadata
+    checkpoint = models.load_checkpoint(DEFAULT_CHECKPOINT)
+    net, spec = checkpoint.net, checkpoint.card.input
     examples = sorted(Path(DEFAULT_CHECKPOINT).parents[2].joinpath("examples").glob("digit_*.png"))
     assert len(examples) == 10
     for path in examples:
-        x = image_to_tensor(Image.open(path), net.input_size, meta["mean"], meta["std"])[None]
+        x = image_to_tensor(Image.open(path), spec.size, spec.mean, spec.std)[None]
         with torch.inference_mode():
             assert {int(net(x, width=w).argmax()) for w in net.widths} == {int(path.stem[-1])}, path.name

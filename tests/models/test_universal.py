@@ -10,6 +10,7 @@ import torch
 
 import models
 from models.profiling import profile_net
+from models.rebuild import with_widths
 from models.slimmable import make_divisible
 from models.training import evaluate, load_dataset
 from models.training.trainer import calibrate_universal, sandwich_widths
@@ -126,13 +127,14 @@ def trained_us(tmp_path_factory):
 
 
 def test_universal_training_reaches_every_calibrated_width(trained_us):
-    net = models.load_checkpoint(trained_us)
+    checkpoint = models.load_checkpoint(trained_us)
+    net = checkpoint.net
     assert isinstance(net, UniversalNet) and net.arch == "us_convnet6"
     assert net.calibrated == (0.25, 0.5, 0.75, 1.0)
-    accuracy = net.metadata["accuracy"]
+    accuracy = checkpoint.card.accuracy
     assert set(accuracy) == {0.25, 0.5, 0.75, 1.0}
     assert min(accuracy.values()) >= 0.85, accuracy
-    assert net.metadata["training"]["inplace_distill"] is True
+    assert checkpoint.card.extra["training"]["inplace_distill"] is True
 
 
 def test_calibrate_cli_adds_a_grid_and_eval_mode_statistics_collapse(trained_us, tmp_path):
@@ -140,15 +142,16 @@ def test_calibrate_cli_adds_a_grid_and_eval_mode_statistics_collapse(trained_us,
     out = tmp_path / "grid.safetensors"
     assert main(["calibrate", "--checkpoint", str(trained_us), "--widths", "0.25:1.0:0.05", "--out", str(out),
                  "--no-progress"]) == 0
-    net = models.load_checkpoint(out)
+    calibrated = models.load_checkpoint(out)
+    net = calibrated.net
     assert net.calibrated == width_grid(0.25, 1.0, 0.05) and len(net.calibrated) == 16
     accuracy = evaluate(net, data.x_val, data.y_val)
     top1 = {w: r["top1"] for w, r in accuracy.items()}
     assert min(top1.values()) >= 0.85, top1  # widths never trained at exactly are served well once calibrated
-    assert net.metadata["accuracy"][0.65] == top1[0.65]
+    assert calibrated.card.accuracy[0.65] == top1[0.65] and calibrated.card.widths == net.widths
     # The failure the official repository's issues report: statistics not recomputed in training
     # mode. A slot whose statistics stay fresh (what eval-mode "calibration" leaves) collapses.
-    fresh = net.with_widths(list(net.widths) + [0.625])
+    fresh = with_widths(net, list(net.widths) + [0.625])
     fresh.calibrated = (*fresh.calibrated, 0.625)  # pretend, to measure it
     fresh.eval()
     with torch.inference_mode():
@@ -157,8 +160,8 @@ def test_calibrate_cli_adds_a_grid_and_eval_mode_statistics_collapse(trained_us,
 
 
 def test_with_widths_keeps_weights_and_statistics(trained_us):
-    net = models.load_checkpoint(trained_us)
-    grid = net.with_widths([0.5, 0.62, 1.0])
+    net = models.load_checkpoint(trained_us).net
+    grid = with_widths(net, [0.5, 0.62, 1.0])
     assert grid.widths == (0.5, 0.62, 1.0) and grid.calibrated == (0.5, 1.0)
     x = torch.randn(4, 3, 8, 8)
     with torch.inference_mode():
@@ -175,9 +178,10 @@ def test_official_pt_marks_only_slots_with_statistics_calibrated(tmp_path):
             torch.ones_like(state[norm_key]) if "running_var" in norm_key else state[norm_key])
     path = tmp_path / "us_mobilenet_v2_calibrated.pt"
     torch.save(state, path)
-    loaded = models.load_checkpoint(path)
+    checkpoint = models.load_checkpoint(path)
+    loaded = checkpoint.net
     assert loaded.arch == "us_mobilenet_v2" and 0.425 not in loaded.calibrated
-    assert len(loaded.calibrated) == 26 and loaded.metadata["source"] == "official"
+    assert len(loaded.calibrated) == 26 and checkpoint.card.source == "official"
 
 
 def test_convert_official_accuracy_of_a_us_net_is_the_model_zoo_curve(tmp_path, capsys):
@@ -187,7 +191,7 @@ def test_convert_official_accuracy_of_a_us_net_is_the_model_zoo_curve(tmp_path, 
     path = tmp_path / "us_mobilenet_v2_calibrated.pt"
     torch.save({f"module.{k}": v for k, v in net.state_dict().items()}, path)
     assert main(["convert", str(path), str(tmp_path / "us.safetensors"), "--accuracy", "official"]) == 0
-    accuracy = models.load_checkpoint(tmp_path / "us.safetensors").metadata["accuracy"]
+    accuracy = models.load_checkpoint(tmp_path / "us.safetensors").card.accuracy
     assert len(accuracy) == 27  # every slot, 0.35:1.0:0.025
     # MODEL_ZOO.md's top-1 error: 37.7 at 0.35, 34.9 at 0.5, 30.4 at 0.75, 28.5 at 1.0
     assert (accuracy[0.35], accuracy[0.5], accuracy[0.75], accuracy[1.0]) == (0.623, 0.651, 0.696, 0.715)

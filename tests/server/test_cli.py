@@ -34,16 +34,20 @@ def test_flags_override_environment(monkeypatch):
     assert settings_from_args(parser.parse_args([])).max_batch_size == 4
 
 
-def test_every_listed_benchmark_exists_and_every_cpu_benchmark_is_listed():
+def test_every_bench_program_is_found_and_takes_its_arguments(capsys):
     import importlib
+    import inspect
 
-    from bench.common import REPO
-    from server.cli import BENCHMARKS
+    from server.cli import bench_programs, main
+    from tests.helpers import REPO
 
-    for name in BENCHMARKS:
-        assert callable(importlib.import_module(f"bench.{name}").main), name
-    with_main = {p.stem for p in (REPO / "bench").glob("*.py") if "\ndef main(" in p.read_text()}
-    assert with_main - set(BENCHMARKS) <= {"gpu", "gpu_server_check"}  # run by bench/gpu.sh on a GPU host
+    found = bench_programs(REPO)
+    assert {"load", "overhead_ab", "tuning", "us_grid", "gpu"} <= set(found)
+    for name in found:  # each is `python -m bench.NAME`, and takes its argv like a CLI
+        assert list(inspect.signature(importlib.import_module(f"bench.{name}").main).parameters) == ["argv"], name
+    assert {"common", "http_client", "http_servers"} - set(found) == {"common", "http_client"}  # helpers are not programs
+    assert main(["bench", "no_such_program"]) == 2
+    assert "choose one of" in capsys.readouterr().err
 
 
 def test_event_loop_and_http_parser_reach_uvicorn(monkeypatch, tiny_checkpoint):

@@ -25,7 +25,7 @@ def test_tritonclient_drives_the_v2_endpoint(live_server, tiny_checkpoint):
         meta = client.get_model_metadata("tiny")
         assert meta["inputs"][0]["shape"] == [-1, 3, 16, 16]
         assert client.get_server_metadata()["name"] == "widthwise"
-        net = models.load_checkpoint(tiny_checkpoint)
+        net = models.load_checkpoint(tiny_checkpoint).net
         x = np.random.default_rng(0).standard_normal((3, 3, 16, 16)).astype(np.float32)
         for binary_in, binary_out, width in ((False, False, 0.25), (True, True, 0.75), (True, False, 1.0), (False, True, 0.5)):
             inp = triton.InferInput("input", list(x.shape), "FP32")

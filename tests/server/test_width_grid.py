@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import models
-from models.widths import parse_widths, select_widths, width_grid
+from models.rebuild import select_widths
+from models.widths import parse_widths, width_grid
 from server.cli import main
 from server.settings import Settings
 from tests.helpers import make_net, png_bytes
@@ -21,9 +22,9 @@ def us_checkpoint(tmp_path_factory):
     """A universally slimmable net (random weights) with calibrated statistics on a 0.05 grid."""
     path = tmp_path_factory.mktemp("grid") / "us.safetensors"
     net = make_net("us_convnet6", seed=2, widths=GRID)
-    meta = {"mean": [0.5] * 3, "std": [0.5] * 3, "labels": [f"class{i}" for i in range(10)],
-            "accuracy": {w: 0.5 + 0.4 * w for w in GRID}}
-    models.save_checkpoint(net, path, meta)
+    card = models.ModelCard.for_net(net, labels=[f"class{i}" for i in range(10)],
+                                    accuracy={w: 0.5 + 0.4 * w for w in GRID})
+    models.save_checkpoint(net, path, card)
     return path
 
 
@@ -40,14 +41,15 @@ def test_widths_parse_lists_and_grids_and_refuse_nonsense():
 
 
 def test_select_widths_keeps_each_switch_and_refuses_what_is_not_there(us_checkpoint):
-    net = models.load_checkpoint(us_checkpoint)
+    checkpoint = models.load_checkpoint(us_checkpoint)
+    net = checkpoint.net
     assert select_widths(net, None).widths == GRID
     sub = select_widths(net, (0.3, 0.65, 1.0))
     x = torch.randn(2, 3, 16, 16)
     with torch.inference_mode():
         for w in sub.widths:
             assert torch.equal(sub(x, w), net(x, w))
-    assert set(sub.metadata["accuracy"]) == {0.3, 0.65, 1.0}
+    assert set(checkpoint.select((0.3, 0.65, 1.0)).card.accuracy) == {0.3, 0.65, 1.0}
     with pytest.raises(ValueError, match="0.62 not calibrated"):
         select_widths(net, (0.5, 0.62))
     slim = make_net("s_convnet6")

@@ -10,13 +10,13 @@ from tests.helpers import make_net
 def test_s_shufflenet_serves_its_2x_switch(make_client, tmp_path):
     net = make_net("s_shufflenet", num_classes=10, seed=3)
     path = tmp_path / "shufflenet.safetensors"
-    models.save_checkpoint(net, path, {"mean": [0.5] * 3, "std": [0.5] * 3, "accuracy": {0.5: 0.573, 1.0: 0.655, 2.0: 0.713}})
+    models.save_checkpoint(net, path, models.ModelCard.for_net(net, accuracy={0.5: 0.573, 1.0: 0.655, 2.0: 0.713}))
     client = make_client(checkpoint=path, model_name="tiny", max_batch_size=2)
     described = client.get("/v1/models").json()["models"][0]
     assert [w["width"] for w in described["widths"]] == [0.5, 1.0, 2.0]
     assert described["widths"][2]["macs"] > described["widths"][1]["macs"] > described["widths"][0]["macs"]
     x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
-    loaded = models.load_checkpoint(path)
+    loaded = models.load_checkpoint(path).net
     for width in (2.0, 0.5):
         r = client.post("/v2/models/tiny/infer", json={"inputs": [{"name": "input", "shape": [2, 3, 64, 64],
                                                                    "datatype": "FP32", "data": x.ravel().tolist()}],

@@ -16,7 +16,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 import models
-from tests.helpers import free_port
+from server.testing import free_port
 
 pytestmark = pytest.mark.slow
 triton = pytest.importorskip("tritonclient.grpc")
@@ -51,7 +51,7 @@ def _metric_in(text: str, prefix: str) -> float:
 def test_grpc_infer_equals_reference_and_names_width_and_reason(grpc_server, tiny_checkpoint):
     server, address = grpc_server()
     client = triton.InferenceServerClient(address)
-    net = models.load_checkpoint(tiny_checkpoint)
+    net = models.load_checkpoint(tiny_checkpoint).net
     x = np.random.default_rng(0).standard_normal((3, 3, 16, 16)).astype(np.float32)
     try:
         assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("tiny")
@@ -81,7 +81,7 @@ def test_grpc_infer_equals_reference_and_names_width_and_reason(grpc_server, tin
 
 def test_grpc_typed_contents_and_the_call_deadline(grpc_server, tiny_checkpoint):
     server, address = grpc_server()
-    net = models.load_checkpoint(tiny_checkpoint)
+    net = models.load_checkpoint(tiny_checkpoint).net
     x = np.random.default_rng(2).standard_normal((1, 3, 16, 16)).astype(np.float32)
     with grpc.insecure_channel(address) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)

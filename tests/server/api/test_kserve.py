@@ -17,7 +17,7 @@ def client(make_client):
 
 @pytest.fixture(scope="module")
 def reference_net(tiny_checkpoint):
-    return models.load_checkpoint(tiny_checkpoint)
+    return models.load_checkpoint(tiny_checkpoint).net
 
 
 def _infer(client, body, **kw):

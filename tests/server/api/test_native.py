@@ -14,8 +14,9 @@ from tests.helpers import TINY_ACCURACY, eventually, png_bytes
 
 
 def expected_scores(checkpoint, data: bytes, width: float) -> torch.Tensor:
-    net = models.load_checkpoint(checkpoint)
-    x = image_to_tensor(Image.open(io.BytesIO(data)), net.input_size, net.metadata["mean"], net.metadata["std"])
+    loaded = models.load_checkpoint(checkpoint)
+    net, spec = loaded.net, loaded.card.input
+    x = image_to_tensor(Image.open(io.BytesIO(data)), spec.size, spec.mean, spec.std)
     with torch.inference_mode():
         return torch.softmax(net(x[None], width=width)[0], 0)
 

@@ -6,7 +6,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import checks
 
-from tests.helpers import LiveServer
+from server.testing import LiveServer
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ def test_admit_then_infer_returns_the_served_widths_logits(make_client, tiny_che
     x = torch.randn(2, 3, 16, 16)
     result = asyncio.run(engine.infer(admission, x.numpy()))
     with torch.inference_mode():
-        expected = models.load_checkpoint(tiny_checkpoint)(x, width=0.5)
+        expected = models.load_checkpoint(tiny_checkpoint).net(x, width=0.5)
     assert result.width == 0.5 and result.logits.shape == (2, 10)
     np.testing.assert_allclose(result.logits, expected.numpy(), atol=1e-4)
 

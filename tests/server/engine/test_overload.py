@@ -68,7 +68,7 @@ def test_mixed_widths_under_concurrency_equal_sequential_logits(live_server, tin
     from concurrent.futures import ThreadPoolExecutor
 
     server = live_server("--max-batch-size", "8")
-    net = models.load_checkpoint(tiny_checkpoint)
+    net = models.load_checkpoint(tiny_checkpoint).net
     rng = np.random.default_rng(3)
     jobs = [(rng.standard_normal((1, 3, 16, 16)).astype(np.float32), float(w)) for w in [0.25, 0.5, 0.75, 1.0] * 12]
 

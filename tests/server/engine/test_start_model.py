@@ -72,7 +72,7 @@ def test_a_profile_file_must_match_the_runtime(tmp_path):
 
 def test_a_saved_profile_carries_its_fingerprint_and_the_cards_accuracy(tmp_path):
     profile = LatencyProfile.from_dict({**SYNTHETIC_PROFILE, "fingerprint": StubRuntime.fingerprint})
-    card = dataclasses.replace(ModelCard.from_net(make_net("s_convnet6")), accuracy=TINY_ACCURACY)
+    card = dataclasses.replace(ModelCard.for_net(make_net("s_convnet6")), accuracy=TINY_ACCURACY)
     save_profile(tmp_path / "saved.json", profile, card)
     saved = json.loads((tmp_path / "saved.json").read_text())
     assert saved["fingerprint"] == StubRuntime.fingerprint

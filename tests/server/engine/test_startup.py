@@ -10,8 +10,8 @@ import httpx2
 import pytest
 import torch
 
-from bench.common import REPO, LiveServer, free_port
-from tests.helpers import png_bytes
+from server.testing import LiveServer, free_port
+from tests.helpers import REPO, png_bytes
 
 
 def serve(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -150,7 +150,7 @@ def test_unknown_accuracy_is_reported_as_unknown(make_client, tmp_path):
     from tests.helpers import make_net
 
     path = tmp_path / "no-accuracy.safetensors"
-    models.save_checkpoint(make_net("s_convnet6"), path, {"mean": [0.5] * 3, "std": [0.5] * 3})
+    models.save_checkpoint(make_net("s_convnet6"), path)
     client = make_client(checkpoint=path)
     model = client.get("/v1/models").json()["models"][0]
     assert model["accuracy_source"] is None and all(w["expected_accuracy"] is None for w in model["widths"])

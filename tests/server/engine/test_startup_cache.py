@@ -48,7 +48,7 @@ def test_a_restart_reuses_exports_profile_and_costs(make_client, tmp_path, monke
     assert "latency profile from the cache" in caplog.text
     assert second.engine.profile.as_dict()["widths"] == profile
     assert [(w["macs"], w["params"]) for w in second.get("/v1/models").json()["models"][0]["widths"]] == costs
-    net = models.load_checkpoint(tiny_checkpoint)
+    net = models.load_checkpoint(tiny_checkpoint).net
     x = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32))
     for width in WIDTHS:
         np.testing.assert_allclose(_logits(second, width), reference[width], rtol=1e-5, atol=1e-6)
@@ -63,7 +63,7 @@ def test_other_weights_or_other_batch_sizes_miss_the_cache(make_client, tmp_path
     cache = tmp_path / "cache"
     make_client(startup_cache="on", cache_dir=cache)
     other = tmp_path / "other.safetensors"
-    models.save_checkpoint(make_net("s_convnet6", seed=5), other, {"mean": [0.5] * 3, "std": [0.5] * 3})
+    models.save_checkpoint(make_net("s_convnet6", seed=5), other)
     make_client(startup_cache="on", cache_dir=cache, checkpoint=other)
     assert len(list(cache.glob("export-*"))) == 2 and len(list(cache.glob("profile-*.json"))) == 2
     make_client(startup_cache="on", cache_dir=cache, max_batch_size=2)  # same exports, another profile
@@ -157,7 +157,7 @@ def test_a_changed_checkpoint_file_is_loaded_again(make_client, tmp_path, tiny_c
     path.write_bytes(tiny_checkpoint.read_bytes())
     make_client(startup_cache="on", cache_dir=cache, checkpoint=path)
     assert isinstance(make_client(startup_cache="on", cache_dir=cache, checkpoint=path).engine.net, CachedNet)
-    models.save_checkpoint(make_net("s_convnet6", seed=7), path, {"mean": [0.5] * 3, "std": [0.5] * 3})
+    models.save_checkpoint(make_net("s_convnet6", seed=7), path)
     third = make_client(startup_cache="on", cache_dir=cache, checkpoint=path)
     assert not isinstance(third.engine.net, CachedNet)  # new bytes, new key: the weights were read
     assert third.get("/v1/models").json()["models"][0]["labels"] is None  # and the new metadata served

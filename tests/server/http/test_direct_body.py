@@ -18,7 +18,7 @@ SHAPE = [BATCH, 3, 16, 16]
 
 @pytest.fixture(scope="module")
 def reference_net(tiny_checkpoint):
-    return models.load_checkpoint(tiny_checkpoint)
+    return models.load_checkpoint(tiny_checkpoint).net
 
 
 @pytest.fixture(params=["uvloop", "asyncio"])

@@ -22,7 +22,7 @@ def chromium(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def docs_server(tiny_checkpoint):
-    from bench.common import LiveServer
+    from server.testing import LiveServer
 
     server = LiveServer("--checkpoint", str(tiny_checkpoint), "--model-name", "tiny", "--profile-repeats", "3")
     server.wait_ready()

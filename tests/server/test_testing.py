@@ -1,10 +1,10 @@
-"""bench.common: the helpers every bench program and live-server test shares."""
+"""server.testing: the live-server launcher every bench program and live test shares."""
 
 
 def test_free_port_never_gives_the_same_port_twice(monkeypatch):
     # a kernel that hands out the same ephemeral port to back-to-back probes (it happened: a server's
     # HTTP and gRPC ports came out equal) must not make two callers share a port
-    from bench import common
+    from server import testing as common
 
     ports = iter([50001, 50001, 50001, 50002])
 
