@@ -135,8 +135,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         path, body, headers = serving_requests(f"{widths[0]:g}")["v2_binary_tensor"]
         lpath, lbody, lheaders = v2_request()
         budget_ms = args.budget_ms
-        print(f"narrowest {widths[0]:g}, widest {widths[-1]:g}; start-up profile at the narrowest: batch-{max(narrow_ms, key=int)} "
-              f"cost per image = {1 / batching_gain:.2f}x batch-1's")
+        print(
+            f"narrowest {widths[0]:g}, widest {widths[-1]:g}; start-up profile at the narrowest: "
+            f"batch-{max(narrow_ms, key=int)} "
+            f"cost per image = {1 / batching_gain:.2f}x batch-1's"
+        )
         for block in range(args.blocks):
             b = {"block": block}
             b["raw_narrow_ms"] = on_core(SERVER_CORE, raw[widths[0]].median_ms, 100)
@@ -147,7 +150,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             refused = {**headers, "X-Latency-Budget-Ms": "0.05"}  # no width can answer in 50 us: refused at admission
             b["refusal_ms"] = closed_loop_costs(url, url.pid, path, body, refused, n=args.requests, warmup=20,
                                                 expect=504)[0]
-            b["bare_cost_ms"] = closed_loop_costs(bare_url, bare_pid, path, body, headers, n=args.requests, warmup=20)[0]
+            b["bare_cost_ms"] = closed_loop_costs(bare_url, bare_pid, path, body, headers, n=args.requests, warmup=20)[
+                0
+            ]
             capacity = 1e3 / b["raw_widest_ms"]
             # scale-free: the narrowest width's capacity in units of the widest's, and the ceiling at the
             # issue's loads in this minute's own units (the ratio moves far less than the host's speed)
@@ -158,13 +163,17 @@ def main(argv: Sequence[str] | None = None) -> None:
                                                            3 * b["raw_widest_ms"]) for m in ISSUE_LOADS}
             rates = [float(r) for r in args.rates.split(",")] if args.rates else \
                 [round(float(m) * capacity, 1) for m in args.loads.split(",")]
-            print(f"block {block}: raw ORT narrowest {b['raw_narrow_ms']:.2f} ms, widest {b['raw_widest_ms']:.2f} ms "
-                  f"(capacity {capacity:.0f} req/s); server CPU per answer {b['cost_ms']:.2f} ms (loop {b['loop_ms']:.2f}), "
-                  f"per refusal {b['refusal_ms']:.2f} ms; bare app per answer {b['bare_cost_ms']:.2f} ms; the narrowest "
-                  f"answers {b['narrowest_capacity_x']:.2f}x the widest's capacity, ceiling at "
-                  + ", ".join(f"{m}x {c:.3f}" for m, c in b["ceiling_at_load"].items())
-                  + "; ideal server, budget 3x the widest: "
-                  + ", ".join(f"{m}x {c:.3f}" for m, c in b["ideal_at_load"].items()), flush=True)
+            print(
+                f"block {block}: raw ORT narrowest {b['raw_narrow_ms']:.2f} ms, widest {b['raw_widest_ms']:.2f} ms "
+                f"(capacity {capacity:.0f} req/s); server CPU per answer {b['cost_ms']:.2f} ms (loop "
+                f"{b['loop_ms']:.2f}), "
+                f"per refusal {b['refusal_ms']:.2f} ms; bare app per answer {b['bare_cost_ms']:.2f} ms; the narrowest "
+                f"answers {b['narrowest_capacity_x']:.2f}x the widest's capacity, ceiling at "
+                + ", ".join(f"{m}x {c:.3f}" for m, c in b["ceiling_at_load"].items())
+                + "; ideal server, budget 3x the widest: "
+                + ", ".join(f"{m}x {c:.3f}" for m, c in b["ideal_at_load"].items()),
+                flush=True,
+            )
             b["points"] = []
             turn = policies if block % 2 == 0 else policies[::-1]  # each block reverses who goes first
             for rate, policy in itertools.product(rates, turn):
@@ -177,34 +186,57 @@ def main(argv: Sequence[str] | None = None) -> None:
                            ideal=ideal_attainment(rate, b["cost_ms"], b["refusal_ms"], budget_ms, args.duration),
                            bare_ideal=ideal_attainment(rate, b["bare_cost_ms"], 0.0, budget_ms, args.duration))
                 b["points"].append(row)
-                print(f"  {policy:>11} {rate:.0f} req/s ({row['load']:.1f}x): ideal server {row['ideal']:.3f} (bare app's costs, "
-                      f"free refusals {row['bare_ideal']:.3f}), throughput ceiling {row['ceiling']:.3f}; live {describe(row)}",
-                      flush=True)
+                print(
+                    f"  {policy:>11} {rate:.0f} req/s ({row['load']:.1f}x): ideal server {row['ideal']:.3f} (bare "
+                    f"app's costs, "
+                    f"free refusals {row['bare_ideal']:.3f}), throughput ceiling {row['ceiling']:.3f}; live "
+                    f"{describe(row)}",
+                    flush=True,
+                )
                 time.sleep(1.0)
             blocks.append(b)
     print(f"\nbudget {budget_ms:.1f} ms; medians over {len(blocks)} blocks")
-    print("| policy | load | req/s | throughput ceiling | ideal server | ideal, bare app's costs, free refusals | live | live / ideal |")
+    print(
+        "| policy | load | req/s | throughput ceiling | ideal server | ideal, bare app's costs, free refusals | live "
+        "| live / ideal |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     summary = summarise(blocks, policies)
     for med in summary:
-        print(f"| {med['policy']} | {med['load']:.2f}x | {med['rate']:.0f} | {med['ceiling']:.3f} | {med['ideal']:.3f} | "
-              f"{med['bare_ideal']:.3f} | {med['attainment']:.3f} / {med['accuracy_per_sent']:.3f} | "
-              f"{med['live_over_ideal']:.2f} |")
+        print(
+            f"| {med['policy']} | {med['load']:.2f}x | {med['rate']:.0f} | {med['ceiling']:.3f} | {med['ideal']:.3f} | "
+            f"{med['bare_ideal']:.3f} | {med['attainment']:.3f} / {med['accuracy_per_sent']:.3f} | "
+            f"{med['live_over_ideal']:.2f} |"
+        )
     costs = {k: statistics.median(b[k] for b in blocks)
              for k in ("raw_narrow_ms", "raw_widest_ms", "cost_ms", "loop_ms", "refusal_ms", "bare_cost_ms")}
     print("costs (ms, medians): " + ", ".join(f"{k} {v:.2f}" for k, v in costs.items()))
-    scale_free = {"narrowest_capacity_x": statistics.median(b["narrowest_capacity_x"] for b in blocks),
-                  **{f"ceiling_at_{m}x": statistics.median(b["ceiling_at_load"][str(m)] for b in blocks) for m in ISSUE_LOADS},
-                  **{f"ideal_at_{m}x": statistics.median(b["ideal_at_load"][str(m)] for b in blocks) for m in ISSUE_LOADS}}
+    scale_free = {
+        "narrowest_capacity_x": statistics.median(b["narrowest_capacity_x"] for b in blocks),
+        **{f"ceiling_at_{m}x": statistics.median(b["ceiling_at_load"][str(m)] for b in blocks) for m in ISSUE_LOADS},
+        **{f"ideal_at_{m}x": statistics.median(b["ideal_at_load"][str(m)] for b in blocks) for m in ISSUE_LOADS},
+    }
     print("in each block's own units (medians): the narrowest answers "
           f"{scale_free['narrowest_capacity_x']:.2f}x the widest's capacity; ceiling "
           + ", ".join(f"{m}x {scale_free[f'ceiling_at_{m}x']:.3f}" for m in ISSUE_LOADS)
           + "; ideal server at a budget of 3x the widest "
           + ", ".join(f"{m}x {scale_free[f'ideal_at_{m}x']:.3f}" for m in ISSUE_LOADS))
-    (args.out / "ceiling.json").write_text(json.dumps(
-        {"date": time.strftime("%Y-%m-%d"), "budget_ms": budget_ms, "narrowest": widths[0], "widest": widths[-1],
-         "batch_cost_per_image_vs_batch1": 1 / batching_gain, "costs": costs, "scale_free": scale_free, "summary": summary, "blocks": blocks},
-        indent=2))
+    (args.out / "ceiling.json").write_text(
+        json.dumps(
+            {
+                "date": time.strftime("%Y-%m-%d"),
+                "budget_ms": budget_ms,
+                "narrowest": widths[0],
+                "widest": widths[-1],
+                "batch_cost_per_image_vs_batch1": 1 / batching_gain,
+                "costs": costs,
+                "scale_free": scale_free,
+                "summary": summary,
+                "blocks": blocks,
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {args.out / 'ceiling.json'}")
 
 

@@ -7,7 +7,8 @@ loads, as process CPU per simulated request (best of ``--repeats``). With ``--ba
 measurement runs in a worktree of that commit (this file copied in), alternating with this tree
 ``--rounds`` times, pinned to one core.
 
-    python -m bench.decision_cpu --profile bench/results/us_grid_s11_profile.json --baseline 2ed0cc3 --out out/decision_cpu
+    python -m bench.decision_cpu --profile bench/results/us_grid_s11_profile.json --baseline 2ed0cc3 --out
+    out/decision_cpu
 """
 
 from __future__ import annotations
@@ -55,7 +56,9 @@ def measure(profile_path: Path, repeats: int, duration: float) -> dict[str, floa
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="bench.decision_cpu", description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", type=Path, required=True, help="a width grid's latency profile (bench.us_grid writes one)")
+    parser.add_argument(
+        "--profile", type=Path, required=True, help="a width grid's latency profile (bench.us_grid writes one)"
+    )
     parser.add_argument("--baseline", default=None, help="commit (or ref) to compare this tree against")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2)
@@ -92,8 +95,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         medians = {name: statistics.median(r[cell] for r in rounds) for name, rounds in results.items()}
         summary[cell] = medians
         print(f"{cell:>18}" + "".join(f"{v:>14.3f}" for v in medians.values()))
-    (args.out / "decision_cpu.json").write_text(json.dumps(
-        {"date": time.strftime("%Y-%m-%d"), "profile": str(args.profile), "rounds": results, "medians": summary}, indent=2))
+    (args.out / "decision_cpu.json").write_text(
+        json.dumps(
+            {"date": time.strftime("%Y-%m-%d"), "profile": str(args.profile), "rounds": results, "medians": summary},
+            indent=2,
+        )
+    )
     print(f"wrote {args.out / 'decision_cpu.json'}")
 
 

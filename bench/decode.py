@@ -58,7 +58,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             times.setdefault((size, variant), []).append((time.perf_counter() - start) * 1e3)
     rows = []
     print(f"decode + preprocess to 224x224, median ms of {args.repeats}")
-    print(f"{'image':>10} {'JPEG KB':>8} {'full ms':>8} {'draft ms':>9} {'speed-up':>9} {'mean |diff|':>12} {'max |diff|':>11}")
+    print(
+        f"{'image':>10} {'JPEG KB':>8} {'full ms':>8} {'draft ms':>9} {'speed-up':>9} {'mean |diff|':>12} "
+        f"{'max |diff|':>11}"
+    )
     for size, data in images.items():
         full, draft = decode["full"](data), decode["draft"](data)
         diff = (full - draft).abs()
@@ -67,8 +70,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                "max_abs_diff": float(diff.max())}
         row["speedup"] = row["full_ms"] / row["draft_ms"]
         rows.append(row)
-        print(f"{size:>10} {len(data) // 1024:>8} {row['full_ms']:>8.2f} {row['draft_ms']:>9.2f} {row['speedup']:>8.2f}x "
-              f"{row['mean_abs_diff']:>12.4f} {row['max_abs_diff']:>11.4f}")
+        print(
+            f"{size:>10} {len(data) // 1024:>8} {row['full_ms']:>8.2f} {row['draft_ms']:>9.2f} {row['speedup']:>8.2f}x "
+            f"{row['mean_abs_diff']:>12.4f} {row['max_abs_diff']:>11.4f}"
+        )
     (args.out / "decode.json").write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=2))
     print(f"wrote {args.out / 'decode.json'}")
 

@@ -91,7 +91,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     rows = []
     print(f"{args.arch} @ {args.input_size}px, {args.threads} threads, median ms of {args.repeats * (BLOCK - DISCARD)} "
           f"interleaved runs; raw_ort: plain export, raw_ort_padded and served: channels padded to {block}")
-    print(f"{'width':>6} {'batch':>5} " + " ".join(f"{n:>16}" for n in names) + f" {'served/raw':>11} {'/raw_padded':>11}")
+    print(
+        f"{'width':>6} {'batch':>5} " + " ".join(f"{n:>16}" for n in names) + f" {'served/raw':>11} {'/raw_padded':>11}"
+    )
     for b in batches:
         for w in net.widths:
             row = {"width": w, "batch": b, **{n: med[(w, b, n)] for n in names}}
@@ -104,9 +106,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     print("width ladder t(narrowest)/t(widest), batch 1: " + ", ".join(f"{n} {v:.3f}" for n, v in ladder.items()))
 
     memory = memory_report(net, block)
-    print(f"memory (weight bytes): all switches resident {memory['served_bytes'] / 1e6:.1f} MB = {memory['served_ratio']:.2f}x "
-          f"the widest switch alone ({memory['widest_bytes'] / 1e6:.1f} MB); without sharing identical initializers "
-          f"{memory['unshared_ratio']:.2f}x; shared-weight torch path {memory['torch_shared_ratio']:.2f}x")
+    print(
+        f"memory (weight bytes): all switches resident {memory['served_bytes'] / 1e6:.1f} MB = "
+        f"{memory['served_ratio']:.2f}x "
+        f"the widest switch alone ({memory['widest_bytes'] / 1e6:.1f} MB); without sharing identical initializers "
+        f"{memory['unshared_ratio']:.2f}x; shared-weight torch path {memory['torch_shared_ratio']:.2f}x"
+    )
     report = {"machine": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%d"),
               "arch": args.arch, "threads": args.threads, "repeats": args.repeats, "channel_block": block, "rows": rows,
               "ladder": ladder,

@@ -103,17 +103,26 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(traceback.format_exc())
     report["nvml_after"] = nvml.sample().__dict__
     (args.out / "gpu.json").write_text(json.dumps(report, indent=2))
-    print(f"\n{report['gpu']}, torch {torch.__version__}; latency ms (median of {args.repeats}, host->device->host included)")
+    print(
+        f"\n{report['gpu']}, torch {torch.__version__}; latency ms (median of {args.repeats}, host->device->host "
+        f"included)"
+    )
     names = list(VARIANTS)
     print(f"{'arch':>15} {'w':>5} {'b':>3} " + " ".join(f"{n:>12}" for n in names) + "  max rel err fp16/bf16")
     for arch in args.archs.split(","):
         for b in batches:
             for w in models.create(arch).widths:
-                cells = {r["variant"]: r for r in report["rows"] if r["arch"] == arch and r["batch"] == b and r["width"] == w}
+                cells = {
+                    r["variant"]: r for r in report["rows"] if r["arch"] == arch and r["batch"] == b and r["width"] == w
+                }
                 if len(cells) < len(names):
                     continue
                 err = max(cells[n]["rel_err_vs_fp32_eager"] for n in names if "16" in n)
-                print(f"{arch:>15} {w:>5.2f} {b:>3d} " + " ".join(f"{cells[n]['latency_ms']:>12.3f}" for n in names) + f"  {err:.2e}")
+                print(
+                    f"{arch:>15} {w:>5.2f} {b:>3d} "
+                    + " ".join(f"{cells[n]['latency_ms']:>12.3f}" for n in names)
+                    + f"  {err:.2e}"
+                )
     print(f"NVML: {report['nvml']} after: {report['nvml_after']}")
 
 

@@ -55,13 +55,22 @@ def main(argv: Sequence[str] | None = None) -> int:
               {w["width"]: w["latency_ms"] for w in model["widths"]})
         png = Path("examples/digit_7.png").read_bytes()
         for budget in ("100", "2"):
-            status, headers, body = post("/v1/classify", png, {"content-type": "image/png", "X-Latency-Budget-Ms": budget})
-            print(f"classify budget {budget} ms -> {status} width {body['width']} top {body['predictions'][0]} timing {body['timing_ms']}")
+            status, headers, body = post(
+                "/v1/classify", png, {"content-type": "image/png", "X-Latency-Budget-Ms": budget}
+            )
+            print(
+                f"classify budget {budget} ms -> {status} width {body['width']} top {body['predictions'][0]} timing "
+                f"{body['timing_ms']}"
+            )
         net = models.load_checkpoint(DEFAULT_CHECKPOINT).net
         x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
-        request = {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}],
-                   "parameters": {"width": 0.5}}
-        status, _, body = post(f"/v2/models/{model['name']}/infer", json.dumps(request).encode(), {"content-type": "application/json"})
+        request = {
+            "inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}],
+            "parameters": {"width": 0.5},
+        }
+        status, _, body = post(
+            f"/v2/models/{model['name']}/infer", json.dumps(request).encode(), {"content-type": "application/json"}
+        )
         logits = np.asarray(body["outputs"][0]["data"]).reshape(4, -1)
         with torch.inference_mode():
             reference = net(torch.from_numpy(x), width=0.5).numpy()
@@ -69,7 +78,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"v2 infer on CUDA vs CPU reference: status {status}, rel err {rel:.2e}")
         time.sleep(1.5)  # let the load sampler read NVML
         metrics = get("/metrics")[1].decode()
-        print("\n".join(line for line in metrics.splitlines() if line.startswith(("widthwise_gpu_", "widthwise_model_info"))))
+        print(
+            "\n".join(
+                line for line in metrics.splitlines() if line.startswith(("widthwise_gpu_", "widthwise_model_info"))
+            )
+        )
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=60)

@@ -107,7 +107,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                        **measure_point(url + "/v1/classify", body, load * cap, args.duration, budget_ms, accuracy)}
                 row["server_cpu_ms_per_request"] = (server_tree_cpu_s(pid) - cpu0) / max(1, row["sent"]) * 1e3
                 rows.append(row)
-                print(f"{name:>8} {load:.1f}x: {describe(row)}, server CPU {row['server_cpu_ms_per_request']:.2f} ms/req")
+                print(
+                    f"{name:>8} {load:.1f}x: {describe(row)}, server CPU {row['server_cpu_ms_per_request']:.2f} ms/req"
+                )
                 time.sleep(1.0)
     (args.out / "http_servers.json").write_text(json.dumps(
         {"date": time.strftime("%Y-%m-%d"), "budget_ms": budget_ms, "capacity_rps": cap, "rows": rows}, indent=2))

@@ -31,7 +31,9 @@ def probe(port: int, body: bytes, budget_ms: float) -> tuple[int, float]:
     began = time.perf_counter()
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
-        conn.request("POST", "/v1/classify", body, {"Content-Type": "image/png", "X-Latency-Budget-Ms": f"{budget_ms:g}"})
+        conn.request(
+            "POST", "/v1/classify", body, {"Content-Type": "image/png", "X-Latency-Budget-Ms": f"{budget_ms:g}"}
+        )
         response = conn.getresponse()
         response.read()
         return response.status, time.perf_counter() - began
@@ -93,7 +95,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                 samples[name][gap].extend(values)
     rows = [{"config": name, "gap_s": gap, **summarise(values, args.budget_ms)}
             for name, per_gap in samples.items() for gap, values in per_gap.items()]
-    print(f"first request after an idle gap, {args.budget_ms:g} ms budget, {args.rounds} x {args.repeats} probes per cell")
+    print(
+        f"first request after an idle gap, {args.budget_ms:g} ms budget, {args.rounds} x {args.repeats} probes per cell"
+    )
     print(f"{'config':28} {'gap s':>6} {'median ms':>10} {'p90 ms':>8} {'on time':>8} {'504s':>5}")
     for r in rows:
         print(f"{r['config']:28} {r['gap_s']:>6g} {r['median_ms']:>10.1f} {r['p90_ms']:>8.1f} {r['on_time']:>8.2f} "

@@ -80,7 +80,10 @@ def profile_switch(model: bytes, shape: tuple[int, ...], runs: int) -> dict:
         args = event["args"]
         node = nodes.setdefault(event["name"], {"op": args["op_name"], "durations": []})
         node["durations"].append(event["dur"])
-        node["inputs"], node["output"] = _dims(args.get("input_type_shape")), (_dims(args.get("output_type_shape")) or [[]])[0]
+        node["inputs"], node["output"] = (
+            _dims(args.get("input_type_shape")),
+            (_dims(args.get("output_type_shape")) or [[]])[0],
+        )
     rows = []
     for node in nodes.values():
         out = node["output"]
@@ -140,8 +143,11 @@ def print_report(report: dict) -> None:
           "kernel time from ORT's profiler (median per node), wall time from unprofiled runs")
     print(f"{'width':>6} {'wall ms':>8} {'kernels ms':>10} {'ops':>4} {'GMACs':>6} {'GMAC/s':>7} {'ops < 20 us':>11}")
     for width, w in report["widths"].items():
-        print(f"{width:>6} {w['wall_us'] / 1e3:>8.3f} {w['kernel_us'] / 1e3:>10.3f} {w['ops']:>4} {w['macs'] / 1e9:>6.3f} "
-              f"{w['macs'] / w['kernel_us'] / 1e3:>7.1f} {w['ops_under_20us']:>11}")
+        print(
+            f"{width:>6} {w['wall_us'] / 1e3:>8.3f} {w['kernel_us'] / 1e3:>10.3f} {w['ops']:>4} "
+            f"{w['macs'] / 1e9:>6.3f} "
+            f"{w['macs'] / w['kernel_us'] / 1e3:>7.1f} {w['ops_under_20us']:>11}"
+        )
     print(f"ladder: wall {w0['wall_us'] / w1['wall_us']:.3f}, kernels {w0['kernel_us'] / w1['kernel_us']:.3f}, "
           f"MACs {w0['macs'] / w1['macs']:.3f}")
     for key, title in (("by_kind", "operator kind"), ("by_size", "output feature map")):

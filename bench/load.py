@@ -110,11 +110,13 @@ def measure_point(url: str, body: bytes, rate: float, duration: float, budget_ms
 
 def describe(row: dict) -> str:
     """One line for a :func:`measure_point` row, as every load benchmark prints it."""
-    return (f"attainment {row['attainment']:.3f}, late 200s {row['late_200']}, accuracy/sent "
-            f"{row['accuracy_per_sent'] or 0:.3f} (/answer {row['mean_accuracy'] or 0:.3f}), p50 {row['p50_ms'] or 0:.1f} "
-            f"ms, p99 {row['p99_ms'] or 0:.1f} ms, statuses {row['statuses']}, client CPU "
-            f"{row['client_cpu_ms_per_request']:.2f} ms/req, send lag p99 {row['send_lag_p99_ms'] or 0:.1f} ms"
-            + (f", device speed {row['device_speed']:.2f}x" if row.get("device_speed") else ""))
+    return (
+        f"attainment {row['attainment']:.3f}, late 200s {row['late_200']}, accuracy/sent "
+        f"{row['accuracy_per_sent'] or 0:.3f} (/answer {row['mean_accuracy'] or 0:.3f}), p50 {row['p50_ms'] or 0:.1f} "
+        f"ms, p99 {row['p99_ms'] or 0:.1f} ms, statuses {row['statuses']}, client CPU "
+        f"{row['client_cpu_ms_per_request']:.2f} ms/req, send lag p99 {row['send_lag_p99_ms'] or 0:.1f} ms"
+        + (f", device speed {row['device_speed']:.2f}x" if row.get("device_speed") else "")
+    )
 
 
 def server_device_speed(url: str) -> float | None:
@@ -138,15 +140,19 @@ def summarize(results: list, budget_ms: float, duration: float, accuracy: dict[f
     for status, _, _ in results:
         statuses[str(status)] = statuses.get(str(status), 0) + 1
     return {
-        "sent": len(results), "statuses": statuses, "throughput_rps": len(ok) / duration,
+        "sent": len(results),
+        "statuses": statuses,
+        "throughput_rps": len(ok) / duration,
         "attainment": len(on_time) / len(results) if results else 1.0,
-        "late_200": late, "late_200_fraction": late / len(results) if results else 0.0,
+        "late_200": late,
+        "late_200_fraction": late / len(results) if results else 0.0,
         # how late the late 200s were at the client (ms past the budget): a few ms is reply and client
         # lag the server's check could still catch; tens of ms is a stalled host
         "late_200_excess_ms": _percentiles(sorted(lat - budget_ms for lat, _ in ok if lat > budget_ms)),
         # what the client got: on-time answers score their width's accuracy, late or refused ones 0
         "accuracy_per_sent": sum(accuracy[w] for _, w in on_time) / len(results) if results else None,
-        "p50_ms": lat[len(lat) // 2] if lat else None, "p99_ms": lat[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else None,
+        "p50_ms": lat[len(lat) // 2] if lat else None,
+        "p99_ms": lat[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else None,
         "width_mix": {str(w): widths.count(w) / len(widths) for w in sorted(set(widths))} if widths else {},
         "mean_accuracy": statistics.fmean(accuracy[w] for w in widths) if widths else None,
     }
@@ -167,7 +173,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="server on core 0 with 1 ORT thread, this client on core 1 (taskset)")
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--trace", default="poisson")
-    parser.add_argument("--policies", default=None, help="comma-separated (default: fixed:<each width>,max-width,slack,feedback)")
+    parser.add_argument(
+        "--policies", default=None, help="comma-separated (default: fixed:<each width>,max-width,slack,feedback)"
+    )
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--budget-ms", type=float, default=None,
                         help="per-request budget (default: 3x the widest width's batch-1 engine latency)")
@@ -219,8 +227,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     cap = max(int(b) / (ms / 1e3) for b, ms in model["widths"][-1]["latency_ms"].items())
     loads = [float(m) for m in args.loads.split(",")]
     rates = [float(r) for r in args.rates.split(",")] if args.rates else [round(m * cap, 1) for m in loads]
-    policies = args.policies.split(",") if args.policies else [f"fixed:{w:g}" for w in widths] + ["max-width", "slack", "feedback"]
-    print(f"budget {budget_ms:.1f} ms (3x widest batch-1 {widest_b1_ms:.2f} ms), widest capacity ~{cap:.0f} req/s, rates {rates}")
+    policies = (
+        args.policies.split(",")
+        if args.policies
+        else [f"fixed:{w:g}" for w in widths] + ["max-width", "slack", "feedback"]
+    )
+    print(
+        f"budget {budget_ms:.1f} ms (3x widest batch-1 {widest_b1_ms:.2f} ms), widest capacity ~{cap:.0f} req/s, "
+        f"rates {rates}"
+    )
     point = dict(body=body, duration=args.duration, budget_ms=budget_ms, accuracy=accuracy, trace=args.trace,
                  headers=headers, path=path, cap=cap)
     if args.paired:
@@ -250,8 +265,12 @@ def run_one(url: str, policy: str, rate: float, point: dict, **extra) -> dict:
            **measure_point(url + point["path"], point["body"], rate, point["duration"], point["budget_ms"],
                            point["accuracy"], point["trace"], point["headers"])}
     row["device_speed"] = server_device_speed(url)  # as the point ends
-    print(f"{policy:>11} {rate:>7.1f} req/s ({row['load']:.1f}x){'' if 'round' not in extra else ' round %d' % extra['round']}: "
-          f"{describe(row)}, late excess ms {row['late_200_excess_ms']}", flush=True)
+    which = "" if "round" not in extra else f" round {extra['round']}"
+    print(
+        f"{policy:>11} {rate:>7.1f} req/s ({row['load']:.1f}x){which}: "
+        f"{describe(row)}, late excess ms {row['late_200_excess_ms']}",
+        flush=True,
+    )
     time.sleep(1.0)  # let the queue drain between points
     return row
 
@@ -291,8 +310,12 @@ def print_cells(rows: list[dict], policies: list[str], rates: list[float]) -> No
     cell = {(r["policy"], r["rate"]): r for r in rows}
     print("\n   req/s | " + " | ".join(f"{p:>15}" for p in policies))
     for rate in rates:
-        print(f"{rate:>8.1f} | " + " | ".join(f"{cell[p, rate]['attainment']:.3f} / {cell[p, rate]['accuracy_per_sent']:.3f}"
-                                               for p in policies))
+        print(
+            f"{rate:>8.1f} | "
+            + " | ".join(
+                f"{cell[p, rate]['attainment']:.3f} / {cell[p, rate]['accuracy_per_sent']:.3f}" for p in policies
+            )
+        )
 
 
 def plot(rows, policies, cap, path, budget_ms) -> None:
@@ -307,8 +330,17 @@ def plot(rows, policies, cap, path, budget_ms) -> None:
         style = ":" if "@" in p else "--" if p.startswith("fixed") else "-"
         a1.plot([r["rate"] / cap for r in pts], [r["attainment"] for r in pts], style, marker="o", label=p)
         a2.plot([r["rate"] / cap for r in pts], [r["accuracy_per_sent"] for r in pts], style, marker="o", label=p)
-    a1.set(xlabel="offered load (x widest capacity)", ylabel="deadline attainment", ylim=(0, 1.02), title=f"live, budget {budget_ms:.0f} ms")
-    a2.set(xlabel="offered load (x widest capacity)", ylabel="expected top-1 per request sent", title="accuracy (late or refused = 0)")
+    a1.set(
+        xlabel="offered load (x widest capacity)",
+        ylabel="deadline attainment",
+        ylim=(0, 1.02),
+        title=f"live, budget {budget_ms:.0f} ms",
+    )
+    a2.set(
+        xlabel="offered load (x widest capacity)",
+        ylabel="expected top-1 per request sent",
+        title="accuracy (late or refused = 0)",
+    )
     a2.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

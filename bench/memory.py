@@ -137,8 +137,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(json.dumps(measure(arch, widths, batches, Path(cache), weights)))
         return
     rows = []
-    print(f"{'arch':>16} {'widths':>18} {'weights':>9} {'start':>5} {'n':>3} {'widest MB':>9} {'loaded MB':>9} {'x':>5} "
-          f"{'after batches MB':>16} {'x':>5}")
+    print(
+        f"{'arch':>16} {'widths':>18} {'weights':>9} {'start':>5} {'n':>3} {'widest MB':>9} {'loaded MB':>9} {'x':>5} "
+        f"{'after batches MB':>16} {'x':>5}"
+    )
     for arch, widths, weights in CONFIGURATIONS:
         if args.weights not in ("both", weights):
             continue
@@ -148,9 +150,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                                        "--batches", args.batches], cwd=REPO, capture_output=True, text=True, check=True)
                 row = json.loads(done.stdout.strip().splitlines()[-1])
                 rows.append(row)
-                print(f"{arch:>16} {widths:>18} {weights:>9} {row['start']:>5} {row['n_widths']:>3} {row['widest_switch_mb']:>9.1f} "
-                      f"{row['loaded_mb']:>9.1f} {row['loaded_ratio']:>5.1f} {row['after_batches_mb']:>16.1f} "
-                      f"{row['after_batches_ratio']:>5.1f}")
+                print(
+                    f"{arch:>16} {widths:>18} {weights:>9} {row['start']:>5} {row['n_widths']:>3} "
+                    f"{row['widest_switch_mb']:>9.1f} "
+                    f"{row['loaded_mb']:>9.1f} {row['loaded_ratio']:>5.1f} {row['after_batches_mb']:>16.1f} "
+                    f"{row['after_batches_ratio']:>5.1f}"
+                )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "memory.json").write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "batches": batches,
                                                       "rows": rows}, indent=2))

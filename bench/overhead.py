@@ -85,8 +85,11 @@ def serving_requests(width: str) -> dict[str, tuple[str, bytes, dict]]:
                          "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
                          "parameters": {"width": float(width)}}).encode()
     return {
-        "v2_binary_tensor": ("/v2/models/v2/infer", header + x.tobytes(),
-                             {"Inference-Header-Content-Length": str(len(header)), "content-type": "application/octet-stream"}),
+        "v2_binary_tensor": (
+            "/v2/models/v2/infer",
+            header + x.tobytes(),
+            {"Inference-Header-Content-Length": str(len(header)), "content-type": "application/octet-stream"},
+        ),
         "v1_classify_jpeg_224": ("/v1/classify", jpeg, {"content-type": "image/jpeg", "X-Width": width}),
     }
 
@@ -114,13 +117,18 @@ def main(argv: Sequence[str] | None = None) -> None:
                 finally:
                     client.close()
     print(f"median of {args.requests} sequential requests, width {args.width}, S-MobileNet v2 224x224")
-    print(f"{'request (client, server event loop)':>46} {'total ms':>9} {'engine ms':>10} {'overhead ms':>12} {'p90':>7} "
-          f"{'target':>7}")
+    print(
+        f"{'request (client, server event loop)':>46} {'total ms':>9} {'engine ms':>10} {'overhead ms':>12} {'p90':>7} "
+        f"{'target':>7}"
+    )
     for name, r in results.items():
         target = targets[name.split(" ")[0]]
         verdict = "ok" if r["overhead_ms"] <= target else "MISSED"
-        print(f"{name:>46} {r['total_ms']:>9.3f} {r['engine_ms']:>10.3f} {r['overhead_ms']:>12.3f} {r['overhead_p90_ms']:>7.3f} "
-              f"{target:>6.1f} {verdict}")
+        print(
+            f"{name:>46} {r['total_ms']:>9.3f} {r['engine_ms']:>10.3f} {r['overhead_ms']:>12.3f} "
+            f"{r['overhead_p90_ms']:>7.3f} "
+            f"{target:>6.1f} {verdict}"
+        )
     (args.out / "overhead.json").write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "results": results,
                                                           "targets_ms": targets}, indent=2))
 

@@ -86,8 +86,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"{'request':>22} {'server':>12} {'total ms':>9} {'inference ms':>13} {'total - inference':>18}")
     for (kind, tree), values in sorted(samples.items()):
         a = np.array(values)
-        row = {"request": kind, "server": tree, "total_ms": float(np.median(a[:, 0])),
-               "inference_ms": float(np.median(a[:, 1])), "total_minus_inference_ms": float(np.median(a[:, 0] - a[:, 1]))}
+        row = {
+            "request": kind,
+            "server": tree,
+            "total_ms": float(np.median(a[:, 0])),
+            "inference_ms": float(np.median(a[:, 1])),
+            "total_minus_inference_ms": float(np.median(a[:, 0] - a[:, 1])),
+        }
         rows.append(row)
         print(f"{kind:>22} {tree:>12} {row['total_ms']:>9.3f} {row['inference_ms']:>13.3f} "
               f"{row['total_minus_inference_ms']:>18.3f}")

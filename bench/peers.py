@@ -17,7 +17,8 @@ fixed width per server, pinned like the others; its CPU counts every process of 
 (tritonserver and the Python backend's stub). pytriton needs numpy<2, so it gets a venv of its own:
 
     python3.11 -m venv out/triton-venv && out/triton-venv/bin/pip install nvidia-pytriton "numpy<2" onnxruntime
-    python -m bench.peers --out out/peers [--loads 0.5,1,2,3] [--duration 8] [--triton-python out/triton-venv/bin/python]
+    python -m bench.peers --out out/peers [--loads 0.5,1,2,3] [--duration 8] [--triton-python
+    out/triton-venv/bin/python]
 
 The Python backend's stub embeds libpython: it must load that interpreter's own (found first on
 ``LD_LIBRARY_PATH``), or the standard library and the library disagree (a ``_thread.RLock``
@@ -148,8 +149,16 @@ def triton_server(python: str, onnx_path: Path, cpus: set[int]):
                "LD_LIBRARY_PATH": ":".join(filter(None, [libdir, os.environ.get("LD_LIBRARY_PATH")]))}
         tree: list[int] = []
         try:
-            with pinned_process_server([python, "triton_app.py"], ports[0], cpus, env, cwd=Path(tmp), name="triton",
-                                       timeout=180, ready_path="/v2/models/v2/ready") as (url, pid):  # up before the model
+            with pinned_process_server(
+                [python, "triton_app.py"],
+                ports[0],
+                cpus,
+                env,
+                cwd=Path(tmp),
+                name="triton",
+                timeout=180,
+                ready_path="/v2/models/v2/ready",
+            ) as (url, pid):  # up before the model
                 tree = descendants(pid)
                 yield url, pid
         finally:
@@ -287,8 +296,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         with start() as handle:
             url = handle if isinstance(handle, str) else handle[0]
             for load in loads:
-                row = {"server": name, "load": load, **measure_point(url + path, body, load * capacity, args.duration,
-                                                                     budget_ms, accuracy, headers=headers, width=fixed_width)}
+                row = {
+                    "server": name,
+                    "load": load,
+                    **measure_point(
+                        url + path,
+                        body,
+                        load * capacity,
+                        args.duration,
+                        budget_ms,
+                        accuracy,
+                        headers=headers,
+                        width=fixed_width,
+                    ),
+                }
                 report["load"].append(row)
                 print(f"{name:>20} {load:.1f}x: {describe(row)}")
                 time.sleep(1.0)

@@ -53,9 +53,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--duration", type=float, default=30.0, help="simulated seconds per point")
     parser.add_argument("--noise", type=float, default=0.05)
-    parser.add_argument("--request-cpu-ms", type=float, default=0.0,
-                        help="the server's own CPU per request on the model's cores (serve's /v1/models request_cpu_ms; "
-                             "0: it has cores of its own)")
+    parser.add_argument(
+        "--request-cpu-ms",
+        type=float,
+        default=0.0,
+        help="the server's own CPU per request on the model's cores (serve's /v1/models request_cpu_ms; "
+        "0: it has cores of its own)",
+    )
     parser.add_argument("--out", type=Path, default=Path("out/policy_sim"))
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -65,7 +69,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     widths = profile.widths
     accuracy = OFFICIAL_TOP1[args.arch]
     budget = 3 * profile.predict(widths[-1], 1)
-    cap_wide, cap_narrow = capacity(profile, widths[-1], args.max_batch_size), capacity(profile, widths[0], args.max_batch_size)
+    cap_wide, cap_narrow = (
+        capacity(profile, widths[-1], args.max_batch_size),
+        capacity(profile, widths[0], args.max_batch_size),
+    )
     limit = cap_narrow / cap_wide
     multipliers = [m for m in (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 3.5, 4.0) if m <= limit + 1e-9]
     if multipliers[-1] < limit - 0.05:
@@ -80,8 +87,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         arrivals = arrival_times("poisson", rate, args.duration, seed=7)
         for name in policies:
             config = Settings(max_batch_size=args.max_batch_size).scheduler_config()  # serve's own defaults
-            result = simulate(profile, make_policy(name, widths, accuracy), arrivals, budget, accuracy, config, args.noise,
-                              seed=7, request_cpu_s=args.request_cpu_ms / 1e3)
+            result = simulate(
+                profile,
+                make_policy(name, widths, accuracy),
+                arrivals,
+                budget,
+                accuracy,
+                config,
+                args.noise,
+                seed=7,
+                request_cpu_s=args.request_cpu_ms / 1e3,
+            )
             rows.append({"load": m, "rate": rate, "policy": name, **result.as_dict()})
 
     header = f"{'load':>5} " + " ".join(f"{p:>15}" for p in policies)
@@ -96,9 +112,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     for line in verdicts["lines"]:
         print(line)
     report = {
-        "machine": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%d"),
-        "arch": args.arch, "budget_ms": budget * 1e3, "request_cpu_ms": args.request_cpu_ms, "capacity_rps": {"widest": cap_wide, "narrowest": cap_narrow},
-        "profile": profile.as_dict(), "rows": rows, "headline": verdicts,
+        "machine": platform.processor() or platform.machine(),
+        "date": time.strftime("%Y-%m-%d"),
+        "arch": args.arch,
+        "budget_ms": budget * 1e3,
+        "request_cpu_ms": args.request_cpu_ms,
+        "capacity_rps": {"widest": cap_wide, "narrowest": cap_narrow},
+        "profile": profile.as_dict(),
+        "rows": rows,
+        "headline": verdicts,
     }
     (args.out / "policy_sim.json").write_text(json.dumps(report, indent=2))
     plot(rows, policies, args.out / "policy_sim.png", budget)

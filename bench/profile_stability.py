@@ -81,9 +81,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             for batch in (1, batch_sizes[-1]):
                 values = [t[width][batch] / t[narrowest][batch] for t in measured]
                 ratios[f"{width:g}/b{batch}"] = {"mean": statistics.fmean(values), "sd": statistics.stdev(values)}
-        report["methods"][name] = {"ratios": ratios, "profiling_s": statistics.median(seconds[name]),
-                                   "tables_ms": [{str(w): {str(b): s * 1e3 for b, s in row.items()} for w, row in t.items()}
-                                                 for t in measured]}
+        report["methods"][name] = {
+            "ratios": ratios,
+            "profiling_s": statistics.median(seconds[name]),
+            "tables_ms": [
+                {str(w): {str(b): s * 1e3 for b, s in row.items()} for w, row in t.items()} for t in measured
+            ],
+        }
         print(f"{name:>24} (profiling {statistics.median(seconds[name]):.1f} s): " +
               ", ".join(f"{key} {r['mean']:.2f} / {r['sd']:.3f}" for key, r in ratios.items()))
     (args.out / "profile_stability.json").write_text(json.dumps(report, indent=2))

@@ -88,12 +88,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         rows.append({"request": kind, "server": name, "cpu_ms": cpu, "inference_ms": inference, "serving_ms": serving,
                      "serving_vs_bare": ratio, "loop_cpu_ms": loop, "over_raw_ms": cpu - raw,
                      "over_raw_vs_bare": literal, "blocks": values})
-        print(f"{kind:>22} {name:>12} {cpu:7.3f} {inference:10.3f} {serving:8.3f} "
-              f"{f'{ratio:.2f}x' if ratio is not None else '':>8} {f'{literal:.2f}x' if literal is not None else '':>8} "
-              f"{loop:7.3f}  {[round(v[0] - v[2], 2) for v in values]}")
-    report = {"date": time.strftime("%Y-%m-%d"), "width": args.width, "raw_ort_ms": raw, "raw_ort_ms_per_block": raw_per_block,
-              "baseline": args.baseline,
-              "blocks": args.blocks, "requests": args.requests, "rows": rows}
+        print(
+            f"{kind:>22} {name:>12} {cpu:7.3f} {inference:10.3f} {serving:8.3f} "
+            f"{f'{ratio:.2f}x' if ratio is not None else '':>8} {f'{literal:.2f}x' if literal is not None else '':>8} "
+            f"{loop:7.3f}  {[round(v[0] - v[2], 2) for v in values]}"
+        )
+    report = {
+        "date": time.strftime("%Y-%m-%d"),
+        "width": args.width,
+        "raw_ort_ms": raw,
+        "raw_ort_ms_per_block": raw_per_block,
+        "baseline": args.baseline,
+        "blocks": args.blocks,
+        "requests": args.requests,
+        "rows": rows,
+    }
     (args.out / "request_cpu.json").write_text(json.dumps(report, indent=2))
     print(f"wrote {args.out / 'request_cpu.json'}")
 

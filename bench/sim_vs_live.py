@@ -125,16 +125,29 @@ def main(argv: Sequence[str] | None = None) -> None:
             sims = {}
             for name, cpu_s, drift in (("sim", 0.0, None), ("sim+cpu", cpu_ms / 1e3, None),
                                        ("sim+cpu+speed", cpu_ms / 1e3, speed)):
-                result = simulate(profile, make_policy(args.policy, profile.widths, accuracy), arrivals, budget_s, accuracy,
-                                  settings.scheduler_config(), noise=0.05, seed=SEED, request_cpu_s=cpu_s, speed=drift)
+                result = simulate(
+                    profile,
+                    make_policy(args.policy, profile.widths, accuracy),
+                    arrivals,
+                    budget_s,
+                    accuracy,
+                    settings.scheduler_config(),
+                    noise=0.05,
+                    seed=SEED,
+                    request_cpu_s=cpu_s,
+                    speed=drift,
+                )
                 sims[name] = result.as_dict()
             row = {"load": load, "rate": rate, "request_cpu_ms": cpu_ms, "live": live, **sims,
                    "speed": {"batches": len(points), "mean": speed.mean() if speed else None,
                              "slow_share": speed.share_above(1.25) if speed else None,
                              "trace": trace_path.name}}
             rows.append(row)
-            print(f"{load:.1f}x ({rate:.0f} req/s, request CPU {cpu_ms:.2f} ms, device speed mean "
-                  f"{row['speed']['mean'] or 0:.2f}x of the profile, slow {row['speed']['slow_share'] or 0:.0%} of the time)")
+            print(
+                f"{load:.1f}x ({rate:.0f} req/s, request CPU {cpu_ms:.2f} ms, device speed mean "
+                f"{row['speed']['mean'] or 0:.2f}x of the profile, slow {row['speed']['slow_share'] or 0:.0%} of the "
+                f"time)"
+            )
             for name in ("live", "sim", "sim+cpu", "sim+cpu+speed"):
                 result = live if name == "live" else sims[name]
                 print(f"  {name:>14}: attainment {result['attainment']:.3f}, top-1 per answer "

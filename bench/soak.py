@@ -40,14 +40,31 @@ def requests_mix(rng: random.Random):
     x = np.random.default_rng(1).standard_normal((2, 3, 32, 32)).astype(np.float32)
     v2_json = json.dumps({"inputs": [{"name": "input", "shape": [2, 3, 32, 32], "datatype": "FP32",
                                       "data": x.ravel().tolist()}]}).encode()
-    head = json.dumps({"inputs": [{"name": "input", "shape": [2, 3, 32, 32], "datatype": "FP32",
-                                   "parameters": {"binary_data_size": x.nbytes}}], "parameters": {"binary_data_output": True}}).encode()
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": [2, 3, 32, 32],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
     kinds = [
         ("classify", "/v1/classify", png, {"content-type": "image/png"}, 200),
         ("classify_budget", "/v1/classify", png, {"content-type": "image/png", "X-Latency-Budget-Ms": "50"}, 200),
         ("classify_pinned", "/v1/classify", png, {"content-type": "image/png", "X-Width": "0.5"}, 200),
         ("v2_json", "/v2/models/{m}/infer", v2_json, {"content-type": "application/json"}, 200),
-        ("v2_binary", "/v2/models/{m}/infer", head + x.tobytes(), {"Inference-Header-Content-Length": str(len(head))}, 200),
+        (
+            "v2_binary",
+            "/v2/models/{m}/infer",
+            head + x.tobytes(),
+            {"Inference-Header-Content-Length": str(len(head))},
+            200,
+        ),
         ("bad_image", "/v1/classify", b"\x89PNG broken", {"content-type": "image/png"}, 400),
     ]
     while True:

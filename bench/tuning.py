@@ -40,8 +40,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--profile", type=Path, required=True, help="a grid's latency profile (bench.us_grid's)")
     parser.add_argument("--accuracy", type=Path, required=True, help="bench.us_grid's JSON: top-1 per width")
     parser.add_argument("--traces", required=True, help="comma-separated bench.sim_vs_live output folders")
-    parser.add_argument("--variants", default="server,tail_quantile=0.9",
-                        help="comma-separated: server, slack, or NAME=VALUE[+NAME=VALUE] fields of policies.tuning.Tuning")
+    parser.add_argument(
+        "--variants",
+        default="server,tail_quantile=0.9",
+        help="comma-separated: server, slack, or NAME=VALUE[+NAME=VALUE] fields of policies.tuning.Tuning",
+    )
     parser.add_argument("--budgets", default="3,6", help="multiples of the widest batch-1 time")
     parser.add_argument("--seeds", default="11,12,13")
     parser.add_argument("--request-cpu-ms", type=float, default=1.5)

@@ -96,10 +96,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--duration", type=float, default=30.0, help="simulated seconds per point")
     parser.add_argument("--noise", type=float, default=0.05)
-    parser.add_argument("--request-cpu-ms", type=float, default=0.0,
-                        help="simulate a server whose own per-request CPU (HTTP, parsing, the reply) shares the model's "
-                             "core, as serve measures it (/v1/models request_cpu_ms; ~0.8-0.9 ms pinned here); 0: the "
-                             "model alone, as this program's figures before session 16")
+    parser.add_argument(
+        "--request-cpu-ms",
+        type=float,
+        default=0.0,
+        help="simulate a server whose own per-request CPU (HTTP, parsing, the reply) shares the model's "
+        "core, as serve measures it (/v1/models request_cpu_ms; ~0.8-0.9 ms pinned here); 0: the "
+        "model alone, as this program's figures before session 16",
+    )
     parser.add_argument("--official", choices=sorted(a for a in OFFICIAL_TOP1 if a.startswith("us_")), default=None,
                         help="the paper-size US model with the official model zoo's accuracy (no training)")
     parser.add_argument("--budgets", default="3", help="budgets as multiples of the widest batch-1 latency (default 3)")

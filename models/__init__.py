@@ -30,8 +30,20 @@ _WHERE = {
 }
 
 __all__ = [
-    "Checkpoint", "CheckpointError", "ModelCard", "SlimmableNet", "count_macs", "create", "imagenet1k_labels", "list_models",
-    "load_checkpoint", "profile_net", "read_labels", "register_model", "save_checkpoint", "shared_param_count",
+    "Checkpoint",
+    "CheckpointError",
+    "ModelCard",
+    "SlimmableNet",
+    "count_macs",
+    "create",
+    "imagenet1k_labels",
+    "list_models",
+    "load_checkpoint",
+    "profile_net",
+    "read_labels",
+    "register_model",
+    "save_checkpoint",
+    "shared_param_count",
 ]
 
 __getattr__, __dir__ = lazy_exports(__name__, _WHERE, globals())

@@ -40,5 +40,7 @@ class SlimConvNet(SlimmableNet):
 
 
 @register_model
-def s_convnet6(num_classes: int = 10, input_size: int = 16, widths: Sequence[float] = (0.25, 0.5, 0.75, 1.0), **kw) -> SlimConvNet:
+def s_convnet6(
+    num_classes: int = 10, input_size: int = 16, widths: Sequence[float] = (0.25, 0.5, 0.75, 1.0), **kw
+) -> SlimConvNet:
     return SlimConvNet(num_classes=num_classes, input_size=input_size, widths=widths, **kw)

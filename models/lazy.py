@@ -10,7 +10,9 @@ from typing import Any, Callable, Mapping
 __all__ = ["lazy_exports"]
 
 
-def lazy_exports(package: str, where: Mapping[str, str], namespace: dict) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+def lazy_exports(
+    package: str, where: Mapping[str, str], namespace: dict
+) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
     """A package's ``__getattr__`` and ``__dir__``: ``where`` maps each exported name to the submodule
     defining it; other names resolve to submodules (``models.checkpoint`` after ``import models``).
     A name once loaded is stored in the package's ``namespace`` (its globals), so later lookups skip this."""

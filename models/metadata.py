@@ -70,7 +70,9 @@ class CheckpointMetadata(BaseModel):
             if values is not None and len(values) != self.in_channels:
                 raise ValueError(f"{name} has {len(values)} values for {self.in_channels} channels")
         if (self.bn_mode == "universal") != (self.width_range is not None):
-            raise ValueError("width_range goes with bn_mode 'universal' (a universally slimmable net), and only with it")
+            raise ValueError(
+                "width_range goes with bn_mode 'universal' (a universally slimmable net), and only with it"
+            )
         stray = [w for w in self.calibrated or () if match_width(self.widths, w) is None]
         if stray:
             raise ValueError(f"calibrated widths {stray} are not declared")

@@ -28,7 +28,9 @@ def _scaled(channels: int, widths: Sequence[float]) -> list[int]:
     return [make_divisible(channels * w) for w in widths]
 
 
-def _conv_bn_act(norm, inp: list[int], outp: list[int], kernel: int, stride: int, depthwise: bool = False) -> list[nn.Module]:
+def _conv_bn_act(
+    norm, inp: list[int], outp: list[int], kernel: int, stride: int, depthwise: bool = False
+) -> list[nn.Module]:
     return [
         SlimmableConv2d(inp, outp, kernel, stride, kernel // 2, depthwise=depthwise),
         norm(outp),
@@ -43,7 +45,9 @@ class SlimMobileNetV1(SlimmableNet):
         super().__init__(arch, **kwargs)
         n = len(self.widths)
         channels = _scaled(32, self.widths)
-        features: list[nn.Module] = [SlimSequential(_conv_bn_act(self.norm, [self.in_channels] * n, channels, 3, stem_stride))]
+        features: list[nn.Module] = [
+            SlimSequential(_conv_bn_act(self.norm, [self.in_channels] * n, channels, 3, stem_stride))
+        ]
         for c, repeats, stride in _V1_BLOCKS:
             outp = _scaled(c, self.widths)
             for i in range(repeats):
@@ -63,7 +67,9 @@ class SlimMobileNetV2(SlimmableNet):
         super().__init__(arch, **kwargs)
         n = len(self.widths)
         channels = _scaled(32, self.widths)
-        features: list[nn.Module] = [SlimSequential(_conv_bn_act(self.norm, [self.in_channels] * n, channels, 3, stem_stride))]
+        features: list[nn.Module] = [
+            SlimSequential(_conv_bn_act(self.norm, [self.in_channels] * n, channels, 3, stem_stride))
+        ]
         for t, c, repeats, stride in _V2_BLOCKS:
             outp = _scaled(c, self.widths)
             for i in range(repeats):
@@ -87,16 +93,24 @@ class SlimMobileNetV2(SlimmableNet):
 
 
 @register_model
-def s_mobilenet_v1(num_classes: int = 1000, input_size: int = 224, widths: Sequence[float] = (0.25, 0.5, 0.75, 1.0), **kw) -> SlimMobileNetV1:
+def s_mobilenet_v1(
+    num_classes: int = 1000, input_size: int = 224, widths: Sequence[float] = (0.25, 0.5, 0.75, 1.0), **kw
+) -> SlimMobileNetV1:
     return SlimMobileNetV1(num_classes=num_classes, input_size=input_size, widths=widths, **kw)
 
 
 @register_model
-def s_mobilenet_v2(num_classes: int = 1000, input_size: int = 224, widths: Sequence[float] = (0.35, 0.5, 0.75, 1.0), **kw) -> SlimMobileNetV2:
+def s_mobilenet_v2(
+    num_classes: int = 1000, input_size: int = 224, widths: Sequence[float] = (0.35, 0.5, 0.75, 1.0), **kw
+) -> SlimMobileNetV2:
     return SlimMobileNetV2(num_classes=num_classes, input_size=input_size, widths=widths, **kw)
 
 
 @register_model
-def s_mobilenet_v2_cifar(num_classes: int = 10, input_size: int = 32, widths: Sequence[float] = (0.35, 0.5, 0.75, 1.0), **kw) -> SlimMobileNetV2:
+def s_mobilenet_v2_cifar(
+    num_classes: int = 10, input_size: int = 32, widths: Sequence[float] = (0.35, 0.5, 0.75, 1.0), **kw
+) -> SlimMobileNetV2:
     """S-MobileNet v2 for 32x32 inputs: a stride-1 stem (CIFAR style), otherwise unchanged."""
-    return SlimMobileNetV2(arch="s_mobilenet_v2_cifar", stem_stride=1, num_classes=num_classes, input_size=input_size, widths=widths, **kw)
+    return SlimMobileNetV2(
+        arch="s_mobilenet_v2_cifar", stem_stride=1, num_classes=num_classes, input_size=input_size, widths=widths, **kw
+    )

@@ -73,7 +73,9 @@ def measure_latency_ms(module: nn.Module, input_shape: tuple[int, ...], warmup: 
     return statistics.median(times)
 
 
-def profile_net(net: SlimmableNet, input_size: int | None = None, latency: bool = True, repeats: int = 20) -> list[SwitchCost]:
+def profile_net(
+    net: SlimmableNet, input_size: int | None = None, latency: bool = True, repeats: int = 20
+) -> list[SwitchCost]:
     """MACs, active params and (optionally) batch-1 latency of every switch."""
     size = input_size or net.input_size
     shape = (net.in_channels, size, size)

@@ -65,5 +65,7 @@ class SlimResNet(SlimmableNet):
 
 
 @register_model
-def s_resnet50(num_classes: int = 1000, input_size: int = 224, widths: Sequence[float] = (0.25, 0.5, 0.75, 1.0), **kw) -> SlimResNet:
+def s_resnet50(
+    num_classes: int = 1000, input_size: int = 224, widths: Sequence[float] = (0.25, 0.5, 0.75, 1.0), **kw
+) -> SlimResNet:
     return SlimResNet(depth=50, num_classes=num_classes, input_size=input_size, widths=widths, **kw)

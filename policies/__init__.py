@@ -12,9 +12,30 @@ from .scheduler import Batch, Pending, RefusalReason, Refused, ScheduledRequest,
 from .tuning import TUNING, Tuning
 
 __all__ = [
-    "Reason", "Decision", "DispatchView", "FixedPolicy", "LatencyProfile", "LoadSignals",
-    "FeedbackPolicy", "MaxWidthPolicy", "Policy", "SlackPolicy", "QueuedItem", "batch_sizes_up_to", "make_policy", "measure_profile",
-    "service_time", "Tuning", "TUNING", "Batch", "Pending", "Refused", "RefusalReason", "ScheduledRequest", "Scheduler", "SchedulerConfig",
+    "Reason",
+    "Decision",
+    "DispatchView",
+    "FixedPolicy",
+    "LatencyProfile",
+    "LoadSignals",
+    "FeedbackPolicy",
+    "MaxWidthPolicy",
+    "Policy",
+    "SlackPolicy",
+    "QueuedItem",
+    "batch_sizes_up_to",
+    "make_policy",
+    "measure_profile",
+    "service_time",
+    "Tuning",
+    "TUNING",
+    "Batch",
+    "Pending",
+    "Refused",
+    "RefusalReason",
+    "ScheduledRequest",
+    "Scheduler",
+    "SchedulerConfig",
 ]
 
 

@@ -75,7 +75,9 @@ class SlackPolicy:
             batch.append(item)
         return batch
 
-    def _without_patient(self, view: DispatchView, batch: list[QueuedItem], width: float, allowed: list[float]) -> list[QueuedItem]:
+    def _without_patient(
+        self, view: DispatchView, batch: list[QueuedItem], width: float, allowed: list[float]
+    ) -> list[QueuedItem]:
         """Drop requests that could wait for this batch (and those dropped before them) and
         still get a wider sustainable width; the head always stays."""
         start = view.now + view.service(width, _samples(batch))
@@ -87,7 +89,9 @@ class SlackPolicy:
                 kept.append(item)
         return kept
 
-    def _rest_feasible(self, view: DispatchView, candidates: list[QueuedItem], batch: list[QueuedItem], width: float) -> bool:
+    def _rest_feasible(
+        self, view: DispatchView, candidates: list[QueuedItem], batch: list[QueuedItem], width: float
+    ) -> bool:
         """Can everything left behind still finish in time at the narrowest width?"""
         chosen = {i.id for i in batch}
         finish = view.now + view.service(width, _samples(batch))
@@ -118,7 +122,9 @@ class FeedbackPolicy:
 
     name = "feedback"
 
-    def __init__(self, widths: tuple[float, ...], window: int = 100, period: int = 20, low: float = 0.6, high: float = 0.95) -> None:
+    def __init__(
+        self, widths: tuple[float, ...], window: int = 100, period: int = 20, low: float = 0.6, high: float = 0.95
+    ) -> None:
         self.widths = widths
         self.ceiling = len(widths) - 1
         self.window: collections.deque[tuple[float, bool]] = collections.deque(maxlen=window)

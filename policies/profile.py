@@ -277,7 +277,9 @@ def _without_round_speed(rounds: list[dict], pairs: list) -> dict:
     speed = [1.0] * len(rounds)
     base: dict = {}
     for _ in range(3):
-        base = {pair: statistics.median(r[pair] / speed[i] for i, r in enumerate(rounds) if pair in r) for pair in pairs}
+        base = {
+            pair: statistics.median(r[pair] / speed[i] for i, r in enumerate(rounds) if pair in r) for pair in pairs
+        }
         speed = [statistics.median(t / base[pair] for pair, t in r.items()) for r in rounds]
         level = statistics.median(speed)
         speed = [s / level for s in speed]

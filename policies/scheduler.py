@@ -192,7 +192,9 @@ class Scheduler:
             full_batches = math.ceil(ahead / self.max_batch_size)
             wait += full_batches * self.service(self.widths[0], min(ahead, self.max_batch_size))
         if now + wait + service > req.deadline:
-            raise Refused(RefusalReason.OVERLOADED, f"overloaded: predicted wait {wait * 1e3:.3g} ms exceeds the budget")
+            raise Refused(
+                RefusalReason.OVERLOADED, f"overloaded: predicted wait {wait * 1e3:.3g} ms exceeds the budget"
+            )
 
     def depth(self) -> int:
         with self._cond:

@@ -101,7 +101,9 @@ class SpeedTrace:
         lo = np.searchsorted(times, grid - window_s / 2, "left")
         hi = np.searchsorted(times, grid + window_s / 2, "right")
         nearest = np.clip(np.searchsorted(times, grid), 0, len(times) - 1)
-        self._grid = [float(np.median(factors[a:b])) if b > a else float(factors[n]) for a, b, n in zip(lo, hi, nearest)]
+        self._grid = [
+            float(np.median(factors[a:b])) if b > a else float(factors[n]) for a, b, n in zip(lo, hi, nearest)
+        ]
 
     def __call__(self, t: float) -> float:
         index = int((t - self.start) / self.step_s + 0.5)

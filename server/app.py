@@ -142,8 +142,12 @@ def build_app(
     # the in-flight limit, then the bearer token.
     if settings.api_token:
         app.add_middleware(BearerTokenMiddleware, token=settings.api_token, protect_metrics=settings.auth_metrics)
-    app.add_middleware(InflightLimitMiddleware, gate=InflightGate(settings.max_inflight_http), retry_after_s=settings.retry_after_s,
-                       max_header_bytes=settings.max_header_bytes)
+    app.add_middleware(
+        InflightLimitMiddleware,
+        gate=InflightGate(settings.max_inflight_http),
+        retry_after_s=settings.retry_after_s,
+        max_header_bytes=settings.max_header_bytes,
+    )
     if settings.cors_origins:  # off unless configured
         app.add_middleware(
             CORSMiddleware, allow_origins=[o.strip() for o in settings.cors_origins.split(",")],

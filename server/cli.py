@@ -44,21 +44,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-profile", metavar="PATH",
                    help="write the measured latency profile (with its fingerprint) for serve --profile and simulate")
 
-    p = sub.add_parser("simulate", help="discrete-event simulation of a policy under a load trace", formatter_class=HELP_FORMAT)
-    p.add_argument("--profile", required=True, help="latency profile JSON (widthwise profile --save-profile or serve --save-profile)")
+    p = sub.add_parser(
+        "simulate", help="discrete-event simulation of a policy under a load trace", formatter_class=HELP_FORMAT
+    )
+    p.add_argument(
+        "--profile",
+        required=True,
+        help="latency profile JSON (widthwise profile --save-profile or serve --save-profile)",
+    )
     p.add_argument("--trace", default="poisson", help="poisson, bursty, step, or a file of arrival times")
     p.add_argument("--rate", type=float, default=100.0, help="mean arrival rate (requests/s)")
     p.add_argument("--budget-ms", type=float, required=True, help="latency budget of every request")
     p.add_argument("--duration", type=float, default=30.0, help="simulated seconds")
-    p.add_argument("--checkpoint", help="read expected accuracy per width from this checkpoint's metadata (default: the profile's)")
+    p.add_argument(
+        "--checkpoint", help="read expected accuracy per width from this checkpoint's metadata (default: the profile's)"
+    )
     add_serve_arguments(p, SCHEDULING_FIELDS)  # the scheduler and policy exactly as `serve` configures them
     p.add_argument("--noise", type=float, default=0.05, help="log-normal sigma of batch times")
     p.add_argument("--request-cpu-ms", type=float, default=0.0,
                    help="the server's own CPU per request on the model's cores (serve's /v1/models request_cpu_ms; "
                         "0: the server has cores of its own)")
-    p.add_argument("--speed-trace", default=None, metavar="FILE",
-                   help="the device's measured speed over time relative to the profile (JSON points [[t, factor], ...], "
-                        "as bench.sim_vs_live writes them): replays a host whose speed drifts")
+    p.add_argument(
+        "--speed-trace",
+        default=None,
+        metavar="FILE",
+        help="the device's measured speed over time relative to the profile (JSON points [[t, factor], ...], "
+        "as bench.sim_vs_live writes them): replays a host whose speed drifts",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of arrivals and noise")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
@@ -125,8 +137,14 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     rows = []
     for width in net.widths:
         module = net.switch(width)
-        rows.append({"width": width, "macs": models.count_macs(module, shape), "params": models.profiling.count_params(module),
-                     "latency_ms": {int(b): s * 1e3 for b, s in table[str(width)].items()}})
+        rows.append(
+            {
+                "width": width,
+                "macs": models.count_macs(module, shape),
+                "params": models.profiling.count_params(module),
+                "latency_ms": {int(b): s * 1e3 for b, s in table[str(width)].items()},
+            }
+        )
     fp = profile.fingerprint
     if args.json:
         print(json.dumps({"arch": net.arch, "input_size": net.input_size, "fingerprint": fp, "widths": rows}))
@@ -161,13 +179,25 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     speed = SpeedTrace.load(args.speed_trace) if args.speed_trace else None
     result = simulate(profile, policy, arrivals, args.budget_ms / 1e3, accuracy or None, settings.scheduler_config(),
                       args.noise, args.seed, request_cpu_s=args.request_cpu_ms / 1e3, speed=speed)
-    report = {"policy": policy.name, "trace": args.trace, "rate": args.rate, "budget_ms": args.budget_ms, **result.as_dict()}
+    report = {
+        "policy": policy.name,
+        "trace": args.trace,
+        "rate": args.rate,
+        "budget_ms": args.budget_ms,
+        **result.as_dict(),
+    }
     if args.json:
         print(json.dumps(report))
         return 0
     acc = f"{result.mean_accuracy:.4f}" if result.mean_accuracy is not None else "n/a"
-    print(f"policy {policy.name}, trace {args.trace} at {args.rate:g} req/s, budget {args.budget_ms:g} ms, {result.sent} requests")
-    print(f"attainment {result.attainment:.4f}  mean accuracy {acc}  p50 {result.p50_ms or 0:.2f} ms  p99 {result.p99_ms or 0:.2f} ms")
+    print(
+        f"policy {policy.name}, trace {args.trace} at {args.rate:g} req/s, budget {args.budget_ms:g} ms, "
+        f"{result.sent} requests"
+    )
+    print(
+        f"attainment {result.attainment:.4f}  mean accuracy {acc}  p50 {result.p50_ms or 0:.2f} ms  p99 "
+        f"{result.p99_ms or 0:.2f} ms"
+    )
     print(f"served {result.served}, on time {result.on_time}, rejected {result.rejected}")
     print("width mix: " + ", ".join(f"{w}: {share:.1%}" for w, share in result.width_mix.items()))
     return 0
@@ -221,7 +251,9 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     if args.accuracy == "official":
         if net.arch not in OFFICIAL_TOP1 or tuple(OFFICIAL_TOP1[net.arch]) != net.widths:
             raise ValueError(f"no official accuracy for {net.arch} at widths {list(net.widths)}")
-        card = card.with_accuracy(OFFICIAL_TOP1[net.arch], "official ImageNet top-1 (paper; US-Nets: official model zoo)")
+        card = card.with_accuracy(
+            OFFICIAL_TOP1[net.arch], "official ImageNet top-1 (paper; US-Nets: official model zoo)"
+        )
     elif args.accuracy:
         undeclared = sorted(set(args.accuracy) - set(net.widths))
         if undeclared:

@@ -96,21 +96,32 @@ class Metrics:
         instead of reading 0%."""
         self.model = model
         self.requests = Counter(
-            "widthwise_requests", "Requests by served width and outcome.", ["model", "width", "outcome"], registry=registry
+            "widthwise_requests",
+            "Requests by served width and outcome.",
+            ["model", "width", "outcome"],
+            registry=registry,
         )
         self.request_duration = Histogram(
             "widthwise_request_duration_seconds", "End-to-end request latency.", ["model", "width"],
             buckets=LATENCY_BUCKETS, registry=registry,
         )
         self.queue_wait = Histogram(
-            "widthwise_queue_wait_seconds", "Time from enqueue to batch start.", ["model"], buckets=LATENCY_BUCKETS, registry=registry
+            "widthwise_queue_wait_seconds",
+            "Time from enqueue to batch start.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
         )
         self.inference_duration = Histogram(
             "widthwise_inference_duration_seconds", "Time to run one batch.", ["model", "width"],
             buckets=LATENCY_BUCKETS, registry=registry,
         )
         self.batch_size = Histogram(
-            "widthwise_batch_size", "Samples per executed batch.", ["model", "width"], buckets=BATCH_BUCKETS, registry=registry
+            "widthwise_batch_size",
+            "Samples per executed batch.",
+            ["model", "width"],
+            buckets=BATCH_BUCKETS,
+            registry=registry,
         )
         self.latency_budget = Histogram(
             "widthwise_latency_budget_seconds", "Latency budgets requested by clients.", ["model"],
@@ -120,15 +131,22 @@ class Metrics:
             "widthwise_width_selections", "Batches by chosen width and policy reason.", ["model", "width", "reason"],
             registry=registry,
         )
-        self.queue_depth = Gauge("widthwise_queue_depth", "Requests waiting in the queue.", ["model"], registry=registry)
-        self.inflight = Gauge("widthwise_inflight_requests", "Requests admitted and not yet answered.", ["model"], registry=registry)
+        self.queue_depth = Gauge(
+            "widthwise_queue_depth", "Requests waiting in the queue.", ["model"], registry=registry
+        )
+        self.inflight = Gauge(
+            "widthwise_inflight_requests", "Requests admitted and not yet answered.", ["model"], registry=registry
+        )
         self.expected_correct = Counter(
             "widthwise_expected_correct",
             "Sum over served requests of the served width's expected top-1 accuracy.",
             ["model"], registry=registry,
         )
         self.model_info = Gauge(
-            "widthwise_model_info", "Static model information (value 1).", ["model", "arch", "widths", "device"], registry=registry
+            "widthwise_model_info",
+            "Static model information (value 1).",
+            ["model", "arch", "widths", "device"],
+            registry=registry,
         )
         self.width_info = Gauge(
             "widthwise_width_info",
@@ -139,7 +157,9 @@ class Metrics:
             "widthwise_keep_warm_runs", "Idle-time inferences run to keep the model warm (--keep-warm-ms).", ["model"],
             registry=registry,
         )
-        self.queue_limit = Gauge("widthwise_queue_limit", "Configured queue capacity (requests).", ["model"], registry=registry)
+        self.queue_limit = Gauge(
+            "widthwise_queue_limit", "Configured queue capacity (requests).", ["model"], registry=registry
+        )
         # Why deadlines slip on a core shared by HTTP and the model: both feed the engine's planning.
         self.event_loop_lag = Gauge(
             "widthwise_event_loop_lag_seconds",

@@ -25,7 +25,9 @@ class Settings(BaseSettings):
     # validation and killed the worker on the first request.
     model_config = SettingsConfigDict(env_prefix="WIDTHWISE_", extra="ignore", allow_inf_nan=False)
 
-    checkpoint: Path | None = Field(None, description="checkpoint (.safetensors or official .pt); default: embedded digits model")
+    checkpoint: Path | None = Field(
+        None, description="checkpoint (.safetensors or official .pt); default: embedded digits model"
+    )
     widths: str | None = Field(
         None, description="widths to serve: a list (0.35,0.5,1.0) or a grid lo:hi:step (0.35:1.0:0.05); each must be "
         "declared by the checkpoint, and for a universally slimmable one calibrated (widthwise calibrate --widths); "
@@ -62,24 +64,37 @@ class Settings(BaseSettings):
     )
     cache_dir: Path | None = Field(None, description="start-up cache directory (default: $XDG_CACHE_HOME/widthwise "
                                    "or ~/.cache/widthwise)")
-    save_profile: Path | None = Field(None, description="write the latency profile measured at startup to this JSON file")
-    default_budget_ms: float | None = Field(None, gt=0, le=3_600_000, description="budget for requests without one (default: none)")
+    save_profile: Path | None = Field(
+        None, description="write the latency profile measured at startup to this JSON file"
+    )
+    default_budget_ms: float | None = Field(
+        None, gt=0, le=3_600_000, description="budget for requests without one (default: none)"
+    )
     max_batch_size: int = Field(8, ge=1, le=1024, description="largest batch one width runs at once")
     max_queue_delay_ms: float = Field(
-        0.0, ge=0, le=10_000, description="how long a batch may wait to fill up (0: batch only what is already queued, as Triton)"
+        0.0,
+        ge=0,
+        le=10_000,
+        description="how long a batch may wait to fill up (0: batch only what is already queued, as Triton)",
     )
     queue_limit: int = Field(256, ge=1, le=1_000_000, description="queued requests beyond which new ones get 503")
-    max_inflight_http: int = Field(1024, ge=1, le=1_000_000, description="HTTP requests in flight beyond which new ones get 503 at once")
+    max_inflight_http: int = Field(
+        1024, ge=1, le=1_000_000, description="HTTP requests in flight beyond which new ones get 503 at once"
+    )
     admission: Literal["reject", "best_effort"] = Field(
         "reject", description="reject: 503/504 when no width meets the deadline; best_effort: serve narrowest late"
     )
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, le=1024**3, description="largest request body (413 beyond)")
-    max_header_bytes: int = Field(16 * 1024, ge=1024, le=1024**2, description="largest total size of request headers (431 beyond)")
+    max_header_bytes: int = Field(
+        16 * 1024, ge=1024, le=1024**2, description="largest total size of request headers (431 beyond)"
+    )
     header_timeout_s: float = Field(
         10.0, gt=0, le=3600, description="a connection whose request headers are not complete within this time "
         "(of connecting, or of its previous response) gets 408 and is closed"
     )
-    body_timeout_s: float = Field(30.0, gt=0, le=3600, description="a request body not received within this time gets 408")
+    body_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="a request body not received within this time gets 408"
+    )
     event_loop: Literal["auto", "asyncio", "uvloop"] = Field(
         "auto", description="uvicorn event loop (auto: uvloop when installed)"
     )
@@ -87,18 +102,28 @@ class Settings(BaseSettings):
     max_images_per_request: int = Field(
         16, ge=1, le=1024, description="images one /v1/classify request may carry (413 beyond)"
     )
-    max_image_pixels: int = Field(16_777_216, ge=1, le=178_956_970, description="largest decoded image (width x height)")
+    max_image_pixels: int = Field(
+        16_777_216, ge=1, le=178_956_970, description="largest decoded image (width x height)"
+    )
     jpeg_draft: bool = Field(
         False, description="decode large JPEGs at a reduced scale, never below the input size (2-3x less CPU for "
         "photos; pixels differ slightly from a full decode)"
     )
     threads: int | None = Field(
-        None, ge=1, le=1024, description="intra-op threads (default: ONNX Runtime all usable CPUs but one; torch its own choice, at most "
-        "the usable CPUs; usable = the affinity mask capped by the container's CPU quota)"
+        None,
+        ge=1,
+        le=1024,
+        description="intra-op threads (default: ONNX Runtime all usable CPUs but one; torch its own choice, at most "
+        "the usable CPUs; usable = the affinity mask capped by the container's CPU quota)",
     )
-    profile_repeats: int = Field(15, ge=3, le=10_000, description="timed runs per (width, batch) when profiling at startup")
+    profile_repeats: int = Field(
+        15, ge=3, le=10_000, description="timed runs per (width, batch) when profiling at startup"
+    )
     reserve_ms: float | None = Field(
-        None, ge=0, le=60_000, description="budget kept for HTTP and the reply (default: learnt, 1 ms + the handler's own time)"
+        None,
+        ge=0,
+        le=60_000,
+        description="budget kept for HTTP and the reply (default: learnt, 1 ms + the handler's own time)",
     )
     latency_margin: float = Field(
         0.1, ge=0, le=2, description="policies plan for batches this much slower than the profile (0.1 = 10%)"
@@ -118,7 +143,9 @@ class Settings(BaseSettings):
         "nicer (Linux) than the HTTP event loop, so reading requests and sending answers never waits for a batch "
         "(0: off)"
     )
-    api_token: str | None = Field(None, description="bearer token required by inference and model endpoints", repr=False)
+    api_token: str | None = Field(
+        None, description="bearer token required by inference and model endpoints", repr=False
+    )
     auth_metrics: bool = Field(False, description="also require the token on /metrics")
     cors_origins: str | None = Field(None, description="comma-separated allowed CORS origins (default: CORS off)")
     log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per line")

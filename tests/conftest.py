@@ -104,7 +104,9 @@ def live_server(tiny_checkpoint, synthetic_profile):
     servers: list[LiveServer] = []
 
     def start(*extra: str, env: dict | None = None) -> LiveServer:
-        server = LiveServer("--checkpoint", str(tiny_checkpoint), "--model-name", "tiny", "--profile-repeats", "3", *extra, env=env)
+        server = LiveServer(
+            "--checkpoint", str(tiny_checkpoint), "--model-name", "tiny", "--profile-repeats", "3", *extra, env=env
+        )
         servers.append(server)
         server.wait_ready()
         return server

@@ -122,8 +122,9 @@ def test_universal_train_and_calibrate_run_as_printed(workdir):
 def test_profile_then_simulate_run_as_printed(workdir):
     profile = readme_command("profile", "--arch", "s_mobilenet_v2", "--input-size", "224", "--save-profile")
     run(profile, workdir)
-    simulate = readme_command("simulate", "--profile", profile[profile.index("--save-profile") + 1], "--policy", "slack",
-                              "--trace", "bursty")
+    simulate = readme_command(
+        "simulate", "--profile", profile[profile.index("--save-profile") + 1], "--policy", "slack", "--trace", "bursty"
+    )
     out = run(simulate, workdir)
     assert '"attainment"' in out.stdout
 

@@ -35,7 +35,10 @@ def panel(pid: int, title: str, targets: list[dict], x: int, y: int, unit: str =
 def quantiles(metric: str, by: str, legend: str) -> list[dict]:
     return [
         # replace, not str.format: format would turn the legend's {{width}} into {width}
-        q(f"histogram_quantile({p}, sum by ({by}le) (rate({metric}_bucket{{{M}}}[{RATE}])))", legend.replace("{p}", name))
+        q(
+            f"histogram_quantile({p}, sum by ({by}le) (rate({metric}_bucket{{{M}}}[{RATE}])))",
+            legend.replace("{p}", name),
+        )
         for p, name in ((0.5, "p50"), (0.95, "p95"), (0.99, "p99"))
     ]
 
@@ -43,58 +46,163 @@ def quantiles(metric: str, by: str, legend: str) -> list[dict]:
 def build() -> dict:
     served = f'outcome=~"ok|deadline_missed",{M}'
     panels = [
-        panel(1, "Width mix (share of served requests)",
-              [q(f"sum by (width) (rate(widthwise_requests_total{{{served}}}[{RATE}]))", "width {{width}}")],
-              0, 0, "percentunit", stacked=True,
-              description="Which widths answered requests. Narrow widths growing = load is eating accuracy."),
-        panel(2, "Served accuracy vs deadline misses",
-              [q(f'widthwise:served_accuracy:ratio_rate5m{{{M}}}', "expected top-1"),
-               q(f'widthwise:deadline_miss:ratio_rate5m{{{M}}}', "deadline-miss ratio")],
-              12, 0, "percentunit",
-              description="The trade adaptive width makes: accuracy served right now and the share of requests late or refused."),
-        panel(3, "End-to-end latency per width (p50/p95/p99)",
-              quantiles("widthwise_request_duration_seconds", "width, ", "{p} width {{width}}"), 0, 8, "s"),
-        panel(4, "Latency budget vs served latency (median)",
-              [q(f"histogram_quantile(0.5, sum by (le) (rate(widthwise_latency_budget_seconds_bucket{{{M}}}[{RATE}])))", "budget p50"),
-               q(f"histogram_quantile(0.5, sum by (le) (rate(widthwise_request_duration_seconds_bucket{{{M}}}[{RATE}])))", "served p50"),
-               q(f"histogram_quantile(0.99, sum by (le) (rate(widthwise_request_duration_seconds_bucket{{{M}}}[{RATE}])))", "served p99")],
-              12, 8, "s"),
+        panel(
+            1,
+            "Width mix (share of served requests)",
+            [q(f"sum by (width) (rate(widthwise_requests_total{{{served}}}[{RATE}]))", "width {{width}}")],
+            0,
+            0,
+            "percentunit",
+            stacked=True,
+            description="Which widths answered requests. Narrow widths growing = load is eating accuracy.",
+        ),
+        panel(
+            2,
+            "Served accuracy vs deadline misses",
+            [
+                q(f"widthwise:served_accuracy:ratio_rate5m{{{M}}}", "expected top-1"),
+                q(f"widthwise:deadline_miss:ratio_rate5m{{{M}}}", "deadline-miss ratio"),
+            ],
+            12,
+            0,
+            "percentunit",
+            description="The trade adaptive width makes: accuracy served right now and the share of requests late or "
+                        "refused.",
+        ),
+        panel(
+            3,
+            "End-to-end latency per width (p50/p95/p99)",
+            quantiles("widthwise_request_duration_seconds", "width, ", "{p} width {{width}}"),
+            0,
+            8,
+            "s",
+        ),
+        panel(
+            4,
+            "Latency budget vs served latency (median)",
+            [
+                q(
+                    f"histogram_quantile(0.5, sum by (le) "
+                    f"(rate(widthwise_latency_budget_seconds_bucket{{{M}}}[{RATE}])))",
+                    "budget p50",
+                ),
+                q(
+                    f"histogram_quantile(0.5, sum by (le) "
+                    f"(rate(widthwise_request_duration_seconds_bucket{{{M}}}[{RATE}])))",
+                    "served p50",
+                ),
+                q(
+                    f"histogram_quantile(0.99, sum by (le) "
+                    f"(rate(widthwise_request_duration_seconds_bucket{{{M}}}[{RATE}])))",
+                    "served p99",
+                ),
+            ],
+            12,
+            8,
+            "s",
+        ),
         panel(5, "Queue wait (p50/p95/p99)", quantiles("widthwise_queue_wait_seconds", "", "{p}"), 0, 16, "s"),
-        panel(6, "Queue depth and in-flight requests",
-              [q(f"sum(widthwise_queue_depth{{{M}}})", "queued"), q(f"sum(widthwise_inflight_requests{{{M}}})", "in flight"),
-               q(f"max(widthwise_queue_limit{{{M}}})", "queue limit")],
-              12, 16),
-        panel(7, "Mean batch size per width",
-              [q(f"sum by (width) (rate(widthwise_batch_size_sum{{{M}}}[{RATE}])) / sum by (width) (rate(widthwise_batch_size_count{{{M}}}[{RATE}]))", "width {{width}}")],
-              0, 24),
-        panel(8, "Width selections by reason",
-              [q(f"sum by (reason) (rate(widthwise_width_selections_total{{{M}}}[{RATE}]))", "{{reason}}")],
-              12, 24, "ops", description="budget: the budget allowed it; load: narrowed by the queue; pinned; fallback; feedback."),
-        panel(9, "Requests by outcome", [q(f"sum by (outcome) (rate(widthwise_requests_total{{{M}}}[{RATE}]))", "{{outcome}}")],
-              0, 32, "reqps"),
-        panel(10, "Inference time per batch (p50/p99)",
-              quantiles("widthwise_inference_duration_seconds", "width, ", "{p} width {{width}}")[::2], 12, 32, "s"),
+        panel(
+            6,
+            "Queue depth and in-flight requests",
+            [
+                q(f"sum(widthwise_queue_depth{{{M}}})", "queued"),
+                q(f"sum(widthwise_inflight_requests{{{M}}})", "in flight"),
+                q(f"max(widthwise_queue_limit{{{M}}})", "queue limit"),
+            ],
+            12,
+            16,
+        ),
+        panel(
+            7,
+            "Mean batch size per width",
+            [
+                q(
+                    f"sum by (width) (rate(widthwise_batch_size_sum{{{M}}}[{RATE}])) / sum by (width) "
+                    f"(rate(widthwise_batch_size_count{{{M}}}[{RATE}]))",
+                    "width {{width}}",
+                )
+            ],
+            0,
+            24,
+        ),
+        panel(
+            8,
+            "Width selections by reason",
+            [q(f"sum by (reason) (rate(widthwise_width_selections_total{{{M}}}[{RATE}]))", "{{reason}}")],
+            12,
+            24,
+            "ops",
+            description="budget: the budget allowed it; load: narrowed by the queue; pinned; fallback; feedback.",
+        ),
+        panel(
+            9,
+            "Requests by outcome",
+            [q(f"sum by (outcome) (rate(widthwise_requests_total{{{M}}}[{RATE}]))", "{{outcome}}")],
+            0,
+            32,
+            "reqps",
+        ),
+        panel(
+            10,
+            "Inference time per batch (p50/p99)",
+            quantiles("widthwise_inference_duration_seconds", "width, ", "{p} width {{width}}")[::2],
+            12,
+            32,
+            "s",
+        ),
         panel(11, "GPU utilization", [q("widthwise_gpu_utilization_ratio", "{{device}}")], 0, 40, "percentunit"),
         panel(12, "GPU memory used", [q("widthwise_gpu_memory_used_bytes", "{{device}}")], 12, 40, "bytes"),
         # On a CPU host whose cores HTTP and the model share, these explain misses the queue does not.
-        panel(13, "Event loop lag (p90) and HTTP CPU per request", [
-            q(f"max by (model) (widthwise_event_loop_lag_seconds{{{M}}})", "loop lag {{model}}"),
-            q(f"max by (model) (widthwise_request_cpu_seconds{{{M}}})", "request CPU {{model}}"),
-        ], 0, 48, "s"),
-        panel(14, "Device speed over the start-up profile", [
-            q(f"max by (model) (widthwise_device_speed_ratio{{{M}}})", "{{model}}"),
-        ], 12, 48, "none", description="1.3: batches run 30% slower than measured at start-up (a busy or throttled "
-                                        "host); every width's planned time is scaled by it."),
+        panel(
+            13,
+            "Event loop lag (p90) and HTTP CPU per request",
+            [
+                q(f"max by (model) (widthwise_event_loop_lag_seconds{{{M}}})", "loop lag {{model}}"),
+                q(f"max by (model) (widthwise_request_cpu_seconds{{{M}}})", "request CPU {{model}}"),
+            ],
+            0,
+            48,
+            "s",
+        ),
+        panel(
+            14,
+            "Device speed over the start-up profile",
+            [
+                q(f"max by (model) (widthwise_device_speed_ratio{{{M}}})", "{{model}}"),
+            ],
+            12,
+            48,
+            "none",
+            description="1.3: batches run 30% slower than measured at start-up (a busy or throttled "
+            "host); every width's planned time is scaled by it.",
+        ),
     ]
     return {
-        "uid": "widthwise", "title": "widthwise", "tags": ["widthwise", "inference"], "timezone": "browser",
-        "schemaVersion": 39, "version": 1, "refresh": "10s", "time": {"from": "now-30m", "to": "now"},
-        "templating": {"list": [
-            {"name": "datasource", "type": "datasource", "query": "prometheus", "label": "Data source"},
-            {"name": "model", "type": "query", "label": "Model", "multi": True, "includeAll": True, "refresh": 2,
-             "datasource": {"type": "prometheus", "uid": "${datasource}"},
-             "query": "label_values(widthwise_model_info, model)", "definition": "label_values(widthwise_model_info, model)"},
-        ]},
+        "uid": "widthwise",
+        "title": "widthwise",
+        "tags": ["widthwise", "inference"],
+        "timezone": "browser",
+        "schemaVersion": 39,
+        "version": 1,
+        "refresh": "10s",
+        "time": {"from": "now-30m", "to": "now"},
+        "templating": {
+            "list": [
+                {"name": "datasource", "type": "datasource", "query": "prometheus", "label": "Data source"},
+                {
+                    "name": "model",
+                    "type": "query",
+                    "label": "Model",
+                    "multi": True,
+                    "includeAll": True,
+                    "refresh": 2,
+                    "datasource": {"type": "prometheus", "uid": "${datasource}"},
+                    "query": "label_values(widthwise_model_info, model)",
+                    "definition": "label_values(widthwise_model_info, model)",
+                },
+            ]
+        },
         "panels": panels,
     }
 

@@ -39,8 +39,12 @@ def add_training_commands(sub) -> None:
                    help="universally slimmable training (US-Nets): the arch's us_ twin (or a us_ arch), the sandwich "
                         "rule (widest, narrowest and --random-widths widths per step) with in-place distillation, "
                         "then BN statistics calibrated for every width of --widths (default: the arch's grid)")
-    p.add_argument("--random-widths", type=int, default=2, help="--universal: random widths per step besides the two ends")
-    p.add_argument("--calibration-batches", type=int, default=20, help="--universal: training batches per calibrated width")
+    p.add_argument(
+        "--random-widths", type=int, default=2, help="--universal: random widths per step besides the two ends"
+    )
+    p.add_argument(
+        "--calibration-batches", type=int, default=20, help="--universal: training batches per calibrated width"
+    )
     p.add_argument("--bn-mode", choices=["switchable", "shared"], default=None,
                    help="one BN per width (the paper's S-BN) or one shared BN (the naive baseline)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial weights and the data order")
@@ -58,7 +62,9 @@ def add_training_commands(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_cmd_evaluate)
 
-    p = sub.add_parser("calibrate", help="recompute each width's BN statistics; writes a new checkpoint", formatter_class=fmt)
+    p = sub.add_parser(
+        "calibrate", help="recompute each width's BN statistics; writes a new checkpoint", formatter_class=fmt
+    )
     p.add_argument("--checkpoint", required=True, help="checkpoint to calibrate")
     p.add_argument("--widths", type=parse_widths, default=None,
                    help="universally slimmable checkpoints: the widths to calibrate, a list or lo:hi:step (e.g. "
@@ -85,7 +91,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
                              f"{', '.join(m for m in models.list_models() if m.startswith('us_'))}")
     universal = arch.startswith("us_")
     if universal and args.bn_mode is not None:
-        raise ValueError("--bn-mode does not apply to universally slimmable nets (shared affine, calibrated statistics)")
+        raise ValueError(
+            "--bn-mode does not apply to universally slimmable nets (shared affine, calibrated statistics)"
+        )
     kwargs = {} if universal else {"bn_mode": args.bn_mode or "switchable"}
     if args.widths:
         kwargs["widths"] = args.widths
@@ -159,7 +167,9 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     checkpoint, data = _load_for_data(args)
     net, card = checkpoint.net, checkpoint.card
     if args.widths and not isinstance(net, UniversalNet):
-        raise ValueError(f"--widths needs a universally slimmable checkpoint; {net.arch} has fixed widths {list(net.widths)}")
+        raise ValueError(
+            f"--widths needs a universally slimmable checkpoint; {net.arch} has fixed widths {list(net.widths)}"
+        )
     if args.widths:
         net = with_widths(net, sorted(set(net.widths) | set(args.widths)))
         card = card.at_widths(net.widths)

@@ -15,7 +15,15 @@ from PIL import Image
 
 from ..transforms import image_to_tensor
 
-__all__ = ["Dataset", "load_dataset", "digits_images", "hard_digit_images", "held_out_split", "DIGITS_MEAN", "DIGITS_STD"]
+__all__ = [
+    "Dataset",
+    "load_dataset",
+    "digits_images",
+    "hard_digit_images",
+    "held_out_split",
+    "DIGITS_MEAN",
+    "DIGITS_STD",
+]
 
 DIGITS_MEAN = (0.5, 0.5, 0.5)
 DIGITS_STD = (0.5, 0.5, 0.5)

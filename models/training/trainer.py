@@ -78,7 +78,9 @@ def train(net: SlimmableNet, data: Dataset, config: TrainConfig) -> TrainResult:
     for epoch in range(config.epochs):
         order = torch.randperm(n, generator=shuffle)
         epoch_loss, correct = 0.0, {w: 0 for w in tracked}
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not config.progress, leave=False)
+        bar = tqdm(
+            range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not config.progress, leave=False
+        )
         for step in bar:
             idx = order[step * config.batch_size:(step + 1) * config.batch_size]
             x, y = data.x_train[idx].to(device), data.y_train[idx].to(device)
@@ -100,7 +102,9 @@ def train(net: SlimmableNet, data: Dataset, config: TrainConfig) -> TrainResult:
             optimizer.step()
             scheduler.step()
             seen = min(n, (step + 1) * config.batch_size)
-            bar.set_postfix(loss=f"{epoch_loss / seen:.3f}", **{f"acc{w:g}": f"{correct[w] / seen:.2f}" for w in tracked})
+            bar.set_postfix(
+                loss=f"{epoch_loss / seen:.3f}", **{f"acc{w:g}": f"{correct[w] / seen:.2f}" for w in tracked}
+            )
         result.losses.append(epoch_loss / n)
     if universal:  # BN statistics for every declared width, computed for the final weights
         calibrate_universal(net, data.x_train, net.widths, config.calibration_batches, config.batch_size, config.seed)

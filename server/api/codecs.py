@@ -23,8 +23,25 @@ from server.api.v2_request import V2InferRequest, V2InputTensor
 from server.http.errors import ApiError
 
 __all__ = [
-    "IMAGE_MEDIA_TYPES", "decode_base64_image", "sniff_media_type", "MAX_ASPECT_RATIO", "CHEAP_DECODE_PIXELS", "open_image", "decode_opened", "decode_image", "parse_budget_ms", "parse_width", "parse_top_k",
-    "V2_DATATYPES", "decode_v2_tensor", "v2_input_tensor", "v2_samples", "parse_json", "parse_number", "split_binary_body", "top_predictions",
+    "IMAGE_MEDIA_TYPES",
+    "decode_base64_image",
+    "sniff_media_type",
+    "MAX_ASPECT_RATIO",
+    "CHEAP_DECODE_PIXELS",
+    "open_image",
+    "decode_opened",
+    "decode_image",
+    "parse_budget_ms",
+    "parse_width",
+    "parse_top_k",
+    "V2_DATATYPES",
+    "decode_v2_tensor",
+    "v2_input_tensor",
+    "v2_samples",
+    "parse_json",
+    "parse_number",
+    "split_binary_body",
+    "top_predictions",
 ]
 
 IMAGE_MEDIA_TYPES = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP"}
@@ -122,7 +139,13 @@ def decode_opened(
 
 
 def decode_image(
-    data: bytes, media_type: str, max_pixels: int, size: int, mean: Sequence[float], std: Sequence[float], channels: int,
+    data: bytes,
+    media_type: str,
+    max_pixels: int,
+    size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    channels: int,
     jpeg_draft: bool = False,
 ) -> np.ndarray:
     """:func:`open_image` then :func:`decode_opened`: one image body as ``[1, C, size, size]``."""
@@ -245,13 +268,19 @@ def decode_v2_tensor(
     if datatype not in V2_DATATYPES:
         raise ApiError(400, f"input {name!r}: datatype {datatype!r} is not supported; use one of {list(V2_DATATYPES)}")
     if len(shape) != 4 or shape[0] < 1 or tuple(shape[1:]) != expected_chw:
-        raise ApiError(400, f"input {name!r}: shape {shape} must be [N, {', '.join(map(str, expected_chw))}] with N >= 1")
+        raise ApiError(
+            400, f"input {name!r}: shape {shape} must be [N, {', '.join(map(str, expected_chw))}] with N >= 1"
+        )
     dtype = np.dtype(V2_DATATYPES[datatype]).newbyteorder("<")
     count = math.prod(shape)
     size = spec.parameters.binary_data_size if spec.parameters is not None else None
     if size is not None:
         if size != count * dtype.itemsize:
-            raise ApiError(400, f"input {name!r}: binary_data_size {size} does not match shape {shape} of {datatype} ({count * dtype.itemsize} bytes)")
+            raise ApiError(
+                400,
+                f"input {name!r}: binary_data_size {size} does not match shape {shape} of {datatype} "
+                f"({count * dtype.itemsize} bytes)",
+            )
         if offset + size > len(tail):
             raise ApiError(400, f"input {name!r}: binary data ends after the request body")
         array = np.frombuffer(tail, dtype=dtype, count=count, offset=offset).reshape(shape)
@@ -264,7 +293,9 @@ def decode_v2_tensor(
     except FloatingPointError:
         raise ApiError(400, f"input {name!r}: data out of range for {datatype}") from None
     except (TypeError, ValueError, OverflowError, RecursionError):
-        raise ApiError(400, f"input {name!r}: data must be numbers of type {datatype}, flat or nested as the shape") from None
+        raise ApiError(
+            400, f"input {name!r}: data must be numbers of type {datatype}, flat or nested as the shape"
+        ) from None
     if array.shape not in ((count,), tuple(shape)):
         raise ApiError(400, f"input {name!r}: data of shape {list(array.shape)} matches neither shape {shape} "
                             f"nor {count} values in a flat list")

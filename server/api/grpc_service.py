@@ -170,7 +170,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 parsed, tail, large = _v2_request(request)
                 remaining = context.time_remaining()  # the client's deadline, seconds (None: none)
                 width, budget_ms = v2_service.request_options(
-                    parsed.parameters, engine, None, remaining * 1e3 if remaining is not None and remaining > 0 else None)
+                    parsed.parameters,
+                    engine,
+                    None,
+                    remaining * 1e3 if remaining is not None and remaining > 0 else None,
+                )
                 log_fields(call, budget_ms=budget_ms, pinned_width=width)
                 answer = await v2_service.infer(engine, parsed, tail, width=width, budget_ms=budget_ms,
                                                 arrival=arrival, record=record, offload=large)

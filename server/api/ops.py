@@ -29,8 +29,12 @@ async def readyz(request: Request) -> JSONResponse:
 
 
 @router.get(
-    "/metrics", response_class=Response,
-    responses={200: {"description": "Prometheus text format", "content": {"text/plain": {}}}, 401: {"description": "token required"}},
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {"description": "Prometheus text format", "content": {"text/plain": {}}},
+        401: {"description": "token required"},
+    },
 )
 async def metrics(request: Request) -> Response:
     return Response(generate_latest(request.app.state.registry), media_type=CONTENT_TYPE_LATEST)

@@ -11,7 +11,14 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-__all__ = ["ErrorBody", "ClassifyResponse", "ClassifyManyResponse", "error_responses", "CLASSIFY_OPENAPI", "INFER_OPENAPI"]
+__all__ = [
+    "ErrorBody",
+    "ClassifyResponse",
+    "ClassifyManyResponse",
+    "error_responses",
+    "CLASSIFY_OPENAPI",
+    "INFER_OPENAPI",
+]
 
 
 class ErrorBody(BaseModel):

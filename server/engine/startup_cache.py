@@ -209,8 +209,15 @@ class StartupCache(CacheDirectory):
     # -- latency profile and costs ---------------------------------------------------
 
     def profile_key(self, fingerprint: dict, batch_sizes: list[int]) -> str:
-        return _key(FORMAT, "profile", self.model, fingerprint, batch_sizes, _device_model(str(fingerprint.get("device"))),
-                    *self._engine_versions)
+        return _key(
+            FORMAT,
+            "profile",
+            self.model,
+            fingerprint,
+            batch_sizes,
+            _device_model(str(fingerprint.get("device"))),
+            *self._engine_versions,
+        )
 
     def costs_name(self) -> str:
         return f"costs-{_key(FORMAT, 'costs', self.model)}.json"

@@ -16,7 +16,9 @@ EXEMPT = ("/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/read
 
 async def send_json_error(send, status: int, message: str, extra_headers: list | None = None) -> None:
     body = json.dumps({"error": message}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())] + (extra_headers or [])
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())] + (
+        extra_headers or []
+    )
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -51,7 +53,9 @@ class InflightLimitMiddleware:
             return
         gate = self.gate
         if gate.inflight >= gate.limit:
-            await send_json_error(send, 503, f"overloaded: {gate.limit} requests in flight", [(b"retry-after", self.retry_after)])
+            await send_json_error(
+                send, 503, f"overloaded: {gate.limit} requests in flight", [(b"retry-after", self.retry_after)]
+            )
             return
         gate.inflight += 1
         try:

@@ -61,8 +61,14 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             if access_log.isEnabledFor(logging.INFO) and scope["path"] not in ("/healthz", "/readyz", "/metrics"):
-                fields = {"request_id": request_id, "method": scope["method"], "path": scope["path"], "status": status,
-                          "duration_ms": round((time.perf_counter() - start) * 1e3, 3), **scope.get("widthwise.log", {})}
+                fields = {
+                    "request_id": request_id,
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status,
+                    "duration_ms": round((time.perf_counter() - start) * 1e3, 3),
+                    **scope.get("widthwise.log", {}),
+                }
                 access_log.info("request", extra={"fields": fields})
 
 
@@ -97,7 +103,9 @@ class TextFormatter(logging.Formatter):
 
 def configure_logging(level: str, fmt: str) -> None:
     handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(
+        JsonFormatter() if fmt == "json" else TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

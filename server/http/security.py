@@ -28,8 +28,14 @@ class BearerTokenMiddleware:
         self.protect_metrics = protect_metrics
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and is_protected(scope["path"], self.protect_metrics) and not self._authorized(scope):
-            await send_json_error(send, 401, "missing or invalid bearer token", [(b"www-authenticate", b'Bearer realm="widthwise"')])
+        if (
+            scope["type"] == "http"
+            and is_protected(scope["path"], self.protect_metrics)
+            and not self._authorized(scope)
+        ):
+            await send_json_error(
+                send, 401, "missing or invalid bearer token", [(b"www-authenticate", b'Bearer realm="widthwise"')]
+            )
             return
         await self.app(scope, receive, send)
 

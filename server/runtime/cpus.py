@@ -55,7 +55,9 @@ def _cgroup_paths(cgroup_root: str, proc_cgroup: str, v1_controller: str) -> lis
         if v2:
             mount: Path | None = root
         elif v1_controller in controllers.split(","):
-            mount = next((m for m in (root / controllers, root / v1_controller, root / "cpu,cpuacct") if m.is_dir()), None)
+            mount = next(
+                (m for m in (root / controllers, root / v1_controller, root / "cpu,cpuacct") if m.is_dir()), None
+            )
         else:
             continue
         if mount is None:

@@ -84,8 +84,9 @@ class OnnxRuntimeExecutor:
         return self.session.run(None, {"input": np.ascontiguousarray(batch, dtype=np.float32)})[0]
 
 
-def build_executors(net: SlimmableNet, threads: int | None, channel_padding: bool,
-                    progress: Callable[[float], None] | None, cache) -> tuple[dict[float, OnnxRuntimeExecutor], list, int]:
+def build_executors(
+    net: SlimmableNet, threads: int | None, channel_padding: bool, progress: Callable[[float], None] | None, cache
+) -> tuple[dict[float, OnnxRuntimeExecutor], list, int]:
     """A session per width of ``net`` (exported, or from the start-up ``cache``), the arrays the
     sessions share (they must outlive them) and the pool's thread count."""
     threads = use_global_thread_pool(threads or default_ort_threads())
@@ -99,7 +100,9 @@ def build_executors(net: SlimmableNet, threads: int | None, channel_padding: boo
     return {w: OnnxRuntimeExecutor(models[w], shared[w]) for w in net.widths}, keep_alive, threads
 
 
-def find_shared_initializers(models_by_width: dict[float, bytes]) -> tuple[list[np.ndarray], dict[float, dict[str, int]]]:
+def find_shared_initializers(
+    models_by_width: dict[float, bytes],
+) -> tuple[list[np.ndarray], dict[float, dict[str, int]]]:
     """Initializers whose values are identical in several switches (e.g. S-MobileNet v2's shared
     classifier): their arrays, and per switch {initializer name: index into the arrays}. Imports the
     ``onnx`` package, which a warm start (everything from the cache) never needs."""
@@ -129,7 +132,9 @@ def shared_initializers(models_by_width: dict[float, bytes]) -> tuple[dict[float
     return _ort_values(*find_shared_initializers(models_by_width))
 
 
-def _ort_values(arrays: list[np.ndarray], uses: dict[float, dict[str, int]]) -> tuple[dict[float, dict[str, object]], list]:
+def _ort_values(
+    arrays: list[np.ndarray], uses: dict[float, dict[str, int]]
+) -> tuple[dict[float, dict[str, object]], list]:
     values = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays]
     per_width = {width: {name: values[i] for name, i in names.items()} for width, names in uses.items()}
     return per_width, [*arrays, *values]

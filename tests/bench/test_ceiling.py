@@ -36,7 +36,9 @@ def test_the_ideal_server_is_bounded_by_the_core_and_by_waiting():
     from bench.ceiling import ideal_attainment
 
     assert ideal_attainment(100.0, cost_ms=5.0, refusal_ms=0.0, budget_ms=4.0) == 0.0  # no answer fits the budget
-    assert ideal_attainment(60.0, cost_ms=5.0, refusal_ms=0.0, budget_ms=50.0) > 0.99  # 0.3 of the core, 10 services of slack
+    assert (
+        ideal_attainment(60.0, cost_ms=5.0, refusal_ms=0.0, budget_ms=50.0) > 0.99
+    )  # 0.3 of the core, 10 services of slack
     overloaded = ideal_attainment(600.0, cost_ms=5.0, refusal_ms=0.0, budget_ms=50.0)
     assert overloaded <= attainment_ceiling(600.0, 5.0) + 0.02  # not above what the core can do (Poisson count noise)
     # near saturation waiting costs what the throughput bound does not see

@@ -22,7 +22,9 @@ async def _serve(responses: list[bytes], delay_s: float = 0.0, chunk: int | None
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:
             head = await reader.readuntil(b"\r\n\r\n")
-            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+            length = next(
+                int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
+            )
             bodies.append(await reader.readexactly(length))
             await asyncio.sleep(delay_s)
             reply = responses[min(len(bodies), len(responses)) - 1]

@@ -18,7 +18,21 @@ from tests.helpers import REPO
 
 DEPLOY = REPO / "deploy"
 IN_CI = os.environ.get("CI") == "true"
-PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool", "offset", "inf", "nan"}
+PROMQL_KEYWORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "inf",
+    "nan",
+}
 
 
 def tool(name: str) -> str:
@@ -149,8 +163,11 @@ def output_labels(expr: str) -> set[str]:
     if aggregation:
         return {label.strip() for label in (aggregation.group(2) or "").split(",") if label.strip()}
     name = re.match(r"[A-Za-z_:][A-Za-z0-9_:]*", expr).group(0)
-    rules = {r["record"]: r["expr"] for g in yaml.safe_load((DEPLOY / "prometheus/rules/recording.yml").read_text())["groups"]
-             for r in g["rules"]}
+    rules = {
+        r["record"]: r["expr"]
+        for g in yaml.safe_load((DEPLOY / "prometheus/rules/recording.yml").read_text())["groups"]
+        for r in g["rules"]
+    }
     return output_labels(rules[name]) if name in rules else exported_label_names()[name]
 
 
@@ -183,7 +200,17 @@ def test_dashboard_has_the_required_panels_and_matches_its_generator():
         sys.path.pop(0)
     assert (DEPLOY / "grafana/dashboards/widthwise.json").read_text() == make_dashboard.render()
     titles = " | ".join(p["title"] for p in make_dashboard.build()["panels"]).lower()
-    for needed in ("width mix", "p50/p95/p99", "queue wait", "budget vs served", "deadline", "batch size", "queue depth", "gpu utilization", "gpu memory"):
+    for needed in (
+        "width mix",
+        "p50/p95/p99",
+        "queue wait",
+        "budget vs served",
+        "deadline",
+        "batch size",
+        "queue depth",
+        "gpu utilization",
+        "gpu memory",
+    ):
         assert needed in titles, needed
 
 

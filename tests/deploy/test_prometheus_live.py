@@ -34,7 +34,12 @@ def prometheus(tmp_path, live_server):
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(rules_dir / "*.yml")],
-        "scrape_configs": [{"job_name": "widthwise", "static_configs": [{"targets": [f"127.0.0.1:{server.port}" for server in servers]}]}],
+        "scrape_configs": [
+            {
+                "job_name": "widthwise",
+                "static_configs": [{"targets": [f"127.0.0.1:{server.port}" for server in servers]}],
+            }
+        ],
     }
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()

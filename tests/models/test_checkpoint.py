@@ -27,7 +27,9 @@ def official_state_dict(layout: dict, arch: str, with_num_batches: bool = True, 
 
 @pytest.mark.parametrize("arch", OFFICIAL_ARCHS)
 @pytest.mark.parametrize("wrapped,with_num_batches", [(False, True), (True, False)])
-def test_official_checkpoint_loads_strictly_and_arch_is_inferred(tmp_path, reference_layout, arch, wrapped, with_num_batches):
+def test_official_checkpoint_loads_strictly_and_arch_is_inferred(
+    tmp_path, reference_layout, arch, wrapped, with_num_batches
+):
     state = official_state_dict(reference_layout, arch, with_num_batches)
     path = tmp_path / "official.pt"
     torch.save({"model": state} if wrapped else state, path)
@@ -221,7 +223,9 @@ def test_tensor_of_the_wrong_dtype_is_refused(tmp_path, dtype):
 
     meta = safe_open(str(path), "pt").metadata()
     save_file(tensors, str(path), metadata=meta)
-    with pytest.raises(CheckpointError, match=f"key '{key}' is {str(dtype).removeprefix('torch.')}, the model needs float32"):
+    with pytest.raises(
+        CheckpointError, match=f"key '{key}' is {str(dtype).removeprefix('torch.')}, the model needs float32"
+    ):
         models.load_checkpoint(path)
 
 

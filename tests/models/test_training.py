@@ -44,7 +44,23 @@ def test_short_run_lowers_loss_and_cli_writes_metadata(tmp_path, capsys):
 def test_same_seed_gives_the_same_checkpoint(tmp_path, capsys):
     def run(name: str, seed: int) -> dict:
         out = tmp_path / name
-        assert main(["train", "--arch", "s_convnet6", "--epochs", "1", "--seed", str(seed), "--out", str(out), "--no-progress"]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    "--arch",
+                    "s_convnet6",
+                    "--epochs",
+                    "1",
+                    "--seed",
+                    str(seed),
+                    "--out",
+                    str(out),
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
         return models.load_checkpoint(out).net.state_dict()
 
     a, b, c = run("a.safetensors", 3), run("b.safetensors", 3), run("c.safetensors", 4)

@@ -233,7 +233,9 @@ def test_max_width_lets_the_tail_narrow_widths_but_not_shrink_batches_at_the_nar
     slow = view(queue, now=0.001, profile=profile_with_recent([2.0] * 100), margin=0.1, load=load)
     assert MaxWidthPolicy().select(slow).request_ids == (1,)
     # where the tail changes the width, it still decides (the plan above, at low load)
-    lone = view([item(1, deadline=0.012)], profile=LatencyProfile.from_dict(PROFILE.as_dict(), ewma_alpha=0.0), margin=0.1)
+    lone = view(
+        [item(1, deadline=0.012)], profile=LatencyProfile.from_dict(PROFILE.as_dict(), ewma_alpha=0.0), margin=0.1
+    )
     for _ in range(100):
         lone.profile.observe(0.75, 1, 0.004 * 1.6)
     assert MaxWidthPolicy().select(lone).width == 0.75

@@ -98,8 +98,21 @@ def test_simulate_flags_and_defaults_are_serves(tmp_path, monkeypatch):
 
     args = build_parser().parse_args(["simulate", "--profile", "p.json", "--budget-ms", "10"])
     assert settings_from_args(args).scheduler_config() == Settings().scheduler_config()
-    args = build_parser().parse_args(["simulate", "--profile", "p.json", "--budget-ms", "10", "--max-queue-delay-ms", "3",
-                                      "--latency-margin", "0.2", "--policy", "slack"])
+    args = build_parser().parse_args(
+        [
+            "simulate",
+            "--profile",
+            "p.json",
+            "--budget-ms",
+            "10",
+            "--max-queue-delay-ms",
+            "3",
+            "--latency-margin",
+            "0.2",
+            "--policy",
+            "slack",
+        ]
+    )
     settings = settings_from_args(args)
     assert settings.scheduler_config().max_queue_delay_s == 0.003 and settings.scheduler_config().margin == 0.2
     assert settings.policy == "slack"

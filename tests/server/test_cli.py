@@ -45,7 +45,10 @@ def test_every_bench_program_is_found_and_takes_its_arguments(capsys):
     assert {"load", "overhead_ab", "tuning", "us_grid", "gpu"} <= set(found)
     for name in found:  # each is `python -m bench.NAME`, and takes its argv like a CLI
         assert list(inspect.signature(importlib.import_module(f"bench.{name}").main).parameters) == ["argv"], name
-    assert {"common", "http_client", "http_servers"} - set(found) == {"common", "http_client"}  # helpers are not programs
+    assert {"common", "http_client", "http_servers"} - set(found) == {
+        "common",
+        "http_client",
+    }  # helpers are not programs
     assert main(["bench", "no_such_program"]) == 2
     assert "choose one of" in capsys.readouterr().err
 
@@ -55,7 +58,9 @@ def test_event_loop_and_http_parser_reach_uvicorn(monkeypatch, tiny_checkpoint):
     from server.settings import Settings
 
     seen = {}
-    monkeypatch.setattr(main.DrainingServer, "run", lambda self: seen.update(loop=self.config.loop, http=self.config.http))
+    monkeypatch.setattr(
+        main.DrainingServer, "run", lambda self: seen.update(loop=self.config.loop, http=self.config.http)
+    )
     settings = Settings(checkpoint=tiny_checkpoint, event_loop="asyncio", http_parser="h11")
     assert main.run_server(settings) == 0
     from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -78,7 +83,9 @@ def test_help_documents_every_flag_with_its_default(command, capsys):
     with pytest.raises(SystemExit):
         main([command, "--help"])
     out = capsys.readouterr().out
-    assert out.count("(default:") >= sum(1 for a in sub._actions if a.option_strings and not a.required and a.dest != "help")
+    assert out.count("(default:") >= sum(
+        1 for a in sub._actions if a.option_strings and not a.required and a.dest != "help"
+    )
 
 
 def test_switches_are_bools_written_on_or_off(monkeypatch):

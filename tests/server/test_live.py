@@ -27,7 +27,12 @@ def test_tritonclient_drives_the_v2_endpoint(live_server, tiny_checkpoint):
         assert client.get_server_metadata()["name"] == "widthwise"
         net = models.load_checkpoint(tiny_checkpoint).net
         x = np.random.default_rng(0).standard_normal((3, 3, 16, 16)).astype(np.float32)
-        for binary_in, binary_out, width in ((False, False, 0.25), (True, True, 0.75), (True, False, 1.0), (False, True, 0.5)):
+        for binary_in, binary_out, width in (
+            (False, False, 0.25),
+            (True, True, 0.75),
+            (True, False, 1.0),
+            (False, True, 0.5),
+        ):
             inp = triton.InferInput("input", list(x.shape), "FP32")
             inp.set_data_from_numpy(x, binary_data=binary_in)
             out = triton.InferRequestedOutput("logits", binary_data=binary_out)
@@ -82,7 +87,9 @@ def _admitted_and_inflight(url: str) -> tuple[float, float]:
 
 @pytest.mark.slow
 def test_sigterm_drains_queued_requests_and_exits_zero(live_server, slow_checkpoint):
-    server = live_server("--checkpoint", str(slow_checkpoint), "--max-batch-size", "1", "--threads", "1", "--profile-repeats", "3")
+    server = live_server(
+        "--checkpoint", str(slow_checkpoint), "--max-batch-size", "1", "--threads", "1", "--profile-repeats", "3"
+    )
     data = png_bytes(size=(224, 224))
     statuses: list[int] = []
     failures: list[str] = []
@@ -90,7 +97,9 @@ def test_sigterm_drains_queued_requests_and_exits_zero(live_server, slow_checkpo
 
     def send() -> None:
         try:
-            r = httpx2.post(server.url + "/v1/classify", content=data, headers={"content-type": "image/png"}, timeout=60)
+            r = httpx2.post(
+                server.url + "/v1/classify", content=data, headers={"content-type": "image/png"}, timeout=60
+            )
             with lock:
                 statuses.append(r.status_code)
         except httpx2.HTTPError as exc:

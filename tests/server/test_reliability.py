@@ -180,7 +180,10 @@ def test_slow_body_is_cut_off_with_408(live_server):
 
     server = live_server("--body-timeout-s", "0.5")
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        sock.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\n" + b"\x89PNG")
+        sock.sendall(
+            b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\n"
+            + b"\x89PNG"
+        )
         start = time.monotonic()
         reply = b""
         while b"not received in time" not in reply:  # headers and body may arrive in separate packets
@@ -282,7 +285,10 @@ def test_text_access_log_escapes_client_controlled_values(make_client, caplog):
     assert len(lines) == 2
     for line in lines:
         assert "\n" not in line and "\r" not in line and "\x1b" not in line and "\u2028" not in line, line
-    assert 'path="/v1/x\\r\\n2026-11-28 12:00:00,000 INFO widthwise.access: request status=200\\u001b[2J\\u2028"' in lines[0]
+    assert (
+        'path="/v1/x\\r\\n2026-11-28 12:00:00,000 INFO widthwise.access: request status=200\\u001b[2J\\u2028"'
+        in lines[0]
+    )
     assert "path=/v1/classify status=400" in lines[1]
 
 

@@ -78,11 +78,15 @@ def test_live_server_serves_the_whole_grid(live_server, us_checkpoint):
     headers = {"content-type": "image/png"}
     served = set()
     for width in (0.3, 0.65, 0.95):  # any grid width can be pinned ...
-        r = httpx2.post(server.url + "/v1/classify", content=png_bytes(size=(16, 16)), headers={**headers, "X-Width": str(width)})
+        r = httpx2.post(
+            server.url + "/v1/classify", content=png_bytes(size=(16, 16)), headers={**headers, "X-Width": str(width)}
+        )
         assert r.status_code == 200 and r.json()["width"] == width
         served.add(r.headers["x-served-width"])
     assert served == {"0.3", "0.65", "0.95"}
-    r = httpx2.post(server.url + "/v1/classify", content=png_bytes(size=(16, 16)), headers={**headers, "X-Width": "0.62"})
+    r = httpx2.post(
+        server.url + "/v1/classify", content=png_bytes(size=(16, 16)), headers={**headers, "X-Width": "0.62"}
+    )
     assert r.status_code == 422  # ... a width off the grid cannot
     r = httpx2.post(server.url + "/v1/classify", content=png_bytes(size=(16, 16)),
                     headers={**headers, "X-Latency-Budget-Ms": "1000"})

@@ -25,10 +25,16 @@ def test_s_shufflenet_serves_its_2x_switch(make_client, tmp_path):
         assert r.json()["parameters"]["width"] == width and r.headers["x-served-width"] == repr(width)
         with torch.inference_mode():
             expected = loaded(torch.from_numpy(x), width=width).numpy()
-        np.testing.assert_allclose(np.array(r.json()["outputs"][0]["data"]).reshape(2, 10), expected, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(
+            np.array(r.json()["outputs"][0]["data"]).reshape(2, 10), expected, rtol=1e-4, atol=1e-4
+        )
     # No budget: the widest switch, 2.0, labelled as such in the metrics.
-    r = client.post("/v2/models/tiny/infer", json={"inputs": [{"name": "input", "shape": [1, 3, 64, 64], "datatype": "FP32",
-                                                               "data": x[:1].ravel().tolist()}]})
+    r = client.post(
+        "/v2/models/tiny/infer",
+        json={
+            "inputs": [{"name": "input", "shape": [1, 3, 64, 64], "datatype": "FP32", "data": x[:1].ravel().tolist()}]
+        },
+    )
     assert r.json()["parameters"]["width"] == 2.0 and r.json()["parameters"]["reason"] == "no_budget"
     sample = client.registry.get_sample_value
     assert sample("widthwise_width_info", {"model": "tiny", "width": "2.0", "position": "widest"}) == 1

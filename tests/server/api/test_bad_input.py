@@ -38,10 +38,17 @@ CASES = {
     "extreme aspect ratio": (_png_with_size(4000, 10), {"content-type": "image/png"}, 413),
     "underscore budget": (GOOD, {"content-type": "image/png", "X-Latency-Budget-Ms": "5_0"}, 400),
     "underscore width": (GOOD, {"content-type": "image/png", "X-Width": "0.2_5"}, 400),
-    "non-ASCII digits budget": (GOOD, {"content-type": "image/png", "X-Latency-Budget-Ms": "\u0665\u0660".encode()}, 400),
+    "non-ASCII digits budget": (
+        GOOD,
+        {"content-type": "image/png", "X-Latency-Budget-Ms": "\u0665\u0660".encode()},
+        400,
+    ),
     "huge budget": (GOOD, {"content-type": "image/png", "X-Latency-Budget-Ms": "9" * 401}, 422),
-    "multipart without image": (b"--b\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\n1\r\n--b--\r\n",
-                                {"content-type": "multipart/form-data; boundary=b"}, 400),
+    "multipart without image": (
+        b'--b\r\nContent-Disposition: form-data; name="x"\r\n\r\n1\r\n--b--\r\n',
+        {"content-type": "multipart/form-data; boundary=b"},
+        400,
+    ),
 }
 
 

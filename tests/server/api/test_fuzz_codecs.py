@@ -35,7 +35,10 @@ def _is_client_error(exc: ApiError) -> bool:
 
 
 @FUZZ
-@given(data=st.binary(max_size=2048), media=st.sampled_from(["image/png", "image/jpeg", "image/webp", "image/gif", "text/plain", ""]))
+@given(
+    data=st.binary(max_size=2048),
+    media=st.sampled_from(["image/png", "image/jpeg", "image/webp", "image/gif", "text/plain", ""]),
+)
 def test_decode_image_of_random_bytes(data, media):
     try:
         tensor = decode_image(data, media, 1_000_000, 16, (0.5,) * 3, (0.5,) * 3, 3)
@@ -46,7 +49,11 @@ def test_decode_image_of_random_bytes(data, media):
 
 
 @FUZZ
-@given(cut=st.integers(min_value=0, max_value=200), flip=st.integers(min_value=0, max_value=10_000), value=st.integers(0, 255))
+@given(
+    cut=st.integers(min_value=0, max_value=200),
+    flip=st.integers(min_value=0, max_value=10_000),
+    value=st.integers(0, 255),
+)
 def test_decode_image_of_mutated_png(cut, flip, value):
     data = bytearray(_png(40, 30))
     data[flip % len(data)] = value
@@ -71,7 +78,11 @@ def test_parse_budget(value):
 
 
 @FUZZ
-@given(st.one_of(st.none(), st.text(max_size=20), st.floats(allow_nan=True), st.sampled_from(["0.5", "1", "1.0", " 0.25 "])))
+@given(
+    st.one_of(
+        st.none(), st.text(max_size=20), st.floats(allow_nan=True), st.sampled_from(["0.5", "1", "1.0", " 0.25 "])
+    )
+)
 def test_parse_width(value):
     try:
         width = parse_width(value, WIDTHS)

@@ -177,7 +177,12 @@ def test_grpc_config_statistics_and_index_agree_with_http_and_metrics(grpc_serve
         served = _metric(url, 'widthwise_requests_total{model="tiny",outcome="ok"') + \
             _metric(url, 'widthwise_requests_total{model="tiny",outcome="deadline_missed"')
         failed = _metric(url, 'widthwise_requests_total{model="tiny",outcome="bad_request"')
-        assert int(stats["inference_stats"]["success"]["count"]) == served == 3 == http["inference_stats"]["success"]["count"]
+        assert (
+            int(stats["inference_stats"]["success"]["count"])
+            == served
+            == 3
+            == http["inference_stats"]["success"]["count"]
+        )
         assert int(stats["inference_stats"]["fail"]["count"]) == failed == 1
         assert int(stats["execution_count"]) == _metric(url, "widthwise_batch_size_count") == 3
         assert int(stats["inference_count"]) == _metric(url, "widthwise_batch_size_sum") == 6

@@ -34,7 +34,9 @@ def test_server_and_model_metadata(client):
     meta = client.get("/v2/models/tiny").json()
     assert meta["name"] == "tiny" and meta["versions"] == ["1"]
     # every datatype the server accepts for the one input, FP32 (the default) first
-    assert meta["inputs"] == [{"name": "input", "datatype": d, "shape": [-1, 3, 16, 16]} for d in ("FP32", "FP16", "UINT8")]
+    assert meta["inputs"] == [
+        {"name": "input", "datatype": d, "shape": [-1, 3, 16, 16]} for d in ("FP32", "FP16", "UINT8")
+    ]
     assert meta["parameters"] == {"widths": [0.25, 0.5, 0.75, 1.0], "policy": "max-width"}
     assert meta["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}]
     assert client.get("/v2/models/tiny/versions/1").status_code == 200
@@ -47,8 +49,14 @@ def test_server_and_model_metadata(client):
 @pytest.mark.parametrize("width", [0.25, 0.5, 0.75, 1.0])
 def test_json_infer_equals_reference_logits(client, reference_net, width):
     x = _tensor()
-    r = _infer(client, {"id": "abc", "inputs": [{"name": "input", "shape": SHAPE, "datatype": "FP32", "data": x.ravel().tolist()}],
-                        "parameters": {"width": width}})
+    r = _infer(
+        client,
+        {
+            "id": "abc",
+            "inputs": [{"name": "input", "shape": SHAPE, "datatype": "FP32", "data": x.ravel().tolist()}],
+            "parameters": {"width": width},
+        },
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["id"] == "abc" and body["model_name"] == "tiny" and body["parameters"]["width"] == width
@@ -61,11 +69,17 @@ def test_json_infer_equals_reference_logits(client, reference_net, width):
 
 def test_binary_in_and_out(client, reference_net):
     x = _tensor(1)
-    header = {"inputs": [{"name": "input", "shape": SHAPE, "datatype": "FP32", "parameters": {"binary_data_size": x.nbytes}}],
-              "outputs": [{"name": "logits", "parameters": {"binary_data": True}}], "parameters": {"width": 0.5}}
+    header = {
+        "inputs": [{"name": "input", "shape": SHAPE, "datatype": "FP32", "parameters": {"binary_data_size": x.nbytes}}],
+        "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
+        "parameters": {"width": 0.5},
+    }
     head = json.dumps(header).encode()
-    r = client.post("/v2/models/tiny/infer", content=head + x.tobytes(),
-                    headers={"Inference-Header-Content-Length": str(len(head)), "content-type": "application/octet-stream"})
+    r = client.post(
+        "/v2/models/tiny/infer",
+        content=head + x.tobytes(),
+        headers={"Inference-Header-Content-Length": str(len(head)), "content-type": "application/octet-stream"},
+    )
     assert r.status_code == 200, r.text
     n = int(r.headers["inference-header-content-length"])
     meta = json.loads(r.content[:n])
@@ -81,12 +95,16 @@ def test_binary_input_at_any_offset_and_chunked(client, reference_net, padding, 
     """The tensor is used in place when the body lands aligned; every header length (and a
     chunked body, whose size is unknown up front) must give the same logits."""
     x = _tensor(3)
-    header = {"inputs": [{"name": "input", "shape": SHAPE, "datatype": "FP32", "parameters": {"binary_data_size": x.nbytes}}],
-              "parameters": {"width": 1.0}}
+    header = {
+        "inputs": [{"name": "input", "shape": SHAPE, "datatype": "FP32", "parameters": {"binary_data_size": x.nbytes}}],
+        "parameters": {"width": 1.0},
+    }
     head = json.dumps(header).encode() + b" " * padding
     body = head + x.tobytes()
     content = iter([body[:100], body[100:777], body[777:]]) if chunked else body
-    r = client.post("/v2/models/tiny/infer", content=content, headers={"Inference-Header-Content-Length": str(len(head))})
+    r = client.post(
+        "/v2/models/tiny/infer", content=content, headers={"Inference-Header-Content-Length": str(len(head))}
+    )
     assert r.status_code == 200, r.text
     with torch.inference_mode():
         expected = reference_net(torch.from_numpy(x), width=1.0).numpy()
@@ -95,15 +113,24 @@ def test_binary_input_at_any_offset_and_chunked(client, reference_net, padding, 
 
 def test_uint8_and_fp16_inputs(client, reference_net):
     pixels = np.random.default_rng(2).integers(0, 256, SHAPE, dtype=np.uint8)
-    r = _infer(client, {"inputs": [{"name": "input", "shape": SHAPE, "datatype": "UINT8", "data": pixels.ravel().tolist()}],
-                        "parameters": {"width": 1.0}})
+    r = _infer(
+        client,
+        {
+            "inputs": [{"name": "input", "shape": SHAPE, "datatype": "UINT8", "data": pixels.ravel().tolist()}],
+            "parameters": {"width": 1.0},
+        },
+    )
     assert r.status_code == 200, r.text
     normalised = (pixels.astype(np.float32) / 255 - 0.5) / 0.5
     with torch.inference_mode():
         expected = reference_net(torch.from_numpy(normalised), width=1.0).numpy()
-    np.testing.assert_allclose(np.asarray(r.json()["outputs"][0]["data"]).reshape(2, 10), expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(r.json()["outputs"][0]["data"]).reshape(2, 10), expected, rtol=1e-4, atol=1e-5
+    )
     half = _tensor(3).astype(np.float16)
-    r = _infer(client, {"inputs": [{"name": "input", "shape": SHAPE, "datatype": "FP16", "data": half.ravel().tolist()}]})
+    r = _infer(
+        client, {"inputs": [{"name": "input", "shape": SHAPE, "datatype": "FP16", "data": half.ravel().tolist()}]}
+    )
     assert r.status_code == 200
 
 
@@ -121,21 +148,51 @@ def test_budget_from_parameters_triton_timeout_and_headers(make_client, syntheti
 
 
 BAD = {
-    "wrong shape": ({"inputs": [{"name": "input", "shape": [1, 3, 8, 8], "datatype": "FP32", "data": [0.0] * 192}]}, 400),
+    "wrong shape": (
+        {"inputs": [{"name": "input", "shape": [1, 3, 8, 8], "datatype": "FP32", "data": [0.0] * 192}]},
+        400,
+    ),
     "wrong rank": ({"inputs": [{"name": "input", "shape": [3, 16, 16], "datatype": "FP32", "data": [0.0] * 768}]}, 400),
     "bad datatype": ({"inputs": [{"name": "input", "shape": [1, 3, 16, 16], "datatype": "BYTES", "data": ["a"]}]}, 400),
-    "too few values": ({"inputs": [{"name": "input", "shape": [1, 3, 16, 16], "datatype": "FP32", "data": [0.0] * 10}]}, 400),
-    "non numeric data": ({"inputs": [{"name": "input", "shape": [1, 3, 16, 16], "datatype": "FP32", "data": ["x"] * 768}]}, 400),
+    "too few values": (
+        {"inputs": [{"name": "input", "shape": [1, 3, 16, 16], "datatype": "FP32", "data": [0.0] * 10}]},
+        400,
+    ),
+    "non numeric data": (
+        {"inputs": [{"name": "input", "shape": [1, 3, 16, 16], "datatype": "FP32", "data": ["x"] * 768}]},
+        400,
+    ),
     "missing inputs": ({"parameters": {}}, 400),
     "two inputs": ({"inputs": [{}, {}]}, 400),
-    "bad width": ({"inputs": [{"name": "input", "shape": [1, 3, 16, 16], "datatype": "FP32", "data": [0.0] * 768}],
-                   "parameters": {"width": 0.3}}, 422),
-    "bad budget": ({"inputs": [{"name": "input", "shape": [1, 3, 16, 16], "datatype": "FP32", "data": [0.0] * 768}],
-                    "parameters": {"latency_budget_ms": -1}}, 422),
-    "nan input": ({"inputs": [{"name": "input", "shape": [1, 3, 16, 16], "datatype": "FP32", "data": [float("nan")] * 768}]}, 400),
-    "batch over max": ({"inputs": [{"name": "input", "shape": [9, 3, 16, 16], "datatype": "FP32", "data": [0.0] * 9 * 768}]}, 400),
-    "unknown output": ({"inputs": [{"name": "input", "shape": [1, 3, 16, 16], "datatype": "FP32", "data": [0.0] * 768}],
-                        "outputs": [{"name": "probs"}]}, 400),
+    "bad width": (
+        {
+            "inputs": [{"name": "input", "shape": [1, 3, 16, 16], "datatype": "FP32", "data": [0.0] * 768}],
+            "parameters": {"width": 0.3},
+        },
+        422,
+    ),
+    "bad budget": (
+        {
+            "inputs": [{"name": "input", "shape": [1, 3, 16, 16], "datatype": "FP32", "data": [0.0] * 768}],
+            "parameters": {"latency_budget_ms": -1},
+        },
+        422,
+    ),
+    "nan input": (
+        {"inputs": [{"name": "input", "shape": [1, 3, 16, 16], "datatype": "FP32", "data": [float("nan")] * 768}]},
+        400,
+    ),
+    "batch over max": (
+        {"inputs": [{"name": "input", "shape": [9, 3, 16, 16], "datatype": "FP32", "data": [0.0] * 9 * 768}]},
+        400,
+    ),
+    "unknown output": (
+        {
+            "inputs": [{"name": "input", "shape": [1, 3, 16, 16], "datatype": "FP32", "data": [0.0] * 768}],
+            "outputs": [{"name": "probs"}],
+        },
+        400,
+    ),
 }
 
 
@@ -143,30 +200,71 @@ GOOD_INPUT = {"name": "input", "shape": [1, 3, 16, 16], "datatype": "FP32", "dat
 # Malformed in ways that used to reach the model or raise TypeError/OverflowError (500): (body, status, error).
 MALFORMED = {
     "outputs not a list": ({"inputs": [GOOD_INPUT], "outputs": 5}, 400, "invalid inference request: outputs:"),
-    "output parameters not an object": ({"inputs": [GOOD_INPUT], "outputs": [{"name": "logits", "parameters": 3}]},
-                                        400, "invalid inference request: outputs.0.parameters:"),
-    "binary_data_output a string": ({"inputs": [GOOD_INPUT], "parameters": {"binary_data_output": "false"}},
-                                    400, "invalid inference request: parameters.binary_data_output:"),
+    "output parameters not an object": (
+        {"inputs": [GOOD_INPUT], "outputs": [{"name": "logits", "parameters": 3}]},
+        400,
+        "invalid inference request: outputs.0.parameters:",
+    ),
+    "binary_data_output a string": (
+        {"inputs": [GOOD_INPUT], "parameters": {"binary_data_output": "false"}},
+        400,
+        "invalid inference request: parameters.binary_data_output:",
+    ),
     "width true": ({"inputs": [GOOD_INPUT], "parameters": {"width": True}}, 400, "width must be a number, got True"),
-    "huge integer width": ('{"inputs": [INPUT], "parameters": {"width": ' + "9" * 401 + "}}", 422, "width is out of range"),
-    "huge integer budget": ('{"inputs": [INPUT], "parameters": {"latency_budget_ms": ' + "9" * 401 + "}}", 422,
-                            "latency_budget_ms is out of range"),
-    "huge integer timeout": ('{"inputs": [INPUT], "parameters": {"timeout": ' + "9" * 401 + "}}", 422, "timeout is out of range"),
+    "huge integer width": (
+        '{"inputs": [INPUT], "parameters": {"width": ' + "9" * 401 + "}}",
+        422,
+        "width is out of range",
+    ),
+    "huge integer budget": (
+        '{"inputs": [INPUT], "parameters": {"latency_budget_ms": ' + "9" * 401 + "}}",
+        422,
+        "latency_budget_ms is out of range",
+    ),
+    "huge integer timeout": (
+        '{"inputs": [INPUT], "parameters": {"timeout": ' + "9" * 401 + "}}",
+        422,
+        "timeout is out of range",
+    ),
     "underscore width": ({"inputs": [GOOD_INPUT], "parameters": {"width": "0.2_5"}}, 400, "width must be a number"),
-    "underscore budget": ({"inputs": [GOOD_INPUT], "parameters": {"latency_budget_ms": "5_0"}}, 400,
-                          "latency_budget_ms must be a number of milliseconds"),
+    "underscore budget": (
+        {"inputs": [GOOD_INPUT], "parameters": {"latency_budget_ms": "5_0"}},
+        400,
+        "latency_budget_ms must be a number of milliseconds",
+    ),
     "deeply nested": ("[" * 50_000 + "]" * 50_000, 400, "nested too deeply"),
-    "nested data of the wrong shape": ({"inputs": [dict(GOOD_INPUT, data=[[0.0] * 256] * 3)]}, 400,
-                                       "data of shape [3, 256] matches neither shape [1, 3, 16, 16]"),
-    "shape not integers": ({"inputs": [dict(GOOD_INPUT, shape=[1, 3, 16, "16"])]}, 400, "invalid inference request: inputs.0.shape.3:"),
+    "nested data of the wrong shape": (
+        {"inputs": [dict(GOOD_INPUT, data=[[0.0] * 256] * 3)]},
+        400,
+        "data of shape [3, 256] matches neither shape [1, 3, 16, 16]",
+    ),
+    "shape not integers": (
+        {"inputs": [dict(GOOD_INPUT, shape=[1, 3, 16, "16"])]},
+        400,
+        "invalid inference request: inputs.0.shape.3:",
+    ),
     "id not a string": ({"inputs": [GOOD_INPUT], "id": {"x": 1}}, 400, "invalid inference request: id:"),
-    "parameters not an object": ({"inputs": [GOOD_INPUT], "parameters": [1]}, 400, "invalid inference request: parameters:"),
+    "parameters not an object": (
+        {"inputs": [GOOD_INPUT], "parameters": [1]},
+        400,
+        "invalid inference request: parameters:",
+    ),
     "unknown output": ({"inputs": [GOOD_INPUT], "outputs": [{"name": "probs"}]}, 400, "unknown output 'probs'"),
-    "non-ASCII digit width": ({"inputs": [GOOD_INPUT], "parameters": {"width": "\u0661"}}, 400, "width must be a number"),
-    "FP16 out of range": ({"inputs": [dict(GOOD_INPUT, datatype="FP16", data=[1e10] * 768)]}, 400,
-                          "data out of range for FP16"),
-    "UINT8 out of range": ({"inputs": [dict(GOOD_INPUT, datatype="UINT8", data=[300] * 768)]}, 400,
-                           "data must be numbers of type UINT8"),
+    "non-ASCII digit width": (
+        {"inputs": [GOOD_INPUT], "parameters": {"width": "\u0661"}},
+        400,
+        "width must be a number",
+    ),
+    "FP16 out of range": (
+        {"inputs": [dict(GOOD_INPUT, datatype="FP16", data=[1e10] * 768)]},
+        400,
+        "data out of range for FP16",
+    ),
+    "UINT8 out of range": (
+        {"inputs": [dict(GOOD_INPUT, datatype="UINT8", data=[300] * 768)]},
+        400,
+        "data must be numbers of type UINT8",
+    ),
 }
 
 
@@ -236,7 +334,9 @@ def test_large_json_body_is_parsed_off_the_event_loop(client, monkeypatch):
     header = {"inputs": [{"name": "input", "shape": [32, 3, 16, 16], "datatype": "FP32",
                           "parameters": {"binary_data_size": len(x)}}]}
     head = json.dumps(header).encode()
-    r = client.post("/v2/models/tiny/infer", content=head + x, headers={"Inference-Header-Content-Length": str(len(head))})
+    r = client.post(
+        "/v2/models/tiny/infer", content=head + x, headers={"Inference-Header-Content-Length": str(len(head))}
+    )
     assert r.status_code == 400 and "exceeds max_batch_size" in r.json()["error"]  # parsed, then refused
     assert calls == ["split_binary_body", "v2_input_tensor"]
 
@@ -244,7 +344,9 @@ def test_large_json_body_is_parsed_off_the_event_loop(client, monkeypatch):
 def test_binary_length_mismatches_are_400(client):
     x = _tensor()
     for size, extra in ((x.nbytes - 4, b""), (x.nbytes, b""), (x.nbytes, None)):
-        header = {"inputs": [{"name": "input", "shape": SHAPE, "datatype": "FP32", "parameters": {"binary_data_size": size}}]}
+        header = {
+            "inputs": [{"name": "input", "shape": SHAPE, "datatype": "FP32", "parameters": {"binary_data_size": size}}]
+        }
         head = json.dumps(header).encode()
         payload = head + (x.tobytes()[:-8] if extra is not None else x.tobytes())
         length = str(len(head)) if extra is not None else str(len(payload) + 5)
@@ -295,7 +397,9 @@ def test_statistics_follow_served_and_failed_requests(make_client):
     assert entry["inference_count"] == 4 and inference["success"]["count"] == 2 and inference["fail"]["count"] == 1
     assert inference["queue"]["count"] == 2 and inference["compute_infer"]["count"] == 2
     assert inference["success"]["ns"] >= inference["compute_infer"]["ns"] > 0
-    assert entry["batch_stats"] == [{"batch_size": 2, "compute_infer": {"count": 2, "ns": entry["batch_stats"][0]["compute_infer"]["ns"]}}]
+    assert entry["batch_stats"] == [
+        {"batch_size": 2, "compute_infer": {"count": 2, "ns": entry["batch_stats"][0]["compute_infer"]["ns"]}}
+    ]
     assert {w["width"]: w["inference_count"] for w in entry["widths"]} == {0.25: 2, 0.5: 0, 0.75: 0, 1.0: 2}
     assert entry["last_inference"] > 1.7e12  # ms since the epoch
     assert client.get("/v2/models/stats").json() == client.get("/v2/models/tiny/stats").json()
@@ -303,7 +407,9 @@ def test_statistics_follow_served_and_failed_requests(make_client):
 
 def test_repository_index_load_and_unload(make_client):
     client = make_client()
-    assert client.post("/v2/repository/index").json() == [{"name": "tiny", "version": "1", "state": "READY", "reason": ""}]
+    assert client.post("/v2/repository/index").json() == [
+        {"name": "tiny", "version": "1", "state": "READY", "reason": ""}
+    ]
     assert client.post("/v2/repository/index", json={"ready": True}).json()[0]["state"] == "READY"
     assert client.post("/v2/repository/index", json={"ready": "yes"}).status_code == 400
     assert client.post("/v2/repository/index", content=b"{").status_code == 400

@@ -28,7 +28,9 @@ def test_classify_raw_png_returns_contract_and_reference_scores(make_client, tin
     assert r.status_code == 200, r.text
     body = r.json()
     assert set(body) == {"model", "width", "reason", "predictions", "timing_ms", "budget_ms", "deadline_met"}
-    assert body["model"] == "tiny" and body["width"] == 1.0 and body["budget_ms"] is None and body["deadline_met"] is True
+    assert (
+        body["model"] == "tiny" and body["width"] == 1.0 and body["budget_ms"] is None and body["deadline_met"] is True
+    )
     assert body["reason"] == "no_budget"  # the policy's reason, as in the reason metric label
     assert r.headers["x-served-width"] == "1.0"  # spelled as in metric labels and logs
     assert r.headers["x-width-reason"] == "no_budget"
@@ -77,7 +79,9 @@ def test_budget_picks_widest_width_that_fits_the_profile(make_client, synthetic_
     # The policy's choice is under test; a stalled test machine (789 ms once, on a busy clean clone) would
     # turn the 30 ms case into reject mode's 504 for a late answer, which tests/server/test_deadlines.py covers.
     client = make_client(profile=synthetic_profile, admission="best_effort")
-    r = client.post("/v1/classify", content=png_bytes(), headers={"content-type": "image/png", "X-Latency-Budget-Ms": budget_ms})
+    r = client.post(
+        "/v1/classify", content=png_bytes(), headers={"content-type": "image/png", "X-Latency-Budget-Ms": budget_ms}
+    )
     assert r.status_code == 200, r.text
     assert r.json()["width"] == width
     assert r.json()["budget_ms"] == float(budget_ms)
@@ -85,22 +89,36 @@ def test_budget_picks_widest_width_that_fits_the_profile(make_client, synthetic_
 
 def test_budget_below_narrowest_width_is_504_and_counted_rejected(make_client, synthetic_profile):
     client = make_client(profile=synthetic_profile)
-    r = client.post("/v1/classify", content=png_bytes(), headers={"content-type": "image/png", "X-Latency-Budget-Ms": "5"})
+    r = client.post(
+        "/v1/classify", content=png_bytes(), headers={"content-type": "image/png", "X-Latency-Budget-Ms": "5"}
+    )
     assert r.status_code == 504
     assert r.json()["error"] == "latency budget 5 ms is below the fastest possible service time, 11 ms at width 0.25"
-    assert client.registry.get_sample_value("widthwise_requests_total", {"model": "tiny", "width": "none", "outcome": "rejected"}) == 1
+    assert (
+        client.registry.get_sample_value(
+            "widthwise_requests_total", {"model": "tiny", "width": "none", "outcome": "rejected"}
+        )
+        == 1
+    )
 
 
 def test_best_effort_admission_serves_narrowest_and_reports_missed_deadline(make_client, synthetic_profile):
     client = make_client(profile=synthetic_profile, admission="best_effort")
-    r = client.post("/v1/classify", content=png_bytes(), headers={"content-type": "image/png", "X-Latency-Budget-Ms": "5"})
+    r = client.post(
+        "/v1/classify", content=png_bytes(), headers={"content-type": "image/png", "X-Latency-Budget-Ms": "5"}
+    )
     assert r.status_code == 200
     assert r.json()["width"] == 0.25
     body = r.json()
     # Whether 5 ms was met depends on the wall clock; that the flag tells the truth does not.
     assert body["deadline_met"] is (body["timing_ms"]["total"] <= body["budget_ms"])
     outcome = "ok" if body["deadline_met"] else "deadline_missed"
-    assert client.registry.get_sample_value("widthwise_requests_total", {"model": "tiny", "width": "0.25", "outcome": outcome}) == 1
+    assert (
+        client.registry.get_sample_value(
+            "widthwise_requests_total", {"model": "tiny", "width": "0.25", "outcome": outcome}
+        )
+        == 1
+    )
 
 
 def test_default_budget_applies_to_requests_without_one(make_client, synthetic_profile):
@@ -165,7 +183,13 @@ def test_metrics_after_known_traffic(make_client):
     assert get("widthwise_width_selections_total", {"model": "tiny", "width": "0.5", "reason": "pinned"}) == 2
     assert get("widthwise_queue_wait_seconds_count", {"model": "tiny"}) == 2
     assert get("widthwise_request_duration_seconds_count", {"model": "tiny", "width": "0.5"}) == 2
-    assert get("widthwise_model_info", {"model": "tiny", "arch": "s_convnet6", "widths": "0.25,0.5,0.75,1.0", "device": "cpu"}) == 1
+    assert (
+        get(
+            "widthwise_model_info",
+            {"model": "tiny", "arch": "s_convnet6", "widths": "0.25,0.5,0.75,1.0", "device": "cpu"},
+        )
+        == 1
+    )
     text = client.get("/metrics").text
     assert 'widthwise_requests_total{model="tiny",outcome="ok",width="0.5"} 2.0' in text
 
@@ -189,7 +213,9 @@ def test_default_server_classifies_the_shipped_examples():
         correct = 0
         for path in examples:
             for width in ("0.35", "1"):
-                r = client.post("/v1/classify", content=path.read_bytes(), headers={"content-type": "image/png", "X-Width": width})
+                r = client.post(
+                    "/v1/classify", content=path.read_bytes(), headers={"content-type": "image/png", "X-Width": width}
+                )
                 assert r.status_code == 200
                 correct += r.json()["predictions"][0]["label"] == path.stem.split("_")[1]
         assert correct >= 19  # 20 classifications of held-out digits
@@ -199,7 +225,9 @@ def test_default_server_classifies_the_shipped_examples():
 def test_reserve_keeps_budget_for_the_reply(make_client, synthetic_profile, reserve_ms, width):
     # 0.75 needs 200 ms (+10% margin = 220 ms): it fits a 230 ms budget only if nothing is reserved.
     client = make_client(profile=synthetic_profile, reserve_ms=reserve_ms)
-    r = client.post("/v1/classify", content=png_bytes(), headers={"content-type": "image/png", "X-Latency-Budget-Ms": "230"})
+    r = client.post(
+        "/v1/classify", content=png_bytes(), headers={"content-type": "image/png", "X-Latency-Budget-Ms": "230"}
+    )
     assert r.status_code == 200 and r.json()["width"] == width
 
 
@@ -220,7 +248,9 @@ def test_a_huge_learnt_reserve_cannot_lock_the_server_into_refusing(make_client,
     client = make_client(profile=synthetic_profile)
     for _ in range(500):  # e.g. an event loop that was saturated for a while
         client.engine.deadlines.note_overhead(10.0)
-    r = client.post("/v1/classify", content=png_bytes(), headers={"content-type": "image/png", "X-Latency-Budget-Ms": "100"})
+    r = client.post(
+        "/v1/classify", content=png_bytes(), headers={"content-type": "image/png", "X-Latency-Budget-Ms": "100"}
+    )
     assert r.status_code == 200 and r.json()["width"] == 0.5  # planned with 75 ms: 0.5 needs 55 ms
 
 
@@ -306,7 +336,9 @@ def test_jpeg_draft_setting_reaches_the_decoder(make_client):
     jpeg = photo_jpeg(1024, 768)
     scores = {}
     for flag in ("off", "on"):
-        r = make_client(jpeg_draft=flag).post("/v1/classify?top_k=10", content=jpeg, headers={"content-type": "image/jpeg"})
+        r = make_client(jpeg_draft=flag).post(
+            "/v1/classify?top_k=10", content=jpeg, headers={"content-type": "image/jpeg"}
+        )
         assert r.status_code == 200
         scores[flag] = {p["index"]: p["score"] for p in r.json()["predictions"]}
     assert scores["on"] != scores["off"]

@@ -10,8 +10,16 @@ import httpx2
 
 from tests.helpers import FaultInjectingRuntime, eventually, png_bytes
 
-STATUS_OUTCOMES = {200: ("ok", "deadline_missed"), 400: ("bad_request",), 413: ("bad_request",),
-                   415: ("bad_request",), 422: ("bad_request",), 500: ("error",), 503: ("rejected",), 504: ("rejected",)}
+STATUS_OUTCOMES = {
+    200: ("ok", "deadline_missed"),
+    400: ("bad_request",),
+    413: ("bad_request",),
+    415: ("bad_request",),
+    422: ("bad_request",),
+    500: ("error",),
+    503: ("rejected",),
+    504: ("rejected",),
+}
 
 
 def outcome_totals(registry) -> dict[str, float]:
@@ -54,7 +62,9 @@ def test_mixed_workload_counts_one_outcome_per_request(make_client, synthetic_pr
         if kind == "native":
             r = client.post("/v1/classify", content=body, headers=headers)
         else:
-            r = client.post("/v2/models/tiny/infer", content=json.dumps(body), headers={"content-type": "application/json"})
+            r = client.post(
+                "/v2/models/tiny/infer", content=json.dumps(body), headers={"content-type": "application/json"}
+            )
         statuses.append(r.status_code)
     assert set(statuses) >= {200, 400, 413, 415, 422, 500, 504}, statuses
     expected: dict[str, int] = {}

@@ -65,10 +65,17 @@ def test_reply_margin_is_a_millisecond_plus_loop_lag_capped_and_off_with_an_expl
 def test_best_effort_still_answers_late_and_says_so(make_client, synthetic_profile):
     client = make_client(profile=synthetic_profile, admission="best_effort", runtime_factory=FaultInjectingRuntime)
     _slow_batches(client, 0.15)
-    r = client.post("/v1/classify", content=png_bytes(), headers={"content-type": "image/png", "X-Latency-Budget-Ms": "60"})
+    r = client.post(
+        "/v1/classify", content=png_bytes(), headers={"content-type": "image/png", "X-Latency-Budget-Ms": "60"}
+    )
     assert r.status_code == 200 and r.json()["deadline_met"] is False
-    assert client.registry.get_sample_value(
-        "widthwise_requests_total", {"model": "tiny", "width": r.headers["x-served-width"], "outcome": "deadline_missed"}) == 1
+    assert (
+        client.registry.get_sample_value(
+            "widthwise_requests_total",
+            {"model": "tiny", "width": r.headers["x-served-width"], "outcome": "deadline_missed"},
+        )
+        == 1
+    )
 
 
 def _raw_request(port: int, head: bytes, rest: bytes, pause_s: float) -> tuple[int, bytes]:

@@ -111,7 +111,10 @@ def test_worker_keeps_warm_when_idle_and_leaves_metrics_and_profile_alone():
         assert {w for w, _ in runtime.calls} == set(WIDTHS)
         assert {w: profile.predict(w, 1) for w in WIDTHS} == before  # idle runs are not observed
         assert registry.get_sample_value("widthwise_keep_warm_runs_total", {"model": "m"}) >= 6
-        assert registry.get_sample_value("widthwise_inference_duration_seconds_count", {"model": "m", "width": "1.0"}) is None
+        assert (
+            registry.get_sample_value("widthwise_inference_duration_seconds_count", {"model": "m", "width": "1.0"})
+            is None
+        )
         # a request still gets its own batch and answer
         answered = threading.Event()
         result = {}

@@ -11,7 +11,9 @@ import torch
 import models
 
 
-async def _burst(url: str, body: bytes, rate: float, duration: float, budget_ms: float) -> list[tuple[int, float, dict]]:
+async def _burst(
+    url: str, body: bytes, rate: float, duration: float, budget_ms: float
+) -> list[tuple[int, float, dict]]:
     rng = np.random.default_rng(5)
     arrivals = np.cumsum(rng.exponential(1 / rate, int(rate * duration * 1.5)))
     arrivals = arrivals[arrivals < duration]
@@ -21,7 +23,9 @@ async def _burst(url: str, body: bytes, rate: float, duration: float, budget_ms:
         await asyncio.sleep(max(0.0, t0 + at - time.perf_counter()))
         start = time.perf_counter()
         try:
-            r = await client.post(url, content=body, headers={"content-type": "image/png", "X-Latency-Budget-Ms": str(budget_ms)})
+            r = await client.post(
+                url, content=body, headers={"content-type": "image/png", "X-Latency-Budget-Ms": str(budget_ms)}
+            )
             results.append((r.status_code, (time.perf_counter() - start) * 1e3, dict(r.headers)))
         except httpx2.HTTPError as exc:
             results.append((0, (time.perf_counter() - start) * 1e3, {"error": repr(exc)}))

@@ -107,7 +107,9 @@ def test_profile_for_another_model_is_refused(make_client, synthetic_profile, tm
 
 def test_profile_without_fingerprint_is_refused(make_client, tmp_path):
     path = tmp_path / "bare.json"
-    path.write_text(json.dumps({"widths": {"0.25": {"1": 0.01}, "0.5": {"1": 0.02}, "0.75": {"1": 0.03}, "1.0": {"1": 0.04}}}))
+    path.write_text(
+        json.dumps({"widths": {"0.25": {"1": 0.01}, "0.5": {"1": 0.02}, "0.75": {"1": 0.03}, "1.0": {"1": 0.04}}})
+    )
     client = make_client(wait=False, profile=path)
     client.engine.wait_ready(60)
     assert "does not say what it measured" in client.get("/readyz").json()["error"]
@@ -155,7 +157,10 @@ def test_unknown_accuracy_is_reported_as_unknown(make_client, tmp_path):
     model = client.get("/v1/models").json()["models"][0]
     assert model["accuracy_source"] is None and all(w["expected_accuracy"] is None for w in model["widths"])
     assert client.post("/v1/classify", content=png_bytes(), headers={"content-type": "image/png"}).status_code == 200
-    assert client.registry.get_sample_value("widthwise_requests_total", {"model": "tiny", "width": "1.0", "outcome": "ok"}) == 1
+    assert (
+        client.registry.get_sample_value("widthwise_requests_total", {"model": "tiny", "width": "1.0", "outcome": "ok"})
+        == 1
+    )
     # No series at all (a 0 would read as "serving 0% accuracy").
     assert client.registry.get_sample_value("widthwise_expected_correct_total", {"model": "tiny"}) is None
     assert "widthwise_expected_correct_total{" not in client.get("/metrics").text
@@ -164,5 +169,7 @@ def test_unknown_accuracy_is_reported_as_unknown(make_client, tmp_path):
 def test_known_accuracy_is_counted(make_client):
     client = make_client()
     client.post("/v1/classify", content=png_bytes(), headers={"content-type": "image/png", "X-Width": "0.5"})
-    assert client.registry.get_sample_value("widthwise_expected_correct_total", {"model": "tiny"}) == pytest.approx(0.95)
+    assert client.registry.get_sample_value("widthwise_expected_correct_total", {"model": "tiny"}) == pytest.approx(
+        0.95
+    )
     assert client.get("/v1/models").json()["models"][0]["accuracy_source"] == "checkpoint metadata"

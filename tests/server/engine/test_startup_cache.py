@@ -125,7 +125,8 @@ import numpy as np
 from fastapi.testclient import TestClient
 from server.app import build_app
 from server.settings import Settings
-settings = Settings(checkpoint=sys.argv[1], model_name="tiny", startup_cache=True, cache_dir=sys.argv[2], profile_repeats=3)
+settings = Settings(checkpoint=sys.argv[1], model_name="tiny", startup_cache=True, cache_dir=sys.argv[2],
+profile_repeats=3)
 with TestClient(build_app(settings)) as client:
     client.app.state.engine.wait_ready(120)
     x = np.zeros((1, 3, 16, 16), np.float32)

@@ -46,7 +46,9 @@ def read_response(sock: socket.socket, pending: bytearray) -> tuple[int, bytes]:
         assert not pending.endswith(b"!"), f"connection closed: {bytes(pending)[:200]}"
     head, _, rest = bytes(pending).partition(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])
-    length = int(next(line.split(b":", 1)[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    length = int(
+        next(line.split(b":", 1)[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+    )
     pending[:] = rest
     while len(pending) < length:
         pending += sock.recv(65536)

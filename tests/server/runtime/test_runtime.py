@@ -99,7 +99,9 @@ def test_a_server_with_shared_weights_answers_as_one_with_a_copy_per_width(make_
         assert model["backend"] == ("torch" if weights == "shared" else "onnxruntime")
         assert model["weights"] == weights
         for width in (0.5, 1.0):
-            reply = client.post("/v1/classify", content=body, headers={"Content-Type": "image/png", "X-Width": str(width)})
+            reply = client.post(
+                "/v1/classify", content=body, headers={"Content-Type": "image/png", "X-Width": str(width)}
+            )
             assert reply.status_code == 200 and reply.json()["width"] == width
             answers[weights, width] = [p["score"] for p in reply.json()["predictions"]]
     for width in (0.5, 1.0):
