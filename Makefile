@@ -25,7 +25,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-# Regenerates the embedded default checkpoint (see README, "Training").
+# Regenerates the embedded default checkpoint (see docs/models.md, "Training").
 default-model: $(STAMP)
 	$(VENV)/bin/widthwise train --arch s_mobilenet_v2_cifar --dataset digits-hard --input-size 16 \
 		--epochs 12 --batch-size 64 --lr 0.02 --seed 0 --out models/default/digits_s_mobilenet_v2.safetensors

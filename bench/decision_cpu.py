@@ -7,7 +7,7 @@ loads, as process CPU per simulated request (best of ``--repeats``). With ``--ba
 measurement runs in a worktree of that commit (this file copied in), alternating with this tree
 ``--rounds`` times, pinned to one core.
 
-    python -m bench.decision_cpu --profile bench/results/us_grid_s11_profile.json --baseline 2ed0cc3 --out
+    python -m bench.decision_cpu --profile bench/results/us_grid_profile.json --baseline 2ed0cc3 --out
     out/decision_cpu
 """
 

@@ -120,7 +120,7 @@ def describe(row: dict) -> str:
 
 
 def server_device_speed(url: str) -> float | None:
-    """The server's learnt device speed over its start-up profile, now (None from servers before session 13)."""
+    """The server's learnt device speed over its start-up profile, now (None from servers that do not report it)."""
     return httpx2.get(url + "/v1/models").json()["models"][0].get("device_speed")
 
 

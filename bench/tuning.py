@@ -11,7 +11,7 @@ per request sent per cell and on average. Writes JSON. A rule rather than a numb
 running this program in a worktree of the commit that had it.
 
     R=bench/results; python -m bench.tuning --profile $R/us_grid_profile.json --accuracy $R/us_grid_sim.json \\
-        --traces $R/sim_vs_live/run1,$R/sim_vs_live/run2 --variants server,tail_quantile=0.9 --out out/tuning
+        --traces $R/sim_vs_live --variants server,tail_quantile=0.9 --out out/tuning
 """
 
 from __future__ import annotations

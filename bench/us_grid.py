@@ -102,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=0.0,
         help="simulate a server whose own per-request CPU (HTTP, parsing, the reply) shares the model's "
         "core, as serve measures it (/v1/models request_cpu_ms; ~0.8-0.9 ms pinned here); 0: the "
-        "model alone, as this program's figures before session 16",
+        "model alone",
     )
     parser.add_argument("--official", choices=sorted(a for a in OFFICIAL_TOP1 if a.startswith("us_")), default=None,
                         help="the paper-size US model with the official model zoo's accuracy (no training)")
@@ -177,7 +177,7 @@ def live_rows(args, checkpoint: Path, profile: LatencyProfile, budgets: list[flo
     """Per policy, a live server of each width list, both up at once and pinned to the same core; every
     (budget, load) runs on one and then the other, ``--live-rounds`` times in alternating order, so
     that each pair of points meets the same minute of this host's drifting speed (run one list's
-    points after the other's, as this did until session 12, and the VM's slow spells land on one
+    points after the other's and the VM's slow spells land on one
     side). Rows carry their round; :func:`mean_over_rounds` gives the table's cells."""
     net = models.load_checkpoint(checkpoint).net
     path, body, headers = v2_request(size=net.input_size)

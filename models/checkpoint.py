@@ -103,7 +103,7 @@ def _from_errors(narrowest: float, errors_widest_first: tuple[float, ...]) -> di
     return {round(narrowest + 0.025 * i, 6): round(1 - errors_widest_first[n - 1 - i] / 100, 4) for i in range(n)}
 
 
-# Official ImageNet top-1 accuracy (1 - error) per width, as fractions (DESIGN.md fact 5). Never assumed
+# Official ImageNet top-1 accuracy (1 - error) per width, as fractions (docs/design.md, fact 5). Never assumed
 # for a checkpoint: `convert --accuracy official` writes them only when the operator says so.
 OFFICIAL_TOP1: dict[str, dict[float, float]] = {
     "s_mobilenet_v1": {0.25: 0.531, 0.5: 0.648, 0.75: 0.695, 1.0: 0.715},

@@ -232,8 +232,9 @@ def measure_profile(
     :func:`_without_round_speed` takes that speed out before the pairs are compared. Measuring width
     after width instead put each width in whatever speed the host had at that moment: on a VM whose
     speed drifts by 1.5x for seconds at a time, the ratio of two widths' batch-1 times varied with a
-    standard deviation of 0.35-0.64 over six start-ups (BENCHMARKS.md), and a narrow width could come
-    out as slow as a wider one. ``progress(width)`` is called as each width finishes its last round."""
+    standard deviation of 0.35-0.64 over six start-ups (BENCHMARKS.md, "Start-up profile stability"), and
+    a narrow width could come out as slow as a wider one. ``progress(width)`` is called as each width
+    finishes its last round."""
     widths, batch_sizes = list(widths), list(batch_sizes)
     pairs = [(w, b) for w in widths for b in batch_sizes]
     timed = {pair: 0 for pair in pairs}

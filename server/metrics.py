@@ -1,4 +1,4 @@
-"""Prometheus metrics (names and labels are a contract: see DESIGN.md).
+"""Prometheus metrics (names and labels are a contract: see docs/design.md).
 
 The engine and the handlers emit frozen stats records; :class:`Metrics` turns
 them into metrics in its ``record_*`` methods, and nothing outside this module

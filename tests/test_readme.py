@@ -1,4 +1,4 @@
-"""The README's commands and snippets work as printed (the ones that can run here)."""
+"""The README's and docs/' commands and snippets work as printed (the ones that can run here)."""
 
 from __future__ import annotations
 
@@ -19,17 +19,18 @@ from server.testing import LiveServer, free_port
 from tests.helpers import REPO
 
 README = (REPO / "README.md").read_text()
+DOCS = [README, *(path.read_text() for path in sorted((REPO / "docs").glob("*.md")))]
 WIDTHWISE = str(Path(sys.executable).parent / "widthwise")  # the console script `make` installs
 
 
-def blocks(language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", README, re.S)
+def blocks(language: str, texts: list[str] = DOCS) -> list[str]:
+    return [block for text in texts for block in re.findall(rf"```{language}\n(.*?)```", text, re.S)]
 
 
-def shell_lines() -> list[str]:
-    """Every command of the README's sh blocks, continuation lines joined, comments dropped."""
+def shell_lines(texts: list[str] = DOCS) -> list[str]:
+    """Every command of the sh blocks, continuation lines joined, comments dropped."""
     lines = []
-    for block in blocks("sh"):
+    for block in blocks("sh", texts):
         for line in block.replace("\\\n", " ").splitlines():
             line = line.split(" #")[0].strip()
             if line and not line.startswith("#"):
@@ -145,7 +146,8 @@ def test_native_api_curls_and_triton_snippet_work_against_make_serve():
     try:
         server.wait_ready()
         curls = [line for line in shell_lines() if line.startswith("curl")]
-        assert len(curls) >= 3
+        first = next(line for line in shell_lines([README]) if line.startswith("curl"))
+        assert len(curls) >= 3 and curls[0] == first
         for line in curls:
             argv = [a.replace("localhost:8000", f"127.0.0.1:{server.port}") for a in shlex.split(line)]
             out = subprocess.run([*argv, "--fail-with-body"], cwd=REPO, capture_output=True, text=True, timeout=30)
@@ -163,3 +165,12 @@ def test_native_api_curls_and_triton_snippet_work_against_make_serve():
         assert httpx2.get(server.url + "/readyz").status_code == 200
     finally:
         server.stop()
+
+
+def test_the_readme_is_short_and_its_first_request_comes_early():
+    lines = README.splitlines()
+    assert len(lines) <= 250
+    first_curl = next(i for i, line in enumerate(lines) if line.startswith("curl "))
+    assert first_curl < 60
+    for name in ("api", "policies", "models", "operations", "design"):  # the reference it points to exists
+        assert f"(docs/{name}.md)" in README and (REPO / "docs" / f"{name}.md").is_file()

@@ -2,7 +2,7 @@
 
 On a quiet host the first request after an idle spell is served from cold caches: on this project's
 2-vCPU VM the digits model's README request took 2-3 ms back to back but 75-130 ms after 3-10 s
-idle, and its 25 ms budget turned into 504s (python -m bench.idle_gap; BENCHMARKS.md). The host,
+idle, and its 25 ms budget turned into 504s (python -m bench.idle_gap; BENCHMARKS.md, "Keep-warm"). The host,
 not the server, goes cold -- a bare numpy loop slows down the same way, with no page faults -- and
 only running the same code again keeps it warm. So each idle period (--keep-warm-ms, default 50 ms)
 the worker runs one sample through the next width (round robin, batch 1) and the request path in

@@ -58,7 +58,7 @@ def lower_thread_priority(by: int) -> None:
     and late ones cost deadlines outright; a batch absorbs the delay and the profile learns it.
     Pinned to one core at fixed rates, 3 alternating rounds with nice 5: late 200s 19 -> 9, attainment
     at ~1.6x load 0.82-0.84 -> 0.85-0.86; but at 2.3-2.7x 0.63 -> 0.58, where the loop's priority
-    goes to requests it refuses (BENCHMARKS.md, "Session 9").
+    goes to requests it refuses (BENCHMARKS.md, "Worker priority").
     Raising one's own nice needs no privilege."""
     try:
         tid = threading.get_native_id()
@@ -90,7 +90,7 @@ class BatchWorker:
         self._watchdog = BatchWatchdog(batch_timeout_s, self._on_hung_batch)
         self._thread: threading.Thread | None = None
         # CPU this thread spent on requests outside the model (scheduling, the policy, answering): on
-        # a core shared with the model it is per-request cost like the event loop's (engine.request_cpu_s).
+        # a core shared with the model it is per-request cost like the event loop's (HostProbe.request_cpu_s).
         self.request_cpu_s = 0.0
         self._cpu_mark = 0.0  # this thread's CPU clock at the last account
         self._model_cpu_s = 0.0  # CPU in the model (batches, keep-warm) since then

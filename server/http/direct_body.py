@@ -6,7 +6,7 @@ appends it to the request's bytearray (reading pauses past 64 KB until the appli
 more) and copies that for ``receive()``; the handler then copied the pieces into one aligned buffer.
 For a 602 KB FP32 tensor that was ~1 ms of CPU per request on the core the server shares with the
 model -- as long as the narrowest width's inference -- against ~0.1 ms for reading it into one
-buffer (``BENCHMARKS.md``, "Session 10").
+buffer (BENCHMARKS.md, "Serving CPU per request").
 
 :class:`DirectBody` (on uvicorn's httptools protocol, behind a :class:`BufferedAdapter` the event
 loop reads through) feeds the parser from one reused read buffer between requests. When a v2

@@ -4,7 +4,7 @@ A request to ``POST /v2/models/{name}/infer`` went through eleven ASGI layers be
 FastAPI's and Starlette's (server errors, exception telemetry, body limit, exception handlers,
 the async exit stack, the router and its per-route wrapper) around widthwise's own. On the one core
 a CPU server shares between requests and the model, those layers were ~10% of the event loop's
-time per request (py-spy, BENCHMARKS.md "Session 9"). :class:`HotRoutes` matches the inference
+time per request (py-spy, BENCHMARKS.md, "Request path overhead"). :class:`HotRoutes` matches the inference
 paths itself and runs only widthwise's own middleware (request id and access log, CORS, the
 in-flight limit, the bearer token) around the handler, whose exceptions reach the app's own
 exception handlers as they would through FastAPI. Every other path, and the OpenAPI description

@@ -6,7 +6,7 @@ not a multiple of the block, and in particular one thinner than a block,
 falls out of that layout: ORT reorders it back to NCHW and runs a generic
 conv. Narrow switches are full of such tensors (S-MobileNet v2 at 0.35x has
 8-channel bottlenecks at 112x112 and 56x56), which is one reason a narrow
-switch barely gets faster than its MACs say (BENCHMARKS.md, "width ladder").
+switch barely gets faster than its MACs say (BENCHMARKS.md, "Width ladder").
 
 Padding is exact. A *channel group* is a set of tensors that must share
 their channel layout: conv outputs joined by zero-preserving element-wise ops

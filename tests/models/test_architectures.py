@@ -39,7 +39,7 @@ def test_macs_and_params_equal_official_oracle(arch, reference_layout):
 
 
 def test_macs_match_design_table():
-    # DESIGN.md fact 5, rounded as in the official README.
+    # docs/design.md fact 5, rounded as in the official README.
     v2 = [c.macs / 1e6 for c in profile_net(models.create("s_mobilenet_v2"), latency=False)]
     assert [round(m) for m in v2] == [59, 97, 209, 301]
 

@@ -138,7 +138,8 @@ with TestClient(build_app(settings)) as client:
 
 
 def test_a_warm_start_serves_without_importing_torch_or_onnx(tmp_path, tiny_checkpoint):
-    """Importing torch was ~1 s of a 2.8 s warm restart of S-MobileNet v2 224 (BENCHMARKS.md, start-up)."""
+    """Importing torch was ~1 s of a 2.8 s warm restart of S-MobileNet v2 224 (BENCHMARKS.md, "Start-up and the
+    start-up cache")."""
     runs = []
     for _ in range(2):
         done = subprocess.run([sys.executable, "-c", WARM_START, str(tiny_checkpoint), str(tmp_path / "cache")],
