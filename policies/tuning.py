@@ -11,24 +11,13 @@ __all__ = ["TUNING", "Tuning"]
 
 @dataclass(frozen=True)
 class Tuning:
-    # max-width plans for this quantile of the recent observed / predicted batch times ("Tail planning").
-    tail_quantile: float = 0.95
-    # At the narrowest width the plain plan's bigger batch runs over the tail plan's if the recent batches give
-    # it at least this chance of ending in time ("Tail planning").
-    plain_batch_chance: float = 0.8
-    # Arrivals during a plan are sized this many standard deviations above their Poisson mean, 1.28 being its
-    # 90th percentile ("Arrivals during a plan").
-    arrival_burst_z: float = 1.28
-    # Offered load per unit of planned capacity max-width still accepts at a width; above 1 because the plan
-    # carries the margin and batches grow under load ("Sustainable load").
-    sustainable_utilization: float = 1.2
-    # The same limit when the server's own per-request CPU runs on the model's cores ("Sustainable load").
-    shared_core_utilization: float = 0.85
-    # A batch whose earliest deadline is this many of its service times away is patient: no load limit applies
-    # to it ("Sustainable load").
-    patient_slack_factor: float = 4.0
-    # slack keeps the device at most this busy at the width it chooses ("Policies side by side").
-    slack_utilization: float = 0.7
+    tail_quantile: float = 0.95  # max-width plans for this quantile of recent batch-time ratios ("Tail planning")
+    plain_batch_chance: float = 0.8  # at the narrowest width, the plain batch if this likely in time ("Tail planning")
+    arrival_burst_z: float = 1.28  # arrivals during a plan sized at mean + z sd, their p90 ("Arrivals during a plan")
+    sustainable_utilization: float = 1.2  # most offered load per planned capacity at a width ("Sustainable load")
+    shared_core_utilization: float = 0.85  # the same when request CPU shares the model's cores ("Sustainable load")
+    patient_slack_factor: float = 4.0  # a batch this many service times from its deadline: patient ("Sustainable load")
+    slack_utilization: float = 0.7  # slack keeps the device at most this busy ("Policies side by side")
 
 
 TUNING = Tuning()
