@@ -81,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="bench.grpc_overhead", description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--width", type=float, default=0.35)
+    parser.add_argument("--samples", type=int, default=1, help="images per request (8: a 4.8 MB message)")
     parser.add_argument("--pin", action="store_true", help="server on core 0, this client on core 1 (taskset)")
     parser.add_argument("--out", type=Path, default=Path("out/grpc_overhead"))
     args = parser.parse_args(argv)
@@ -96,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             for task in os.listdir(f"/proc/{server.proc.pid}/task"):
                 os.sched_setaffinity(int(task), {0})
             os.sched_setaffinity(0, {1})
-        x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+        x = np.random.default_rng(0).standard_normal((args.samples, 3, 224, 224)).astype(np.float32)
         clients = [HttpV2(server.port, x, args.width), GrpcV2(grpc_port, x, args.width)]
         latency = {c.name: [] for c in clients}
         server_cpu = {c.name: [0.0, 0] for c in clients}
@@ -122,7 +123,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         server.stop()
     rows = []
     n = len(next(iter(latency.values())))
-    print(f"{n} interleaved requests per transport, width {args.width}, [1, 3, 224, 224] FP32 (602 KB), "
+    print(f"{n} interleaved requests per transport, width {args.width}, [{args.samples}, 3, 224, 224] FP32 "
+          f"({args.samples * 602} KB), "
           f"{'server core 0 / client core 1' if args.pin else 'not pinned'}")
     print(f"{'transport':>16} {'p50 ms':>8} {'p90 ms':>8} {'server CPU ms/req':>18} {'client CPU ms/req':>18}")
     for name, values in latency.items():

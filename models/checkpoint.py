@@ -134,6 +134,7 @@ def save_checkpoint(net: SlimmableNet, path: str | Path, card: ModelCard | None 
     """Write ``net`` as safetensors with its architecture config and ``card`` (default: a fresh net's card)."""
     meta = {**(card or ModelCard.for_net(net)).metadata(), **net.config()}
     tensors = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)  # e.g. out/, where the CLI's examples write
     save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(meta)})
     # safetensors writes 0600; a checkpoint is data that other users (a container's non-root user) must read.
     umask = os.umask(0)

@@ -136,6 +136,12 @@ class LatencyProfile:
             row[nearest] += self.ewma_alpha * (row[nearest] * ratio - row[nearest])
             self._table = _remonotone(self._raw, self._table, width)
 
+    def relax_speed(self, keep: float) -> None:
+        """Move the learnt device speed back toward the start-up table, keeping ``keep`` (0..1) of how far
+        it is from it: what the scheduler does while no batch runs (see Scheduler.SPEED_HALF_LIFE_S)."""
+        with self._lock:
+            self._speed = 1.0 + (self._speed - 1.0) * keep
+
     def at_widths(self, widths: Iterable[float]) -> "LatencyProfile":
         """The same measurements for ``widths`` only (e.g. four widths of a measured grid), as this profile
         predicts them; no recent tail and no fingerprint (it names the width list that was measured).

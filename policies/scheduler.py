@@ -131,6 +131,8 @@ class Scheduler:
         self._busy_until = 0.0  # predicted end of the batch being executed
         self._inflight_batches = 0
         self._arrivals: collections.deque[float] = collections.deque()  # offered-load window
+        self._last_batch_end: float | None = None
+        self._speed_relaxed_to = -math.inf
 
     def service(self, width: float, samples: int) -> float:
         """Seconds planned for ``samples`` at ``width`` (profile plus margin): the one estimate used
@@ -138,6 +140,14 @@ class Scheduler:
         return service_time(self.profile, width, samples, self.config.margin)
 
     RATE_WINDOW_S = 1.0
+    # The profile learns the device's speed only from batches. If a slow spell (a CPU-hungry neighbour)
+    # taught it a speed at which nothing fits, admission refuses everything, no batch runs and it never
+    # learns the spell is over. So once no batch has run for SPEED_HOLD_S, the learnt speed's distance
+    # to the start-up table halves every SPEED_HALF_LIFE_S: idle, the server is back to its start-up
+    # beliefs within about a second, and the next batches teach it the truth (BENCHMARKS.md, "A
+    # CPU-hungry neighbour").
+    SPEED_HOLD_S = 0.25
+    SPEED_HALF_LIFE_S = 0.2
 
     def _arrival_rate(self, now: float, arriving: bool = False) -> float:
         """Offered requests per second over the last window (rejected ones included: they are load too)."""
@@ -149,11 +159,22 @@ class Scheduler:
 
     # -- event-loop side -------------------------------------------------
 
+    def _relax_idle_speed(self, now: float) -> None:
+        """No batch for a while: the learnt speed decays toward the start-up table (see SPEED_HOLD_S)."""
+        if self._inflight_batches or self._last_batch_end is None:
+            return
+        start = max(self._last_batch_end + self.SPEED_HOLD_S, self._speed_relaxed_to)
+        if now > start:
+            self.profile.relax_speed(0.5 ** ((now - start) / self.SPEED_HALF_LIFE_S))
+            self._speed_relaxed_to = now
+
     def admit(self, pending: Pending) -> None:
         """Queue ``pending`` or raise :class:`Refused` (closed, full, overloaded, infeasible)."""
         req = pending.request
         with self._cond:
-            self._arrival_rate(self.clock(), arriving=True)
+            now = self.clock()
+            self._relax_idle_speed(now)
+            self._arrival_rate(now, arriving=True)
             self._refuse_if_closed_or_full()
             if self.config.admission == "reject" and math.isfinite(req.deadline):
                 self._check_deadline_feasible(req)
@@ -169,6 +190,7 @@ class Scheduler:
             deadline = now + budget_s if budget_s else math.inf
         probe = ScheduledRequest(-1, samples, width, deadline, now, budget_s)
         with self._cond:
+            self._relax_idle_speed(now)
             self._refuse_if_closed_or_full()
             if self.config.admission == "reject" and budget_s is not None:
                 self._check_deadline_feasible(probe)
@@ -239,6 +261,7 @@ class Scheduler:
         with self._cond:
             self._inflight_batches -= 1
             self._busy_until = 0.0
+            self._last_batch_end = self.clock()
 
     def next_batch(self, load: LoadSignals | None = None) -> Batch | None:
         """Block until a batch is due; ``None`` once closed and drained."""

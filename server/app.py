@@ -21,6 +21,7 @@ from server.api.errors import install_error_handlers
 from server.api.warmup import RequestPathToucher, warm_request_path
 from server.engine.cached_net import served_checkpoint
 from server.engine.engine import Engine
+from server.engine.startup import load_matching_profile
 from server.engine.startup_cache import default_cache_dir
 from server.http.docs import install_offline_docs
 from server.http.hot_path import HotRoutes
@@ -28,7 +29,7 @@ from server.http.limits import InflightGate, InflightLimitMiddleware
 from server.http.logs import RequestIdMiddleware
 from server.http.security import BearerTokenMiddleware
 from server.metrics import Metrics
-from server.runtime import Runtime
+from server.runtime import Runtime, runtime_fingerprint
 from server.settings import Settings
 
 if TYPE_CHECKING:
@@ -110,6 +111,10 @@ def build_app(
         labels = read_labels(settings.labels)
         check_label_count(labels, net.num_classes, f"--labels {settings.labels}")
         card = card.with_labels(labels)
+    if settings.profile is not None:  # refused before any width is exported, not after
+        config = settings.runtime_config()
+        load_matching_profile(settings.profile, runtime_fingerprint(
+            net, config.device, config.backend, config.threads, config.precision, config.weights))
     registry = registry if registry is not None else CollectorRegistry()
     name = model_name_for(settings, path)
     if not card.accuracy_known:
@@ -124,9 +129,10 @@ def build_app(
         async with engine:
             grpc_server = None
             if settings.grpc_port:  # imported only when asked for: grpcio and the generated modules
-                from server.api.grpc_service import start_grpc_server
+                from server.api.grpc_port import start_grpc_server
 
                 grpc_server = await start_grpc_server(engine, settings)
+                app.state.grpc_port = grpc_server  # readiness reads whether it can take calls
             try:
                 yield
             finally:
@@ -158,6 +164,7 @@ def build_app(
     app.state.settings = settings
     app.state.registry = registry
     app.state.engine = engine
+    app.state.decode_budget = native.DecodeBudget(settings.max_decoding_pixels)
     engine.before_ready.append(functools.partial(warm_request_path, app))
     engine.idle_touches.append(RequestPathToucher(app))
     install_error_handlers(app)

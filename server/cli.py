@@ -119,7 +119,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         card = models.ModelCard.for_net(net)
     shape = (net.in_channels, net.input_size, net.input_size)
     batch_sizes = batch_sizes_up_to(args.max_batch_size)
-    with tqdm(total=2 * len(net.widths), desc="exporting", unit="width", leave=False) as bar:
+    with tqdm(total=2 * len(net.widths), desc="exporting", unit="width", leave=False, disable=None) as bar:
         def advance(_width: float) -> None:
             bar.update()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import sys
 import threading
 import time
@@ -90,18 +91,24 @@ class DrainingServer(uvicorn.Server):
 
 
 def run_server(settings: Settings) -> int:
+    """Serve until stopped. Exit codes: 0 after a drain, 2 for a setting, file or port that cannot work
+    (one line on stderr, before any start-up work), 3 when the engine fails (start-up or later)."""
     configure_logging(settings.log_level, settings.log_format)
     try:
+        listener = bind_listener(settings.host, settings.port)
+        if settings.grpc_port:
+            check_port_free(settings.host, settings.grpc_port, "gRPC")
+        raise_file_limit(settings.max_connections + FILE_RESERVE)
         app = build_app(settings)
-    except (CheckpointError, ValueError) as exc:
+    except (CheckpointError, ValueError, OSError) as exc:
         print(f"widthwise serve: error: {exc}", file=sys.stderr)
         return 2
+    http_connections, _ = settings.connection_caps()
     config = uvicorn.Config(
         app,
-        host=settings.host,
-        port=settings.port,
         loop=settings.event_loop,
-        http=protocol_class(settings.http_parser, settings.header_timeout_s, settings.max_body_bytes),
+        http=protocol_class(settings.http_parser, settings.header_timeout_s, settings.max_body_bytes,
+                            http_connections),
         log_level=settings.log_level,
         timeout_keep_alive=5,
         timeout_graceful_shutdown=30,
@@ -110,5 +117,50 @@ def run_server(settings: Settings) -> int:
         log_config=None,  # keep our handlers (JSON lines when asked)
     )
     server = DrainingServer(config, app.state.engine)
-    server.run()
+    server.run(sockets=[listener])
     return EXIT_FAILED if server.failed else 0
+
+
+FILE_RESERVE = 256  # descriptors beyond the connection caps: model files, the cache, logs, pipes
+
+
+def bind_listener(host: str, port: int) -> socket.socket:
+    """The HTTP listening socket, bound before anything loads: a busy port is a one-line error (exit 2),
+    not a start-up that exports every width and then fails."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot listen for HTTP on {host}:{port}: {exc.strerror}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def check_port_free(host: str, port: int, what: str) -> None:
+    """Fail early (one line) when ``port`` cannot be bound; the server binds it itself later."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise OSError(f"cannot listen for {what} on {host}:{port}: {exc.strerror}") from None
+
+
+def raise_file_limit(needed: int) -> None:
+    """Let the process hold ``needed`` descriptors (raising its soft limit toward the hard one), so the
+    connection caps, not the kernel, bound what clients can open; says so when the hard limit is lower."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        log.warning("the file-descriptor limit (%d) is below what --max-connections needs (%d): lower "
+                    "--max-connections or raise the limit (ulimit -n)", hard, needed)

@@ -169,8 +169,8 @@ class Metrics:
         )
         self.request_cpu = Gauge(
             "widthwise_request_cpu_seconds",
-            "The server's own CPU per request (HTTP, decoding, scheduling, replies) on the cores the model runs on; "
-            "absent when they do not share cores.",
+            "The server's own CPU per request (HTTP, decoding, scheduling, replies): what the policies charge "
+            "against the model's cores when the two share them.",
             ["model"], registry=registry,
         )
         self.device_speed = Gauge(

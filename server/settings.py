@@ -81,6 +81,13 @@ class Settings(BaseSettings):
     max_inflight_http: int = Field(
         1024, ge=1, le=1_000_000, description="HTTP requests in flight beyond which new ones get 503 at once"
     )
+    max_connections: int = Field(
+        1024, ge=16, le=1_000_000,
+        description="open connections across both ports; with --grpc-port a quarter of them are gRPC's "
+        "(HTTP/2 multiplexes calls over few connections), the rest HTTP's. Past its share HTTP closes its "
+        "oldest idle connection to take the new one and gRPC refuses new ones; the file-descriptor limit is "
+        "raised to hold them all",
+    )
     admission: Literal["reject", "best_effort"] = Field(
         "reject", description="reject: 503/504 when no width meets the deadline; best_effort: serve narrowest late"
     )
@@ -104,6 +111,15 @@ class Settings(BaseSettings):
     )
     max_image_pixels: int = Field(
         16_777_216, ge=1, le=178_956_970, description="largest decoded image (width x height)"
+    )
+    max_request_pixels: int = Field(
+        16_777_216, ge=1, le=1_000_000_000,
+        description="most pixels one /v1/classify request may decode, all its images together (413 beyond)",
+    )
+    max_decoding_pixels: int = Field(
+        67_108_864, ge=1, le=10_000_000_000,
+        description="most pixels being decoded at once across requests (about 3 bytes each); a request that "
+        "would go over gets 503 before any pixel is decoded",
     )
     jpeg_draft: bool = Field(
         False, description="decode large JPEGs at a reduced scale, never below the input size (2-3x less CPU for "
@@ -186,6 +202,11 @@ class Settings(BaseSettings):
         if value == "shared" and info.data.get("backend") == "onnxruntime":
             raise ValueError("shared weights run on the torch backend; use --backend torch (or auto)")
         return value
+
+    def connection_caps(self) -> tuple[int, int]:
+        """``--max-connections`` split into (HTTP's, gRPC's); gRPC's is 0 without ``--grpc-port``."""
+        grpc_share = self.max_connections // 4 if self.grpc_port else 0
+        return self.max_connections - grpc_share, grpc_share
 
     def served_widths(self) -> tuple[float, ...] | None:
         return parse_widths(self.widths) if self.widths is not None else None

@@ -1,11 +1,13 @@
 """Writes deploy/grafana/dashboards/widthwise.json (run after editing; a test checks they agree).
 
-    python deploy/grafana/make_dashboard.py
+    python deploy/grafana/make_dashboard.py [--out PATH] [--check]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parent / "dashboards" / "widthwise.json"
@@ -211,6 +213,19 @@ def render() -> str:
     return json.dumps(build(), indent=2) + "\n"
 
 
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=OUT, help="where to write the dashboard")
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if the file differs")
+    args = parser.parse_args(argv)
+    if args.check:
+        same = args.out.is_file() and args.out.read_text() == render()
+        print(f"{args.out} is {'up to date' if same else 'out of date'}")
+        return 0 if same else 1
+    args.out.write_text(render())
+    print(f"wrote {args.out}")
+    return 0
+
+
 if __name__ == "__main__":
-    OUT.write_text(render())
-    print(f"wrote {OUT}")
+    sys.exit(main())

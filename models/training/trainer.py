@@ -79,7 +79,10 @@ def train(net: SlimmableNet, data: Dataset, config: TrainConfig) -> TrainResult:
         order = torch.randperm(n, generator=shuffle)
         epoch_loss, correct = 0.0, {w: 0 for w in tracked}
         bar = tqdm(
-            range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not config.progress, leave=False
+            range(steps_per_epoch),
+            desc=f"epoch {epoch + 1}/{config.epochs}",
+            disable=None if config.progress else True,
+            leave=False,
         )
         for step in bar:
             idx = order[step * config.batch_size:(step + 1) * config.batch_size]
@@ -130,7 +133,7 @@ def evaluate(
     device = next(net.parameters()).device
     results = {}
     widths = net.calibrated if isinstance(net, UniversalNet) else net.widths
-    for width in tqdm(widths, desc="evaluating widths", unit="width", disable=not progress, leave=False):
+    for width in tqdm(widths, desc="evaluating widths", unit="width", disable=None if progress else True, leave=False):
         top1 = top5 = 0
         for start in range(0, len(y), batch_size):
             xb, yb = x[start:start + batch_size].to(device), y[start:start + batch_size].to(device)
@@ -159,7 +162,9 @@ def calibrate_bn(
         return
     if net.bn_mode != "switchable":
         raise ValueError("BN calibration needs switchable BN (each width has its own statistics)")
-    widths = tqdm(net.widths, desc="calibrating BN per width", unit="width", disable=not progress, leave=False)
+    widths = tqdm(
+        net.widths, desc="calibrating BN per width", unit="width", disable=None if progress else True, leave=False
+    )
     for idx, width in enumerate(widths):
         switch_bns = [m.bn[idx] for m in net.modules() if isinstance(m, SwitchableBatchNorm2d)]
         for bn in switch_bns:
@@ -183,7 +188,9 @@ def calibrate_universal(net: UniversalNet, x: torch.Tensor, widths, batches: int
     slots = {w: net.switch_for_slot(w) for w in widths}
     plain_norms = [m for m in net.modules() if type(m) is torch.nn.BatchNorm2d and m.track_running_stats]
     norms = net.us_norms()
-    for width in tqdm(widths, desc="calibrating BN per width", unit="width", disable=not progress, leave=False):
+    for width in tqdm(
+        widths, desc="calibrating BN per width", unit="width", disable=None if progress else True, leave=False
+    ):
         for norm in norms:
             norm.reset_slot(slots[width])
         net.train()

@@ -1,7 +1,8 @@
 """KServe v2 / Open Inference Protocol over gRPC (``inference.GRPCInferenceService``) on ``--grpc-port``.
 
 Served by grpcio's asyncio server on the same event loop as HTTP, over the same engine (scheduler,
-metrics, statistics) through :mod:`server.api.v2_service`, so both transports answer alike. The
+metrics, statistics) through :mod:`server.api.v2_service`, so both transports answer alike; the port
+itself, its token check and its limits are :mod:`server.api.grpc_port`. The
 generated messages and servicer base are the ones ``tritonclient[grpc]`` ships
 (``tritonclient.grpc.service_pb2``/``service_pb2_grpc``/``model_config_pb2``): the KServe v2
 protocol plus Triton's extensions, no ``.proto`` copied here.
@@ -9,14 +10,15 @@ protocol plus Triton's extensions, no ``.proto`` copied here.
 Errors map to gRPC status codes as HTTP statuses do: 4xx -> INVALID_ARGUMENT (401 UNAUTHENTICATED,
 404 NOT_FOUND), 503 -> UNAVAILABLE with ``google.rpc.RetryInfo`` and ``retry-after`` metadata,
 504 -> DEADLINE_EXCEEDED, a failed batch -> INTERNAL. Width and budget come from the request
-parameters (``width``, ``latency_budget_ms``, Triton's ``timeout`` in microseconds), else from the
-call's gRPC deadline; the answer's parameters carry ``width``, ``reason``, ``deadline_met`` and
+parameters (``width``, ``latency_budget_ms``, Triton's ``timeout`` in microseconds), else from
+``x-width`` / ``x-latency-budget-ms`` metadata (HTTP's headers), else from the call's gRPC deadline
+(one already past is DEADLINE_EXCEEDED); the answer's parameters carry ``width``, ``reason``, ``deadline_met`` and
 ``budget_ms``, its logits are in ``raw_output_contents`` (as Triton answers).
 """
 
 from __future__ import annotations
 
-import hmac
+import asyncio
 import json
 import logging
 import time
@@ -25,15 +27,17 @@ from typing import Any
 
 import grpc
 from google.protobuf import duration_pb2, json_format
+from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from tritonclient.grpc import model_config_pb2
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-from policies import Refused
+from policies import RefusalReason, Refused
 from server.api import v2_service
 from server.api.client import EngineClient
+from server.api.codecs import parse_budget_ms
 from server.api.errors import REFUSAL_STATUS
 from server.api.outcomes import count_outcome
 from server.api.v2_request import parse_v2_request
@@ -43,11 +47,11 @@ from server.http.errors import ApiError
 from server.http.logs import access_log, log_fields, request_id_or_new
 from server.settings import Settings
 
-__all__ = ["InferenceServicer", "start_grpc_server", "GRPC_STATUS"]
+__all__ = ["GRPC_STATUS", "InferenceServicer", "implemented_methods", "unavailable"]
 
 log = logging.getLogger("widthwise.grpc")
 SERVICE = "inference.GRPCInferenceService"
-OFFLOAD_CONTENTS = 16 * 1024  # typed contents longer than this are turned into a tensor in a worker thread
+OFFLOAD_BYTES = 64 * 1024  # a ModelInfer message longer than this is parsed in a worker thread
 
 # HTTP status of an ApiError -> gRPC status code.
 GRPC_STATUS = {
@@ -69,8 +73,14 @@ class _Call:
 
     method: str
     request_id: str
+    context: Any = None
     started: float = field(default_factory=time.perf_counter)
     scope: dict = field(default_factory=dict)
+
+    def deadline_passed(self) -> bool:
+        """The call's gRPC deadline has passed (what a cancellation then means; see count_outcome)."""
+        remaining = self.context.time_remaining() if self.context is not None else None
+        return remaining is not None and remaining <= 0
 
 
 @dataclass(frozen=True)
@@ -89,14 +99,12 @@ class _Abort(Exception):
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    """The v2 service over one engine. Unimplemented methods (shared memory, tracing, streaming)
-    answer UNIMPLEMENTED, as the generated base does."""
+    """The v2 service over one engine. The token, the call limit and the methods it does not implement
+    (shared memory, tracing, streaming: UNIMPLEMENTED) are the port's (:mod:`server.api.grpc_port`)."""
 
     def __init__(self, engine: EngineClient, settings: Settings) -> None:
         self.engine = engine
         self.settings = settings
-        token = settings.api_token
-        self._token = token.encode() if token else None
 
     # -- health and metadata --------------------------------------------------
 
@@ -160,20 +168,26 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     # -- inference ---------------------------------------------------------------
 
-    async def ModelInfer(self, request: pb.ModelInferRequest, context):
+    async def ModelInfer(self, message: bytes, context):
+        """``message`` is the serialized request (the port hands it over as bytes): a large one is
+        parsed, and its typed contents turned into a list, in a worker thread, not on the event loop."""
         arrival = time.monotonic()
         call = self._call("ModelInfer", context)
+        offload = len(message) > OFFLOAD_BYTES
         try:
-            self._authorize(context)
-            engine = self._model(request.model_name, request.model_version)
-            async with count_outcome(engine, call) as record:
-                parsed, tail, large = _v2_request(request)
+            async with count_outcome(self.engine, call) as record:
+                request = await asyncio.to_thread(_parse, message) if offload else _parse(message)
+                engine = self._model(request.model_name, request.model_version)
+                parsed, tail, large = await asyncio.to_thread(_v2_request, request) if offload else _v2_request(request)
                 remaining = context.time_remaining()  # the client's deadline, seconds (None: none)
+                if remaining is not None and remaining <= 0:
+                    raise Refused(RefusalReason.EXPIRED, "the call's deadline had passed when it arrived")
+                metadata = _metadata(context)
+                budget_header = parse_budget_ms(metadata.get("x-latency-budget-ms"), "x-latency-budget-ms")
                 width, budget_ms = v2_service.request_options(
-                    parsed.parameters,
-                    engine,
-                    None,
-                    remaining * 1e3 if remaining is not None and remaining > 0 else None,
+                    parsed.parameters, engine, metadata.get("x-width"),
+                    budget_header if budget_header is not None else
+                    (remaining * 1e3 if remaining is not None else None),
                 )
                 log_fields(call, budget_ms=budget_ms, pinned_width=width)
                 answer = await v2_service.infer(engine, parsed, tail, width=width, budget_ms=budget_ms,
@@ -195,7 +209,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _unary(self, context, method: str, answer):
         call = self._call(method, context)
         try:
-            self._authorize(context)
             response = answer(call)
         except Exception as exc:
             await self._abort(context, call, exc)
@@ -203,23 +216,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return response
 
     def _call(self, method: str, context) -> _Call:
-        candidate = next((value for key, value in context.invocation_metadata() or ()
-                          if key == "x-request-id" and isinstance(value, str)), None)
-        return _Call(method, request_id_or_new(candidate))
+        candidate = _metadata(context).get("x-request-id")
+        return _Call(method, request_id_or_new(candidate), context)
 
     def _model(self, name: str, model_version: str = "") -> EngineClient:
         return v2_service.find_model(self.engine, name, model_version)
-
-    def _authorize(self, context) -> None:
-        """``authorization: Bearer <token>`` metadata, as HTTP's header (when a token is configured)."""
-        if self._token is None:
-            return
-        for key, value in context.invocation_metadata() or ():
-            if key == "authorization":
-                scheme, _, credentials = (value.encode() if isinstance(value, str) else value).partition(b" ")
-                if scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), self._token):
-                    return
-        raise ApiError(401, "missing or invalid bearer token")
 
     async def _abort(self, context, call: _Call, exc: Exception) -> None:
         status = _status_of(exc, self.settings.retry_after_s)
@@ -253,6 +254,33 @@ def _status_of(exc: Exception, retry_after_s: int) -> grpc.Status:
     return _Status(grpc.StatusCode.INTERNAL, "internal server error")
 
 
+def implemented_methods() -> frozenset[str]:
+    """The methods :class:`InferenceServicer` defines; the generated base's others answer UNIMPLEMENTED."""
+    return frozenset(name for name, value in vars(InferenceServicer).items()
+                     if name[:1].isupper() and callable(value))
+
+
+def unavailable(message: str, retry_after_s: int = 1) -> grpc.Status:
+    """UNAVAILABLE with retry information, for a call the port has no slot for."""
+    return _unavailable(message, retry_after_s)
+
+
+def _metadata(context) -> dict[str, str]:
+    """The call's text metadata by (lower-case) key; the first of a repeated key."""
+    found: dict[str, str] = {}
+    for key, value in context.invocation_metadata() or ():
+        if isinstance(value, str):
+            found.setdefault(key, value)
+    return found
+
+
+def _parse(message: bytes) -> pb.ModelInferRequest:
+    try:
+        return pb.ModelInferRequest.FromString(message)
+    except DecodeError:
+        raise ApiError(400, "malformed ModelInferRequest message") from None
+
+
 def _unavailable(message: str, retry_after_s: int) -> grpc.Status:
     """UNAVAILABLE with ``google.rpc.RetryInfo`` (what gRPC clients read) and ``retry-after`` (as HTTP's header)."""
     retry = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=retry_after_s))
@@ -282,6 +310,8 @@ def _v2_request(request: pb.ModelInferRequest):
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise ApiError(400, f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs")
+    if raw and any(tensor.HasField("contents") for tensor in request.inputs):
+        raise ApiError(400, "an input carries both raw_input_contents and typed contents; send one of them")
     inputs, typed = [], 0
     for i, tensor in enumerate(request.inputs):
         spec: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
@@ -304,21 +334,4 @@ def _v2_request(request: pb.ModelInferRequest):
     if request.id:
         header["id"] = request.id
     tail = raw[0] if len(raw) == 1 else b"".join(raw)
-    return parse_v2_request(header), tail, typed > OFFLOAD_CONTENTS
-
-
-async def start_grpc_server(engine: EngineClient, settings: Settings) -> grpc.aio.Server:
-    """Listen on ``--host``:``--grpc-port`` on the running event loop; stop it with ``server.stop(grace)``."""
-    server = grpc.aio.server(
-        options=[("grpc.max_receive_message_length", settings.max_body_bytes),
-                 ("grpc.max_send_message_length", -1),
-                 ("grpc.so_reuseport", 0)],
-        maximum_concurrent_rpcs=settings.max_inflight_http,
-    )
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(engine, settings), server)
-    address = f"{settings.host}:{settings.grpc_port}"
-    if server.add_insecure_port(address) == 0:
-        raise OSError(f"cannot listen for gRPC on {address}")
-    await server.start()
-    log.info("gRPC (KServe v2) listening on %s", address)
-    return server
+    return parse_v2_request(header), tail, typed * 4 > OFFLOAD_BYTES

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from policies import RefusalReason, Refused
 from server.api.codecs import (
     CHEAP_DECODE_PIXELS,
     decode_base64_image,
@@ -23,6 +24,7 @@ from server.api.codecs import (
 from server.api.outcomes import count_outcome
 from server.api.replies import get_engine, timing_headers
 from server.api.schemas import CLASSIFY_OPENAPI, ClassifyManyResponse, ClassifyResponse, error_responses
+from server.engine import Admission
 from server.http.body import arrival, parse_multipart, read_body
 from server.http.errors import ApiError
 from server.http.logs import log_fields
@@ -55,7 +57,7 @@ async def classify(request: Request) -> JSONResponse:
         images, several = await image_payloads(request, settings)
         if several:
             log_fields(request, images=len(images))
-        tensors = await decode_images(engine, settings, images)
+        tensors = await decode_images(engine, settings, images, admission, request.app.state.decode_budget)
         input_s = time.monotonic() - started
         # Each image is its own request to the engine (same budget and arrival): batched with the others.
         if len(tensors) == 1:
@@ -91,19 +93,58 @@ def decode_request_image(engine, settings, image):
     return decode_opened(image, spec.size, spec.mean, spec.std, spec.channels, settings.jpeg_draft)
 
 
-async def decode_images(engine, settings, payloads: list[tuple[bytes, str]]) -> list:
+class DecodeBudget:
+    """Pixels being decoded right now, across requests (``--max-decoding-pixels``): what bounds the
+    memory decoding can take whatever the clients send. Only touched on the event loop."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.inflight = 0
+
+    def reserve(self, pixels: int) -> None:
+        """Take ``pixels`` or refuse the request (503): decoding them would go over the budget."""
+        if self.inflight and self.inflight + pixels > self.limit:
+            raise Refused(RefusalReason.OVERLOADED, f"overloaded: {self.inflight} pixels are being decoded "
+                                                    f"(limit {self.limit}); retry shortly")
+        self.inflight += pixels
+
+    def release(self, pixels: int) -> None:
+        self.inflight -= pixels
+
+
+async def decode_images(engine, settings, payloads: list[tuple[bytes, str]], admission: Admission,
+                        budget: DecodeBudget) -> list:
     """Every image checked (header only, on the loop: size and format 4xx before any pixel work), then
     decoded: small ones inline -- faster than a thread hand-off -- the rest in one worker thread, so
     nothing whose decoding cost is not small and bounded (many pixels, even in a tiny compressed
-    body) blocks the event loop."""
+    body) blocks the event loop.
+
+    Memory is bounded per request and across them, before any pixel is decoded: all the request's
+    images together at most ``--max-request-pixels`` (413), and the pixels being decoded by every request
+    at most ``--max-decoding-pixels`` (503). Decoding stops (504) once the request's deadline has passed:
+    its answer could only be refused."""
     opened = [(data, open_image(data, media_type, settings.max_image_pixels)) for data, media_type in payloads]
+    pixels = sum(image.width * image.height for _, image in opened)
+    if pixels > settings.max_request_pixels:
+        raise ApiError(413, f"the request's images hold {pixels} pixels; at most {settings.max_request_pixels} "
+                            "per request")
     cheap = all(len(data) <= INLINE_DECODE_BYTES and image.width * image.height <= CHEAP_DECODE_PIXELS
                 for data, image in opened)
+    deadline = admission.deadline.at
 
     def decode_all() -> list:
-        return [decode_request_image(engine, settings, image) for _, image in opened]
+        tensors = []
+        for _, image in opened:
+            if time.monotonic() > deadline:
+                raise Refused(RefusalReason.EXPIRED, "the request's deadline passed while its images were decoded")
+            tensors.append(decode_request_image(engine, settings, image))
+        return tensors
 
-    return decode_all() if cheap else await run_in_threadpool(decode_all)
+    budget.reserve(pixels)
+    try:
+        return decode_all() if cheap else await run_in_threadpool(decode_all)
+    finally:
+        budget.release(pixels)
 
 
 async def image_payloads(request: Request, settings) -> tuple[list[tuple[bytes, str]], bool]:

@@ -20,11 +20,14 @@ async def readyz(request: Request) -> JSONResponse:
     """200 once weights are loaded, switches exported and warmed up and the profile measured."""
     engine = request.app.state.engine
     state = engine.state
-    if engine.ready:
+    grpc_port = getattr(request.app.state, "grpc_port", None)
+    if engine.ready and not (grpc_port is not None and grpc_port.saturated):
         return JSONResponse({"status": state.value})
     body = {"status": state.value}
     if engine.failure:
         body["error"] = engine.failure
+    elif engine.ready:  # the model is, but gRPC calls are refused until a slot frees
+        body["error"] = f"the gRPC port is at its limit of {grpc_port.gate.limit} calls in flight"
     return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -37,7 +38,8 @@ async def count_outcome(client: EngineClient, request) -> AsyncIterator[Recorder
     ``ok``/``deadline_missed`` per recorded answer if it returns normally, ``bad_request`` for an
     :class:`ApiError` (4xx) or :class:`InvalidRequest`, ``rejected`` for :class:`~policies.Refused`
     (503/504) and ``error`` for anything else (500) -- also when it fails after ``record`` (a
-    request answered 500 is never counted ``ok``). Exceptions propagate unchanged. The outcome also
+    request answered 500 is never counted ``ok``); a cancelled call counts ``rejected`` when its
+    deadline had passed, else ``bad_request`` (the client went away). Exceptions propagate unchanged. The outcome also
     goes into the request's access-log line (``request`` has a ``scope`` dict: a Starlette request,
     or the gRPC servicer's stand-in).
     """
@@ -58,6 +60,13 @@ async def count_outcome(client: EngineClient, request) -> AsyncIterator[Recorder
         raise
     except Refused as exc:
         _failed(client, request, Outcome.REJECTED, exc.message, began)
+        raise
+    except asyncio.CancelledError:
+        # The call ended before its answer: by its deadline (a refusal, as a 504 would be) or by the
+        # client going away (as HTTP's 499, a bad request).
+        expired = getattr(request, "deadline_passed", lambda: False)()
+        _failed(client, request, Outcome.REJECTED if expired else Outcome.BAD_REQUEST,
+                "deadline passed" if expired else "cancelled by the client", began)
         raise
     except Exception as exc:
         _failed(client, request, Outcome.ERROR, str(exc) or type(exc).__name__, began)

@@ -39,7 +39,7 @@ class HostProbe:
         self.deadlines = deadlines
         self.metrics = metrics
         self.usable_cpus = 1  # the affinity mask capped by the CPU quota, read when the model starts
-        self.request_cpu_s: float | None = None  # None: the event loop has cores of its own
+        self.measured_cpu_s: float | None = None  # the server's own CPU per request, once requests came
         self.requests_seen = 0  # requests that reached admission (event loop only)
         self._lags: collections.deque[float] = collections.deque(maxlen=self.LAG_WINDOW)
         self._shares_cores = False
@@ -57,6 +57,12 @@ class HostProbe:
         self._shares_cores = device_type == "cpu" and threads >= self.usable_cpus
         self._worker_cpu_s = worker_cpu_s
         self._device_speed = device_speed
+
+    @property
+    def request_cpu_s(self) -> float | None:
+        """The server's own CPU per request when it runs on the cores the model computes on (what the
+        policies charge against the core); None when the event loop has cores of its own."""
+        return self.measured_cpu_s if self._shares_cores else None
 
     @property
     def shares_cores_with_model(self) -> bool:
@@ -84,12 +90,12 @@ class HostProbe:
                 if ready():
                     lag = sorted(self._lags)[int(0.9 * (len(self._lags) - 1))]
                     self.deadlines.note_loop_lag(lag)
-                    self.metrics.record_event_loop(lag, self.request_cpu_s, self._device_speed())
+                    self.metrics.record_event_loop(lag, self.measured_cpu_s, self._device_speed())
                 else:
                     self._lags.clear()
             if now - window_start >= self.CPU_WINDOW_S:
                 cpu, seen = self._serving_cpu_s(), self.requests_seen
-                if seen > seen_start and self._shares_cores:
+                if seen > seen_start:
                     self._note_request_cpu((cpu - cpu_start) / (seen - seen_start))
                 window_start, cpu_start, seen_start = now, cpu, seen
 
@@ -99,6 +105,6 @@ class HostProbe:
         return time.thread_time() + self._worker_cpu_s()
 
     def _note_request_cpu(self, per_request_s: float) -> None:
-        previous = self.request_cpu_s
-        self.request_cpu_s = per_request_s if previous is None else \
+        previous = self.measured_cpu_s
+        self.measured_cpu_s = per_request_s if previous is None else \
             previous + self.CPU_ALPHA * (per_request_s - previous)

@@ -25,7 +25,7 @@ from server.settings import Settings
 if TYPE_CHECKING:
     from models import SlimmableNet
 
-__all__ = ["Started", "start_model", "static_costs", "latency_profile", "save_profile"]
+__all__ = ["Started", "start_model", "static_costs", "latency_profile", "load_matching_profile", "save_profile"]
 
 log = logging.getLogger("widthwise.engine")
 
@@ -64,12 +64,7 @@ def latency_profile(runtime: Runtime, widths: tuple[float, ...], settings: Setti
     once either way: measuring warms them up, and a profile read from a file must not leave them cold."""
     path = settings.profile
     if path:
-        profile = LatencyProfile.load(path, settings.profile_ewma_alpha)
-        wrong = profile.mismatches(runtime.fingerprint)
-        if wrong:
-            raise ValueError(f"--profile {path} was not measured for this server: {'; '.join(wrong)}. "
-                             "Measure one here with `widthwise serve --save-profile PATH` (or `widthwise "
-                             "profile --save-profile PATH` with the same flags), or leave --profile out")
+        profile = load_matching_profile(path, runtime.fingerprint, settings.profile_ewma_alpha)
         log.info("start-up: latency profile from %s; warming up %d widths", path, len(widths))
         runtime.warm_up(batch_sizes)
         return profile
@@ -93,6 +88,18 @@ def latency_profile(runtime: Runtime, widths: tuple[float, ...], settings: Setti
     profile.ewma_alpha = settings.profile_ewma_alpha
     if cached_name:
         cache.save_json(cached_name, profile.as_dict())
+    return profile
+
+
+def load_matching_profile(path: Path, fingerprint: dict, ewma_alpha: float = 0.1) -> LatencyProfile:
+    """The ``--profile`` file, if it was measured for ``fingerprint`` (this model, device, backend,
+    precision and threads); ``ValueError`` saying what differs otherwise."""
+    profile = LatencyProfile.load(path, ewma_alpha)
+    wrong = profile.mismatches(fingerprint)
+    if wrong:
+        raise ValueError(f"--profile {path} was not measured for this server: {'; '.join(wrong)}. "
+                         "Measure one here with `widthwise serve --save-profile PATH` (or `widthwise "
+                         "profile --save-profile PATH` with the same flags), or leave --profile out")
     return profile
 
 

@@ -8,6 +8,7 @@ timings). ``--log-format json`` writes each record as one JSON object.
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import re
@@ -73,10 +74,12 @@ class RequestIdMiddleware:
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message and any structured fields."""
+    """One JSON object per line: time (ISO 8601, UTC, milliseconds), level, logger, message and any
+    structured fields."""
 
     def format(self, record: logging.LogRecord) -> str:
-        payload = {"time": self.formatTime(record), "level": record.levelname, "logger": record.name,
+        moment = datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc)
+        payload = {"time": moment.isoformat(timespec="milliseconds"), "level": record.levelname, "logger": record.name,
                    "message": record.getMessage(), **getattr(record, "fields", {})}
         if record.exc_info:
             payload["exception"] = self.formatException(record.exc_info)

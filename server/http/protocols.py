@@ -7,12 +7,18 @@ forever. Each connection here must deliver a request's headers within ``--header
 connecting (or of its previous response); otherwise it gets a JSON 408 and is closed -- the same
 bound as Envoy's ``request_headers_timeout`` or nginx's ``client_header_timeout``. uvicorn's own
 400 for malformed HTTP is JSON too, like every other error of the API.
+
+Open connections are capped (``--max-connections``): a connection past the cap closes the oldest
+one that has no request in progress (idle keep-alive, or still sending its headers), as nginx
+reuses keep-alive connections under pressure. File descriptors stay bounded, and a new connection --
+a health check -- is always accepted: what gives way is a connection doing nothing.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections import OrderedDict
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -39,6 +45,8 @@ class HeaderDeadline:
 
     header_timeout_s = 10.0  # set per server by protocol_class()
     connections_accepted = 0  # per server class; the drain on shutdown waits until this stops growing
+    max_connections = 1024  # set per server by protocol_class()
+    open_connections: OrderedDict  # per server class: every open connection, oldest first
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
@@ -46,6 +54,16 @@ class HeaderDeadline:
         self._next_arrival: float | None = None
         self._stamped_cycle = None
         self._arm_header_deadline()
+        self.open_connections[self] = None
+        if len(self.open_connections) > self.max_connections:
+            self._close_an_idle_connection()
+
+    def _close_an_idle_connection(self) -> None:
+        """Make room: close the oldest connection with no request in progress (not this one)."""
+        for other in self.open_connections:
+            if other is not self and (other.cycle is None or other.cycle.response_complete):
+                other.transport.close()
+                return
 
     def data_received(self, data: bytes) -> None:
         # Bytes while no request is in progress begin the next request; body chunks of the current
@@ -67,6 +85,7 @@ class HeaderDeadline:
 
     def connection_lost(self, exc) -> None:
         self._disarm_header_deadline()
+        self.open_connections.pop(self, None)
         super().connection_lost(exc)
 
     def _arm_header_deadline(self) -> None:
@@ -93,10 +112,12 @@ class HeaderDeadline:
         self.transport.close()
 
 
-def protocol_class(parser: str, header_timeout_s: float, body_limit: int = 8 * 1024 * 1024) -> type:
+def protocol_class(parser: str, header_timeout_s: float, body_limit: int = 8 * 1024 * 1024,
+                   max_connections: int = 1024) -> type:
     """The protocol class for ``--http-parser`` (auto: httptools, installed with widthwise). With
     httptools, binary tensor bodies up to ``body_limit`` bytes are read in place (server/direct_body.py)."""
-    attributes = {"header_timeout_s": header_timeout_s, "connections_accepted": 0}
+    attributes = {"header_timeout_s": header_timeout_s, "connections_accepted": 0,
+                  "max_connections": max_connections, "open_connections": OrderedDict()}
     if parser == "h11":
         return type("WidthWiseH11Protocol", (HeaderDeadline, H11Protocol), attributes)
     http = type("WidthWiseHttpToolsProtocol", (HeaderDeadline, DirectBody, HttpToolsProtocol),

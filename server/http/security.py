@@ -12,9 +12,19 @@ import hmac
 
 from server.http.limits import send_json_error
 
-__all__ = ["BearerTokenMiddleware", "is_protected"]
+__all__ = ["BearerTokenMiddleware", "bearer_token_matches", "is_protected"]
 
 PROTECTED_PREFIXES = ("/v1/", "/v2/models/", "/v2/repository/")
+
+
+def bearer_token_matches(values: list[bytes], token: bytes) -> bool:
+    """Whether the ``authorization`` values a request sent are exactly one ``Bearer <token>``: a repeated
+    header is refused, whatever its copies say (proxies and servers disagree on which copy counts).
+    ``compare_digest``: the time taken does not reveal how much of the token matched."""
+    if len(values) != 1:
+        return False
+    scheme, _, credentials = values[0].partition(b" ")
+    return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), token)
 
 
 def is_protected(path: str, protect_metrics: bool) -> bool:
@@ -40,9 +50,5 @@ class BearerTokenMiddleware:
         await self.app(scope, receive, send)
 
     def _authorized(self, scope) -> bool:
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                scheme, _, credentials = value.partition(b" ")
-                # compare_digest: the time taken does not reveal how much of the token matched.
-                return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), self._token)
-        return False
+        return bearer_token_matches([value for name, value in scope["headers"] if name == b"authorization"],
+                                    self._token)

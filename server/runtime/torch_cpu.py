@@ -12,9 +12,11 @@ __all__ = ["TorchCpuExecutor", "default_torch_threads"]
 
 
 def default_torch_threads() -> int:
-    """torch's own default (the machine's physical cores) capped by the usable CPUs: in a pod with
-    ``limits.cpu: 2`` on a 64-core node, torch would otherwise start 32 threads on 2 CPUs of quota."""
-    return max(1, min(torch.get_num_threads(), cpus.usable_cpus()))
+    """torch's own default (the machine's physical cores) capped by the usable CPUs but one, as ONNX
+    Runtime's: in a pod with ``limits.cpu: 2`` on a 64-core node torch would otherwise start 32 threads
+    on 2 CPUs of quota, and a thread on the event loop's core slows every request's HTTP work (BENCHMARKS.md,
+    "Shared weights": batch 1 on two threads against one)."""
+    return max(1, min(torch.get_num_threads(), cpus.usable_cpus() - 1))
 
 
 class TorchCpuExecutor:

@@ -278,7 +278,8 @@ def test_compose_config_validates_with_and_without_the_gpu_override():
 
 def test_kubernetes_manifests_validate():
     manifests = sorted(str(p) for p in (DEPLOY / "k8s").glob("*.yaml"))
-    core = [m for m in manifests if "servicemonitor" not in m]  # PodMonitor is a CRD without a bundled schema
+    # the Prometheus Operator's PodMonitor and PrometheusRule are CRDs without a bundled schema
+    core = [m for m in manifests if "podmonitor" not in m and "prometheusrule" not in m]
     result = run(tool("kubernetes-validate"), "--strict", *core)
     assert result.returncode == 0, result.stdout + result.stderr
     deployment = yaml.safe_load((DEPLOY / "k8s/deployment.yaml").read_text())
@@ -288,5 +289,25 @@ def test_kubernetes_manifests_validate():
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert pod["terminationGracePeriodSeconds"] > 30 + 5  # drain + preStop
-    monitor = yaml.safe_load((DEPLOY / "k8s/servicemonitor.yaml").read_text())
+    monitor = yaml.safe_load((DEPLOY / "k8s/podmonitor.yaml").read_text())
     assert monitor["kind"] == "PodMonitor" and monitor["spec"]["podMetricsEndpoints"][0]["path"] == "/metrics"
+
+
+def test_the_prometheus_rule_for_the_operator_holds_the_rule_files_groups():
+    rule = yaml.safe_load((DEPLOY / "k8s/prometheusrule.yaml").read_text())
+    assert rule["kind"] == "PrometheusRule" and rule["apiVersion"] == "monitoring.coreos.com/v1"
+    groups = [g for name in ("recording.yml", "alerts.yml")
+              for g in yaml.safe_load((DEPLOY / "prometheus/rules" / name).read_text())["groups"]]
+    assert rule["spec"]["groups"] == groups
+    for script in ("prometheus/make_prometheusrule.py", "grafana/make_dashboard.py"):  # generated files are current
+        out = run(sys.executable, str(DEPLOY / script), "--check")
+        assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_deploy_files_run_the_documented_default_policy():
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    assert "WIDTHWISE_POLICY" not in compose["services"]["widthwise"].get("environment", {})
+    env = yaml.safe_load((DEPLOY / "k8s/deployment.yaml").read_text())["spec"]["template"]["spec"]["containers"][0][
+        "env"
+    ]
+    assert "WIDTHWISE_POLICY" not in {e["name"] for e in env}

@@ -97,14 +97,65 @@ def test_calibrate_restores_corrupted_statistics(tmp_path, digits16, capsys):
     assert max(r["top1"] for r in broken.values()) < 0.5
     ckpt, fixed_ckpt = tmp_path / "broken.safetensors", tmp_path / "fixed.safetensors"
     models.save_checkpoint(net, ckpt, models.ModelCard.for_net(net, mean=digits16.mean, std=digits16.std))
-    assert main(["calibrate", "--checkpoint", str(ckpt), "--batches", "10", "--out", str(fixed_ckpt)]) == 0
+    # saved without its data set (trained here, not by `widthwise train`): the data set is explicit
+    assert main(["calibrate", "--checkpoint", str(ckpt), "--dataset", "digits", "--batches", "10",
+                 "--out", str(fixed_ckpt)]) == 0
     capsys.readouterr()
-    assert main(["evaluate", "--checkpoint", str(fixed_ckpt), "--json"]) == 0
+    assert main(["evaluate", "--checkpoint", str(fixed_ckpt), "--dataset", "digits", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     for row in report["widths"]:
         assert row["top1"] >= before[row["width"]]["top1"] - 0.03
         assert 0.9 <= row["top5"] <= 1.0
     assert models.load_checkpoint(fixed_ckpt).card.accuracy[0.25] == report["widths"][0]["top1"]
+
+
+def test_evaluate_and_calibrate_measure_on_the_data_set_the_card_names(tmp_path, capsys):
+    torch.manual_seed(0)
+    net = models.create("s_convnet6")
+    hard = load_dataset("digits-hard", 16)
+    ckpt = tmp_path / "hard.safetensors"
+    models.save_checkpoint(net, ckpt, models.ModelCard.for_net(net, mean=hard.mean, std=hard.std,
+                                                               extra={"dataset": "digits-hard"}))
+    # default: the card's data set, said so in the accuracy's source
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--json", "--out", str(tmp_path / "e.safetensors")]) == 0
+    assert json.loads(capsys.readouterr().out)["dataset"] == "digits-hard"
+    card = models.load_checkpoint(tmp_path / "e.safetensors").card
+    assert card.accuracy_source == "widthwise evaluate on digits-hard, held-out split"
+    calibrated = tmp_path / "c.safetensors"
+    assert main(["calibrate", "--checkpoint", str(ckpt), "--batches", "2", "--out", str(calibrated)]) == 0
+    assert "digits-hard, held-out" in models.load_checkpoint(calibrated).card.accuracy_source
+    capsys.readouterr()
+    # another data set is explicit, noted on stderr and recorded in the source
+    for command, extra in (("evaluate", []), ("calibrate", ["--batches", "2"])):
+        out = tmp_path / f"{command}-other.safetensors"
+        assert main([command, "--checkpoint", str(ckpt), "--dataset", "digits", "--out", str(out), *extra]) == 0
+        assert "not on digits-hard" in capsys.readouterr().err
+        source = models.load_checkpoint(out).card.accuracy_source
+        assert source.startswith(f"widthwise {command} on digits (not digits-hard, the training data set)"), source
+
+
+def test_a_checkpoint_that_names_no_data_set_needs_an_explicit_one(tmp_path, capsys):
+    net = models.create("s_convnet6")
+    ckpt = tmp_path / "anon.safetensors"
+    models.save_checkpoint(net, ckpt, models.ModelCard.for_net(net))
+    assert main(["evaluate", "--checkpoint", str(ckpt)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not say which data set it was trained on; pass --dataset" in err[0]
+
+
+def test_torch_commands_run_on_the_threads_asked_for(tmp_path, capsys):
+    net = models.create("s_convnet6")
+    ckpt = tmp_path / "c.safetensors"
+    models.save_checkpoint(net, ckpt, models.ModelCard.for_net(net, extra={"dataset": "digits"}))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert main(["evaluate", "--checkpoint", str(ckpt), "--json"]) == 0
+        assert torch.get_num_threads() == 1  # the default: one thread
+        assert main(["evaluate", "--checkpoint", str(ckpt), "--json", "--threads", "2"]) == 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_calibrate_refuses_shared_bn(digits16):

@@ -146,3 +146,27 @@ def test_scheduler_needs_neither_torch_nor_the_server():
             "print(sorted(m for m in ('torch', 'server', 'fastapi') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_a_speed_learnt_in_a_slow_spell_relaxes_while_nothing_runs():
+    """A neighbour that stole the core taught the profile a speed at which no width fits: admission then
+    refuses everything, no batch runs to say the spell is over, and without relaxing the server would
+    refuse for as long as it is idle."""
+    clock = Clock()
+    profile = LatencyProfile({0.25: {1: 0.001, 4: 0.004}, 1.0: {1: 0.010, 4: 0.020}})
+    for _ in range(60):
+        profile.observe(0.25, 1, 0.012)  # batches ran ~10x their profile
+    assert profile.speed > 8
+    s = Scheduler(MaxWidthPolicy(), profile, WIDTHS, SchedulerConfig(max_batch_size=4), clock)
+    s.admit(pending(1, clock, budget_s=1.0))
+    batch = s.next_batch()
+    s.batch_done()  # the last batch of the spell, at t = 100
+    with pytest.raises(Refused) as info:  # 10 ms: the narrowest now "takes" ~11 ms
+        s.admit(pending(2, clock, budget_s=0.010))
+    assert info.value.reason is RefusalReason.INFEASIBLE and batch.items
+    clock.now += 0.2  # still within the hold: nothing relaxes yet
+    with pytest.raises(Refused):
+        s.admit(pending(3, clock, budget_s=0.010))
+    clock.now += 1.0  # idle for a second: back near the start-up table
+    s.admit(pending(4, clock, budget_s=0.010))
+    assert profile.speed < 1.5

@@ -4,6 +4,7 @@ import pytest
 
 from server.cli import main
 from server.settings import Settings, add_serve_arguments, settings_from_args
+from server.testing import free_port
 
 
 def test_serve_help_lists_every_setting_with_its_env_twin(capsys):
@@ -58,14 +59,20 @@ def test_event_loop_and_http_parser_reach_uvicorn(monkeypatch, tiny_checkpoint):
     from server.settings import Settings
 
     seen = {}
-    monkeypatch.setattr(
-        main.DrainingServer, "run", lambda self: seen.update(loop=self.config.loop, http=self.config.http)
-    )
-    settings = Settings(checkpoint=tiny_checkpoint, event_loop="asyncio", http_parser="h11")
+
+    def run(self, sockets):
+        seen.update(loop=self.config.loop, http=self.config.http, sockets=[s.getsockname() for s in sockets])
+        for s in sockets:
+            s.close()
+
+    monkeypatch.setattr(main.DrainingServer, "run", run)
+    port = free_port()
+    settings = Settings(checkpoint=tiny_checkpoint, event_loop="asyncio", http_parser="h11", port=port)
     assert main.run_server(settings) == 0
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     assert seen["loop"] == "asyncio" and issubclass(seen["http"], H11Protocol)
+    assert seen["sockets"] == [("127.0.0.1", port)]  # bound before start-up, handed to uvicorn
 
 
 @pytest.mark.parametrize("command", ["train", "evaluate", "calibrate", "convert", "profile", "simulate"])

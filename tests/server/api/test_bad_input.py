@@ -155,3 +155,52 @@ def test_many_pixels_in_a_small_body_are_decoded_off_the_event_loop(make_client,
     assert len(buffer.getvalue()) < native.INLINE_DECODE_BYTES  # a small body ...
     r = client.post("/v1/classify", content=buffer.getvalue(), headers={"content-type": "image/png"})
     assert r.status_code == 200 and len(calls) == 1  # ... of 4 M pixels: decoded in a thread
+
+
+def _multipart(images: list[bytes]) -> tuple[bytes, dict]:
+    parts = b"".join(b'--b\r\nContent-Disposition: form-data; name="image"; filename="x.png"\r\n'
+                     b"Content-Type: image/png\r\n\r\n" + image + b"\r\n" for image in images)
+    return parts + b"--b--\r\n", {"content-type": "multipart/form-data; boundary=b"}
+
+
+def test_a_requests_images_together_are_bounded_before_any_pixel_is_decoded(make_client):
+    # Each image is under the per-image limit; together they are over the per-request one.
+    client = make_client(max_image_pixels=300 * 300, max_request_pixels=3 * 200 * 200)
+    image = png_bytes(size=(200, 200))
+    body, headers = _multipart([image] * 4)
+    r = client.post("/v1/classify", content=body, headers=headers)
+    assert r.status_code == 413 and "at most 120000 per request" in r.json()["error"]
+    body, headers = _multipart([image] * 3)
+    assert client.post("/v1/classify", content=body, headers=headers).status_code == 200
+    assert client.registry.get_sample_value(
+        "widthwise_requests_total", {"model": "tiny", "width": "none", "outcome": "bad_request"}) == 1
+
+
+def test_pixels_decoding_across_requests_are_bounded_and_freed(make_client):
+    client = make_client(max_decoding_pixels=50_000)
+    budget = client.app.state.decode_budget
+    budget.inflight = 40_000  # another request is decoding
+    r = client.post("/v1/classify", content=png_bytes(size=(200, 200)), headers={"content-type": "image/png"})
+    assert r.status_code == 503 and r.headers["retry-after"] == "1" and "being decoded" in r.json()["error"]
+    budget.inflight = 0
+    assert client.post("/v1/classify", content=png_bytes(size=(200, 200)),
+                       headers={"content-type": "image/png"}).status_code == 200
+    assert budget.inflight == 0  # released after decoding, and after a refusal
+
+
+def test_decoding_stops_once_the_deadline_has_passed(make_client, monkeypatch):
+    from server.api import native
+
+    client = make_client()
+    slow = native.decode_request_image
+
+    def slow_decode(*args):  # every image takes 30 ms: the third starts past a 50 ms budget
+        import time
+
+        time.sleep(0.03)
+        return slow(*args)
+
+    monkeypatch.setattr(native, "decode_request_image", slow_decode)
+    body, headers = _multipart([png_bytes(size=(20, 20), seed=i) for i in range(8)])
+    r = client.post("/v1/classify", content=body, headers={**headers, "X-Latency-Budget-Ms": "50"})
+    assert r.status_code == 504 and "decoded" in r.json()["error"]

@@ -1,5 +1,4 @@
 import io
-import json
 import time
 
 import numpy as np
@@ -10,6 +9,7 @@ from PIL import Image
 import models
 from bench.decode import photo_jpeg
 from models.transforms import image_to_tensor
+from server.runtime import Runtime
 from tests.helpers import TINY_ACCURACY, eventually, png_bytes
 
 
@@ -148,14 +148,17 @@ def test_health_and_readiness(make_client):
     assert client.get("/v2/health/ready").status_code == 200
 
 
-def test_readiness_reports_a_failed_start_up(make_client, synthetic_profile, tmp_path):
-    foreign = json.loads(synthetic_profile.read_text())
-    foreign["fingerprint"]["input_size"] = 224  # measured for another model
-    (tmp_path / "foreign.json").write_text(json.dumps(foreign))
-    client = make_client(wait=False, profile=tmp_path / "foreign.json")
+class RuntimeThatFailsToExport(Runtime):
+    @classmethod
+    def from_config(cls, *args, **kwargs):
+        raise RuntimeError("export failed: out of memory (injected)")
+
+
+def test_readiness_reports_a_failed_start_up(make_client):
+    client = make_client(wait=False, runtime_factory=RuntimeThatFailsToExport)
     client.engine.wait_ready(30)
     r = client.get("/readyz")
-    assert r.status_code == 503 and r.json()["status"] == "failed" and "foreign.json" in r.json()["error"]
+    assert r.status_code == 503 and r.json()["status"] == "failed" and "injected" in r.json()["error"]
     assert client.get("/v2/health/ready").status_code == 503
     r = client.post("/v1/classify", content=png_bytes(), headers={"content-type": "image/png"})
     assert r.status_code == 503 and r.headers["retry-after"] == "1"

@@ -70,4 +70,4 @@ def test_before_readiness_the_lag_is_forgotten(monkeypatch):
     asyncio.run(run())
     assert probe.deadlines.loop_lag_s == 0.0
     assert registry.get_sample_value("widthwise_event_loop_lag_seconds", {"model": "m"}) is None
-    assert probe.request_cpu_s is None  # spare cores: never measured
+    assert probe.request_cpu_s is None  # spare cores: nothing charged against the model

@@ -79,30 +79,35 @@ def test_device_cuda_without_cuda_exits_2():
 
 
 @pytest.mark.live
-def test_failed_start_up_ends_the_process_non_zero(tiny_checkpoint, synthetic_profile, tmp_path):
-    # The profile passes the pre-flight checks but was measured for another model: the failure happens
-    # in the start-up thread, after uvicorn listens. The process must exit, not linger unready.
-    foreign = json.loads(synthetic_profile.read_text())
-    foreign["fingerprint"]["arch"] = "s_mobilenet_v2"
-    path = tmp_path / "foreign.json"
-    path.write_text(json.dumps(foreign))
-    out = serve("--checkpoint", str(tiny_checkpoint), "--profile", str(path))
+def test_failed_start_up_ends_the_process_non_zero(tiny_checkpoint):
+    # A failure in the start-up thread, after uvicorn listens (here an export that runs out of memory,
+    # injected): the process must exit 3 with one line, not linger unready.
+    code = ("import sys\n"
+            "from server.cli import main\n"
+            "from server.runtime import Runtime\n"
+            "def fail(*args, **kwargs):\n"
+            "    raise RuntimeError('export failed: out of memory (injected)')\n"
+            "Runtime.from_config = classmethod(fail)\n"
+            "sys.exit(main(sys.argv[1:]))\n")
+    out = subprocess.run([sys.executable, "-c", code, "serve", "--port", str(free_port()), "--checkpoint",
+                          str(tiny_checkpoint)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 3
     failures = [line for line in out.stderr.splitlines() if "start-up failed" in line and "exiting" in line]
     assert len(failures) == 1 and "ERROR" in failures[0]
-    assert "was not measured for this server: arch (profile 's_mobilenet_v2', server 's_convnet6')" in failures[0]
+    assert "export failed: out of memory (injected)" in failures[0]
     assert "Traceback" not in out.stderr
 
 
-def test_profile_for_another_model_is_refused(make_client, synthetic_profile, tmp_path):
+def test_profile_for_another_model_is_refused_before_any_width_is_exported(make_client, synthetic_profile, tmp_path,
+                                                                             caplog):
     foreign = json.loads(synthetic_profile.read_text())
     foreign["fingerprint"].update(input_size=224, threads=64)
     path = tmp_path / "foreign.json"
     path.write_text(json.dumps(foreign))
-    client = make_client(wait=False, profile=path)
-    client.engine.wait_ready(60)
-    error = client.get("/readyz").json()["error"]
-    assert "input_size (profile 224, server 16)" in error and "threads (profile 64," in error
+    with pytest.raises(ValueError) as err:  # `serve` prints it as one line and exits 2
+        make_client(wait=False, profile=path)
+    assert "input_size (profile 224, server 16)" in str(err.value) and "threads (profile 64," in str(err.value)
+    assert "exporting" not in caplog.text
 
 
 def test_profile_without_fingerprint_is_refused(make_client, tmp_path):
@@ -110,9 +115,8 @@ def test_profile_without_fingerprint_is_refused(make_client, tmp_path):
     path.write_text(
         json.dumps({"widths": {"0.25": {"1": 0.01}, "0.5": {"1": 0.02}, "0.75": {"1": 0.03}, "1.0": {"1": 0.04}}})
     )
-    client = make_client(wait=False, profile=path)
-    client.engine.wait_ready(60)
-    assert "does not say what it measured" in client.get("/readyz").json()["error"]
+    with pytest.raises(ValueError, match="does not say what it measured"):
+        make_client(wait=False, profile=path)
 
 
 def test_saved_profile_loads_into_the_same_server(make_client, tmp_path):

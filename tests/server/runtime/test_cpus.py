@@ -82,12 +82,14 @@ def test_onnx_runtime_threads_default_to_the_usable_cpus_not_the_hosts_cores(mon
     assert default_ort_threads() == 1
 
 
-def test_torch_threads_default_to_its_own_choice_capped_by_the_usable_cpus(monkeypatch):
+def test_torch_threads_default_to_its_own_choice_capped_by_the_usable_cpus_but_one(monkeypatch):
     import torch
 
     monkeypatch.setattr(torch, "get_num_threads", lambda: 32)  # torch's default on a 32-core node
-    monkeypatch.setattr(cpus, "usable_cpus", lambda: 2)  # a pod with limits.cpu: 2
-    assert default_torch_threads() == 2
+    monkeypatch.setattr(cpus, "usable_cpus", lambda: 2)  # a pod with limits.cpu: 2: one for the event loop
+    assert default_torch_threads() == 1
+    monkeypatch.setattr(cpus, "usable_cpus", lambda: 1)
+    assert default_torch_threads() == 1
     monkeypatch.setattr(cpus, "usable_cpus", lambda: 64)
     assert default_torch_threads() == 32
 
