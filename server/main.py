@@ -94,6 +94,7 @@ def run_server(settings: Settings) -> int:
     """Serve until stopped. Exit codes: 0 after a drain, 2 for a setting, file or port that cannot work
     (one line on stderr, before any start-up work), 3 when the engine fails (start-up or later)."""
     configure_logging(settings.log_level, settings.log_format)
+    listener = None
     try:
         listener = bind_listener(settings.host, settings.port)
         if settings.grpc_port:
@@ -101,6 +102,8 @@ def run_server(settings: Settings) -> int:
         raise_file_limit(settings.max_connections + FILE_RESERVE)
         app = build_app(settings)
     except (CheckpointError, ValueError, OSError) as exc:
+        if listener is not None:
+            listener.close()
         print(f"widthwise serve: error: {exc}", file=sys.stderr)
         return 2
     http_connections, _ = settings.connection_caps()
