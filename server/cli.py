@@ -106,6 +106,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 
     import models
     from policies import batch_sizes_up_to
+    from server.engine.startup import save_profile
     from server.runtime import Runtime, RuntimeConfig, profile_runtime
 
     if args.checkpoint:
@@ -128,11 +129,8 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         runtime = Runtime.from_config(net, config, batch_sizes, progress=advance)
         bar.set_description("profiling")
         profile = profile_runtime(runtime, batch_sizes, args.repeats, progress=advance)
-    accuracy = card.accuracy
-    data = {**profile.as_dict(), **({"accuracy": {str(w): a for w, a in accuracy.items()}} if accuracy else {})}
     if args.save_profile:
-        with open(args.save_profile, "w") as f:
-            json.dump(data, f, indent=2)
+        save_profile(Path(args.save_profile), profile, card)
     table = profile.as_dict()["widths"]
     rows = []
     for width in net.widths:

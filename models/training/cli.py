@@ -144,7 +144,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_for_data(args: argparse.Namespace):
+def _load_for_data(args: argparse.Namespace, with_train: bool = True):
     """The checkpoint and the data set to measure it on: the one its card names unless ``--dataset``
     says otherwise; the third value describes the choice for ``accuracy_source``."""
     import torch
@@ -159,7 +159,7 @@ def _load_for_data(args: argparse.Namespace):
     if name is None:
         raise ValueError(f"{args.checkpoint} does not say which data set it was trained on; pass --dataset")
     spec = checkpoint.card.input
-    data = load_dataset(name, spec.size, spec.channels, mean=spec.mean, std=spec.std)
+    data = load_dataset(name, spec.size, spec.channels, mean=spec.mean, std=spec.std, with_train=with_train)
     if trained_on is not None and data.name != trained_on:
         print(f"note: measuring on {data.name}, not on {trained_on}, the data set the checkpoint was trained on",
               file=sys.stderr)
@@ -172,7 +172,7 @@ def _load_for_data(args: argparse.Namespace):
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from models.training import evaluate
 
-    checkpoint, data, where = _load_for_data(args)
+    checkpoint, data, where = _load_for_data(args, with_train=False)
     results = evaluate(checkpoint.net, data.x_val, data.y_val, progress=not args.no_progress)
     rows = [{"width": w, **m} for w, m in results.items()]
     if args.out:

@@ -6,6 +6,8 @@ preprocessing the server applies, so a served PNG is seen as in training.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,16 +53,52 @@ class Dataset:
 
 def digits_images() -> tuple[list[Image.Image], np.ndarray]:
     """scikit-learn's 1,797 handwritten 8x8 digits (shipped with the package) as grayscale PIL images."""
+    images, targets = _digits_arrays()
+    pixels = np.rint(images * (255.0 / 16.0)).astype(np.uint8)
+    return [Image.fromarray(p, mode="L") for p in pixels], targets.astype(np.int64)
+
+
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """The digits as ``load_digits`` gives them (8x8 values 0-16, targets). Read from the package's CSV
+    directly when it is where scikit-learn keeps it: importing scikit-learn costs every command that
+    trains or measures 1.3 s, ten times the read."""
+    package = importlib.util.find_spec("sklearn")
+    csv = Path(package.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz" if package else None
+    if csv is not None and csv.is_file():
+        table = np.loadtxt(csv, delimiter=",")
+        return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    pixels = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
-    return [Image.fromarray(p, mode="L") for p in pixels], digits.target.astype(np.int64)
+    return digits.images, digits.target
 
 
 HARD_SIZE = 16  # digits-hard images are 16x16
 HARD_COPIES = {"train": 6, "val": 4}  # augmented copies of each source digit per split
 HARD_SEEDS = {"train": 1, "val": 2}  # fixed: the data set never depends on the training seed
+
+
+@functools.lru_cache(maxsize=4)
+def _digits_split(spec: str, val_fraction: float, with_train: bool) -> tuple[tuple[Image.Image, ...], np.ndarray,
+                                                                             tuple[Image.Image, ...], np.ndarray]:
+    """The images and targets of each split (no training images unless ``with_train``); kept because
+    making digits-hard takes seconds and one process (a test session) loads it more than once.
+    Read-only to callers."""
+    images, targets = digits_images()
+    train_idx, val_idx = held_out_split(len(images), val_fraction)
+    train_images, val_images = [images[i] for i in train_idx], [images[i] for i in val_idx]
+    y_train, y_val = targets[train_idx], targets[val_idx]
+    if not with_train:
+        train_images, y_train = [], y_train[:0]
+    elif spec == "digits-hard":  # variants of each split's own digits: no held-out digit is seen in training
+        train_images, source = hard_digit_images(train_images, HARD_COPIES["train"], HARD_SEEDS["train"])
+        y_train = y_train[source]
+    if spec == "digits-hard":
+        val_images, source = hard_digit_images(val_images, HARD_COPIES["val"], HARD_SEEDS["val"])
+        y_val = y_val[source]
+    y_train.setflags(write=False)
+    y_val.setflags(write=False)
+    return tuple(train_images), y_train, tuple(val_images), y_val
 
 
 def hard_digit_images(images: list[Image.Image], copies: int, seed: int) -> tuple[list[Image.Image], np.ndarray]:
@@ -97,6 +135,8 @@ def held_out_split(n: int, val_fraction: float) -> tuple[np.ndarray, np.ndarray]
 
 
 def _to_tensors(images: list[Image.Image], size: int, mean, std, channels: int) -> torch.Tensor:
+    if not images:
+        return torch.empty(0, channels, size, size)
     return torch.stack([image_to_tensor(im, size, mean, std, channels) for im in images])
 
 
@@ -115,26 +155,20 @@ def _folder_images(root: Path) -> tuple[list[Image.Image], np.ndarray, tuple[str
 
 
 def load_dataset(
-    spec: str, input_size: int, channels: int = 3, val_fraction: float = 0.2, mean=None, std=None
+    spec: str, input_size: int, channels: int = 3, val_fraction: float = 0.2, mean=None, std=None,
+    with_train: bool = True,
 ) -> Dataset:
     """Load ``"digits"``, ``"digits-hard"`` (see :func:`hard_digit_images`) or a folder.
 
     A folder either holds ``train/`` and ``val/`` trees of class sub-folders, or
-    class sub-folders directly (then a fixed ``val_fraction`` is held out).
+    class sub-folders directly (then a fixed ``val_fraction`` is held out). Without ``with_train``
+    the training split is empty (what measuring on the held-out split needs, in less time).
     """
     mean = tuple(mean or DIGITS_MEAN[:channels])
     std = tuple(std or DIGITS_STD[:channels])
     if spec in ("digits", "digits-hard"):
-        images, targets = digits_images()
+        train_images, y_train, val_images, y_val = _digits_split(spec, val_fraction, with_train)
         labels = tuple(str(i) for i in range(10))
-        train_idx, val_idx = held_out_split(len(images), val_fraction)
-        train_images, val_images = [images[i] for i in train_idx], [images[i] for i in val_idx]
-        y_train, y_val = targets[train_idx], targets[val_idx]
-        if spec == "digits-hard":  # variants of each split's own digits: no held-out digit is seen in training
-            train_images, source = hard_digit_images(train_images, HARD_COPIES["train"], HARD_SEEDS["train"])
-            y_train = y_train[source]
-            val_images, source = hard_digit_images(val_images, HARD_COPIES["val"], HARD_SEEDS["val"])
-            y_val = y_val[source]
         name = spec
     else:
         root = Path(spec)
@@ -151,12 +185,14 @@ def load_dataset(
             train_images, val_images = [images[i] for i in train_idx], [images[i] for i in val_idx]
             y_train, y_val = targets[train_idx], targets[val_idx]
         name = str(root)
+    if not with_train:
+        train_images, y_train = [], np.asarray(y_train)[:0]
     return Dataset(
         name=name,
         x_train=_to_tensors(train_images, input_size, mean, std, channels),
-        y_train=torch.from_numpy(np.asarray(y_train)),
+        y_train=torch.from_numpy(np.array(y_train)),  # a copy: the cached targets are read-only
         x_val=_to_tensors(val_images, input_size, mean, std, channels),
-        y_val=torch.from_numpy(np.asarray(y_val)),
+        y_val=torch.from_numpy(np.array(y_val)),
         labels=labels,
         mean=mean,
         std=std,

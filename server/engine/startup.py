@@ -108,6 +108,7 @@ def save_profile(path: Path, profile: LatencyProfile, card: ModelCard) -> None:
     data = profile.as_dict()
     if card.accuracy:
         data["accuracy"] = {str(w): a for w, a in card.accuracy.items()}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)  # e.g. out/, where the documented commands write
     with open(path, "w") as f:
         json.dump(data, f, indent=2)
     log.info("start-up: latency profile written to %s", path)

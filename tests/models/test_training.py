@@ -224,9 +224,14 @@ def test_shipped_default_model_shows_the_width_accuracy_trade_off():
 
 
 def test_digits_hard_is_deterministic_and_keeps_the_split():
+    from models.training.data import _digits_split
+
     a = load_dataset("digits-hard", 16, 3)
+    _digits_split.cache_clear()  # made again, not read from the process's cache
     b = load_dataset("digits-hard", 16, 3)
-    assert torch.equal(a.x_val, b.x_val) and torch.equal(a.y_train, b.y_train)
+    assert torch.equal(a.x_val, b.x_val) and torch.equal(a.x_train, b.x_train) and torch.equal(a.y_train, b.y_train)
+    held_out = load_dataset("digits-hard", 16, 3, with_train=False)
+    assert torch.equal(held_out.x_val, a.x_val) and len(held_out.x_train) == len(held_out.y_train) == 0
     assert len(a.y_train) == 6 * 1438 and len(a.y_val) == 4 * 359
     plain = load_dataset("digits", 16, 3)
     assert torch.equal(torch.bincount(a.y_val), 4 * torch.bincount(plain.y_val))  # variants of the held-out digits
