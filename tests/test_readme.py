@@ -79,6 +79,7 @@ def test_input_files_named_in_the_readme_exist_or_are_made_by_it():
             assert (REPO / path).exists() or path in made, f"README: {line!r} names {path}, which does not exist"
 
 
+@pytest.mark.slow
 def test_models_snippet_runs_as_printed(tmp_path):
     snippet = next(b for b in blocks("python") if "models.create" in b)
     out = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, capture_output=True, text=True, timeout=300,
@@ -102,6 +103,7 @@ def run(argv: list[str], cwd: Path, timeout: float = 600) -> subprocess.Complete
     return out
 
 
+@pytest.mark.slow
 def test_evaluate_and_calibrate_run_as_printed(workdir):
     run(readme_command("evaluate"), workdir)
     calibrate = readme_command("calibrate", "--checkpoint", "models/default/digits_s_mobilenet_v2.safetensors")
@@ -109,6 +111,7 @@ def test_evaluate_and_calibrate_run_as_printed(workdir):
     assert (workdir / calibrate[calibrate.index("--out") + 1]).is_file()
 
 
+@pytest.mark.slow
 def test_universal_train_and_calibrate_run_as_printed(workdir):
     train = readme_command("train", "--arch", "s_convnet6", "--universal")
     run(train, workdir)
@@ -120,6 +123,7 @@ def test_universal_train_and_calibrate_run_as_printed(workdir):
     assert min(calibrated.card.accuracy.values()) > 0.8
 
 
+@pytest.mark.slow
 def test_profile_then_simulate_run_as_printed(workdir):
     profile = readme_command("profile", "--arch", "s_mobilenet_v2", "--input-size", "224", "--save-profile")
     run(profile, workdir)
@@ -130,6 +134,7 @@ def test_profile_then_simulate_run_as_printed(workdir):
     assert '"attainment"' in out.stdout
 
 
+@pytest.mark.slow
 def test_bench_runs_from_the_repository_root_and_elsewhere(tmp_path):
     name = readme_command("bench")[2]
     for cwd in (REPO, tmp_path):

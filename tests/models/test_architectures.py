@@ -127,6 +127,7 @@ def test_count_macs_of_single_conv():
     assert count_macs(conv, (3, 10, 10)) == 8 * 10 * 10 * 3 * 9
 
 
+@pytest.mark.slow
 def test_concurrent_widths_are_bit_identical_to_sequential():
     net = make_net("s_mobilenet_v2_cifar")
     torch.manual_seed(1)

@@ -150,6 +150,7 @@ def test_convert_cli_writes_equivalent_safetensors(tmp_path, reference_layout, c
         assert torch.equal(x, y), k
 
 
+@pytest.mark.slow
 def test_convert_accuracy_and_labels_only_when_given(tmp_path, reference_layout, capsys):
     state = official_state_dict(reference_layout, "s_mobilenet_v2")
     src = tmp_path / "official.pt"
@@ -203,6 +204,7 @@ def test_profile_cli_prints_what_it_saves(tmp_path, capsys):
         assert [float(c) for c in cells[3:5]] == [round(row[b] * 1e3, 3) for b in ("1", "2")]
 
 
+@pytest.mark.slow
 def test_profile_cli_table(capsys):
     assert main(["profile", "--arch", "s_mobilenet_v2", "--input-size", "224", "--repeats", "3"]) == 0
     out = capsys.readouterr().out

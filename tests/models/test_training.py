@@ -33,6 +33,7 @@ def test_digits_split_is_fixed_and_held_out(digits8):
     assert digits8.labels == tuple("0123456789")
 
 
+@pytest.mark.slow
 def test_short_run_lowers_loss_and_cli_writes_metadata(tmp_path, capsys):
     out = tmp_path / "c6.safetensors"
     argv = ["train", "--arch", "s_convnet6", "--input-size", "8", "--epochs", "2", "--out", str(out), "--no-progress",
@@ -49,6 +50,7 @@ def test_short_run_lowers_loss_and_cli_writes_metadata(tmp_path, capsys):
     assert result.losses[-1] < result.losses[0] * 0.7
 
 
+@pytest.mark.slow
 def test_same_seed_gives_the_same_checkpoint(tmp_path, capsys):
     def run(name: str, seed: int) -> dict:
         out = tmp_path / name
@@ -78,6 +80,7 @@ def test_same_seed_gives_the_same_checkpoint(tmp_path, capsys):
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_inplace_distillation_trains_every_width(digits8):
     net = small_convnet()
     result = train(net, digits8, TrainConfig(epochs=4, inplace_distill=True, progress=False))
@@ -95,6 +98,7 @@ def test_switchable_bn_fixes_the_shared_bn_collapse(digits8):
     assert min(accuracy["switchable"].values()) >= 0.95, accuracy
 
 
+@pytest.mark.slow
 def test_calibrate_restores_corrupted_statistics(tmp_path, digits8, capsys):
     net = small_convnet()
     train(net, digits8, TrainConfig(epochs=4, progress=False))
@@ -119,6 +123,7 @@ def test_calibrate_restores_corrupted_statistics(tmp_path, digits8, capsys):
     assert models.load_checkpoint(fixed_ckpt).card.accuracy[0.25] == report["widths"][0]["top1"]
 
 
+@pytest.mark.slow
 def test_evaluate_and_calibrate_measure_on_the_data_set_the_card_names(tmp_path, capsys):
     torch.manual_seed(0)
     net = models.create("s_convnet6")
@@ -206,6 +211,7 @@ def test_unknown_dataset_is_a_clear_error(tmp_path):
         load_dataset(str(tmp_path / "nope"), 16)
 
 
+@pytest.mark.slow
 def test_shipped_default_model_shows_the_width_accuracy_trade_off():
     # The embedded demo exists to show what serving narrower costs: held-out accuracy on digits-hard
     # rises with width, and the stored accuracy is exactly what evaluation measures.
@@ -223,6 +229,7 @@ def test_shipped_default_model_shows_the_width_accuracy_trade_off():
     assert top1[0] >= 0.5  # far above chance (0.1)
 
 
+@pytest.mark.slow
 def test_digits_hard_is_deterministic_and_keeps_the_split():
     from models.training.data import _digits_split
 

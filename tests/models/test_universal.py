@@ -126,6 +126,7 @@ def trained_us(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_universal_training_reaches_every_calibrated_width(trained_us):
     checkpoint = models.load_checkpoint(trained_us)
     net = checkpoint.net
@@ -184,6 +185,7 @@ def test_official_pt_marks_only_slots_with_statistics_calibrated(tmp_path):
     assert len(loaded.calibrated) == 26 and checkpoint.card.source == "official"
 
 
+@pytest.mark.slow
 def test_convert_official_accuracy_of_a_us_net_is_the_model_zoo_curve(tmp_path, capsys):
     from server.cli import main
 

@@ -81,6 +81,7 @@ def test_simulate_cli_rejects_unknown_policy(tmp_path, capsys):
     assert "unknown policy" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_bench_cli_runs_the_policy_headline_on_a_saved_profile(tmp_path, capsys):
     profile = tmp_path / "profile.json"
     profile.write_text(json.dumps(PROFILE.as_dict()))

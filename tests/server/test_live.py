@@ -134,6 +134,7 @@ def test_env_twins_configure_the_server(live_server):
     assert r.json()["width"] == 0.5
 
 
+@pytest.mark.slow
 def test_serve_with_bad_policy_exits_with_clear_error(tiny_checkpoint):
     import subprocess
     import sys

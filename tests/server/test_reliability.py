@@ -146,6 +146,7 @@ def test_request_id_is_echoed_or_generated(make_client):
     assert client.get("/v1/nope").headers["x-request-id"]
 
 
+@pytest.mark.slow
 def test_cors_is_off_unless_configured(make_client):
     preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
     client = make_client()

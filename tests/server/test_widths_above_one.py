@@ -1,12 +1,14 @@
 """A model whose widest switch is 2.0x (S-ShuffleNet) is served like any other: nothing assumes width <= 1."""
 
 import numpy as np
+import pytest
 import torch
 
 import models
 from tests.helpers import make_net
 
 
+@pytest.mark.slow
 def test_s_shufflenet_serves_its_2x_switch(make_client, tmp_path):
     net = make_net("s_shufflenet", num_classes=10, seed=3)
     path = tmp_path / "shufflenet.safetensors"

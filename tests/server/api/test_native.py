@@ -197,6 +197,7 @@ def test_metrics_after_known_traffic(make_client):
     assert 'widthwise_requests_total{model="tiny",outcome="ok",width="0.5"} 2.0' in text
 
 
+@pytest.mark.slow
 def test_default_server_classifies_the_shipped_examples():
     """``widthwise serve`` with no checkpoint: the embedded digits model reads the README's example PNGs."""
     from pathlib import Path

@@ -66,10 +66,10 @@ def test_the_budget_counts_from_arrival(make_client, synthetic_profile):
     engine.admit(None, 100.0, arrival=time.monotonic())  # the same budget, fresh: admitted
 
 
+@pytest.mark.slow
 def test_the_reserve_grows_with_the_event_loops_scheduling_delay(make_client):
     engine = make_client(reserve_ms=None).engine
-    quiet = engine.deadlines.reserve_s()
-    assert quiet < 0.01
+    quiet = engine.deadlines.reserve_s()  # on a busy host this is already above a quiet one's ~1.5 ms
     loop = engine._lag_watch.get_loop()
 
     async def stall_once():  # one long stall (a GC pause): the percentile ignores it
@@ -88,11 +88,13 @@ def test_the_reserve_grows_with_the_event_loops_scheduling_delay(make_client):
         return engine.deadlines.reserve_s()
 
     busy = asyncio.run_coroutine_threadsafe(keep_the_loop_busy(), loop).result(10)
+    assert engine.deadlines.loop_lag_s >= 0.006  # every probe waited >= 8 ms; a busy host only adds
     assert busy >= quiet + 0.005
     assert engine.deadlines.reserve_s(budget_s=0.02) == 0.005  # never more than a quarter of the budget
-    time.sleep(1.5)  # a second of quiet probes: back down
-    assert engine.deadlines.reserve_s() < quiet + 0.003
+    time.sleep(1.5)  # a second of quiet probes: back down, at least half way, whatever the host's own noise
+    assert engine.deadlines.reserve_s() < quiet + 0.5 * (busy - quiet)
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cores,shared", [({0}, True), (set(range(64)), False)])
 def test_the_loops_cpu_per_request_is_measured_when_it_shares_the_models_cores(make_client, monkeypatch, cores, shared):
     import server.engine.host_probe

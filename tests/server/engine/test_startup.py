@@ -119,6 +119,7 @@ def test_profile_without_fingerprint_is_refused(make_client, tmp_path):
         make_client(wait=False, profile=path)
 
 
+@pytest.mark.slow
 def test_saved_profile_loads_into_the_same_server(make_client, tmp_path):
     path = tmp_path / "measured.json"
     first = make_client(save_profile=path)

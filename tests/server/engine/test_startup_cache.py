@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 import models
@@ -59,6 +60,7 @@ def test_a_restart_reuses_exports_profile_and_costs(make_client, tmp_path, monke
     assert second.get("/v1/models").json()["models"][0]["labels"] == [f"class{i}" for i in range(10)]
 
 
+@pytest.mark.slow
 def test_other_weights_or_other_batch_sizes_miss_the_cache(make_client, tmp_path):
     cache = tmp_path / "cache"
     make_client(startup_cache="on", cache_dir=cache)
@@ -70,6 +72,7 @@ def test_other_weights_or_other_batch_sizes_miss_the_cache(make_client, tmp_path
     assert len(list(cache.glob("export-*"))) == 2 and len(list(cache.glob("profile-*.json"))) == 3
 
 
+@pytest.mark.slow
 def test_profiles_cached_by_code_that_ran_widths_differently_are_measured_again(make_client, tmp_path, monkeypatch):
     """An upgrade that changes how widths execute (``EXECUTION_REVISION``) or another torch/ONNX Runtime
     must not plan with the speeds the old code measured; the exports, which it does not change, stay."""
@@ -137,6 +140,7 @@ with TestClient(build_app(settings)) as client:
 """
 
 
+@pytest.mark.slow
 def test_a_warm_start_serves_without_importing_torch_or_onnx(tmp_path, tiny_checkpoint):
     """Importing torch was ~1 s of a 2.8 s warm restart of S-MobileNet v2 224 (BENCHMARKS.md, "Start-up and the
     start-up cache")."""
@@ -153,6 +157,7 @@ def test_a_warm_start_serves_without_importing_torch_or_onnx(tmp_path, tiny_chec
     np.testing.assert_allclose(warm["logits"], cold["logits"], rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_a_changed_checkpoint_file_is_loaded_again(make_client, tmp_path, tiny_checkpoint):
     cache = tmp_path / "cache"
     path = tmp_path / "model.safetensors"

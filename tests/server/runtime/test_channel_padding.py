@@ -36,6 +36,7 @@ def mobilenet():
     return net
 
 
+@pytest.mark.slow
 def test_mobilenet_v2_switches_are_padded_exactly(mobilenet):
     x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
     for width in mobilenet.widths:

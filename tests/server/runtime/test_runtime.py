@@ -7,6 +7,7 @@ from server.runtime.onnx_export import export_onnx
 from tests.helpers import make_net
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["s_convnet6", "s_mobilenet_v2_cifar", "s_shufflenet"])  # shufflenet: widths to 2.0
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
 def test_runtime_outputs_equal_slimmable_forward(arch, backend):
@@ -81,6 +82,7 @@ def test_onnx_export_has_a_dynamic_batch():
     assert not any(node.op_type == "BatchNormalization" for node in model.graph.node)
 
 
+@pytest.mark.slow
 def test_server_reports_its_backend(make_client):
     client = make_client()
     assert client.get("/v1/models").json()["models"][0]["backend"] == "onnxruntime"
@@ -88,6 +90,7 @@ def test_server_reports_its_backend(make_client):
     assert torch_client.get("/v1/models").json()["models"][0]["backend"] == "torch"
 
 
+@pytest.mark.slow
 def test_a_server_with_shared_weights_answers_as_one_with_a_copy_per_width(make_client):
     from tests.helpers import png_bytes
 
@@ -108,6 +111,7 @@ def test_a_server_with_shared_weights_answers_as_one_with_a_copy_per_width(make_
         np.testing.assert_allclose(answers["shared", width], answers["per-width", width], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_serves_without_onnx_and_onnxruntime_installed(tiny_checkpoint):
     """The GPU image ships neither: importing and serving must not need them (auto -> torch)."""
     import subprocess
@@ -153,6 +157,7 @@ print(json.dumps({"widest_mb": widest - before, "others_mb": resident_mb() - wid
 """
 
 
+@pytest.mark.slow
 def test_widths_share_one_activation_arena():
     # With an arena per ONNX Runtime session every width kept its largest batch's activations for good
     # (a 14-width grid of US-MobileNet v2 224 held 1.3 GB after warm-up). One worker runs one batch at a
