@@ -188,6 +188,10 @@ class Metrics:
         self._latency_budget = self.latency_budget.labels(model)
         self._expected_correct = self.expected_correct.labels(model) if accuracy_known else None
         self._children: dict[tuple, object] = {}
+        # Refusals and misses at 0 from the start: a miss ratio (and the SLO alerts on it) reads 0, not
+        # "no data", on a server that has not missed yet.
+        for outcome in (Outcome.DEADLINE_MISSED, Outcome.REJECTED, Outcome.BAD_REQUEST, Outcome.ERROR):
+            self._child(self.requests, width_label(None), outcome.value)
         self.statistics = ModelStatistics()  # Triton's statistics extension, from the same records
 
     def _child(self, metric, *labels: str):

@@ -153,8 +153,6 @@ def build() -> dict:
             32,
             "s",
         ),
-        panel(11, "GPU utilization", [q("widthwise_gpu_utilization_ratio", "{{device}}")], 0, 40, "percentunit"),
-        panel(12, "GPU memory used", [q("widthwise_gpu_memory_used_bytes", "{{device}}")], 12, 40, "bytes"),
         # On a CPU host whose cores HTTP and the model share, these explain misses the queue does not.
         panel(
             13,
@@ -164,7 +162,7 @@ def build() -> dict:
                 q(f"max by (model) (widthwise_request_cpu_seconds{{{M}}})", "request CPU {{model}}"),
             ],
             0,
-            48,
+            40,
             "s",
         ),
         panel(
@@ -174,11 +172,22 @@ def build() -> dict:
                 q(f"max by (model) (widthwise_device_speed_ratio{{{M}}})", "{{model}}"),
             ],
             12,
-            48,
+            40,
             "none",
             description="1.3: batches run 30% slower than measured at start-up (a busy or throttled "
             "host); every width's planned time is scaled by it.",
         ),
+        # NVML's series exist only on a server with --device cuda: a collapsed row keeps a CPU fleet's
+        # dashboard free of empty panels.
+        {
+            "id": 15, "type": "row", "title": "GPU (servers with --device cuda)", "collapsed": True,
+            "gridPos": {"x": 0, "y": 48, "w": 24, "h": 1},
+            "panels": [
+                panel(11, "GPU utilization", [q("widthwise_gpu_utilization_ratio", "{{device}}")], 0, 49,
+                      "percentunit"),
+                panel(12, "GPU memory used", [q("widthwise_gpu_memory_used_bytes", "{{device}}")], 12, 49, "bytes"),
+            ],
+        },
     ]
     return {
         "uid": "widthwise",

@@ -92,11 +92,17 @@ def test_prometheus_sees_traffic_at_two_widths_and_records_rules(prometheus):
     assert [s["value"][1] for s in query(base, 'up{job="widthwise"}')] == ["1", "1"]
     share = query(base, "widthwise:narrowest_share:ratio_rate5m")
     assert len(share) == 1 and 0.3 < float(share[0]["value"][1]) < 0.7  # half the traffic of both ran at 0.25
-    # Every dashboard query evaluates over the two replicas (no matching errors) and its legend's labels exist.
+    # Every dashboard query evaluates over the two replicas (no matching errors) and its legend's labels
+    # exist; outside the collapsed GPU row every one has data from these default CPU servers.
     dashboard = json.loads((REPO / "deploy/grafana/dashboards/widthwise.json").read_text())
-    for panel in dashboard["panels"]:
+    gpu_row = [p for p in dashboard["panels"] if p["type"] == "row"]
+    assert [p["title"] for p in gpu_row] == ["GPU (servers with --device cuda)"] and gpu_row[0]["collapsed"]
+    shown = [p for p in dashboard["panels"] if p["type"] != "row"]
+    for panel in shown + gpu_row[0]["panels"]:
         for target in panel["targets"]:
             expr = target["expr"].replace("$model", ".*").replace("$__rate_interval", "1m")
-            for sample in query(base, expr):
+            samples = query(base, expr)
+            assert samples or panel not in shown, (panel["title"], expr)
+            for sample in samples:
                 for label in re.findall(r"\{\{\s*(\w+)\s*\}\}", target["legendFormat"]):
                     assert label in sample["metric"], (panel["title"], target["legendFormat"], sample["metric"])
