@@ -16,22 +16,9 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 import models
-from server.testing import free_port
 
 pytestmark = pytest.mark.slow
 triton = pytest.importorskip("tritonclient.grpc")
-
-
-@pytest.fixture
-def grpc_server(live_server):
-    """``start(*flags) -> (server, grpc_address)``: a live server with gRPC on a free port."""
-
-    def start(*extra: str):
-        port = free_port()
-        server = live_server("--grpc-port", str(port), *extra)
-        return server, f"127.0.0.1:{port}"
-
-    return start
 
 
 def _input(x: np.ndarray, datatype: str = "FP32"):

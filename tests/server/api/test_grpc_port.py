@@ -32,16 +32,6 @@ TOKEN = "s3cret"
 AUTH = (("authorization", f"Bearer {TOKEN}"),)
 
 
-@pytest.fixture
-def grpc_server(live_server):
-    def start(*extra: str):
-        port = free_port()
-        server = live_server("--grpc-port", str(port), *extra)
-        return server, f"127.0.0.1:{port}"
-
-    return start
-
-
 def infer_request(model: str = "tiny", samples: int = 1, side: int = 16) -> pb.ModelInferRequest:
     request = pb.ModelInferRequest(model_name=model)
     request.inputs.add(name="input", datatype="FP32", shape=[samples, 3, side, side])
