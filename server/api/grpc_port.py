@@ -9,9 +9,10 @@ traceback for every method a servicer leaves to the generated base. So, before a
 - refuses an unauthenticated call (``UNAUTHENTICATED``) from its metadata alone, with a handler that
   never asks for the message: what such a call costs is its stream's flow-control window;
 - answers methods the servicer does not implement with ``UNIMPLEMENTED`` and nothing else;
-- admits at most ``--max-inflight-http`` calls into the servicer at once (:class:`CallGate`), the
-  slot released when the servicer returns for any reason (done, failed, cancelled, deadline), and
-  refuses the rest with ``UNAVAILABLE`` and retry information, as HTTP's 503;
+- admits at most ``--max-inflight-http`` calls into the servicer at once (an
+  :class:`~server.http.limits.InflightGate` of its own, not HTTP's), the slot released when the
+  servicer returns for any reason (done, failed, cancelled, deadline), and refuses the rest with
+  ``UNAVAILABLE`` and retry information, as HTTP's 503;
 - hands ``ModelInfer`` its message as bytes, so that a large one is parsed off the event loop.
 
 The server's options bound the rest: the message size by what the model can take (the largest batch
@@ -27,10 +28,11 @@ from typing import Any, Awaitable, Callable
 import grpc
 
 from server.api.client import EngineClient
+from server.http.limits import InflightGate
 from server.http.security import bearer_token_matches
 from server.settings import Settings
 
-__all__ = ["CallGate", "GrpcGuard", "GrpcPort", "grpc_options", "max_message_bytes", "start_grpc_server"]
+__all__ = ["GrpcGuard", "GrpcPort", "grpc_options", "max_message_bytes", "start_grpc_server"]
 
 log = logging.getLogger("widthwise.grpc")
 
@@ -41,27 +43,6 @@ FRAMING_BYTES = 64 * 1024  # what a ModelInfer message carries besides its tenso
 CONNECTION_AGE_S = 300  # then GOAWAY: a stream stuck behind a client's closed window cannot outlive it
 CONNECTION_AGE_GRACE_S = 30  # for the calls in flight when the GOAWAY goes out
 MAX_STREAMS_PER_CONNECTION = 100
-
-
-class CallGate:
-    """The calls inside the servicer now, at most ``limit``; only touched on the event loop."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.inflight = 0
-
-    def try_enter(self) -> bool:
-        if self.inflight >= self.limit:
-            return False
-        self.inflight += 1
-        return True
-
-    def leave(self) -> None:
-        self.inflight -= 1
-
-    @property
-    def saturated(self) -> bool:
-        return self.inflight >= self.limit
 
 
 def _refusal(code: grpc.StatusCode, details: str) -> grpc.RpcMethodHandler:
@@ -75,7 +56,7 @@ def _refusal(code: grpc.StatusCode, details: str) -> grpc.RpcMethodHandler:
 
 
 class GrpcGuard(grpc.aio.ServerInterceptor):
-    def __init__(self, token: str | None, gate: CallGate, implemented: frozenset[str],
+    def __init__(self, token: str | None, gate: InflightGate, implemented: frozenset[str],
                  unavailable: Callable[[str], grpc.Status], raw_messages: frozenset[str] = frozenset()) -> None:
         """``implemented``: the method names the servicer defines itself; ``unavailable(message)``: the
         status of a call refused for want of a slot; ``raw_messages``: methods whose servicer takes the
@@ -150,7 +131,7 @@ def grpc_options(max_message: int, settings: Settings) -> list[tuple[str, int]]:
 class GrpcPort:
     """The running gRPC server and the gate its calls pass."""
 
-    def __init__(self, server: grpc.aio.Server, gate: CallGate) -> None:
+    def __init__(self, server: grpc.aio.Server, gate: InflightGate) -> None:
         self.server = server
         self.gate = gate
 
@@ -173,7 +154,7 @@ async def start_grpc_server(engine: EngineClient, settings: Settings) -> GrpcPor
 
     from server.api.grpc_service import InferenceServicer, implemented_methods, unavailable
 
-    gate = CallGate(settings.max_inflight_http)
+    gate = InflightGate(settings.max_inflight_http)
     guard = GrpcGuard(settings.api_token, gate, implemented_methods(), unavailable, frozenset({"ModelInfer"}))
     server = grpc.aio.server(options=grpc_options(max_message_bytes(engine, settings), settings),
                              interceptors=[guard])

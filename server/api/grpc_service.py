@@ -74,6 +74,7 @@ class _Call:
     method: str
     request_id: str
     context: Any = None
+    metadata: dict[str, str] = field(default_factory=dict)  # text metadata, read once (see _metadata)
     started: float = field(default_factory=time.perf_counter)
     scope: dict = field(default_factory=dict)
 
@@ -182,10 +183,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 remaining = context.time_remaining()  # the client's deadline, seconds (None: none)
                 if remaining is not None and remaining <= 0:
                     raise Refused(RefusalReason.EXPIRED, "the call's deadline had passed when it arrived")
-                metadata = _metadata(context)
-                budget_header = parse_budget_ms(metadata.get("x-latency-budget-ms"), "x-latency-budget-ms")
+                budget_header = parse_budget_ms(call.metadata.get("x-latency-budget-ms"), "x-latency-budget-ms")
                 width, budget_ms = v2_service.request_options(
-                    parsed.parameters, engine, metadata.get("x-width"),
+                    parsed.parameters, engine, call.metadata.get("x-width"),
                     budget_header if budget_header is not None else
                     (remaining * 1e3 if remaining is not None else None),
                 )
@@ -216,8 +216,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return response
 
     def _call(self, method: str, context) -> _Call:
-        candidate = _metadata(context).get("x-request-id")
-        return _Call(method, request_id_or_new(candidate), context)
+        metadata = _metadata(context)
+        return _Call(method, request_id_or_new(metadata.get("x-request-id")), context, metadata)
 
     def _model(self, name: str, model_version: str = "") -> EngineClient:
         return v2_service.find_model(self.engine, name, model_version)
@@ -243,7 +243,7 @@ def _status_of(exc: Exception, retry_after_s: int) -> grpc.Status:
     if isinstance(exc, Refused):
         http = REFUSAL_STATUS[exc.reason]
         if http == 503:
-            return _unavailable(exc.message, retry_after_s)
+            return unavailable(exc.message, retry_after_s)
         return _Status(grpc.StatusCode.DEADLINE_EXCEEDED, exc.message)
     if isinstance(exc, ApiError):
         return _Status(GRPC_STATUS.get(exc.status, grpc.StatusCode.INVALID_ARGUMENT), exc.message)
@@ -258,11 +258,6 @@ def implemented_methods() -> frozenset[str]:
     """The methods :class:`InferenceServicer` defines; the generated base's others answer UNIMPLEMENTED."""
     return frozenset(name for name, value in vars(InferenceServicer).items()
                      if name[:1].isupper() and callable(value))
-
-
-def unavailable(message: str, retry_after_s: int = 1) -> grpc.Status:
-    """UNAVAILABLE with retry information, for a call the port has no slot for."""
-    return _unavailable(message, retry_after_s)
 
 
 def _metadata(context) -> dict[str, str]:
@@ -281,8 +276,9 @@ def _parse(message: bytes) -> pb.ModelInferRequest:
         raise ApiError(400, "malformed ModelInferRequest message") from None
 
 
-def _unavailable(message: str, retry_after_s: int) -> grpc.Status:
-    """UNAVAILABLE with ``google.rpc.RetryInfo`` (what gRPC clients read) and ``retry-after`` (as HTTP's header)."""
+def unavailable(message: str, retry_after_s: int = 1) -> grpc.Status:
+    """UNAVAILABLE with ``google.rpc.RetryInfo`` (what gRPC clients read) and ``retry-after`` (as HTTP's header):
+    a refusal for load, here or by the port for want of a call slot."""
     retry = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=retry_after_s))
     rich = status_pb2.Status(code=code_pb2.UNAVAILABLE, message=message)
     rich.details.add().Pack(retry)

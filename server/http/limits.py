@@ -24,12 +24,26 @@ async def send_json_error(send, status: int, message: str, extra_headers: list |
 
 
 class InflightGate:
-    """The HTTP requests in flight: one count per application, shared by the middleware instances of
-    both its request paths (FastAPI's stack and the hot inference routes, server/hot_path.py)."""
+    """Requests in flight, at most ``limit``: HTTP's (one count per application, shared by the middleware
+    instances of both its request paths, FastAPI's stack and the hot inference routes) and, in a gate
+    of its own, the gRPC port's calls (server/api/grpc_port.py). Only touched on the event loop."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.inflight = 0  # only touched on the event loop thread
+        self.inflight = 0
+
+    def try_enter(self) -> bool:
+        if self.saturated:
+            return False
+        self.inflight += 1
+        return True
+
+    def leave(self) -> None:
+        self.inflight -= 1
+
+    @property
+    def saturated(self) -> bool:
+        return self.inflight >= self.limit
 
 
 class InflightLimitMiddleware:
@@ -52,13 +66,12 @@ class InflightLimitMiddleware:
             await self.app(scope, receive, send)
             return
         gate = self.gate
-        if gate.inflight >= gate.limit:
+        if not gate.try_enter():
             await send_json_error(
                 send, 503, f"overloaded: {gate.limit} requests in flight", [(b"retry-after", self.retry_after)]
             )
             return
-        gate.inflight += 1
         try:
             await self.app(scope, receive, send)
         finally:
-            gate.inflight -= 1
+            gate.leave()

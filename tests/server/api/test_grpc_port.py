@@ -165,10 +165,11 @@ def test_calls_over_the_limit_get_unavailable_with_retry_info_and_freed_slots_se
 def test_readiness_is_503_with_retry_after_while_every_grpc_slot_is_taken() -> None:
     # Checked on the handler itself: live, the window where both slots are held is one inference long
     # and a poll of /readyz lands in it only by luck.
-    from server.api.grpc_port import CallGate, GrpcPort
+    from server.api.grpc_port import GrpcPort
     from server.api.ops import readyz
+    from server.http.limits import InflightGate
 
-    gate = CallGate(limit=2)
+    gate = InflightGate(limit=2)
     engine = SimpleNamespace(ready=True, failure=None, state=SimpleNamespace(value="ready"))
     request = SimpleNamespace(app=SimpleNamespace(state=SimpleNamespace(engine=engine,
                                                                         grpc_port=GrpcPort(None, gate))))
