@@ -205,10 +205,13 @@ def test_profile_cli_prints_what_it_saves(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_profile_cli_table(capsys):
-    assert main(["profile", "--arch", "s_mobilenet_v2", "--input-size", "224", "--repeats", "3"]) == 0
+def test_profile_cli_table(capsys, tmp_path):
+    saved = tmp_path / "out" / "profile.json"  # a folder that does not exist yet, as out/ on a fresh clone
+    assert main(["profile", "--arch", "s_mobilenet_v2", "--input-size", "224", "--repeats", "3",
+                 "--save-profile", str(saved)]) == 0
     out = capsys.readouterr().out
     assert "300,774,272" in out and "59,285,808" in out
+    assert set(json.loads(saved.read_text())["widths"]) == {"0.35", "0.5", "0.75", "1.0"}
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.int8, torch.bool])

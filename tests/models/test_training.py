@@ -175,7 +175,7 @@ def test_torch_commands_run_on_the_threads_asked_for(tmp_path, capsys):
 
 def test_calibrate_refuses_shared_bn(digits8):
     with pytest.raises(ValueError, match="switchable"):
-        calibrate_bn(models.create("s_convnet6", bn_mode="shared"), digits8.x_train, 2)
+        calibrate_bn(small_convnet(bn_mode="shared"), digits8.x_train, 2)
 
 
 def test_image_folder_dataset(tmp_path):
@@ -230,6 +230,16 @@ def test_shipped_default_model_shows_the_width_accuracy_trade_off():
 
 
 @pytest.mark.slow
+def test_digits_read_from_the_package_file_are_load_digits():
+    from sklearn.datasets import load_digits
+
+    from models.training.data import _digits_arrays
+
+    images, targets = _digits_arrays()
+    reference = load_digits()
+    assert np.array_equal(images, reference.images) and np.array_equal(targets, reference.target)
+
+
 def test_digits_hard_is_deterministic_and_keeps_the_split():
     from models.training.data import _digits_split
 
