@@ -30,10 +30,10 @@ def batch_sizes_up_to(max_batch: int) -> list[int]:
 def service_time(profile: "LatencyProfile", width: float, samples: int, margin: float) -> float:
     """Seconds to plan for running ``samples`` at ``width``: the profile plus the margin.
 
-    The one estimate admission, dispatch timing, expiry and every policy use: without a margin, a
-    width that fits the remaining budget exactly misses it whenever the batch runs a little slower
-    than its median; with the margin in some places and not others, a budget between the two was
-    admitted and then served as ``fallback``.
+    Choosing a width (the policies, dispatch timing) plans with the margin: a width that fits the
+    remaining budget exactly misses it whenever the batch runs a little slower than its median.
+    Judging whether a request will be late (admission, expiry) uses no margin: the request with a
+    chance is served, at the narrowest width as ``fallback`` if it must (BENCHMARKS.md, "Saturation").
     """
     return profile.predict(width, samples) * (1.0 + margin)
 

@@ -5,8 +5,9 @@ runtime worker thread calls :meth:`Scheduler.next_batch`, which blocks until
 a batch is due, asks the policy for (width, requests) and hands it over. The
 simulator drives the same class with a virtual clock through :meth:`Scheduler.poll`.
 Refusals carry a :class:`RefusalReason`; the server maps reasons to HTTP statuses.
-Every prediction goes through :func:`service_time`, with the planning margin, so
-admission, dispatch timing, expiry and the policies agree on what a batch costs.
+Every prediction goes through :func:`service_time`: with the planning margin where a width is
+chosen (dispatch timing, the policies), without it where lateness is judged (admission, expiry),
+so a request is refused only when it is expected to be late.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class Pending:
 
     request: ScheduledRequest
     resolve: Callable[[Any], None]
+    audited: bool = False  # would have been refused; served anyway to time it (audit_share), never expired
 
 
 class RefusalReason(enum.Enum):
@@ -91,6 +93,7 @@ class SchedulerConfig:
     queue_limit: int = 256
     admission: str = "reject"  # or "best_effort"
     margin: float = 0.1  # plan for batches this much slower than the profile
+    audit_share: float = 0.0  # of the requests the deadline checks would refuse, serve this share anyway
 
 
 def _infeasible_message(budget_s: float | None, remaining_s: float, service_s: float, width: float) -> str:
@@ -128,11 +131,12 @@ class Scheduler:
         self._seq = itertools.count()
         self._cond = threading.Condition()
         self._closed = False
-        self._busy_until = 0.0  # predicted end of the batch being executed
+        self._expected_free_at = 0.0  # when the batch being executed is expected to end (no margin)
         self._inflight_batches = 0
         self._arrivals: collections.deque[float] = collections.deque()  # offered-load window
         self._last_batch_end: float | None = None
         self._speed_relaxed_to = -math.inf
+        self._refusals_seen = 0  # deadline refusals so far (audit_share)
 
     def service(self, width: float, samples: int) -> float:
         """Seconds planned for ``samples`` at ``width`` (profile plus margin): the one estimate used
@@ -176,15 +180,17 @@ class Scheduler:
             self._relax_idle_speed(now)
             self._arrival_rate(now, arriving=True)
             self._refuse_if_closed_or_full()
-            if self.config.admission == "reject" and math.isfinite(req.deadline):
-                self._check_deadline_feasible(req)
+            if self.config.admission == "reject" and math.isfinite(req.deadline) and not pending.audited:
+                pending.audited = self._refuse_unless_audited(req)
             heapq.heappush(self._heap, (req.deadline, next(self._seq), pending))
             self._cond.notify()
 
     def precheck(self, width: float | None, budget_s: float | None, samples: int = 1,
-                 deadline: float | None = None) -> None:
+                 deadline: float | None = None) -> bool:
         """Refuse early, before the handler spends CPU decoding a request that admission would refuse anyway.
-        ``deadline`` defaults to now + budget; callers that saw the request earlier pass their own."""
+        ``deadline`` defaults to now + budget; callers that saw the request earlier pass their own.
+        Returns True when the request would be refused but is to be served as an audit (its ``Pending``
+        is then ``audited``)."""
         now = self.clock()
         if deadline is None:
             deadline = now + budget_s if budget_s else math.inf
@@ -193,7 +199,27 @@ class Scheduler:
             self._relax_idle_speed(now)
             self._refuse_if_closed_or_full()
             if self.config.admission == "reject" and budget_s is not None:
-                self._check_deadline_feasible(probe)
+                return self._refuse_unless_audited(probe)
+            return False
+
+    def _refuse_unless_audited(self, req: ScheduledRequest) -> bool:
+        """:meth:`_check_deadline_feasible`, except that every ``1 / audit_share``-th refusal is not
+        raised: True for that request, which is served to time it."""
+        try:
+            self._check_deadline_feasible(req)
+            return False
+        except Refused:
+            if self._audit_due():
+                return True
+            raise
+
+    def _audit_due(self) -> bool:
+        """Once per deadline refusal: whether to audit it (evenly spaced, so runs repeat)."""
+        if self.config.audit_share <= 0:
+            return False
+        self._refusals_seen += 1
+        seen, share = self._refusals_seen, self.config.audit_share
+        return math.floor(seen * share) > math.floor((seen - 1) * share)
 
     def _refuse_if_closed_or_full(self) -> None:
         if self._closed:
@@ -202,21 +228,39 @@ class Scheduler:
             raise Refused(RefusalReason.FULL, f"queue is full ({self.config.queue_limit} requests)")
 
     def _check_deadline_feasible(self, req: ScheduledRequest) -> None:
+        """Refuse a request only when it is *expected* to be late: its own batch and the queue ahead at
+        their median times (no margin), after the running batch's expected end. The margin is for
+        choosing widths; here it refused requests that would have made it (BENCHMARKS.md, "Saturation")."""
         width = req.width if req.width is not None else self.widths[0]
-        service = self.service(width, req.samples)
+        service = self.expected(width, req.samples)
         now = self.clock()
         remaining = req.deadline - now
         if service > remaining:  # even an idle server could not make it
             raise Refused(RefusalReason.INFEASIBLE, _infeasible_message(req.budget_s, remaining, service, width))
-        ahead = sum(p.request.samples for d, _, p in self._heap if d <= req.deadline)
-        wait = max(0.0, self._busy_until - now)
-        if ahead:
-            full_batches = math.ceil(ahead / self.max_batch_size)
-            wait += full_batches * self.service(self.widths[0], min(ahead, self.max_batch_size))
+        wait = max(0.0, self._expected_free_at - now) + self._queue_ahead_s(req.deadline)
         if now + wait + service > req.deadline:
             raise Refused(
                 RefusalReason.OVERLOADED, f"overloaded: predicted wait {wait * 1e3:.3g} ms exceeds the budget"
             )
+
+    def _queue_ahead_s(self, deadline: float) -> float:
+        """Expected seconds to run the queued requests due by ``deadline`` (earliest deadline first runs
+        them before it): each at its pinned width, the others at the narrowest, in full batches."""
+        samples: dict[float, int] = {}
+        for due, _, pending in self._heap:
+            if due <= deadline:
+                req = pending.request
+                width = req.width if req.width is not None else self.widths[0]
+                samples[width] = samples.get(width, 0) + req.samples
+        seconds = 0.0
+        for width, count in samples.items():
+            full, rest = divmod(count, self.max_batch_size)
+            seconds += full * self.expected(width, self.max_batch_size) + (self.expected(width, rest) if rest else 0.0)
+        return seconds
+
+    def expected(self, width: float, samples: int) -> float:
+        """Median seconds for ``samples`` at ``width`` (no margin): what lateness is judged by."""
+        return service_time(self.profile, width, samples, 0.0)
 
     def depth(self) -> int:
         with self._cond:
@@ -249,18 +293,18 @@ class Scheduler:
         """The worker is busy for about ``seconds`` outside any batch (keeping the model warm):
         admission counts it as the wait before the next batch; ``release_worker`` ends it."""
         with self._cond:
-            self._busy_until = max(self._busy_until, self.clock() + seconds)
+            self._expected_free_at = max(self._expected_free_at, self.clock() + seconds)
 
     def release_worker(self) -> None:
         with self._cond:
             if not self._inflight_batches:
-                self._busy_until = 0.0
+                self._expected_free_at = 0.0
 
     def batch_done(self) -> None:
         """The worker finished the batch it took (only batches with items count)."""
         with self._cond:
             self._inflight_batches -= 1
-            self._busy_until = 0.0
+            self._expected_free_at = 0.0
             self._last_batch_end = self.clock()
 
     def next_batch(self, load: LoadSignals | None = None) -> Batch | None:
@@ -311,7 +355,8 @@ class Scheduler:
         self._heap = [entry for entry in self._heap if entry[2].request.id not in chosen]
         heapq.heapify(self._heap)
         self._inflight_batches += 1
-        self._busy_until = now + self.service(decision.width, sum(p.request.samples for p in items))
+        samples = sum(p.request.samples for p in items)
+        self._expected_free_at = now + self.expected(decision.width, samples)
         return Batch(decision, items, expired)
 
     def _dispatch_due_at(self) -> float:
@@ -332,16 +377,21 @@ class Scheduler:
         return due
 
     def _pop_expired(self, now: float) -> list[Pending]:
-        """In reject mode, requests that can no longer make their deadline even at the narrowest width."""
+        """In reject mode, requests expected to miss their deadline even at the narrowest width (or
+        their pinned one) if run now; a request with a chance is run rather than refused."""
         if self.config.admission != "reject":
             return []
         keep, expired = [], []
         for entry in self._heap:
-            req = entry[2].request
+            pending = entry[2]
+            req = pending.request
             width = req.width if req.width is not None else self.widths[0]
-            if math.isfinite(req.deadline) and now + self.service(width, req.samples) > req.deadline:
-                expired.append(entry[2])
+            late = math.isfinite(req.deadline) and now + self.expected(width, req.samples) > req.deadline
+            if late and not pending.audited and not self._audit_due():
+                expired.append(pending)
             else:
+                if late:
+                    pending.audited = True
                 keep.append(entry)
         if expired:
             self._heap = keep

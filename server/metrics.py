@@ -179,6 +179,12 @@ class Metrics:
             "learnt across all widths; every width's planned service time is scaled by it.",
             ["model"], registry=registry,
         )
+        self.admission_audits = Counter(
+            "widthwise_admission_audits",
+            "Requests the deadline checks would have refused, served anyway to time them (--admission-audit), "
+            "by whether the answer was in time: on_time / all is the share of such refusals that were needless.",
+            ["model", "verdict"], registry=registry,
+        )
         self._registry = registry
 
         # Per-request series of this model, bound once: labels() costs a lock and a lookup per call.
@@ -226,6 +232,10 @@ class Metrics:
         for wait in b.queue_waits_s:
             self._queue_wait.observe(wait)
         self.statistics.batch_executed(b.width, b.samples, b.seconds, Reason(b.reason).value, b.queue_waits_s)
+
+    def record_audit(self, on_time: bool) -> None:
+        """An audited would-be refusal (``--admission-audit``) answered, in time or not."""
+        self._child(self.admission_audits, "on_time" if on_time else "late").inc()
 
     def record_keep_warm(self) -> None:
         self._child(self.keep_warm_runs).inc()

@@ -91,6 +91,11 @@ class Settings(BaseSettings):
     admission: Literal["reject", "best_effort"] = Field(
         "reject", description="reject: 503/504 when no width meets the deadline; best_effort: serve narrowest late"
     )
+    admission_audit: float = Field(
+        0.0, ge=0, le=1, description="serve this share of the requests the deadline checks would refuse anyway, "
+        "and count in widthwise_admission_audits_total whether each was answered in time: how many refusals "
+        "were needless (0: off). Audited requests are served best effort; a late one still gets 504"
+    )
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, le=1024**3, description="largest request body (413 beyond)")
     max_header_bytes: int = Field(
         16 * 1024, ge=1024, le=1024**2, description="largest total size of request headers (431 beyond)"
@@ -177,6 +182,7 @@ class Settings(BaseSettings):
         return SchedulerConfig(
             max_batch_size=self.max_batch_size, max_queue_delay_s=self.max_queue_delay_ms / 1e3,
             queue_limit=self.queue_limit, admission=self.admission, margin=self.latency_margin,
+            audit_share=self.admission_audit,
         )
 
     @field_validator("api_token")

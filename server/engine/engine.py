@@ -36,6 +36,7 @@ from policies import (
 )
 from policies.deadline import Deadline, Deadlines
 from server.engine.errors import InvalidRequest
+from server.engine.handoff import LoopAnswer
 from server.engine.host_probe import HostProbe
 from server.engine.keep_warm import KeepWarm
 from server.engine.startup import Started, start_model
@@ -61,6 +62,7 @@ class Admission:
     width: float | None
     deadline: Deadline
     samples: int = 1
+    audited: bool = False  # admission would have refused it: served to time it (--admission-audit)
 
     @property
     def budget_s(self) -> float | None:
@@ -254,8 +256,8 @@ class Engine:
             budget_ms = self.settings.default_budget_ms
         deadline = self.deadlines.deadline(arrival, budget_ms / 1e3 if budget_ms is not None else None)
         self._require_ready()
-        self.scheduler.precheck(width, deadline.budget_s, samples, deadline=deadline.at)
-        return Admission(width, deadline, samples)
+        audited = self.scheduler.precheck(width, deadline.budget_s, samples, deadline=deadline.at)
+        return Admission(width, deadline, samples, audited)
 
     def _check_samples(self, samples: int) -> None:
         limit = self.settings.max_batch_size
@@ -288,11 +290,7 @@ class Engine:
         )
         loop = asyncio.get_running_loop()
         future: asyncio.Future = loop.create_future()
-
-        def resolve(value: Any) -> None:
-            loop.call_soon_threadsafe(_settle, future, value)
-
-        self.scheduler.admit(Pending(request, resolve))  # raises Refused
+        self.scheduler.admit(Pending(request, LoopAnswer(loop, future), audited=admission.audited))  # raises Refused
         self._admitted += 1
         self.metrics.record_queue(QueueRecord(self.scheduler.depth(), self._admitted))
         try:
@@ -311,6 +309,8 @@ class Engine:
         """
         deadline = admission.deadline
         self.deadlines.note_overhead(total_s - result.queue_s - result.inference_s)
+        if result.audited:
+            self.metrics.record_audit(deadline.met(deadline.arrival + total_s))
         reject = self.settings.admission == "reject"
         if reject and self.deadlines.too_late(deadline.arrival, deadline.budget_s, deadline.arrival + total_s):
             raise Refused(RefusalReason.EXPIRED, f"answer ready {total_s * 1e3:.1f} ms after the request arrived, "
@@ -370,11 +370,3 @@ class Engine:
             ],
         }
 
-
-def _settle(future: asyncio.Future, value: Any) -> None:
-    if future.done():  # the client went away and the handler was cancelled
-        return
-    if isinstance(value, BaseException):
-        future.set_exception(value)
-    else:
-        future.set_result(value)

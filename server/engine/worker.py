@@ -21,6 +21,7 @@ import numpy as np
 
 from policies import LatencyProfile, Pending, Policy, Reason, RefusalReason, Refused, Scheduler
 from server.engine.errors import InferenceFailed
+from server.engine.handoff import answer_all
 from server.engine.keep_warm import KeepWarm
 from server.engine.watchdog import BatchWatchdog
 from server.metrics import BatchRecord, Metrics, QueueRecord
@@ -48,6 +49,7 @@ class InferenceResult:
     queue_s: float
     inference_s: float
     batch_samples: int
+    audited: bool = False  # served although admission would have refused it (--admission-audit)
 
 
 def lower_thread_priority(by: int) -> None:
@@ -133,8 +135,8 @@ class BatchWorker:
             if batch is None:
                 return
             self.metrics.record_queue(QueueRecord(self.scheduler.depth()))
-            for pending in batch.expired:
-                pending.resolve(Refused(RefusalReason.EXPIRED, "deadline can no longer be met at any width"))
+            answer_all((pending, Refused(RefusalReason.EXPIRED, "deadline can no longer be met at any width"))
+                       for pending in batch.expired)
             if batch.items:
                 token = self._watchdog.arm(batch.items)
                 owned = False
@@ -222,12 +224,13 @@ class BatchWorker:
         elapsed = end - start
         if self._watchdog.claimed(token):
             return  # already answered with a 500; a hung batch's time must not enter the profile
-        offset = 0
-        for pending in items:  # answer first, then the bookkeeping
+        answers, offset = [], 0
+        for pending in items:
             req = pending.request
-            pending.resolve(InferenceResult(logits[offset:offset + req.samples], width, reason, start - req.arrival,
-                                            elapsed, samples))
+            answers.append((pending, InferenceResult(logits[offset:offset + req.samples], width, reason,
+                                                     start - req.arrival, elapsed, samples, pending.audited)))
             offset += req.samples
+        answer_all(answers)  # answer first, then the bookkeeping
         self.profile.observe(width, samples, elapsed)
         waits = tuple(start - p.request.arrival for p in items)
         self.metrics.record_batch(BatchRecord(width, samples, elapsed, reason, waits))
@@ -237,8 +240,7 @@ class BatchWorker:
 
     @staticmethod
     def _fail(items: list[Pending], message: str) -> None:
-        for pending in items:
-            pending.resolve(InferenceFailed(message))
+        answer_all((pending, InferenceFailed(message)) for pending in items)  # an exception each: tracebacks differ
 
     def _release_memory(self) -> None:
         if self.runtime.device.type == "cuda":

@@ -93,7 +93,7 @@ def test_budget_below_narrowest_width_is_504_and_counted_rejected(make_client, s
         "/v1/classify", content=png_bytes(), headers={"content-type": "image/png", "X-Latency-Budget-Ms": "5"}
     )
     assert r.status_code == 504
-    assert r.json()["error"] == "latency budget 5 ms is below the fastest possible service time, 11 ms at width 0.25"
+    assert r.json()["error"] == "latency budget 5 ms is below the fastest possible service time, 10 ms at width 0.25"
     assert (
         client.registry.get_sample_value(
             "widthwise_requests_total", {"model": "tiny", "width": "none", "outcome": "rejected"}

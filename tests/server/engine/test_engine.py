@@ -66,6 +66,30 @@ def test_the_budget_counts_from_arrival(make_client, synthetic_profile):
     engine.admit(None, 100.0, arrival=time.monotonic())  # the same budget, fresh: admitted
 
 
+def test_an_audited_would_be_refusal_is_served_and_its_verdict_counted(make_client, synthetic_profile):
+    # The profile says 10 ms at the narrowest width: a 5 ms budget is refused, unless audited. The tiny
+    # net really answers in well under 5 ms, so the audit finds the refusal needless.
+    client = make_client(profile=synthetic_profile, admission_audit=1.0)
+    engine = client.engine
+    admission = engine.admit(None, 5.0, arrival=time.monotonic())
+    assert admission.audited
+    result = asyncio.run(engine.infer(admission, np.zeros((1, 3, 16, 16), np.float32)))
+    assert result.audited and result.logits.shape == (1, 10)
+    assert engine.answered(admission, result, total_s=0.002)
+    with pytest.raises(Refused) as info:  # answered after its budget: still a 504, counted late
+        engine.answered(admission, result, total_s=0.050)
+    assert info.value.reason is RefusalReason.EXPIRED
+
+    def audits(verdict):
+        return client.registry.get_sample_value("widthwise_admission_audits_total",
+                                                {"model": "tiny", "verdict": verdict})
+
+    assert audits("on_time") == 1 and audits("late") == 1
+    # a request admission accepts is no audit
+    fits = engine.admit(None, 400.0, arrival=time.monotonic())
+    assert not fits.audited and not asyncio.run(engine.infer(fits, np.zeros((1, 3, 16, 16), np.float32))).audited
+
+
 @pytest.mark.slow
 def test_the_reserve_grows_with_the_event_loops_scheduling_delay(make_client):
     engine = make_client(reserve_ms=None).engine
