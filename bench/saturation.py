@@ -19,7 +19,8 @@ Both servers are pinned to core 0 with one inference thread, the client on core 
 Idle servers are stopped (SIGSTOP) while another is measured, and each cell's servers alternate
 their order round by round. Prints the medians and writes ``saturation.json``:
 
-    python -m bench.saturation --out out/saturation [--backends onnx,shared,torch] [--rounds 2]
+    python -m bench.saturation --out out/saturation [--backends onnx,shared,torch] [--rounds 3]
+        [--pins 1.0] [--baseline REV]
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ import httpx2
 from bench.common import imagenet_checkpoint, pinned_process_server, server_timing
 from bench.http_client import LeanClient
 from bench.load import MAX_REQUESTS, v2_request
+from bench.overhead_ab import worktree
 from bench.peers import bare_server, tree_cpu_s
 from policies.simulator import arrival_times
 from server.testing import free_port, live_server
@@ -213,6 +215,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds per cell, servers in alternating order")
     parser.add_argument("--audit-share", type=float, default=0.25, help="--admission-audit of the audited server")
     parser.add_argument("--closed-only", action="store_true")
+    parser.add_argument("--baseline", default=None, metavar="REV",
+                        help="also widthwise from a worktree of this commit (column baseline): a live A/B")
     parser.add_argument("--pins", default=None, help="widths to pin, comma-separated (default: narrowest and widest)")
     parser.add_argument("--out", type=Path, default=Path("out/saturation"))
     args = parser.parse_args(argv)
@@ -223,32 +227,36 @@ def main(argv: Sequence[str] | None = None) -> None:
     report: dict = {"date": time.strftime("%Y-%m-%d"), "clients": args.clients, "closed": [], "open": [],
                     "audit_share": args.audit_share}
     for backend in args.backends.split(","):
-        cache = args.out / f"cache-{backend}"
+        cache = (args.out / f"cache-{backend}").resolve()  # a baseline server runs in its worktree
         flags = ["--checkpoint", str(checkpoint), "--model-name", "v2", "--threads", "1", "--startup-cache", "on",
                  "--cache-dir", str(cache), *SERVE_ARGS[backend]]
         with contextlib.ExitStack() as stack:
             url = stack.enter_context(live_server(*flags, cpus={0}))
             audited = None if args.closed_only else stack.enter_context(
                 live_server(*flags, "--admission-audit", str(args.audit_share), cpus={0}))
+            baseline = None
+            if args.baseline:
+                tree = stack.enter_context(worktree(args.baseline))
+                baseline = stack.enter_context(live_server(*flags, cpus={0}, tree=tree))
             model = httpx2.get(url + "/v1/models").json()["models"][0]
             widths = [w["width"] for w in model["widths"]]
             latency = {w["width"]: w["latency_ms"] for w in model["widths"]}
-            with alone(url.pid, [audited.pid] if audited else []):
+            with alone(url.pid, [s.pid for s in (audited, baseline) if s]):
                 widest_ms = batch1_inference_ms(url, path, body, {**headers, "X-Width": repr(widths[-1])})
             budget_ms = 3 * widest_ms
             print(f"{backend}: the widest width's batch-1 inference now {widest_ms:.2f} ms (start-up profile "
                   f"{latency[widths[-1]]['1']:.2f}); budget {budget_ms:.1f} ms", flush=True)
             pins = [float(w) for w in args.pins.split(",")] if args.pins else [widths[0], widths[-1]]
             for width in pins:
-                report["closed"] += width_cells(args, backend, width, checkpoint, cache, url, audited, path, body,
-                                                 headers, budget_ms, latency, report)
+                report["closed"] += width_cells(args, backend, width, checkpoint, cache, url, audited, baseline,
+                                                 path, body, headers, budget_ms, report)
                 (args.out / "saturation.json").write_text(json.dumps(report, indent=2))
     print_summary(report)
 
 
-def width_cells(args, backend, width, checkpoint, cache, url, audited, path, body, headers, budget_ms, latency,
-                 report) -> list[dict]:
-    """Closed- and open-loop cells at ``width`` for widthwise (and its audited twin) and the bare app."""
+def width_cells(args, backend, width, checkpoint, cache, url, audited, baseline, path, body, headers, budget_ms,
+                report) -> list[dict]:
+    """Closed- and open-loop cells at ``width`` for widthwise (its audited twin, a baseline) and the bare app."""
     pin = {**headers, "X-Width": repr(width)}
     if backend == "onnx":
         bare = bare_server(next(cache.glob(f"export-*/{width!r}.onnx")).resolve(), width, {0})
@@ -256,8 +264,10 @@ def width_cells(args, backend, width, checkpoint, cache, url, audited, path, bod
         bare = bare_torch_server(checkpoint, width, "shared" if backend == "shared" else "per-width", {0})
     rows = []
     with bare as (bare_url, bare_pid):
-        pids = [url.pid, bare_pid] + ([audited.pid] if audited else [])
+        pids = [url.pid, bare_pid] + [s.pid for s in (audited, baseline) if s]
         servers = [("widthwise", url, url.pid, pin), ("bare", bare_url, bare_pid, headers)]
+        if baseline:
+            servers.append(("baseline", baseline, baseline.pid, pin))
         for round_ in range(args.rounds):
             for name, target, pid, h in (servers if round_ % 2 == 0 else servers[::-1]):
                 with alone(pid, pids):
@@ -300,18 +310,21 @@ def print_summary(report: dict) -> None:
     for backend, width in cells:
         rates = {name: statistics.median(r["throughput_rps"] for r in report["closed"]
                                          if (r["backend"], r["width"], r["server"]) == (backend, width, name))
-                 for name in ("widthwise", "bare")}
+                 for name in ("widthwise", "bare", "baseline")
+                 if any(r["server"] == name for r in report["closed"])}
         print(f"  {backend:>6} {width:<5} widthwise {rates['widthwise']:.1f}, bare {rates['bare']:.1f}, "
-              f"ratio {rates['widthwise'] / rates['bare']:.3f}")
+              f"ratio {rates['widthwise'] / rates['bare']:.3f}"
+              + (f"; baseline {rates['baseline']:.1f}" if "baseline" in rates else ""))
     if report["open"]:
         print("open loop, width pinned (on-time share, median over rounds; audited: refusals that would have made it)")
     for backend, width, load in sorted({(r["backend"], r["width"], r["load"]) for r in report["open"]}):
         rows = [r for r in report["open"] if (r["backend"], r["width"], r["load"]) == (backend, width, load)]
         on_time = {name: statistics.median(r["on_time"] for r in rows if r["server"] == name)
-                   for name in ("widthwise", "bare", "audited")}
+                   for name in ("widthwise", "bare", "audited", "baseline") if any(r["server"] == name for r in rows)}
         needless = sum(r["audits"]["on_time"] for r in rows if r["server"] == "audited")
         total = sum(r["audits"]["on_time"] + r["audits"]["late"] for r in rows if r["server"] == "audited")
-        print(f"  {backend:>6} {width:<5} {load:g}x: widthwise {on_time['widthwise']:.3f}, bare {on_time['bare']:.3f}; "
+        print(f"  {backend:>6} {width:<5} {load:g}x: widthwise {on_time['widthwise']:.3f}, bare {on_time['bare']:.3f}"
+              + (f", baseline {on_time['baseline']:.3f}" if "baseline" in on_time else "") + "; "
               f"audited refusals in time {needless:.0f} of {total:.0f}"
               + (f" ({needless / total:.1%})" if total else ""))
 
