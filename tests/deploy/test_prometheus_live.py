@@ -84,7 +84,9 @@ def test_prometheus_sees_traffic_at_two_widths_and_records_rules(prometheus):
         by_width = {s["metric"]["width"]: float(s["value"][1]) for s in result}
         recorded = query(base, 'widthwise:requests:rate1m{outcome="ok"}')
         share = query(base, "widthwise:narrowest_share:ratio_rate5m")
-        if by_width.get("0.25", 0) > 0 and by_width.get("1.0", 0) > 0 and len(recorded) >= 2 and share:
+        # a width's series counts in a rate from its second scrape on: until then the share reads 1.0
+        settled = share and 0.3 < float(share[0]["value"][1]) < 0.7
+        if by_width.get("0.25", 0) > 0 and by_width.get("1.0", 0) > 0 and len(recorded) >= 2 and settled:
             break
         time.sleep(0.5)
     assert by_width.get("0.25", 0) > 0 and by_width.get("1.0", 0) > 0, by_width
