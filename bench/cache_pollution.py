@@ -20,15 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from bench.common import imagenet_checkpoint
-
-
-def session(onnx_path: Path):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+from bench.peers import one_thread_session
 
 
 def per_sample_ms(run, count: int, samples_per_call: int = 1) -> float:
@@ -49,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     onnx_path = exported(args.out, args.width)
     os.sched_setaffinity(0, {args.core})
-    s = session(onnx_path)
+    s = one_thread_session(onnx_path)
     rng = np.random.default_rng(0)
     inputs = [rng.standard_normal((1, 3, 224, 224)).astype(np.float32) for _ in range(64)]
 

@@ -75,13 +75,15 @@ def v2_request(model: str = "v2", size: int = 224) -> tuple[str, bytes, dict]:
 
 
 async def run_point(url: str, body: bytes, rate: float, duration: float, budget_ms: float, trace: str,
-                    headers: dict = JPEG, width: float | None = None, answers: list | None = None) -> tuple[list, dict]:
+                    headers: dict = JPEG, width: float | None = None, answers: list | None = None,
+                    seed: int = 11) -> tuple[list, dict]:
     """The answers (status, client latency ms, width) and the client's own costs; ``width``: the width
     of a server that does not send ``X-Served-Width`` (a peer serving one width). The client is
     :class:`~bench.http_client.LeanClient`: httpx cost ~2 ms of CPU per request on the client's core,
     which queued answers behind each other and counted against the server at the client. ``answers``,
-    when given, receives ``(scheduled send time, Answer)`` for every request (headers included)."""
-    arrivals = arrival_times(trace, rate, duration, seed=11)[:MAX_REQUESTS]
+    when given, receives ``(scheduled send time, Answer)`` for every request (headers included);
+    ``seed``: the arrivals' (each round of a paired run its own)."""
+    arrivals = arrival_times(trace, rate, duration, seed=seed)[:MAX_REQUESTS]
     results: list = []
     lags: list = []
     target = urllib.parse.urlsplit(url)

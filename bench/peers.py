@@ -179,16 +179,21 @@ def bare_server(onnx_path: Path, width: float, cpus: set[int]):
         with pinned_process_server(cmd, port, cpus, env, cwd=Path(tmp), name="bare app", timeout=120) as server:
             yield server
 
+def one_thread_session(onnx_path: Path):
+    """An ONNX Runtime session of ``onnx_path`` on one thread, as the bare app runs it."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+
+
 class RawOrt:
     """Batch-1 ONNX Runtime of one file on one thread in this process: the floor every server pays."""
 
     def __init__(self, onnx_path: Path) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        self.session = one_thread_session(onnx_path)
         self.x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
         for _ in range(20):
             self.session.run(None, {"input": self.x})

@@ -43,10 +43,9 @@ import httpx2
 
 from bench.common import imagenet_checkpoint, pinned_process_server, server_timing
 from bench.http_client import LeanClient
-from bench.load import MAX_REQUESTS, v2_request
+from bench.load import run_point, v2_request
 from bench.overhead_ab import worktree
 from bench.peers import bare_server, tree_cpu_s
-from policies.simulator import arrival_times
 from server.testing import free_port, live_server
 
 BARE_TORCH_APP = '''
@@ -137,35 +136,16 @@ def closed_loop(url: str, pid: int, path: str, body: bytes, headers: dict, clien
             "statuses": {str(k): v for k, v in statuses.items()}}
 
 
-async def _open_loop(url: str, body: bytes, headers: dict, arrivals: list[float]) -> list[tuple[int, float]]:
-    """Send at ``arrivals`` (seconds from start) without waiting; (status, latency ms at the client) each."""
-    target = urllib.parse.urlsplit(url)
-    client = LeanClient(target.hostname, target.port, target.path, body, headers)
-    rows: list[tuple[int, float]] = []
-    t0 = time.perf_counter() + 0.2
-
-    async def fire(at: float) -> None:
-        await asyncio.sleep(max(0.0, t0 + at - time.perf_counter()))
-        answer = await client.post()
-        rows.append((answer.status, answer.elapsed_ms))
-
-    try:
-        await asyncio.gather(*(fire(a) for a in arrivals))
-    finally:
-        client.close()
-    return rows
-
-
 def open_loop(url: str, path: str, body: bytes, headers: dict, rate: float, duration: float, budget_ms: float,
               seed: int = 11) -> dict:
-    """Poisson arrivals at ``rate``: the share answered 200 within ``budget_ms`` at the client, late 200s, statuses."""
-    arrivals = arrival_times("poisson", rate, duration, seed=seed)[:MAX_REQUESTS]
-    rows = asyncio.run(_open_loop(url + path, body, {**headers, "X-Latency-Budget-Ms": str(budget_ms)}, arrivals))
+    """Poisson arrivals at ``rate`` (:func:`bench.load.run_point`): the share answered 200 within
+    ``budget_ms`` at the client, late 200s, statuses."""
+    rows, _ = asyncio.run(run_point(url + path, body, rate, duration, budget_ms, "poisson", headers, seed=seed))
     statuses: dict[str, int] = {}
-    for status, _ in rows:
+    for status, _, _ in rows:
         statuses[str(status)] = statuses.get(str(status), 0) + 1
-    on_time = sum(1 for status, latency in rows if status == 200 and latency <= budget_ms)
-    late = sum(1 for status, latency in rows if status == 200 and latency > budget_ms)
+    on_time = sum(1 for status, latency, _ in rows if status == 200 and latency <= budget_ms)
+    late = sum(1 for status, latency, _ in rows if status == 200 and latency > budget_ms)
     return {"sent": len(rows), "on_time": on_time / len(rows), "late_200": late, "statuses": statuses}
 
 

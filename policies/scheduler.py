@@ -139,8 +139,8 @@ class Scheduler:
         self._refusals_seen = 0  # deadline refusals so far (audit_share)
 
     def service(self, width: float, samples: int) -> float:
-        """Seconds planned for ``samples`` at ``width`` (profile plus margin): the one estimate used
-        for admission, dispatch timing and expiry, as the policies use it."""
+        """Seconds planned for ``samples`` at ``width`` (profile plus margin), as the policies plan:
+        dispatch timing uses it; admission and expiry judge lateness by :meth:`expected`."""
         return service_time(self.profile, width, samples, self.config.margin)
 
     RATE_WINDOW_S = 1.0
